@@ -1,0 +1,496 @@
+"""Wire protocol v1: a pair of pure functions, ``encode`` and ``decode``.
+
+Every message is three ZeroMQ frames ``[topic, header, payload]``:
+
+* ``topic``  -- ASCII kind name (``frame``, ``result`` ...), so SUB sockets can filter;
+* ``header`` -- one UTF-8 JSON object (JSON rather than msgpack so that any language's
+  standard library can read it, and because headers are small next to the images);
+* ``payload`` -- the raw C-ordered pixel buffer for ``frame`` messages, empty otherwise.
+
+The schema lives here, one frozen dataclass per kind; docs/protocol.md's field tables
+are generated from these classes (``python -m lithoscope.service.protocol``) and a test
+fails when they diverge. Decoding validates every header field at the edge (shape,
+dtype, size, version) so that the worker can trust the dataclasses it gets.
+
+References
+----------
+pyzmq, "Serializing messages" (send_array / recv_array): shape and dtype in a JSON
+header beside a zero-copy buffer. bluesky event-model: a document lifecycle with
+sequence numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import types
+import typing
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from .errors import ProtocolError
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "PROTOCOL_VERSION",
+    "Decoder",
+    "Event",
+    "EventKind",
+    "Frame",
+    "FrameLimits",
+    "Heartbeat",
+    "Kind",
+    "Message",
+    "Result",
+    "SessionClosed",
+    "SessionStart",
+    "SessionStop",
+    "decode",
+    "encode",
+    "schema_markdown",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+"""A header is metadata, not data: a megabyte is far beyond any honest header."""
+
+ALLOWED_DTYPES = frozenset(
+    {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
+)
+"""Pixel types cameras and file formats actually produce. Endianness is always little."""
+
+
+class Kind(StrEnum):
+    """Message kinds. The value is also the topic (first ZeroMQ frame)."""
+
+    SESSION_START = "session_start"
+    FRAME = "frame"
+    SESSION_STOP = "session_stop"
+    RESULT = "result"
+    EVENT = "event"
+    HEARTBEAT = "heartbeat"
+    SESSION_CLOSED = "session_closed"
+
+
+class EventKind(StrEnum):
+    """Alerts the worker raises. Physical ones first, operational ones after."""
+
+    CONTACT_MADE = "contact_made"
+    CONTACT_LOST = "contact_lost"
+    EXPANSION_ONSET = "expansion_onset"
+    EXPANSION_SLOWING = "expansion_slowing"
+    CONTRACTION_ONSET = "contraction_onset"
+    CONTRACTION_SETTLED = "contraction_settled"
+    DRIFT_WARNING = "drift_warning"
+    FRAMES_DROPPED = "frames_dropped"
+    ANALYSIS_SKIPPED = "analysis_skipped"
+    SOURCE_STALLED = "source_stalled"
+    ARCHIVE_ERROR = "archive_error"
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its documentation (rendered into docs/protocol.md)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """Bounds a receiver enforces before it believes a header.
+
+    They also size ZeroMQ's ``MAXMSGSIZE`` so that a hostile peer cannot make the
+    worker allocate an unbounded message.
+    """
+
+    max_side: int = 16384
+    max_pixels: int = 8192 * 8192
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_pixels * 8 + MAX_HEADER_BYTES + 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """Opens a session: sent by a publisher before its first frame, echoed on results."""
+
+    KIND: ClassVar[Kind] = Kind.SESSION_START
+    session_id: str = _doc("Unique id of the session, chosen by the publisher.")
+    source: str = _doc("Where the frames come from, e.g. `sim:lithiation`, `tiff:/data/run3.tif`.")
+    source_kind: str = _doc("Source type: `sim`, `tiff`, `video`, `folder`, `archive`, `camera`.")
+    t0_unix: float = _doc("Acquisition time of t_s = 0, seconds since the Unix epoch (UTC).")
+    live: bool = _doc("True if the source does not wait (camera, live simulator): the worker "
+                      "may skip analysis of frames to keep up, never their archiving.")
+    pixel_size_nm: float | None = _doc("Pixel size in nanometres, if known.", default=None)
+    fps: float | None = _doc("Nominal frame rate, if known.", default=None)
+    shape: list[int] | None = _doc("Frame shape [rows, cols], if known in advance.", default=None)
+    dtype: str | None = _doc("Pixel type, if known in advance.", default=None)
+    frame_count: int | None = _doc("Number of frames, if known (files).", default=None)
+    archive_name: str | None = _doc(
+        "Requested archive name (a file name, not a path); the service chooses the folder.",
+        default=None,
+    )
+    metadata: dict[str, Any] = _doc("Free session metadata (instrument, scenario, ...).",
+                                    default_factory=dict)
+    seq: int = _doc("Per-stream sequence number, stamped by the sender.", default=0)
+    sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One camera frame. The payload is the raw pixel buffer, C order, little endian."""
+
+    KIND: ClassVar[Kind] = Kind.FRAME
+    session_id: str = _doc("Session this frame belongs to.")
+    index: int = _doc("Frame number within the session's source, from 0.")
+    t_s: float = _doc("Acquisition time, seconds since the session's t0.")
+    acquired_at: float = _doc("Acquisition time, seconds since the Unix epoch (for latency).")
+    shape: list[int] = _doc("[rows, cols] of the payload.")
+    dtype: str = _doc(f"Pixel type, one of {', '.join(sorted(ALLOWED_DTYPES))}.")
+    pixel_size_nm: float | None = _doc("Pixel size in nanometres, if known.", default=None)
+    exposure_s: float | None = _doc("Exposure time in seconds, if known.", default=None)
+    metadata: dict[str, Any] = _doc(
+        "Per-frame values when known, unit in the name: `bias_v`, `current_a`, "
+        "`dose_rate_e_per_a2_s`, `needle_tip_row`, `needle_tip_col`, ...",
+        default_factory=dict,
+    )
+    truth: dict[str, Any] | None = _doc(
+        "Simulator only: exact values the analysis should find (ground truth).", default=None
+    )
+    seq: int = _doc("Per-stream sequence number; a gap means frames were lost.", default=0)
+    sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False,
+                                     metadata={"payload": True})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStop:
+    """Closes a session: the publisher has sent its last frame."""
+
+    KIND: ClassVar[Kind] = Kind.SESSION_STOP
+    session_id: str = _doc("Session being closed.")
+    frames_sent: int = _doc("Frames the publisher sent in this session.")
+    reason: str = _doc("`end_of_source`, `interrupted` or `error`.", default="end_of_source")
+    seq: int = _doc("Per-stream sequence number.", default=0)
+    sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Measurements of one analysed frame, published by the worker."""
+
+    KIND: ClassVar[Kind] = Kind.RESULT
+    session_id: str = _doc("Session of the frame.")
+    index: int = _doc("Frame number within the session.")
+    t_s: float = _doc("Acquisition time of the frame, seconds since t0.")
+    latency_s: float = _doc("From acquisition (`acquired_at`) to this result, seconds.")
+    cluster: dict[str, Any] = _doc(
+        "Cluster values: `area_px`, `area_nm2`, `particle_count`, `relative_area`, "
+        "`needle_contact`, `needle_area_px`."
+    )
+    particles: dict[str, list[Any]] = _doc(
+        "Per-particle columns of equal length: `label`, `area_px`, `area_nm2`, "
+        "`centroid_row`, `centroid_col`, `equivalent_diameter_nm`, `mean_intensity`, "
+        "`touches_needle`."
+    )
+    seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
+    sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An alert: something a microscopist should look at now."""
+
+    KIND: ClassVar[Kind] = Kind.EVENT
+    session_id: str = _doc("Session of the event.")
+    kind: str = _doc("Event kind: " + ", ".join(f"`{k.value}`" for k in EventKind) + ".")
+    t_s: float = _doc("Experiment time of the event, seconds since t0.")
+    frame: int = _doc("Frame index at which it was detected.")
+    magnitude: float = _doc("Size of the change (relative area change, frames lost, ...).",
+                            default=0.0)
+    confidence: float = _doc("0..1, how sure the detector is.", default=1.0)
+    particle_ids: list[int] = _doc("Particles concerned (empty: the whole cluster).",
+                                   default_factory=list)
+    message: str = _doc("One line for a person.", default="")
+    seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
+    sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Periodic worker status, about once a second, even when no frames arrive."""
+
+    KIND: ClassVar[Kind] = Kind.HEARTBEAT
+    session_id: str | None = _doc("Current session, if any.")
+    counters: dict[str, int] = _doc(
+        "Running totals: `received`, `analysed`, `archived`, `dropped`, `skipped`, "
+        "`rejected` and `rejected_<reason>` per rejection reason."
+    )
+    fps_in: float = _doc("Frames received per second over the last interval.")
+    fps_analysed: float = _doc("Frames analysed per second over the last interval.")
+    latency_p50_s: float | None = _doc("Median acquisition-to-result latency, last interval.")
+    latency_p99_s: float | None = _doc("99th percentile latency, last interval.")
+    archive_path: str | None = _doc("Archive of the current session.", default=None)
+    archive_bytes: int | None = _doc("Size of that archive on disk.", default=None)
+    seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
+    sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The worker's acknowledgement that a session's archive is complete and closed."""
+
+    KIND: ClassVar[Kind] = Kind.SESSION_CLOSED
+    session_id: str = _doc("Session that was closed.")
+    archive_path: str = _doc("Where the archive is.")
+    frames_archived: int = _doc("Frames in the archive.")
+    frames_analysed: int = _doc("Frames analysed.")
+    frames_dropped: int = _doc("Sequence gaps seen (frames lost before the worker).")
+    reason: str = _doc("Why it closed: the publisher's stop reason, or `shutdown`.")
+    seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
+    sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+
+
+Message = Union[SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed]
+_CLASSES: dict[Kind, type[Any]] = {
+    cls.KIND: cls
+    for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed)
+}
+
+
+def _header_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("payload")]
+
+
+def _to_json_value(value: Any) -> Any:
+    # numpy scalars and arrays leak into results and metadata; JSON wants builtins.
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v) for v in value]
+    return value
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Turn a message into the three ZeroMQ frames ``[topic, header, payload]``.
+
+    The payload of a ``Frame`` is a memoryview of its image (no copy when the image
+    is C-contiguous), meant for ``send_multipart(parts, copy=False)``.
+
+    Raises
+    ------
+    ProtocolError
+        If a frame's image does not match its declared shape and dtype.
+    """
+    kind: Kind = type(msg).KIND
+    header: dict[str, Any] = {"version": PROTOCOL_VERSION, "kind": kind.value}
+    for f in _header_fields(type(msg)):
+        header[f.name] = _to_json_value(getattr(msg, f.name))
+    payload: bytes | memoryview = b""
+    if isinstance(msg, Frame):
+        image = msg.image
+        if image is None:
+            raise ProtocolError("A frame message needs an image.", reason="no_payload")
+        if list(image.shape) != list(msg.shape) or image.dtype != np.dtype(msg.dtype):
+            raise ProtocolError(
+                f"Frame header says {msg.shape} {msg.dtype}; image is "
+                f"{list(image.shape)} {image.dtype}.",
+                reason="size_mismatch",
+            )
+        image = np.ascontiguousarray(image)
+        if image.dtype.byteorder == ">":
+            image = image.astype(image.dtype.newbyteorder("<"))
+        payload = memoryview(image).cast("B")
+    return [kind.value.encode("ascii"), json.dumps(header, allow_nan=False).encode(), payload]
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Does a decoded JSON value fit a dataclass annotation? (a deliberately small checker)"""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is Any:
+        return True
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(annotation)
+        return isinstance(value, dict) and all(_type_ok(v, item) for v in value.values())
+    return False  # pragma: no cover - every annotation used above is handled
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {
+    cls: typing.get_type_hints(cls) for cls in _CLASSES.values()
+}
+
+
+def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dict[str, Any]]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"Header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}.",
+                            reason="bad_header")
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"Header is not JSON: {exc}.", reason="bad_header") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"Expected a JSON object header. Got {type(header).__name__}.",
+                            reason="bad_header")
+    version = header.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r}.",
+                            reason="unknown_version")
+    try:
+        kind = Kind(header.get("kind"))
+    except ValueError:
+        raise ProtocolError(f"Unknown message kind {header.get('kind')!r}.",
+                            reason="unknown_kind") from None
+    if topic != kind.value.encode():
+        raise ProtocolError(f"Topic {topic!r} does not match kind {kind.value!r}.",
+                            reason="topic_mismatch")
+    cls = _CLASSES[kind]
+    hints = _HINTS[cls]
+    values: dict[str, Any] = {}
+    for f in _header_fields(cls):
+        if f.name in header:
+            value = header[f.name]
+            if not _type_ok(value, hints[f.name]):
+                raise ProtocolError(
+                    f"Field {kind.value}.{f.name}: expected {hints[f.name]}. Got {value!r:.80}.",
+                    reason="bad_field",
+                )
+            values[f.name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"Field {kind.value}.{f.name} is missing.", reason="bad_field")
+    return cls, values
+
+
+def _parse_frame_payload(values: dict[str, Any], payload: Any, limits: FrameLimits) -> np.ndarray:
+    shape = values["shape"]
+    dtype_name = values["dtype"]
+    if len(shape) != 2 or any(n < 1 or n > limits.max_side for n in shape):
+        raise ProtocolError(
+            f"Expected a 2-D shape with sides 1..{limits.max_side}. Got {shape}.",
+            reason="bad_shape",
+        )
+    if shape[0] * shape[1] > limits.max_pixels:
+        raise ProtocolError(f"Frame of {shape[0]}x{shape[1]} exceeds {limits.max_pixels} pixels.",
+                            reason="bad_shape")
+    if dtype_name not in ALLOWED_DTYPES:
+        raise ProtocolError(f"Unsupported dtype {dtype_name!r}.", reason="bad_dtype")
+    dtype = np.dtype(dtype_name).newbyteorder("<")
+    buffer = payload.buffer if hasattr(payload, "buffer") else payload
+    nbytes = memoryview(buffer).nbytes
+    expected = shape[0] * shape[1] * dtype.itemsize
+    if nbytes != expected:
+        raise ProtocolError(
+            f"Payload of {nbytes} bytes does not match {shape[0]}x{shape[1]} {dtype_name} "
+            f"({expected} bytes).",
+            reason="size_mismatch",
+        )
+    image = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ProtocolError("Float frame holds NaN or infinite pixels.", reason="non_finite")
+    return image
+
+
+def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Message:
+    """Inverse of :func:`encode`: validate three ZeroMQ frames and build the message.
+
+    ``parts`` may be ``bytes`` or ``zmq.Frame`` objects (from ``recv_multipart(copy=False)``);
+    a frame's image is then a read-only view on the received buffer, not a copy.
+
+    Raises
+    ------
+    ProtocolError
+        With a ``reason`` token, for anything that is not a valid v1 message.
+    """
+    limits = limits or FrameLimits()
+    if len(parts) != 3:
+        raise ProtocolError(f"Expected 3 message parts. Got {len(parts)}.", reason="bad_parts")
+    topic, raw_header, payload = (getattr(p, "bytes", None) if i < 2 else p
+                                  for i, p in enumerate(parts))
+    topic = topic if topic is not None else bytes(parts[0])
+    raw_header = raw_header if raw_header is not None else bytes(parts[1])
+    cls, values = _parse_header(raw_header, topic)
+    if cls is Frame:
+        values["image"] = _parse_frame_payload(values, payload, limits)
+    else:
+        buffer = payload.buffer if hasattr(payload, "buffer") else payload
+        if memoryview(buffer).nbytes:
+            raise ProtocolError(f"A {cls.KIND.value} message carries no payload.",
+                                reason="unexpected_payload")
+    try:
+        return typing.cast(Message, cls(**values))
+    except TypeError as exc:  # pragma: no cover - _parse_header checked every field
+        raise ProtocolError(str(exc), reason="bad_field") from None
+
+
+class Decoder:
+    """Lenient decoding for a long-running receiver: count, log once per reason, drop.
+
+    The worker must never die of a bad message, but a flood of them must not flood
+    the log either; ``rejected`` keeps the per-reason counts for the heartbeat.
+    """
+
+    def __init__(self, *, limits: FrameLimits | None = None) -> None:
+        self.limits = limits or FrameLimits()
+        self.rejected: Counter[str] = Counter()
+
+    def __call__(self, parts: Sequence[Any]) -> Message | None:
+        try:
+            return decode(parts, limits=self.limits)
+        except ProtocolError as exc:
+            if not self.rejected[exc.reason]:
+                log.warning("Rejected a message (%s): %s Further ones are only counted.",
+                            exc.reason, exc)
+            self.rejected[exc.reason] += 1
+            return None
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("NoneType", "null")
+    return text.replace("<class '", "").replace("'>", "")
+
+
+def schema_markdown() -> str:
+    """The field tables of docs/protocol.md, generated from the dataclasses above."""
+    lines: list[str] = []
+    for kind, cls in _CLASSES.items():
+        hints = _HINTS[cls]
+        lines += [f"### `{kind.value}`", "", (cls.__doc__ or "").strip().splitlines()[0], "",
+                  "| field | type | required | meaning |", "|---|---|---|---|"]
+        for f in _header_fields(cls):
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            doc = f.metadata.get("doc", "").replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{_type_name(hints[f.name])}` | "
+                         f"{'yes' if required else 'no'} | {doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(schema_markdown())
