@@ -2,7 +2,7 @@
 
 Every message is three ZeroMQ frames ``[topic, header, payload]``:
 
-* ``topic``  -- ASCII kind name (``frame``, ``result`` ...), so SUB sockets can filter;
+* ``topic``  -- ASCII message type (``frame``, ``result`` ...), so SUB sockets can filter;
 * ``header`` -- one UTF-8 JSON object (JSON rather than msgpack so that any language's
   standard library can read it, and because headers are small next to the images);
 * ``payload`` -- the raw C-ordered pixel buffer for ``frame`` messages, empty otherwise.
@@ -46,7 +46,7 @@ __all__ = [
     "Frame",
     "FrameLimits",
     "Heartbeat",
-    "Kind",
+    "MessageType",
     "Message",
     "Result",
     "SessionClosed",
@@ -69,8 +69,9 @@ ALLOWED_DTYPES = frozenset(
 """Pixel types cameras and file formats actually produce. Endianness is always little."""
 
 
-class Kind(StrEnum):
-    """Message kinds. The value is also the topic (first ZeroMQ frame)."""
+class MessageType(StrEnum):
+    """Message types. The value is also the topic (first ZeroMQ frame) and the header's
+    ``type``."""
 
     SESSION_START = "session_start"
     FRAME = "frame"
@@ -122,7 +123,7 @@ class FrameLimits:
 class SessionStart:
     """Opens a session: sent by a publisher before its first frame, echoed on results."""
 
-    KIND: ClassVar[Kind] = Kind.SESSION_START
+    TYPE: ClassVar[MessageType] = MessageType.SESSION_START
     session_id: str = _doc("Unique id of the session, chosen by the publisher.")
     source: str = _doc("Where the frames come from, e.g. `sim:lithiation`, `tiff:/data/run3.tif`.")
     source_kind: str = _doc("Source type: `sim`, `tiff`, `video`, `folder`, `archive`, `camera`.")
@@ -148,7 +149,7 @@ class SessionStart:
 class Frame:
     """One camera frame. The payload is the raw pixel buffer, C order, little endian."""
 
-    KIND: ClassVar[Kind] = Kind.FRAME
+    TYPE: ClassVar[MessageType] = MessageType.FRAME
     session_id: str = _doc("Session this frame belongs to.")
     index: int = _doc("Frame number within the session's source, from 0.")
     t_s: float = _doc("Acquisition time, seconds since the session's t0.")
@@ -175,7 +176,7 @@ class Frame:
 class SessionStop:
     """Closes a session: the publisher has sent its last frame."""
 
-    KIND: ClassVar[Kind] = Kind.SESSION_STOP
+    TYPE: ClassVar[MessageType] = MessageType.SESSION_STOP
     session_id: str = _doc("Session being closed.")
     frames_sent: int = _doc("Frames the publisher sent in this session.")
     reason: str = _doc("`end_of_source`, `interrupted` or `error`.", default="end_of_source")
@@ -187,7 +188,7 @@ class SessionStop:
 class Result:
     """Measurements of one analysed frame, published by the worker."""
 
-    KIND: ClassVar[Kind] = Kind.RESULT
+    TYPE: ClassVar[MessageType] = MessageType.RESULT
     session_id: str = _doc("Session of the frame.")
     index: int = _doc("Frame number within the session.")
     t_s: float = _doc("Acquisition time of the frame, seconds since t0.")
@@ -209,7 +210,7 @@ class Result:
 class Event:
     """An alert: something a microscopist should look at now."""
 
-    KIND: ClassVar[Kind] = Kind.EVENT
+    TYPE: ClassVar[MessageType] = MessageType.EVENT
     session_id: str = _doc("Session of the event.")
     kind: str = _doc("Event kind: " + ", ".join(f"`{k.value}`" for k in EventKind) + ".")
     t_s: float = _doc("Experiment time of the event, seconds since t0.")
@@ -228,7 +229,7 @@ class Event:
 class Heartbeat:
     """Periodic worker status, about once a second, even when no frames arrive."""
 
-    KIND: ClassVar[Kind] = Kind.HEARTBEAT
+    TYPE: ClassVar[MessageType] = MessageType.HEARTBEAT
     session_id: str | None = _doc("Current session, if any.")
     counters: dict[str, int] = _doc(
         "Running totals: `received`, `analysed`, `archived`, `dropped`, `skipped`, "
@@ -248,7 +249,7 @@ class Heartbeat:
 class SessionClosed:
     """The worker's acknowledgement that a session's archive is complete and closed."""
 
-    KIND: ClassVar[Kind] = Kind.SESSION_CLOSED
+    TYPE: ClassVar[MessageType] = MessageType.SESSION_CLOSED
     session_id: str = _doc("Session that was closed.")
     archive_path: str = _doc("Where the archive is.")
     frames_archived: int = _doc("Frames in the archive.")
@@ -260,8 +261,8 @@ class SessionClosed:
 
 
 Message = Union[SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed]
-_CLASSES: dict[Kind, type[Any]] = {
-    cls.KIND: cls
+_CLASSES: dict[MessageType, type[Any]] = {
+    cls.TYPE: cls
     for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed)
 }
 
@@ -296,8 +297,8 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     ProtocolError
         If a frame's image does not match its declared shape and dtype.
     """
-    kind: Kind = type(msg).KIND
-    header: dict[str, Any] = {"version": PROTOCOL_VERSION, "kind": kind.value}
+    kind: MessageType = type(msg).TYPE
+    header: dict[str, Any] = {"version": PROTOCOL_VERSION, "type": kind.value}
     for f in _header_fields(type(msg)):
         header[f.name] = _to_json_value(getattr(msg, f.name))
     payload: bytes | memoryview = b""
@@ -305,7 +306,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         image = msg.image
         if image is None:
             raise ProtocolError("A frame message needs an image.", reason="no_payload")
-        if list(image.shape) != list(msg.shape) or image.dtype != np.dtype(msg.dtype):
+        if list(image.shape) != list(msg.shape) or image.dtype.name != msg.dtype:
             raise ProtocolError(
                 f"Frame header says {msg.shape} {msg.dtype}; image is "
                 f"{list(image.shape)} {image.dtype}.",
@@ -363,12 +364,12 @@ def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dic
         raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r}.",
                             reason="unknown_version")
     try:
-        kind = Kind(header.get("kind"))
+        kind = MessageType(header.get("type"))
     except ValueError:
-        raise ProtocolError(f"Unknown message kind {header.get('kind')!r}.",
-                            reason="unknown_kind") from None
+        raise ProtocolError(f"Unknown message type {header.get('type')!r}.",
+                            reason="unknown_type") from None
     if topic != kind.value.encode():
-        raise ProtocolError(f"Topic {topic!r} does not match kind {kind.value!r}.",
+        raise ProtocolError(f"Topic {topic!r} does not match type {kind.value!r}.",
                             reason="topic_mismatch")
     cls = _CLASSES[kind]
     hints = _HINTS[cls]
@@ -411,6 +412,8 @@ def _parse_frame_payload(values: dict[str, Any], payload: Any, limits: FrameLimi
             reason="size_mismatch",
         )
     image = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    # A view on ZeroMQ's receive buffer: nobody downstream may write into it.
+    image.flags.writeable = False
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ProtocolError("Float frame holds NaN or infinite pixels.", reason="non_finite")
     return image
@@ -440,7 +443,7 @@ def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Messag
     else:
         buffer = payload.buffer if hasattr(payload, "buffer") else payload
         if memoryview(buffer).nbytes:
-            raise ProtocolError(f"A {cls.KIND.value} message carries no payload.",
+            raise ProtocolError(f"A {cls.TYPE.value} message carries no payload.",
                                 reason="unexpected_payload")
     try:
         return typing.cast(Message, cls(**values))

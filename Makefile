@@ -1,0 +1,33 @@
+# The two commands the README promises work on a fresh machine with only python3:
+#   make demo   -- a simulated operando experiment through the real pipeline
+#   make test   -- the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lithoscope demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ''
+
+lint: $(STAMP)
+	$(BIN)/ruff check service clients replay tests bench
+	$(BIN)/mypy -p lithoscope.service -p lithoscope.clients -p lithoscope.replay
+
+bench: $(STAMP)
+	$(BIN)/python bench/archive_write.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
