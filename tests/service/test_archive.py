@@ -1,0 +1,145 @@
+"""Archives: written incrementally, readable after a clean close and after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lithoscope.service.archive import (
+    CLUSTER_COLUMNS,
+    ArchiveReader,
+    ArchiveWriter,
+)
+from lithoscope.service.errors import ArchiveError
+
+SESSION = {"session_id": "s1", "source": "test", "source_kind": "sim", "pixel_size_nm": 0.5,
+           "fps": 4.0, "live": False, "t0_unix": 0.0}
+
+
+def cluster_row(i: int) -> dict[str, object]:
+    return {"frame": i, "t_s": i / 4, "area_px": 1000 + i, "area_nm2": (1000 + i) * 0.25,
+            "particle_count": 3, "relative_area": 1 + i / 1000, "needle_contact": i % 2 == 0,
+            "needle_area_px": 50, "needle_tip_row": np.nan, "needle_tip_col": 3.0,
+            "latency_s": 0.01}
+
+
+def test_round_trip_after_clean_close(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 65535, size=(70, 32, 48), dtype=np.uint16)  # crosses a growth step
+    writer = ArchiveWriter(tmp_path / "a.zarr", session=SESSION, config={"x": 1},
+                           software_version="9.9")
+    for i, image in enumerate(frames):
+        writer.append_frame(image, seq=i + 2, index=i, t_s=i / 4, acquired_at=100.0 + i,
+                            metadata={"bias_v": -2.0, "truth": {"cluster_area_px": i}})
+        writer.append_rows("cluster", cluster_row(i))
+        writer.append_rows("particles", {
+            "frame": [i, i], "t_s": [i / 4] * 2, "label": [1, 2], "area_px": [10, 20],
+            "area_nm2": [2.5, 5.0], "centroid_row": [1.0, 2.0], "centroid_col": [3.0, 4.0],
+            "equivalent_diameter_nm": [1.0, 2.0], "mean_intensity": [5.0, 6.0],
+            "touches_needle": [True, False]})
+    writer.append_rows("events", {"frame": 5, "t_s": 1.25, "kind": "contact_made",
+                                  "magnitude": 0.0, "confidence": 0.9, "particle_ids": "[1]",
+                                  "message": "Needle touches the cluster."})
+    writer.close()
+
+    reader = ArchiveReader(tmp_path / "a.zarr")
+    assert reader.status == "complete"
+    assert reader.frame_count == 70
+    assert reader.frames.shape == (70, 32, 48)  # trimmed to the exact length
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    table = reader.table("frame_table")
+    np.testing.assert_array_equal(table["seq"], np.arange(2, 72))
+    np.testing.assert_allclose(table["t_s"], np.arange(70) / 4)
+    assert '"bias_v": -2.0' in str(table["metadata_json"][3])
+    cluster = reader.table("cluster")
+    assert set(cluster) == set(CLUSTER_COLUMNS)
+    np.testing.assert_array_equal(cluster["area_px"], 1000 + np.arange(70))
+    assert cluster["needle_contact"].dtype == bool
+    particles = reader.table("particles")
+    assert len(particles["frame"]) == 140
+    (event,) = reader.events()
+    assert event["kind"] == "contact_made"
+    assert event["particle_ids"] == [1]
+    summary = reader.summary()
+    assert summary["frames"] == 70
+    assert summary["duration_s"] == pytest.approx(69 / 4)
+    assert summary["pixel_size_nm"] == 0.5
+    assert summary["software_version"] == "9.9"
+    assert summary["cluster"][1] == {"frame": 1, "t_s": 0.25, "area_px": 1001,
+                                     "relative_area": pytest.approx(1.001),
+                                     "needle_contact": False}
+
+
+def test_refuses_to_overwrite_and_to_mix_frame_shapes(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path / "a.zarr", session=SESSION)
+    writer.append_frame(np.zeros((4, 4), np.uint8), seq=1, index=0, t_s=0.0, acquired_at=0.0)
+    with pytest.raises(ArchiveError, match="holds"):
+        writer.append_frame(np.zeros((4, 5), np.uint8), seq=2, index=1, t_s=0.1,
+                            acquired_at=0.0)
+    writer.close()
+    with pytest.raises(ArchiveError, match="already exists"):
+        ArchiveWriter(tmp_path / "a.zarr", session=SESSION)
+    assert ArchiveReader(tmp_path / "a.zarr").frame_count == 1
+
+
+def test_reader_rejects_what_is_not_an_archive(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="not a lithoscope archive"):
+        ArchiveReader(tmp_path)
+    with pytest.raises(OSError, match="not a lithoscope archive"):  # also an OSError
+        ArchiveReader(tmp_path / "missing.zarr")
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np
+    from lithoscope.service.archive import ArchiveWriter
+    w = ArchiveWriter(sys.argv[1], session={"session_id": "k", "source": "t"},
+                      flush_interval_s=0.05)
+    i = 0
+    while True:
+        w.append_frame(np.full((64, 64), i, np.uint16), seq=i + 1, index=i, t_s=i * 0.1,
+                       acquired_at=float(i))
+        w.append_rows("cluster", {"frame": i, "t_s": i * 0.1, "area_px": i,
+            "area_nm2": 0.0, "particle_count": 1, "relative_area": 1.0,
+            "needle_contact": False, "needle_area_px": 0, "needle_tip_row": 0.0,
+            "needle_tip_col": 0.0, "latency_s": 0.0})
+        print(i, flush=True)
+        i += 1
+""")
+
+
+def test_sigkill_mid_session_leaves_a_readable_consistent_archive(tmp_path: Path) -> None:
+    path = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    confirmed = -1
+    deadline = time.monotonic() + 60
+    while confirmed < 150 and time.monotonic() < deadline:  # past two growth steps
+        line = proc.stdout.readline()
+        if not line:
+            break
+        confirmed = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+    assert confirmed >= 150, "the writer did not get going"
+
+    reader = ArchiveReader(path)
+    assert reader.status == "recording"  # never closed: says so
+    # Every frame the writer had confirmed is there, and nothing half-written is counted.
+    assert reader.frame_count >= confirmed + 1
+    frames = reader.frames[: reader.frame_count]
+    np.testing.assert_array_equal(frames[:, 0, 0], np.arange(reader.frame_count))
+    seq = reader.table("frame_table")["seq"]
+    np.testing.assert_array_equal(seq, np.arange(1, reader.frame_count + 1))
+    cluster = reader.table("cluster")
+    # Measurements may lag the frames by one flush interval, but never refer past them.
+    assert 0 < len(cluster["frame"]) <= reader.frame_count
+    np.testing.assert_array_equal(cluster["area_px"], cluster["frame"])
