@@ -1,0 +1,1 @@
+"""Shared test helpers: conformance suites and writers of small real media files."""
