@@ -1,0 +1,342 @@
+"""The ``lithoscope`` command: demo, publish, serve, replay, inspect.
+
+Each command is a few lines around library calls. Errors lithoscope raises on
+purpose become one line on stderr and exit status 1; a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import DEFAULT_FRAMES_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, load_config, parse_endpoint
+from .errors import ConfigError, LithoscopeError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="lithoscope",
+    help="Real-time analysis of operando TEM lithiation experiments: stream camera frames "
+    "over ZeroMQ, measure particles and the needle as they come, archive every frame to zarr.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("lithoscope")
+
+
+class Scenario(StrEnum):
+    lithiation = "lithiation"
+    control = "control"
+
+
+@contextlib.contextmanager
+def _friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except LithoscopeError as exc:
+        err_console.print(f"[bold red]lithoscope: error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def parse_speed(value: str | None) -> float | None:
+    """``max`` -> None (as fast as the worker takes frames); otherwise a factor > 0."""
+    if value is None or value.strip().lower() == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise ConfigError(f"Expected --speed to be a number > 0 or 'max'. Got {value!r}.") from None
+    if not speed > 0:
+        raise ConfigError(f"Expected --speed to be a number > 0 or 'max'. Got {value!r}.")
+    return speed
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM set an event instead of killing us mid-write: archives get closed."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C means it
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _open_source(spec: str, fps: float | None, pixel_size_nm: float | None,
+                 scenario: str | None = None) -> Any:
+    from lithoscope.replay.readers import open_source
+
+    return open_source(spec, fps=fps, pixel_size_nm=pixel_size_nm)
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions and events.")]
+Fps = Annotated[float | None, typer.Option(
+    "--fps", min=1e-6, help="Frame rate of the recording, when the file does not say.")]
+PixelSize = Annotated[float | None, typer.Option(
+    "--pixel-size", min=1e-6, help="Pixel size in nm, when the file does not say (overrides it).")]
+
+
+@app.command()
+def demo(
+    sessions: Annotated[Path, typer.Option(help="Folder for the session archive.")] = Path(
+        "sessions"),
+    scenario: Annotated[Scenario, typer.Option(help="Simulated experiment.")] = (
+        Scenario.lithiation),
+    speed: Annotated[float, typer.Option(
+        min=0.01, help="Pace of the simulated experiment relative to real time.")] = 2.0,
+    verbose: Verbose = False,
+) -> None:
+    """Run a simulated operando experiment through the real pipeline and summarise it.
+
+    A simulated camera streams a needle touching a silicon particle cluster, the bias
+    switching on, the particles swelling, the needle withdrawing and the cluster
+    shrinking; the worker analyses and archives every frame under SESSIONS.
+    """
+    from .config import ServiceConfig
+    from .protocol import Event
+    from .session import run_local_session
+    from .sources.sim import SimulatedSource
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        stop = _stop_on_signals()
+        config = ServiceConfig(sessions_dir=str(sessions))
+        source = SimulatedSource(scenario=scenario.value)
+        info = source.info
+        console.print(f"[bold]lithoscope demo[/] {__version__}: {info.name}, "
+                      f"{info.frame_count} frames of {info.shape} at {info.fps:g} fps, "
+                      f"played at {speed:g}x ({(info.frame_count or 0) / (info.fps or 1) / speed:.0f}"
+                      " s). Ctrl-C stops early and keeps what was recorded.")
+
+        def show(msg: Any) -> None:
+            if isinstance(msg, Event):
+                console.print(f"  t = {msg.t_s:7.2f} s  frame {msg.frame:5d}  "
+                              f"[bold yellow]{msg.kind:<20}[/] {msg.message}", highlight=False)
+
+        started = time.monotonic()
+        report = run_local_session(source, config=config, speed=speed, live=True,
+                                   on_message=show, stop=stop)
+        wall = time.monotonic() - started
+        if report.closed is None:
+            raise LithoscopeError("The worker did not confirm the end of the session.")
+        _print_summary(Path(report.closed.archive_path), wall_s=wall,
+                       frames_sent=report.frames_sent)
+
+
+@app.command()
+def publish(
+    source: Annotated[str, typer.Argument(
+        help="'sim' (or sim:control), a TIFF stack, AVI/MP4 movie, image folder or archive.")],
+    connect: Annotated[str, typer.Option(help="The service's frames endpoint.")] = (
+        DEFAULT_FRAMES_ENDPOINT),
+    results: Annotated[str, typer.Option(
+        help="The service's results endpoint (to confirm the session was archived).")] = (
+        DEFAULT_RESULTS_ENDPOINT),
+    speed: Annotated[str, typer.Option(
+        help="Pace: a factor of real time, or 'max' for as fast as the worker takes frames.")
+    ] = "1",
+    fps: Fps = None,
+    pixel_size: PixelSize = None,
+    archive_name: Annotated[str | None, typer.Option(
+        help="Name for the session's archive on the service (default: the session id).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Stream a source's frames to a running service (e.g. beside a camera)."""
+    from .publisher import Publisher
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+        parse_endpoint(results, what="results endpoint", allow_remote=True)
+        pace = parse_speed(speed)
+        stop = _stop_on_signals()
+        with _open_source(source, fps, pixel_size) as src, \
+                Publisher(connect, results_endpoint=results) as publisher:
+            console.print(f"Publishing {src.info.name} to {connect} ...")
+            report = publisher.publish(src, speed=pace, archive_name=archive_name,
+                                       fps=fps, pixel_size_nm=pixel_size, stop=stop)
+        console.print(f"Sent {report.frames_sent} frames in {report.wall_s:.1f} s "
+                      f"(session {report.session_id}).")
+        if report.closed is None:
+            raise LithoscopeError(f"The service at {results} did not confirm that session "
+                                  f"{report.session_id} was archived.")
+        console.print(f"Archived {report.closed.frames_archived} frames to "
+                      f"{report.closed.archive_path}.")
+
+
+@app.command()
+def serve(
+    frames: Annotated[str | None, typer.Option(
+        help=f"Endpoint to receive frames on [default: {DEFAULT_FRAMES_ENDPOINT}].")] = None,
+    results: Annotated[str | None, typer.Option(
+        help=f"Endpoint to publish results on [default: {DEFAULT_RESULTS_ENDPOINT}].")] = None,
+    sessions: Annotated[Path | None, typer.Option(
+        help="Folder receiving one archive per session [default: sessions].")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="TOML file with service, analysis and alert settings.")] = None,
+    allow_remote: Annotated[bool, typer.Option(
+        help="Allow listening on interfaces other than loopback.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run the analysis worker as a service until Ctrl-C or SIGTERM.
+
+    It archives every session that a publisher streams to it, and publishes
+    per-frame results, alerts and a heartbeat for monitors and other tools.
+    """
+    from .worker import Worker
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        settings = load_config(config).replace(
+            frames_endpoint=frames, results_endpoint=results,
+            sessions_dir=str(sessions) if sessions else None,
+            allow_remote=allow_remote or None)
+        stop = _stop_on_signals()
+        with Worker(settings) as worker:
+            frames_at, results_at = worker.bind()
+            console.print(f"lithoscope serve {__version__}: receiving frames on {frames_at}, "
+                          f"publishing results on {results_at}, archiving into "
+                          f"{Path(settings.sessions_dir).resolve()}", highlight=False)
+            worker.run(stop)
+        console.print("lithoscope serve: stopped; open archives were closed.")
+
+
+@app.command()
+def replay(
+    source: Annotated[str, typer.Argument(
+        help="A TIFF stack, AVI/MP4 movie, image folder (sorted by name) or lithoscope archive.")],
+    archive: Annotated[Path, typer.Option(help="Where to write the new archive (.zarr).")],
+    speed: Annotated[str, typer.Option(
+        help="Pace: a factor of real time, or 'max' for as fast as the worker takes frames.")
+    ] = "max",
+    fps: Fps = None,
+    pixel_size: PixelSize = None,
+    connect: Annotated[str | None, typer.Option(
+        help="Frames endpoint of a running service; by default replay starts its own worker.")
+    ] = None,
+    results: Annotated[str, typer.Option(
+        help="Results endpoint of that service (with --connect).")] = DEFAULT_RESULTS_ENDPOINT,
+    verbose: Verbose = False,
+) -> None:
+    """Feed a recording through the same publisher -> ZeroMQ -> worker path, losslessly.
+
+    Every frame reaches the archive, in order and bit-identical, whatever the speed.
+    With --connect, the running service archives it in its own folder under the name
+    of --archive.
+    """
+    from .publisher import Publisher
+    from .session import run_local_session
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        pace = parse_speed(speed)
+        if connect is None and archive.exists():
+            raise ConfigError(f"{archive} already exists; choose a new --archive path.")
+        stop = _stop_on_signals()
+        started = time.monotonic()
+        with _open_source(source, fps, pixel_size) as src:
+            if src.info.fps is None and fps is None and pace is not None:
+                raise ConfigError(f"{source} does not record its frame rate; give --fps "
+                                  "or use --speed max.")
+            console.print(f"Replaying {src.info.name} ({src.info.frame_count or '?'} frames) ...")
+            if connect is None:
+                report = run_local_session(src, archive_path=archive, speed=pace, live=False,
+                                           fps=fps, pixel_size_nm=pixel_size, stop=stop)
+            else:
+                parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+                with Publisher(connect, results_endpoint=results) as publisher:
+                    report = publisher.publish(src, speed=pace, live=False, fps=fps,
+                                               pixel_size_nm=pixel_size,
+                                               archive_name=archive.name, stop=stop)
+        wall = time.monotonic() - started
+        closed = report.closed
+        if closed is None:
+            raise LithoscopeError(f"The worker did not confirm that session {report.session_id} "
+                                  "was archived.")
+        console.print(f"Replayed {report.frames_sent} frames in {wall:.1f} s "
+                      f"({report.frames_sent / max(wall, 1e-9):.1f} frames/s); archived "
+                      f"{closed.frames_archived} to {closed.archive_path}.", highlight=False)
+        if report.interrupted:
+            raise LithoscopeError("Interrupted: the archive holds the frames sent so far.")
+        if closed.frames_archived != report.frames_sent:
+            raise LithoscopeError(f"Only {closed.frames_archived} of {report.frames_sent} "
+                                  "frames reached the archive.")
+
+
+@app.command()
+def inspect(
+    archive: Annotated[Path, typer.Argument(help="A session archive (.zarr folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Summarise an archived session: frames, duration, pixel size, events, cluster area."""
+    from .archive import ArchiveReader
+
+    with _friendly_errors():
+        summary = ArchiveReader(archive).summary()
+        if as_json:
+            sys.stdout.write(json.dumps(summary) + "\n")
+            return
+        _print_summary(archive, summary=summary)
+
+
+def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
+                   wall_s: float | None = None, frames_sent: int | None = None) -> None:
+    from .archive import ArchiveReader
+
+    s = summary or ArchiveReader(path).summary()
+    table = Table(title=f"Session {s['session_id']}", show_header=False, title_justify="left")
+    table.add_row("archive", f"{s['path']} ({s['size_bytes'] / 1e6:.1f} MB, {s['status']})")
+    table.add_row("source", str(s["source"]))
+    if frames_sent is not None:
+        table.add_row("frames sent", str(frames_sent))
+    table.add_row("frames archived", f"{s['frames']} of {s['shape']} {s['dtype']}")
+    table.add_row("frames analysed", str(s["frames_analysed"]))
+    table.add_row("duration", f"{s['duration_s']:.1f} s of experiment time")
+    if wall_s is not None:
+        table.add_row("wall time", f"{wall_s:.1f} s")
+    table.add_row("pixel size", f"{s['pixel_size_nm']} nm" if s["pixel_size_nm"] else "unknown")
+    cluster = s["cluster"]
+    if cluster:
+        areas = [c["area_px"] for c in cluster]
+        table.add_row("cluster area", f"{areas[0]} px at start, {max(areas)} px at most, "
+                                      f"{areas[-1]} px at end")
+    console.print(table)
+    events = Table(title="Events", title_justify="left")
+    for column in ("t_s", "frame", "kind", "message"):
+        events.add_column(column)
+    for e in s["events"]:
+        events.add_row(f"{e['t_s']:.2f}", str(e["frame"]), e["kind"], e["message"])
+    console.print(events if s["events"] else "No events.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

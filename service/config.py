@@ -1,0 +1,147 @@
+"""Service configuration: one tree of frozen dataclasses.
+
+Defaults are documented on each field; a TOML file (``lithoscope serve --config``)
+overrides them, command-line flags override the file, and ``to_dict()`` is written
+into every archive so a session records how it was analysed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .alerts import AlertConfig
+from .analysis import AnalysisConfig
+from .errors import ConfigError
+from .protocol import FrameLimits
+
+__all__ = [
+    "DEFAULT_FRAMES_ENDPOINT",
+    "DEFAULT_RESULTS_ENDPOINT",
+    "ServiceConfig",
+    "load_config",
+    "parse_endpoint",
+]
+
+DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5556"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def parse_endpoint(value: str, *, what: str = "endpoint", allow_remote: bool = False) -> str:
+    """Check a ZeroMQ endpoint; refuse non-loopback tcp unless explicitly allowed.
+
+    Frames and results carry unpublished data and the frames port accepts input
+    from anyone who can reach it, so the service listens on loopback unless told
+    otherwise (see docs/security.md once authentication lands).
+    """
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(f"Expected a ZeroMQ {what} like tcp://127.0.0.1:5555 or "
+                          f"ipc:///tmp/lithoscope-frames. Got {value!r} instead.")
+    scheme = value.split("://", 1)[0]
+    if scheme not in ("tcp", "ipc", "inproc"):
+        raise ConfigError(f"Expected a tcp://, ipc:// or inproc:// {what}. Got {value!r}.")
+    if scheme == "tcp":
+        host = urlparse(value).hostname or value.split("://", 1)[1].rsplit(":", 1)[0]
+        if host not in _LOOPBACK and not allow_remote:
+            raise ConfigError(
+                f"The {what} {value} is not on loopback. lithoscope listens on 127.0.0.1 "
+                "unless --allow-remote is given."
+            )
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything ``lithoscope serve`` needs. Field defaults are the shipped defaults."""
+
+    frames_endpoint: str = DEFAULT_FRAMES_ENDPOINT
+    """Where the worker receives frames (it binds; publishers connect)."""
+    results_endpoint: str = DEFAULT_RESULTS_ENDPOINT
+    """Where the worker publishes results, events and heartbeats (PUB; clients connect)."""
+    sessions_dir: str = "sessions"
+    """Folder that receives one ``<session>.zarr`` archive per session."""
+    allow_remote: bool = False
+    """Permit binding to non-loopback interfaces."""
+    heartbeat_s: float = 1.0
+    """Interval between heartbeats on the results stream."""
+    frame_hwm: int = 64
+    """ZeroMQ high-water mark of the frames socket, in frames: the buffer that absorbs
+    short stalls before a lossless publisher is made to wait."""
+    results_hwm: int = 1000
+    """High-water mark of the results socket; a slow subscriber loses updates beyond it."""
+    measurement_flush_s: float = 1.0
+    """Longest time measurement rows stay in memory before reaching the archive."""
+    compression_level: int = 1
+    """Blosc-lz4 level for frames (1: fast; higher levels gain little on noisy frames)."""
+    stall_timeout_s: float = 10.0
+    """A session with no frame for this long raises ``source_stalled``."""
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+
+    def __post_init__(self) -> None:
+        parse_endpoint(self.frames_endpoint, what="frames endpoint",
+                       allow_remote=self.allow_remote)
+        parse_endpoint(self.results_endpoint, what="results endpoint",
+                       allow_remote=self.allow_remote)
+        for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"Expected {name} > 0. Got {getattr(self, name)!r}.")
+        for name in ("frame_hwm", "results_hwm"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ConfigError(f"Expected {name} to be a positive integer. "
+                                  f"Got {getattr(self, name)!r}.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"Unknown service option(s) {sorted(unknown)}. "
+                              f"Expected some of {sorted(known)}.")
+        values = dict(data)
+        if "limits" in values:
+            values["limits"] = FrameLimits(**values["limits"])
+        if "analysis" in values:
+            values["analysis"] = AnalysisConfig.from_dict(values["analysis"])
+        if "alerts" in values:
+            values["alerts"] = AlertConfig.from_dict(values["alerts"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("analysis", "alerts"):
+                value = value.to_dict()
+            elif f.name == "limits":
+                value = dataclasses.asdict(value)
+            out[f.name] = value
+        return out
+
+    def replace(self, **changes: Any) -> ServiceConfig:
+        """A copy with ``changes`` applied; ``None`` values (unset CLI flags) are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_config(path: str | Path | None) -> ServiceConfig:
+    """Read a TOML file into a ServiceConfig (defaults when ``path`` is None)."""
+    if path is None:
+        return ServiceConfig()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config {path}: {exc.strerror or exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config {path} is not valid TOML: {exc}.") from None
+    return ServiceConfig.from_dict(data)

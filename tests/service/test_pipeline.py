@@ -1,0 +1,166 @@
+"""Publisher → ZeroMQ → worker → archive, over real sockets (tcp loopback and ipc)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from lithoscope.clients import Subscriber
+from lithoscope.service.archive import ArchiveReader
+from lithoscope.service.config import ServiceConfig
+from lithoscope.service.protocol import Event, Frame, Heartbeat, SessionStart, encode
+from lithoscope.service.publisher import Publisher
+from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
+from support.arrays import ArraySource, noisy_frames
+
+
+def endpoints(kind: str, tmp_path: Path) -> dict[str, str]:
+    if kind == "tcp":
+        return {"frames_endpoint": "tcp://127.0.0.1:*", "results_endpoint": "tcp://127.0.0.1:*"}
+    return {"frames_endpoint": f"ipc://{tmp_path}/frames",
+            "results_endpoint": f"ipc://{tmp_path}/results"}
+
+
+@pytest.fixture(params=["tcp", "ipc"])
+def worker(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = ServiceConfig(sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.2,
+                           **endpoints(request.param, tmp_path))
+    thread = WorkerThread(Worker(config)).start()
+    yield thread.worker
+    thread.stop()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_every_frame_reaches_the_archive_bit_identical(worker: Worker, dtype: str) -> None:
+    frames = noisy_frames(40, dtype=dtype)
+    with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint,
+                   ack_timeout_s=30) as publisher:
+        report = publisher.publish(ArraySource(frames, fps=20.0), speed=None, live=False)
+    assert report.closed is not None
+    assert report.frames_sent == report.closed.frames_archived == 40
+    assert report.closed.frames_analysed == 40
+
+    reader = ArchiveReader(report.closed.archive_path)
+    assert reader.status == "complete"
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    table = reader.table("frame_table")
+    np.testing.assert_allclose(table["t_s"], np.arange(40) / 20.0)
+    np.testing.assert_array_equal(table["index"], np.arange(40))
+    assert np.all(np.diff(table["acquired_at"]) >= 0)
+    assert json.loads(str(table["metadata_json"][5]))["bias_v"] == -2.0
+    cluster = reader.table("cluster")
+    np.testing.assert_array_equal(cluster["frame"], np.arange(40))
+    assert np.all(cluster["area_px"] > 0)  # the discs were found
+    assert reader.meta["pixel_size_nm"] == 0.5
+    assert reader.meta["config"]["analysis"]  # how it was analysed is recorded
+
+
+def test_pacing_follows_the_source_clock(worker: Worker) -> None:
+    frames = noisy_frames(11, shape=(32, 32))
+    with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint) as pub:
+        report = pub.publish(ArraySource(frames, fps=10.0), speed=2.0)  # 1 s of source → 0.5 s
+    assert 0.45 <= report.wall_s < 3.0
+    assert report.closed is not None and report.closed.frames_archived == 11
+
+
+def test_malformed_messages_are_counted_and_good_ones_continue(worker: Worker) -> None:
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(worker.frames_endpoint)
+    frames = noisy_frames(3, shape=(16, 16))
+    start = SessionStart(session_id="mixed", source="test", source_kind="test",
+                         t0_unix=0.0, live=False)
+
+    def frame(i: int, **changes: object) -> list[bytes | memoryview]:
+        values: dict[str, object] = dict(session_id="mixed", index=i, t_s=i * 0.1,
+                                         acquired_at=0.0, shape=[16, 16], dtype="uint16",
+                                         seq=i + 2, image=frames[i])
+        values.update(changes)
+        return encode(Frame(**values))  # type: ignore[arg-type]
+
+    bad_size = frame(1)
+    bad_size[2] = b"\x00" * 7
+    messages = [encode(start), frame(0), [b"frame", b"{oops", b""], bad_size,
+                [b"frame"], frame(1), [b"frame", b'{"version": 99, "type": "frame"}', b""],
+                frame(2)]
+    with Subscriber(worker.results_endpoint, topics=["heartbeat", "session_closed"]) as sub:
+        for parts in messages:
+            raw.send_multipart(parts)
+        from lithoscope.service.protocol import SessionStop
+        raw.send_multipart(encode(SessionStop(session_id="mixed", frames_sent=3, seq=9)))
+        counters: dict[str, int] = {}
+        for msg in sub.iter(timeout_s=10):
+            if isinstance(msg, Heartbeat) and msg.counters.get("rejected", 0) >= 4:
+                counters = msg.counters
+                break
+    raw.close(linger=0)
+    assert counters["rejected_bad_header"] == 1
+    assert counters["rejected_size_mismatch"] == 1
+    assert counters["rejected_bad_parts"] == 1
+    assert counters["rejected_unknown_version"] == 1
+    path = worker.closed_sessions["mixed"].archive_path
+    np.testing.assert_array_equal(ArchiveReader(path).frames[:], frames)
+
+
+def test_sequence_gaps_are_reported_as_dropped_frames(worker: Worker) -> None:
+    frames = noisy_frames(6, shape=(16, 16))
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(worker.frames_endpoint)
+    with Subscriber(worker.results_endpoint, topics=["event"]) as sub:
+        raw.send_multipart(encode(SessionStart(session_id="gappy", source="t", source_kind="t",
+                                               t0_unix=0.0, live=False, seq=1)))
+        for i in (0, 1, 4, 5):  # frames 2 and 3 never arrive
+            raw.send_multipart(encode(Frame(session_id="gappy", index=i, t_s=float(i),
+                                            acquired_at=0.0, shape=[16, 16], dtype="uint16",
+                                            seq=i + 2, image=frames[i])))
+        events = [m for m in sub.iter(timeout_s=5) if isinstance(m, Event)
+                  and m.kind == "frames_dropped"]
+    raw.close(linger=0)
+    assert len(events) == 1
+    assert events[0].magnitude == 2
+    assert events[0].frame == 4
+    assert worker.counters["dropped"] == 2
+
+
+def test_live_sessions_archive_everything_even_when_analysis_skips(worker: Worker) -> None:
+    frames = noisy_frames(60, shape=(256, 256))
+    with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint) as pub:
+        report = pub.publish(ArraySource(frames, fps=1000.0, live=True), speed=None)
+    closed = report.closed
+    assert closed is not None
+    assert closed.frames_archived == 60
+    assert 1 <= closed.frames_analysed <= 60
+    reader = ArchiveReader(closed.archive_path)
+    assert reader.meta["frames_analysed"] + reader.meta["frames_skipped"] == 60
+    np.testing.assert_array_equal(reader.frames[:], frames)
+
+
+def test_stop_while_the_worker_is_absent_does_not_hang(tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    with Publisher(f"ipc://{tmp_path}/nobody", sndhwm=1, ack_timeout_s=0.1) as pub:
+        report = pub.publish(ArraySource(noisy_frames(3, shape=(8, 8))), speed=None, stop=stop)
+        assert report.interrupted
+        assert report.frames_sent == 0
+        pub.close(linger_s=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("../../etc/passwd", "passwd.zarr"), ("run 3/µ", "session.zarr"),
+     ("run 3 ", "run_3.zarr"), ("good-name.zarr", "good-name.zarr")],
+)
+def test_archive_names_from_the_wire_cannot_escape_the_sessions_folder(
+        tmp_path: Path, name: str, expected: str) -> None:
+    start = SessionStart(session_id="s", source="t", source_kind="t", t0_unix=0.0, live=False,
+                         archive_name=name)
+    path = default_archive_path(tmp_path, start)
+    assert path.parent == tmp_path
+    assert path.name == expected
+    path.mkdir()
+    assert default_archive_path(tmp_path, start).name == expected.replace(".zarr", "-2.zarr")
