@@ -1,0 +1,639 @@
+"""A simulated operando lithiation experiment: the twin of a live TEM camera.
+
+The scene is a bright-field TEM movie of a silicon nanoparticle cluster being
+lithiated by a tungsten needle:
+
+* bright vacuum with a smooth illumination gradient and a small per-frame
+  brightness flicker;
+* silicon particles as grey discs (mass-thickness contrast, slightly darker in
+  the middle where they are thicker) touching each other in one connected cluster;
+* an opaque tungsten needle entering from one edge, its tip coated with a thinner,
+  lighter grey LiOx layer (the solid electrolyte). It approaches the cluster,
+  touches it at ``contact_s``, a bias is applied at ``bias_on_s``, and it is
+  withdrawn at ``withdraw_s``;
+* lithiation makes the particles swell: the touched particle first, its
+  neighbours later and less (lithium diffuses through the contact network), the
+  whole cluster contracting again after the needle is withdrawn;
+* Poisson shot noise at the configured electron dose.
+
+The geometry and the lithiation state of every frame are computed in closed form
+at construction, so frames can be rendered in any order
+(:meth:`SimulatedSource.render`), and every frame carries its exact ground truth
+(``SourceFrame.truth``). The simulator never sleeps: the publisher paces frames.
+
+This is the first, deliberately simple image model. It is organised so that the
+physics can grow (Fresnel fringes, crystalline cores, specimen drift, particles
+pushing each other apart) by replacing :class:`_Scene` or :func:`_render` without
+touching the source interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lithoscope.service.errors import ConfigError, SourceError
+from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
+
+__all__ = ["SCENARIOS", "Scenario", "SimConfig", "SimulatedSource"]
+
+
+# Image-formation constants. They are not options because the next image model
+# (thickness maps, Fresnel fringes) replaces them with physics rather than knobs.
+_PSF_SIGMA_PX = 0.8
+"""Point-spread function of the microscope plus camera (Gaussian sigma, pixels)."""
+_PARTICLE_EDGE_TRANSMISSION = 0.62
+_PARTICLE_CENTRE_TRANSMISSION = 0.45
+"""Bright-field transmission of pristine Si at the rim and at the centre of a particle."""
+_LITHIATED_TRANSMISSION_GAIN = 0.10
+"""How much lighter a fully lithiated particle is (LixSi is less dense than Si)."""
+_NEEDLE_TRANSMISSION = 0.06
+"""The tungsten needle is nearly opaque."""
+_LAYER_TRANSMISSION = 0.78
+"""The LiOx layer on the needle tip: low-Z, thin, light grey."""
+_CONTACT_OVERLAP_PX = 1.0
+"""While in contact, the layer presses this far into the particle, so they touch."""
+_SNAP_GAP_NM = 4.0
+"""On withdrawal the needle snaps free: the gap jumps to this before it grows."""
+_PARTICLE_OVERLAP = 0.95
+"""Neighbouring particle centres sit at this fraction of the sum of their radii."""
+_MIN_PARTICLE_SEPARATION = 0.8
+"""Non-neighbours may not come closer than this fraction of the sum of their radii."""
+_EXACT_POISSON_BELOW = 20.0
+"""Pixels expecting fewer electrons than this get exact Poisson draws, the rest the
+normal approximation N(lambda, lambda), which costs a seventh of the time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What happens in a simulated experiment, beyond the timing in :class:`SimConfig`."""
+
+    name: str
+    description: str
+    bias_applied: bool
+    """Whether the bias is switched on at ``bias_on_s`` (and lithiation happens)."""
+
+
+SCENARIOS: Mapping[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "lithiation",
+            "Needle approaches, touches, bias on, particles swell, needle withdrawn, "
+            "cluster contracts.",
+            bias_applied=True,
+        ),
+        Scenario(
+            "control",
+            "Needle approaches, touches and is withdrawn without bias: nothing swells.",
+            bias_applied=False,
+        ),
+    )
+}
+"""The known scenarios, by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Options of the simulated experiment. Lengths in nm, times in s since frame 0."""
+
+    shape: tuple[int, int] = (512, 512)
+    """Frame size (rows, cols)."""
+    fps: float = 4.0
+    """Frames per second; also sets the exposure time (1 / fps)."""
+    duration_s: float = 120.0
+    """Length of the movie; ``round(duration_s * fps)`` frames."""
+    pixel_size_nm: float = 0.5
+    """Size of one pixel in the specimen plane."""
+    seed: int = 0
+    """Seed of every random choice (cluster layout, illumination, noise)."""
+    dose_rate_e_per_a2_s: float = 10.0
+    """Electron dose rate; with the exposure and pixel area it sets the shot noise."""
+    counts_per_electron: float = 4.0
+    """Camera gain: counts recorded per incident electron."""
+    dark_level_counts: float = 0.0
+    """Camera offset added to every pixel (the analysis' ``dark_level_counts``)."""
+    illumination_gradient: float = 0.15
+    """Peak-to-peak relative variation of the illumination across the field."""
+    flicker: float = 0.01
+    """Relative standard deviation of the frame-to-frame beam brightness."""
+    particle_count: int = 8
+    """Number of silicon particles in the cluster."""
+    particle_diameter_nm: tuple[float, float] = (25.0, 55.0)
+    """Range of pristine particle diameters (drawn uniformly)."""
+    needle_edge: str = "left"
+    """Image edge the needle enters from: ``left`` or ``top``."""
+    needle_angle_deg: float = 0.0
+    """Tilt of the needle axis away from the edge normal (-30..30)."""
+    needle_tip_radius_nm: float = 6.0
+    """Radius of curvature of the tungsten tip."""
+    needle_taper_deg: float = 12.0
+    """Half-angle of the conical needle shaft."""
+    needle_layer_nm: float = 2.0
+    """Thickness of the LiOx layer at the tip apex."""
+    approach_distance_nm: float = 40.0
+    """Gap between needle and cluster at t = 0; closed at constant speed by ``contact_s``."""
+    withdraw_speed_nm_per_s: float = 20.0
+    """Speed of the needle moving back out after ``withdraw_s``."""
+    contact_s: float = 15.0
+    """When the needle (its LiOx layer) touches the cluster."""
+    bias_on_s: float = 20.0
+    """When the bias is switched on (scenarios that apply one)."""
+    bias_v: float = -2.0
+    """Bias on the needle while it is on; 0 V before ``bias_on_s`` and after ``withdraw_s``."""
+    withdraw_s: float = 80.0
+    """When the needle is pulled back; contact is lost at this instant."""
+    lithiation_delay_s: float = 0.5
+    """Delay between bias on and the first swelling (ions cross the LiOx layer)."""
+    lithiation_rate_per_s: float = 0.1
+    """Rate at which the touched particle fills with lithium (first-order, 1 - exp)."""
+    diffusion_rate_per_s: float = 0.04
+    """Rate of lithium exchange between touching particles (diffusion on the contact graph)."""
+    delithiation_rate_per_s: float = 0.1
+    """Rate at which lithium drains from every particle once the needle is withdrawn."""
+    max_area_swelling: float = 1.0
+    """Relative increase of projected area of a fully lithiated particle (1.0: doubles)."""
+
+    def __post_init__(self) -> None:
+        rows, cols = self.shape
+        if rows < 16 or cols < 16:
+            raise ConfigError(f"Expected a shape of at least 16x16 pixels. Got {self.shape}.")
+        _check_positive(self, "fps", "duration_s", "pixel_size_nm", "dose_rate_e_per_a2_s",
+                        "counts_per_electron", "needle_tip_radius_nm",
+                        "withdraw_speed_nm_per_s")
+        _check_non_negative(self, "dark_level_counts", "illumination_gradient", "flicker",
+                            "needle_layer_nm", "approach_distance_nm", "lithiation_delay_s",
+                            "lithiation_rate_per_s", "diffusion_rate_per_s",
+                            "delithiation_rate_per_s", "max_area_swelling", "contact_s")
+        if self.particle_count < 1:
+            raise ConfigError(f"Expected particle_count >= 1. Got {self.particle_count}.")
+        low, high = self.particle_diameter_nm
+        if not 0 < low <= high:
+            raise ConfigError(
+                f"Expected particle_diameter_nm as (low, high) with 0 < low <= high. "
+                f"Got {self.particle_diameter_nm}."
+            )
+        if self.needle_edge not in ("left", "top"):
+            raise ConfigError(f"Expected needle_edge 'left' or 'top'. Got {self.needle_edge!r}.")
+        if not -30.0 <= self.needle_angle_deg <= 30.0:
+            raise ConfigError(f"Expected needle_angle_deg in -30..30. Got {self.needle_angle_deg}.")
+        if not 0.0 < self.needle_taper_deg < 45.0:
+            raise ConfigError(f"Expected needle_taper_deg in (0, 45). Got {self.needle_taper_deg}.")
+        if not self.contact_s <= self.bias_on_s <= self.withdraw_s:
+            raise ConfigError(
+                "Expected contact_s <= bias_on_s <= withdraw_s. "
+                f"Got {self.contact_s}, {self.bias_on_s}, {self.withdraw_s}."
+            )
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames in the movie."""
+        return round(self.duration_s * self.fps)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
+        """Build a config from plain values (TOML, JSON, CLI); lists become tuples.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key or an invalid value.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise ConfigError(
+                    f"Unknown simulator option {key!r}. Expected one of {', '.join(names)}."
+                )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"Invalid simulator options: {exc}.") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values (tuples as lists); inverse of :meth:`from_dict`."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+
+def _check_positive(config: SimConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ConfigError(f"Expected {name} > 0. Got {value!r}.")
+
+
+def _check_non_negative(config: SimConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not value >= 0:
+            raise ConfigError(f"Expected {name} >= 0. Got {value!r}.")
+
+
+# --------------------------------------------------------------------------- scene
+
+
+def _place_cluster(
+    config: SimConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random compact cluster of touching discs, in pixels, relative to its centroid.
+
+    Returns centres (n, 2) as (row, col), radii (n,), and the contact graph as a
+    boolean adjacency matrix (n, n). Each new particle touches a random existing
+    one; of a few candidate places, the one nearest the centroid wins, which keeps
+    the cluster compact (TEM clusters are clumps, not long chains).
+    """
+    n = config.particle_count
+    low, high = config.particle_diameter_nm
+    radii = rng.uniform(low, high, n) / 2.0 / config.pixel_size_nm
+    centres = np.zeros((n, 2))
+    for i in range(1, n):
+        best: np.ndarray | None = None
+        best_distance = math.inf
+        for _ in range(64):
+            j = int(rng.integers(i))
+            angle = rng.uniform(0.0, 2.0 * math.pi)
+            candidate = centres[j] + _PARTICLE_OVERLAP * (radii[i] + radii[j]) * np.array(
+                [math.sin(angle), math.cos(angle)]
+            )
+            gaps = np.hypot(*(centres[:i] - candidate).T)
+            if np.any(gaps < _MIN_PARTICLE_SEPARATION * (radii[:i] + radii[i])):
+                continue
+            distance = float(np.hypot(*(candidate - centres[:i].mean(axis=0))))
+            if distance < best_distance:
+                best, best_distance = candidate, distance
+        if best is None:  # pragma: no cover - 64 random tries all rejected
+            raise ConfigError("Could not place the particles; reduce particle_count.")
+        centres[i] = best
+    gaps = np.hypot(
+        centres[:, None, 0] - centres[None, :, 0], centres[:, None, 1] - centres[None, :, 1]
+    )
+    adjacency = gaps <= (radii[:, None] + radii[None, :]) * (1.0 + 1e-9)
+    np.fill_diagonal(adjacency, False)
+    return centres - centres.mean(axis=0), radii, adjacency
+
+
+def _lithiation(
+    config: SimConfig,
+    scenario: Scenario,
+    adjacency: np.ndarray,
+    source: int,
+    times_s: np.ndarray,
+) -> np.ndarray:
+    """Lithium fraction (0..1) of every particle at every time, shape (len(times_s), n).
+
+    The touched particle fills at ``lithiation_rate_per_s`` towards 1 while the bias
+    is on; lithium diffuses between touching particles at ``diffusion_rate_per_s``
+    (a graph Laplacian); after withdrawal it drains from all of them. Each phase is
+    a linear system ``dx/dt = M x + b`` with symmetric ``M``, solved exactly through
+    its eigendecomposition, so any frame time costs the same.
+    """
+    n = adjacency.shape[0]
+    x = np.zeros((times_s.size, n))
+    if not scenario.bias_applied:
+        return x
+    laplacian = np.diag(adjacency.sum(axis=1)).astype(float) - adjacency
+    start_s = config.bias_on_s + config.lithiation_delay_s
+    stop_s = max(config.withdraw_s, start_s)
+    charge = -config.diffusion_rate_per_s * laplacian
+    charge[source, source] -= config.lithiation_rate_per_s
+    feed = np.zeros(n)
+    feed[source] = config.lithiation_rate_per_s
+    drain = -config.diffusion_rate_per_s * laplacian - config.delithiation_rate_per_s * np.eye(n)
+    state_at_stop = _evolve(charge, feed, np.zeros(n), np.array([stop_s - start_s]))[0]
+    charging = (times_s >= start_s) & (times_s < stop_s)
+    draining = times_s >= stop_s
+    x[charging] = _evolve(charge, feed, np.zeros(n), times_s[charging] - start_s)
+    x[draining] = _evolve(drain, np.zeros(n), state_at_stop, times_s[draining] - stop_s)
+    return np.clip(x, 0.0, 1.0)
+
+
+def _evolve(
+    matrix: np.ndarray, feed: np.ndarray, x0: np.ndarray, dt_s: np.ndarray
+) -> np.ndarray:
+    """Exact solution of ``dx/dt = matrix @ x + feed`` (matrix symmetric) at times ``dt_s``."""
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    steady = -np.linalg.lstsq(matrix, feed, rcond=None)[0]
+    modes = vectors.T @ (x0 - steady)
+    return steady + (np.exp(np.outer(dt_s, eigenvalues)) * modes) @ vectors.T
+
+
+class _Scene:
+    """Geometry of the experiment at every frame, precomputed; no pixels here."""
+
+    def __init__(self, config: SimConfig, scenario: Scenario) -> None:
+        self.config = config
+        self.scenario = scenario
+        rng = np.random.default_rng(config.seed)
+        rows, cols = config.shape
+        px = config.pixel_size_nm
+        offsets, self.radii_px, self.adjacency = _place_cluster(config, rng)
+
+        angle = math.radians(config.needle_angle_deg)
+        if config.needle_edge == "left":
+            self.axis = np.array([math.sin(angle), math.cos(angle)])
+        else:
+            self.axis = np.array([math.cos(angle), -math.sin(angle)])
+        normal = np.array([-self.axis[1], self.axis[0]])
+
+        # The cluster sits at the far side from the needle, centred across its axis,
+        # sized for its most swollen state so that it never leaves the field.
+        swollen = self.radii_px * math.sqrt(1.0 + config.max_area_swelling)
+        low = (offsets - swollen[:, None]).min(axis=0)
+        high = (offsets + swollen[:, None]).max(axis=0)
+        margin = 0.04 * np.array([rows, cols])
+        room = np.array([rows, cols]) - 2 * margin - (high - low)
+        if np.any(room < 0):
+            raise ConfigError(
+                f"The cluster ({high[0] - low[0]:.0f}x{high[1] - low[1]:.0f} px when swollen) "
+                f"does not fit in a {rows}x{cols} frame at {px} nm/px. Reduce particle_count "
+                "or particle_diameter_nm, or enlarge shape."
+            )
+        # Far along the axis, centred across it.
+        along = np.abs(self.axis) > 0.5
+        shift = margin - low + np.where(along, room, room / 2.0)
+        self.centres = offsets + shift
+
+        # The needle touches the particle it meets first along its axis.
+        reach = self.centres @ self.axis - self.radii_px
+        self.source = int(np.argmin(reach))
+
+        times_s = np.arange(config.frame_count) / config.fps
+        self.times_s = times_s
+        self.lithium = _lithiation(config, scenario, self.adjacency, self.source, times_s)
+        self.radii_t = self.radii_px * np.sqrt(1.0 + config.max_area_swelling * self.lithium)
+
+        # Gap between the LiOx layer and the particle surface (negative: pressed in).
+        approach_px = config.approach_distance_nm / px
+        gap = np.full(times_s.shape, -_CONTACT_OVERLAP_PX)
+        if config.contact_s > 0:
+            before = times_s < config.contact_s
+            gap[before] = approach_px * (1.0 - times_s[before] / config.contact_s)
+        after = times_s >= config.withdraw_s
+        gap[after] = np.minimum(
+            approach_px,
+            (_SNAP_GAP_NM + config.withdraw_speed_nm_per_s * (times_s[after] - config.withdraw_s))
+            / px,
+        )
+        self.gap_px = gap
+        self.contact = (times_s >= config.contact_s) & (times_s < config.withdraw_s)
+
+        # Foremost point of the metal (the tip apex), per frame.
+        surface = self.centres[self.source] - self.axis * self.radii_t[:, self.source, None]
+        layer_px = config.needle_layer_nm / px
+        self.tip = surface - self.axis * (gap + layer_px)[:, None]
+        self.normal = normal
+        self.tip_radius_px = config.needle_tip_radius_nm / px
+        self.layer_px = layer_px
+        self.taper = math.tan(math.radians(config.needle_taper_deg))
+
+        # Smooth illumination: a tilt plus a gentle off-centre vignette, peak-to-peak
+        # about `illumination_gradient`.
+        r = (np.arange(rows, dtype=np.float32) - rows / 2) / max(rows, cols)
+        c = (np.arange(cols, dtype=np.float32) - cols / 2) / max(rows, cols)
+        phi = rng.uniform(0.0, 2.0 * math.pi)
+        centre = rng.uniform(-0.2, 0.2, 2)
+        tilt = math.cos(phi) * r[:, None] + math.sin(phi) * c[None, :]
+        vignette = (r[:, None] - centre[0]) ** 2 + (c[None, :] - centre[1]) ** 2
+        pattern = tilt - vignette
+        pattern = (pattern - pattern.mean()) / max(float(np.ptp(pattern)), 1e-12)
+        electrons = config.dose_rate_e_per_a2_s / config.fps * (10.0 * px) ** 2
+        self.electrons = electrons
+        self.illumination = (electrons * (1.0 + config.illumination_gradient * pattern)).astype(
+            np.float32
+        )
+
+    def phase(self, index: int) -> str:
+        t_s = self.times_s[index]
+        c = self.config
+        if t_s < c.contact_s:
+            return "approach"
+        if t_s >= c.withdraw_s:
+            return "withdrawn"
+        if self.scenario.bias_applied and t_s >= c.bias_on_s:
+            return "lithiation"
+        return "contact"
+
+    def bias_v(self, index: int) -> float:
+        t_s = self.times_s[index]
+        c = self.config
+        on = self.scenario.bias_applied and c.bias_on_s <= t_s < c.withdraw_s
+        return float(c.bias_v) if on else 0.0
+
+
+# --------------------------------------------------------------------------- render
+
+
+_SHIFT = 4
+"""Fixed-point bits for OpenCV drawing: sub-pixel needle positions move smoothly."""
+
+
+def _points(points: np.ndarray) -> np.ndarray:
+    """(row, col) float points -> OpenCV's (x, y) fixed-point int32 polygon."""
+    return np.round(points[:, ::-1] * (1 << _SHIFT)).astype(np.int32)
+
+
+def _draw_needle(target: np.ndarray, scene: _Scene, index: int, *, core: float,
+                 layer: float) -> None:
+    """Draw the LiOx layer, then the metal over it, with the given fill values."""
+    axis, normal = scene.axis, scene.normal
+    rho, thick, taper = scene.tip_radius_px, scene.layer_px, scene.taper
+    centre = scene.tip[index] - axis * rho
+    far = 2.0 * sum(target.shape)
+    back = centre - axis * far
+    shaft = np.array([centre + normal * rho, back + normal * (rho + far * taper),
+                      back - normal * (rho + far * taper), centre - normal * rho])
+    if thick > 0:
+        # Thickest at the apex, thinning to nothing three tip radii back.
+        length = 3.0 * rho
+        rear = centre - axis * length
+        coat = np.array([centre + normal * (rho + thick), rear + normal * (rho + length * taper),
+                         rear - normal * (rho + length * taper), centre - normal * (rho + thick)])
+        cv2.fillPoly(target, [_points(coat)], layer, cv2.LINE_8, _SHIFT)
+        cv2.circle(target, tuple(int(v) for v in _points(centre[None])[0]),
+                   round((rho + thick) * (1 << _SHIFT)), layer, -1, cv2.LINE_8, _SHIFT)
+    cv2.fillPoly(target, [_points(shaft)], core, cv2.LINE_8, _SHIFT)
+    cv2.circle(target, tuple(int(v) for v in _points(centre[None])[0]),
+               round(rho * (1 << _SHIFT)), core, -1, cv2.LINE_8, _SHIFT)
+
+
+def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One noisy uint16 frame and its ground truth."""
+    config = scene.config
+    rows, cols = config.shape
+    rng = np.random.default_rng([config.seed, index])
+    transmission = np.ones((rows, cols), np.float32)
+    particles = np.zeros((rows, cols), np.bool_)
+    areas: list[int] = []
+    lithium = scene.lithium[index]
+    for (rc, cc), radius, x in zip(scene.centres, scene.radii_t[index], lithium, strict=True):
+        r0, r1 = max(0, math.floor(rc - radius)), min(rows, math.ceil(rc + radius) + 1)
+        c0, c1 = max(0, math.floor(cc - radius)), min(cols, math.ceil(cc + radius) + 1)
+        d2 = ((np.arange(r0, r1, dtype=np.float32) - rc) ** 2)[:, None] + (
+            (np.arange(c0, c1, dtype=np.float32) - cc) ** 2
+        )[None, :]
+        inside = d2 <= radius * radius
+        dome = np.sqrt(np.clip(1.0 - d2 / (radius * radius), 0.0, 1.0))
+        gain = _LITHIATED_TRANSMISSION_GAIN * x
+        edge = _PARTICLE_EDGE_TRANSMISSION + gain
+        value = edge - (edge - _PARTICLE_CENTRE_TRANSMISSION - gain) * dome
+        window = transmission[r0:r1, c0:c1]
+        np.minimum(window, np.where(inside, value, 1.0), out=window)
+        particles[r0:r1, c0:c1] |= inside
+        areas.append(int(np.count_nonzero(inside)))
+
+    _draw_needle(transmission, scene, index, core=_NEEDLE_TRANSMISSION, layer=_LAYER_TRANSMISSION)
+    needle = np.zeros((rows, cols), np.uint8)
+    _draw_needle(needle, scene, index, core=1, layer=1)
+    visible = particles & (needle == 0)
+
+    blurred = cv2.GaussianBlur(transmission, (0, 0), _PSF_SIGMA_PX)
+    brightness = 1.0 + config.flicker * float(rng.standard_normal())
+    expected = blurred
+    np.multiply(blurred, scene.illumination, out=expected)
+    expected *= np.float32(max(brightness, 0.0))
+    electrons = rng.standard_normal((rows, cols), dtype=np.float32)
+    electrons *= np.sqrt(expected)
+    electrons += expected
+    dim = expected < _EXACT_POISSON_BELOW
+    electrons[dim] = rng.poisson(expected[dim])
+    counts = electrons
+    counts *= np.float32(config.counts_per_electron)
+    counts += np.float32(config.dark_level_counts + 0.5)  # +0.5: round, not truncate
+    image = np.clip(counts, 0, 65535).astype(np.uint16)
+
+    truth = {
+        "cluster_area_px": int(np.count_nonzero(visible)),
+        "particle_count": len(areas),
+        "needle_contact": bool(scene.contact[index]),
+        "phase": scene.phase(index),
+        "particle_area_px": areas,
+    }
+    return image, truth
+
+
+# --------------------------------------------------------------------------- source
+
+
+class SimulatedSource(SourceBase):
+    """Frames of a simulated lithiation experiment, with their ground truth.
+
+    Parameters
+    ----------
+    config : SimConfig, optional
+        Options; defaults to ``SimConfig()``.
+    scenario : str
+        One of :data:`SCENARIOS`: ``lithiation`` (default) or ``control``.
+
+    Notes
+    -----
+    Frames are deterministic for a given config (including its seed): frame ``i``
+    is the same whether it is rendered first, last or alone. ``t_s = index / fps``.
+    The source does not pace itself; ``info.live`` is True because a publisher
+    streaming it should behave as for a camera.
+
+    Each frame's ``truth`` holds ``cluster_area_px`` (pixels of the union of the
+    particle discs as rendered, i.e. not hidden by the needle), ``particle_count``,
+    ``needle_contact``, ``phase`` (``approach``, ``contact``, ``lithiation``,
+    ``withdrawn``) and ``particle_area_px`` (the rendered disc of each particle, by
+    particle id, overlaps counted in both).
+
+    Examples
+    --------
+    >>> from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+    >>> with SimulatedSource(SimConfig(duration_s=2.0), scenario="control") as source:
+    ...     frames = list(source)
+    >>> len(frames), frames[0].image.dtype.name
+    (8, 'uint16')
+    """
+
+    def __init__(self, config: SimConfig | None = None, *, scenario: str = "lithiation") -> None:
+        if scenario not in SCENARIOS:
+            raise ConfigError(
+                f"Unknown scenario {scenario!r}. Expected one of {', '.join(SCENARIOS)}."
+            )
+        self.config = config if config is not None else SimConfig()
+        self.scenario = SCENARIOS[scenario]
+        self._scene = _Scene(self.config, self.scenario)
+        self._closed = False
+        self._info = SourceInfo(
+            name=f"sim:{scenario}",
+            kind="sim",
+            shape=self.config.shape,
+            dtype="uint16",
+            frame_count=self.config.frame_count,
+            fps=self.config.fps,
+            pixel_size_nm=self.config.pixel_size_nm,
+            live=True,
+            metadata={"scenario": scenario, "config": self.config.to_dict()},
+        )
+
+    def __len__(self) -> int:
+        return self.config.frame_count
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        for index in range(self.config.frame_count):
+            yield self.render(index)
+
+    def render(self, index: int) -> SourceFrame:
+        """Render frame ``index`` (0 <= index < frame_count), in any order.
+
+        Raises
+        ------
+        SourceError
+            If the source is closed.
+        IndexError
+            If ``index`` is out of range.
+        """
+        if self._closed:
+            raise SourceError("The simulator is closed.")
+        if not 0 <= index < self.config.frame_count:
+            raise IndexError(f"Frame {index} out of range 0..{self.config.frame_count - 1}.")
+        image, truth = _render(self._scene, index)
+        tip = self._scene.tip[index]
+        return SourceFrame(
+            image=image,
+            t_s=index / self.config.fps,
+            index=index,
+            metadata={
+                "bias_v": self._scene.bias_v(index),
+                "needle_tip_row": float(tip[0]),
+                "needle_tip_col": float(tip[1]),
+                "dose_rate_e_per_a2_s": self.config.dose_rate_e_per_a2_s,
+            },
+            truth=truth,
+        )
+
+    def truth_events(self) -> list[tuple[str, float]]:
+        """The physical events of the scenario as ``(event kind, t_s)``, in time order.
+
+        Kinds are :class:`lithoscope.service.protocol.EventKind` values:
+        ``contact_made``, ``expansion_onset`` (first swelling, after the bias and the
+        lithiation delay), ``contact_lost`` and ``contraction_onset`` (lithium starts
+        draining at withdrawal). Events after the end of the movie are left out.
+        """
+        c = self.config
+        events = [("contact_made", c.contact_s)]
+        if self.scenario.bias_applied:
+            onset = c.bias_on_s + c.lithiation_delay_s
+            if onset < c.withdraw_s:
+                events.append(("expansion_onset", onset))
+        events.append(("contact_lost", c.withdraw_s))
+        if self.scenario.bias_applied and c.bias_on_s + c.lithiation_delay_s < c.withdraw_s:
+            events.append(("contraction_onset", c.withdraw_s))
+        return [(kind, t_s) for kind, t_s in events if t_s < c.duration_s]
+
+    def close(self) -> None:
+        """Mark the source closed; rendering afterwards raises SourceError."""
+        self._closed = True

@@ -1,0 +1,109 @@
+"""analyze_frame on whole simulated experiments: the simulator's truth is the reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from lithoscope.service.analysis import (
+    PARTICLE_COLUMNS,
+    AnalysisConfig,
+    FrameAnalysis,
+    analyze_frame,
+)
+from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
+MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0)  # whole experiments, quickly
+CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_area_px",
+                "needle_tip_row", "needle_tip_col"}
+
+
+@pytest.fixture(scope="module", params=["lithiation", "control"])
+def experiment(request: pytest.FixtureRequest) -> list[tuple]:
+    with SimulatedSource(MOVIE, scenario=request.param) as source:
+        return [(frame, analyze_frame(frame.image, pixel_size_nm=1.0)) for frame in source]
+
+
+def test_cluster_area_matches_truth(experiment: list[tuple]) -> None:
+    errors = np.array([result.cluster["area_px"] / frame.truth["cluster_area_px"] - 1.0
+                       for frame, result in experiment])
+    assert np.median(np.abs(errors)) < 0.03
+    assert np.abs(errors).max() < 0.05
+
+
+def test_needle_contact_matches_truth(experiment: list[tuple]) -> None:
+    agree = [result.cluster["needle_contact"] == frame.truth["needle_contact"]
+             for frame, result in experiment]
+    assert np.mean(agree) >= 0.95
+
+
+def test_needle_tip_matches_truth(experiment: list[tuple]) -> None:
+    for frame, result in experiment[::10]:
+        distance = math.hypot(result.cluster["needle_tip_row"] - frame.metadata["needle_tip_row"],
+                              result.cluster["needle_tip_col"] - frame.metadata["needle_tip_col"])
+        assert distance < 4.0
+
+
+def test_relative_area_follows_truth(experiment: list[tuple]) -> None:
+    # What the alerts watch: the area relative to its value at contact (t = 17 s).
+    measured = np.array([r.cluster["area_px"] for _, r in experiment], float)
+    truth = np.array([f.truth["cluster_area_px"] for f, _ in experiment], float)
+    np.testing.assert_allclose(measured / measured[17], truth / truth[17], atol=0.01)
+
+
+def test_result_shape() -> None:
+    frame = SimulatedSource(SMALL).render(100)
+    result = analyze_frame(frame.image, pixel_size_nm=1.0)
+    assert isinstance(result, FrameAnalysis)
+    assert set(result.cluster) == CLUSTER_KEYS
+    assert type(result.cluster["area_px"]) is int
+    assert type(result.cluster["particle_count"]) is int
+    assert type(result.cluster["needle_contact"]) is bool
+    assert type(result.cluster["needle_area_px"]) is int
+    assert result.cluster["area_nm2"] == pytest.approx(result.cluster["area_px"])
+    assert result.cluster["area_px"] == result.particles["area_px"].sum()
+    assert result.cluster["particle_count"] == len(result.particles["label"]) >= 1
+    assert list(result.particles) == list(PARTICLE_COLUMNS)
+    assert result.labels.dtype == np.int32
+    assert result.labels.shape == frame.image.shape
+    np.testing.assert_array_equal(np.unique(result.labels)[1:], result.particles["label"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.labels = None  # type: ignore[misc]
+
+
+def test_without_pixel_size() -> None:
+    result = analyze_frame(SimulatedSource(SMALL).render(100).image)
+    assert math.isnan(result.cluster["area_nm2"])
+    assert np.isnan(result.particles["area_nm2"]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_blank_frame(dtype: type) -> None:
+    result = analyze_frame(np.zeros((64, 64), dtype), pixel_size_nm=1.0)
+    assert result.cluster == {"area_px": 0, "area_nm2": 0.0, "particle_count": 0,
+                              "needle_contact": False, "needle_area_px": 0,
+                              "needle_tip_row": pytest.approx(math.nan, nan_ok=True),
+                              "needle_tip_col": pytest.approx(math.nan, nan_ok=True)}
+    for name, column in result.particles.items():
+        assert column.shape == (0,)
+        assert column.dtype == PARTICLE_COLUMNS[name]
+    assert not result.labels.any()
+
+
+def test_input_not_modified() -> None:
+    image = SimulatedSource(SMALL).render(60).image
+    original = image.copy()
+    analyze_frame(image, config=AnalysisConfig(binning=2), pixel_size_nm=1.0)
+    analyze_frame(image, pixel_size_nm=1.0)
+    np.testing.assert_array_equal(image, original)
+
+
+def test_binned_analysis_reports_input_pixels() -> None:
+    frame = SimulatedSource(SMALL).render(100)
+    result = analyze_frame(frame.image, config=AnalysisConfig(binning=2), pixel_size_nm=1.0)
+    assert result.labels.shape == frame.image.shape
+    assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)

@@ -1,0 +1,176 @@
+"""detect_needle and segment_particles, on simulator frames and on drawn scenes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from lithoscope.service.analysis import AnalysisConfig, detect_needle, segment_particles
+from lithoscope.service.errors import ConfigError
+from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict:
+    source = SimulatedSource(SMALL)
+    return {t_s: source.render(round(t_s * 2)) for t_s in (5.0, 17.0, 60.0, 100.0)}
+
+
+def drawn_scene(shape: tuple[int, int] = (200, 300), *, gradient: float = 0.0,
+                needle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping grey discs on bright vacuum, optionally a needle; noisy float32."""
+    rows, cols = shape
+    truth = np.zeros(shape, np.uint8)
+    cv2.circle(truth, (150, 100), 40, 1, -1)
+    cv2.circle(truth, (210, 110), 30, 2, -1)
+    transmission = np.where(truth > 0, 0.5, 1.0).astype(np.float32)
+    if needle:
+        cv2.fillPoly(transmission, [np.array([[0, 80], [95, 100], [0, 120]], np.int32)], 0.05)
+    ramp = np.linspace(1.0 - gradient / 2, 1.0 + gradient / 2, cols, dtype=np.float32)
+    expected = 400.0 * cv2.GaussianBlur(transmission, (0, 0), 0.8) * ramp[None, :]
+    noise = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return expected + np.sqrt(expected) * noise, truth
+
+
+class TestConfig:
+    def test_round_trip(self) -> None:
+        config = AnalysisConfig(binning=2, split_touching=False)
+        assert AnalysisConfig.from_dict(config.to_dict()) == config
+
+    def test_unknown_key(self) -> None:
+        with pytest.raises(ConfigError, match=r"Unknown analysis option 'x'\. Expected one of "):
+            AnalysisConfig.from_dict({"x": 1})
+
+    @pytest.mark.parametrize("values", [{"binning": 0}, {"particle_min_contrast": 1.5},
+                                        {"needle_threshold_fraction": 0.9},
+                                        {"background_sigma_px": 0}])
+    def test_invalid(self, values: dict) -> None:
+        with pytest.raises(ConfigError, match="Expected"):
+            AnalysisConfig.from_dict(values)
+
+
+class TestNeedle:
+    @pytest.mark.parametrize("t_s", [5.0, 17.0, 60.0, 100.0])
+    def test_finds_the_needle_of_the_simulator(self, frames: dict, t_s: float) -> None:
+        frame = frames[t_s]
+        mask = detect_needle(frame.image)
+        assert mask.dtype == np.bool_
+        assert mask.shape == frame.image.shape
+        assert mask[:, 0].any()  # it enters from the left edge
+        row = round(frame.metadata["needle_tip_row"])
+        col = round(frame.metadata["needle_tip_col"])
+        assert mask[row, col - 3]
+        assert not mask[:, col + 6:].any()  # nothing beyond the tip and its coating
+        assert 0.5 * col * 20 < np.count_nonzero(mask)
+
+    def test_needle_from_the_top(self) -> None:
+        config = SimConfig.from_dict({**SMALL.to_dict(), "needle_edge": "top",
+                                      "needle_angle_deg": 10.0, "seed": 3})
+        frame = SimulatedSource(config).render(10)
+        mask = detect_needle(frame.image)
+        assert mask[0, :].any()
+        assert not mask[:, 0].any()
+        row = round(frame.metadata["needle_tip_row"])
+        assert not mask[row + 6:, :].any()
+
+    def test_no_needle(self) -> None:
+        image, _ = drawn_scene()
+        assert not detect_needle(image).any()
+
+    def test_dark_particle_away_from_the_edges_is_not_a_needle(self) -> None:
+        image, _ = drawn_scene()
+        image[90:110, 140:160] *= 0.05
+        assert not detect_needle(image).any()
+
+
+class TestParticles:
+    @pytest.mark.parametrize("t_s", [5.0, 17.0, 60.0, 100.0])
+    def test_area_of_simulator_frames(self, frames: dict, t_s: float) -> None:
+        frame = frames[t_s]
+        needle = detect_needle(frame.image)
+        labels = segment_particles(frame.image, needle_mask=needle)
+        assert labels.dtype == np.int32
+        assert labels.shape == frame.image.shape
+        assert not labels[needle].any()
+        area = np.count_nonzero(labels)
+        assert area == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)
+        assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+
+    def test_splits_touching_particles(self) -> None:
+        image, truth = drawn_scene()
+        labels = segment_particles(image)
+        assert labels.max() == 2
+        for label in (1, 2):
+            # Each found particle lies on one drawn disc and covers most of it.
+            found = labels == label
+            disc = np.bincount(truth[found], minlength=3)[1:].argmax() + 1
+            assert np.count_nonzero(found & (truth == disc)) > 0.9 * np.count_nonzero(found)
+            assert np.count_nonzero(found & (truth == disc)) > 0.9 * np.count_nonzero(
+                truth == disc)
+        unsplit = segment_particles(image, config=AnalysisConfig(split_touching=False))
+        assert unsplit.max() == 1
+        np.testing.assert_array_equal(unsplit > 0, labels > 0)
+
+    @pytest.mark.parametrize("gradient", [0.0, 0.5, 0.8])
+    def test_robust_to_illumination_gradient(self, gradient: float) -> None:
+        image, truth = drawn_scene(gradient=gradient)
+        labels = segment_particles(image)
+        assert np.count_nonzero(labels) == pytest.approx(np.count_nonzero(truth), rel=0.03)
+
+    def test_needle_excluded(self) -> None:
+        image, truth = drawn_scene(needle=True)
+        needle = detect_needle(image)
+        assert needle[100, 50]
+        labels = segment_particles(image, needle_mask=needle)
+        assert not labels[needle].any()
+        assert np.count_nonzero(labels) == pytest.approx(np.count_nonzero(truth), rel=0.03)
+
+    @pytest.mark.parametrize("binning", [2, 3])
+    def test_binning(self, frames: dict, binning: int) -> None:
+        frame = frames[60.0]
+        config = AnalysisConfig(binning=binning)
+        needle = detect_needle(frame.image, config=config)
+        labels = segment_particles(frame.image, needle_mask=needle, config=config)
+        assert labels.shape == frame.image.shape
+        assert np.count_nonzero(labels) == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)
+
+    @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+    def test_dtypes(self, frames: dict, dtype: type) -> None:
+        image = frames[60.0].image
+        if dtype is np.uint8:
+            image = (image.astype(np.float64) * (255 / image.max())).astype(np.uint8)
+        labels = segment_particles(image.astype(dtype))
+        assert np.count_nonzero(labels) == pytest.approx(frames[60.0].truth["cluster_area_px"],
+                                                        rel=0.03)
+
+    @pytest.mark.parametrize(
+        "image",
+        [np.zeros((64, 80), np.uint16), np.full((64, 80), 1000, np.uint16),
+         np.full((64, 80), 0.5, np.float32), np.zeros((1, 1), np.uint8),
+         np.random.default_rng(1).poisson(30, (128, 128)).astype(np.uint16)],
+        ids=["black", "uniform", "float", "one-pixel", "noise"],
+    )
+    def test_blank_frames(self, image: np.ndarray) -> None:
+        assert not detect_needle(image).any()
+        labels = segment_particles(image)
+        assert labels.dtype == np.int32
+        assert labels.shape == image.shape
+        assert not labels.any()
+
+    def test_inputs_not_modified(self, frames: dict) -> None:
+        image = frames[17.0].image
+        original = image.copy()
+        needle = detect_needle(image)
+        needle_copy = needle.copy()
+        segment_particles(image, needle_mask=needle, config=AnalysisConfig(binning=2))
+        np.testing.assert_array_equal(image, original)
+        np.testing.assert_array_equal(needle, needle_copy)
+
+    def test_rejects_bad_shapes(self) -> None:
+        with pytest.raises(ValueError, match="2-D"):
+            segment_particles(np.zeros((4, 4, 3)))
+        with pytest.raises(ValueError, match="needle mask"):
+            segment_particles(np.zeros((4, 4)), needle_mask=np.zeros((3, 3), bool))
