@@ -228,7 +228,8 @@ class ArchiveWriter:
             self.group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w-",
                                          zarr_format=3)
         except OSError as exc:
-            raise ArchiveError(f"Cannot create archive {self.path}: {exc.strerror or exc}.") from None
+            reason = exc.strerror or exc
+            raise ArchiveError(f"Cannot create archive {self.path}: {reason}.") from None
         self._meta: dict[str, Any] = {
             "format_version": ARCHIVE_FORMAT_VERSION,
             "software_version": software_version,
@@ -409,9 +410,8 @@ class ArchiveReader:
 
     def events(self) -> list[dict[str, Any]]:
         table = self.table("events")
-        out = []
-        for i in range(len(table.get("frame", []))):
-            out.append({
+        return [
+            {
                 "kind": str(table["kind"][i]),
                 "t_s": float(table["t_s"][i]),
                 "frame": int(table["frame"][i]),
@@ -419,8 +419,9 @@ class ArchiveReader:
                 "confidence": float(table["confidence"][i]),
                 "particle_ids": json.loads(str(table["particle_ids"][i]) or "[]"),
                 "message": str(table["message"][i]),
-            })
-        return out
+            }
+            for i in range(len(table.get("frame", [])))
+        ]
 
     def summary(self) -> dict[str, Any]:
         """What ``lithoscope inspect --json`` prints."""

@@ -131,9 +131,10 @@ def demo(
         config = ServiceConfig(sessions_dir=str(sessions))
         source = SimulatedSource(scenario=scenario.value)
         info = source.info
+        wall_s = (info.frame_count or 0) / (info.fps or 1) / speed
         console.print(f"[bold]lithoscope demo[/] {__version__}: {info.name}, "
                       f"{info.frame_count} frames of {info.shape} at {info.fps:g} fps, "
-                      f"played at {speed:g}x ({(info.frame_count or 0) / (info.fps or 1) / speed:.0f}"
+                      f"played at {speed:g}x ({wall_s:.0f}"
                       " s). Ctrl-C stops early and keeps what was recorded.")
 
         def show(msg: Any) -> None:

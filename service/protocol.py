@@ -260,7 +260,7 @@ class SessionClosed:
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 
 
-Message = Union[SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed]
+Message = SessionStart | Frame | SessionStop | Result | Event | Heartbeat | SessionClosed
 _CLASSES: dict[MessageType, type[Any]] = {
     cls.TYPE: cls
     for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed)

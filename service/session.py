@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ServiceConfig
 from .protocol import Message
-from .publisher import PublishReport, Publisher
+from .publisher import Publisher, PublishReport
 from .sources.base import Source, SourceFrame
 from .worker import Worker, WorkerThread
 
@@ -46,7 +46,8 @@ def run_local_session(
     path = Path(archive_path) if archive_path is not None else None
     worker = Worker(config, archive_path_for=(lambda _start: path) if path else None)
     with WorkerThread(worker) as thread:
-        assert worker.frames_endpoint and worker.results_endpoint
+        assert worker.frames_endpoint
+        assert worker.results_endpoint
         with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint,
                        on_message=on_message, ack_timeout_s=ack_timeout_s) as publisher:
             report = publisher.publish(source, speed=speed, live=live, fps=fps,

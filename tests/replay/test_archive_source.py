@@ -13,6 +13,7 @@ from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.errors import SourceError
 from lithoscope.service.session import run_local_session
 from lithoscope.service.sources import Source
+
 from support.arrays import ArraySource, noisy_frames
 from support.source_conformance import SourceConformance
 
@@ -66,11 +67,13 @@ def test_replaying_an_archive_gives_a_second_archive_with_the_same_frames(
         tmp_path: Path) -> None:
     first = run_local_session(ArraySource(FRAMES, fps=5.0), archive_path=tmp_path / "1.zarr",
                               speed=None, live=False)
-    assert first.closed is not None and first.closed.frames_archived == 9
+    assert first.closed is not None
+    assert first.closed.frames_archived == 9
     with ArchiveSource(tmp_path / "1.zarr") as source:
         second = run_local_session(source, archive_path=tmp_path / "2.zarr", speed=None,
                                    live=False)
-    assert second.closed is not None and second.closed.frames_archived == 9
+    assert second.closed is not None
+    assert second.closed.frames_archived == 9
     a, b = ArchiveReader(tmp_path / "1.zarr"), ArchiveReader(tmp_path / "2.zarr")
     np.testing.assert_array_equal(a.frames[:], b.frames[:])
     np.testing.assert_array_equal(a.table("frame_table")["t_s"], b.table("frame_table")["t_s"])

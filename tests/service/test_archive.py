@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lithoscope.service.archive import (
     CLUSTER_COLUMNS,
     ArchiveReader,

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.cli import app
+
 from support.arrays import noisy_frames
 from support.media import write_tiff_stack
 
@@ -56,7 +57,8 @@ def test_replay_tiff_then_inspect_json(tmp_path: Path) -> None:
     assert set(summary["cluster"][0]) >= {"t_s", "area_px", "needle_contact"}
 
     human = run("inspect", "out.zarr", cwd=tmp_path)
-    assert "frames archived" in human.stdout and "12" in human.stdout
+    assert "frames archived" in human.stdout
+    assert "12" in human.stdout
 
 
 def test_replay_refuses_to_overwrite_and_needs_a_frame_rate_to_pace(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+
 from lithoscope.clients import Subscriber
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.protocol import Event, Frame, Heartbeat, SessionStart, encode
 from lithoscope.service.publisher import Publisher
 from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
+
 from support.arrays import ArraySource, noisy_frames
 
 
@@ -64,7 +66,8 @@ def test_pacing_follows_the_source_clock(worker: Worker) -> None:
     with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint) as pub:
         report = pub.publish(ArraySource(frames, fps=10.0), speed=2.0)  # 1 s of source → 0.5 s
     assert 0.45 <= report.wall_s < 3.0
-    assert report.closed is not None and report.closed.frames_archived == 11
+    assert report.closed is not None
+    assert report.closed.frames_archived == 11
 
 
 def test_malformed_messages_are_counted_and_good_ones_continue(worker: Worker) -> None:

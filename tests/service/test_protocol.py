@@ -10,6 +10,7 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lithoscope.service import protocol
 from lithoscope.service.errors import ProtocolError
 from lithoscope.service.protocol import Decoder, Frame, FrameLimits, decode, encode
@@ -42,7 +43,8 @@ def test_frame_round_trip_is_bit_identical(dtype: str) -> None:
 def test_big_endian_input_is_sent_little_endian() -> None:
     image = np.arange(6, dtype=">u2").reshape(2, 3)
     back = decode([bytes(p) for p in encode(make_frame(image, dtype="uint16"))])
-    assert isinstance(back, Frame) and back.image is not None
+    assert isinstance(back, Frame)
+    assert back.image is not None
     np.testing.assert_array_equal(back.image, image)
 
 
@@ -75,7 +77,8 @@ def test_zero_copy_decode_over_a_real_socket(tmp_path: Path) -> None:
         push.send_multipart(encode(make_frame(image)), copy=False)
         assert pull.poll(5000)
         back = decode(pull.recv_multipart(copy=False))
-        assert isinstance(back, Frame) and back.image is not None
+        assert isinstance(back, Frame)
+        assert back.image is not None
         np.testing.assert_array_equal(back.image, image)
         assert not back.image.flags.writeable  # a view on the received buffer, not a copy
     finally:
@@ -167,7 +170,8 @@ def test_decoder_fuzzed_headers_fail_cleanly(header: dict[str, object], payload:
         msg = decode(parts)
     except ProtocolError:
         return
-    assert isinstance(msg, Frame) and msg.image is not None
+    assert isinstance(msg, Frame)
+    assert msg.image is not None
     assert msg.image.nbytes == len(payload)
 
 
