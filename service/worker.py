@@ -17,6 +17,7 @@ frames it did not analyse are counted as ``skipped`` (heartbeat) and announced w
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import re
@@ -50,12 +51,17 @@ from .protocol import (
     encode,
 )
 
-__all__ = ["Worker", "WorkerThread", "default_archive_path"]
+__all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 256
-_SKIP_EVENT_INTERVAL_S = 10.0
+_SKIP_WINDOW_S = 10.0
+_SKIP_ALERT_FRACTION = 0.25
+_SKIP_EVENT_INTERVAL_S = 60.0
+"""``analysis_skipped`` is raised when at least a quarter of the frames of the last
+10 s went unanalysed, and then at most once a minute: a single frame skipped while
+the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -76,6 +82,30 @@ def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
     return path
 
 
+class SkipRate:
+    """Fraction of live frames archived but not analysed, over a sliding time window.
+
+    ``update`` returns None until the window has been filled once: the first frames of
+    a session arrive while its archive is being created, and a rate over them would
+    alarm about setup, not about the analysis falling behind.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._frames: collections.deque[tuple[float, bool]] = collections.deque()
+        self._first: float | None = None
+
+    def update(self, now: float, *, skipped: bool) -> float | None:
+        if self._first is None:
+            self._first = now
+        self._frames.append((now, skipped))
+        while self._frames[0][0] <= now - self.window_s:
+            self._frames.popleft()
+        if now - self._first < self.window_s:
+            return None
+        return sum(s for _, s in self._frames) / len(self._frames)
+
+
 @dataclasses.dataclass
 class _Session:
     start: SessionStart
@@ -90,6 +120,7 @@ class _Session:
     baseline_area_px: float | None = None
     pending: Frame | None = None
     last_skip_event: float = -float("inf")
+    skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
     archive_failed: bool = False
     stalled: bool = False
     last_t_s: float = 0.0
@@ -332,13 +363,16 @@ class Worker:
         session.skipped += 1
         self.counters["skipped"] += 1
         now = time.monotonic()
-        if now - session.last_skip_event >= _SKIP_EVENT_INTERVAL_S:
+        fraction = session.skip_rate.update(now, skipped=True)
+        if (fraction is not None and fraction >= _SKIP_ALERT_FRACTION
+                and now - session.last_skip_event >= _SKIP_EVENT_INTERVAL_S):
             session.last_skip_event = now
             self._emit(session, Alert(
                 kind=EventKind.ANALYSIS_SKIPPED, t_s=frame.t_s, frame=frame.index,
-                magnitude=float(session.skipped), confidence=1.0, particle_ids=(),
-                message=f"Analysis is behind the camera: {session.skipped} frame(s) archived "
-                "but not analysed so far."))
+                magnitude=fraction, confidence=1.0, particle_ids=(),
+                message=f"Analysis is behind the camera: {100 * fraction:.0f} % of the frames "
+                f"of the last {_SKIP_WINDOW_S:g} s archived but not analysed "
+                f"({session.skipped} so far)."))
 
     # -- analysis --------------------------------------------------------------------
     def _analyse(self, session: _Session, frame: Frame) -> None:
@@ -362,6 +396,8 @@ class Worker:
         latency = time.time() - frame.acquired_at
         session.analysed += 1
         self.counters["analysed"] += 1
+        if session.start.live:
+            session.skip_rate.update(time.monotonic(), skipped=False)
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
         particles = analysis.particles

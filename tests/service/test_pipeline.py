@@ -15,7 +15,7 @@ from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.protocol import Event, Frame, Heartbeat, SessionStart, encode
 from lithoscope.service.publisher import Publisher
-from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
+from lithoscope.service.worker import SkipRate, Worker, WorkerThread, default_archive_path
 
 from support.arrays import ArraySource, noisy_frames
 
@@ -167,3 +167,22 @@ def test_archive_names_from_the_wire_cannot_escape_the_sessions_folder(
     assert path.name == expected
     path.mkdir()
     assert default_archive_path(tmp_path, start).name == expected.replace(".zarr", "-2.zarr")
+
+
+class TestSkipRate:
+    def test_silent_until_the_window_has_filled_once(self) -> None:
+        rate = SkipRate(window_s=10.0)
+        # The first frames of a session arrive while the archive opens: all skipped.
+        assert [rate.update(t, skipped=True) for t in (0.0, 0.1, 0.2)] == [None] * 3
+        assert rate.update(9.9, skipped=False) is None
+        assert rate.update(10.0, skipped=False) == 0.5  # the frame at 0.0 aged out
+
+    def test_fraction_over_the_sliding_window(self) -> None:
+        rate = SkipRate(window_s=10.0)
+        fractions = [rate.update(0.5 * i, skipped=i % 4 == 0) for i in range(100)]
+        # Steady state: one frame in four skipped, whatever the window's phase.
+        assert all(f == pytest.approx(0.25, abs=0.03) for f in fractions[40:])
+        # Catching up: the fraction falls as unskipped frames fill the window.
+        after = [rate.update(50.0 + 0.5 * i, skipped=False) for i in range(21)]
+        assert after == sorted(after, reverse=True)
+        assert after[-1] == 0.0
