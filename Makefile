@@ -24,10 +24,10 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service clients replay tests bench
-	$(BIN)/mypy -p lithoscope.service -p lithoscope.clients -p lithoscope.replay
+	$(BIN)/mypy --explicit-package-bases service clients replay
 
 bench: $(STAMP)
-	$(BIN)/python bench/archive_write.py
+	$(BIN)/python bench/pipeline.py --json bench/results/pipeline.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
