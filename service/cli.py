@@ -196,11 +196,11 @@ def publish(
 @app.command()
 def serve(
     frames: Annotated[str | None, typer.Option(
-        help=f"Endpoint to receive frames on [default: {DEFAULT_FRAMES_ENDPOINT}].")] = None,
+        help=f"Endpoint to receive frames on (default {DEFAULT_FRAMES_ENDPOINT}).")] = None,
     results: Annotated[str | None, typer.Option(
-        help=f"Endpoint to publish results on [default: {DEFAULT_RESULTS_ENDPOINT}].")] = None,
+        help=f"Endpoint to publish results on (default {DEFAULT_RESULTS_ENDPOINT}).")] = None,
     sessions: Annotated[Path | None, typer.Option(
-        help="Folder receiving one archive per session [default: sessions].")] = None,
+        help="Folder receiving one archive per session (default sessions).")] = None,
     config: Annotated[Path | None, typer.Option(
         help="TOML file with service, analysis and alert settings.")] = None,
     allow_remote: Annotated[bool, typer.Option(
