@@ -1,0 +1,341 @@
+"""Throughput at camera frame sizes: end to end through the real path, and its references.
+
+    .venv/bin/python bench/throughput.py [--sizes 1024 2048 4096] [--frames N]
+                                         [--json bench/results/throughput.json]
+
+For each frame size (uint16, simulated operando frames):
+
+* ``end_to_end``: a publisher *process* streams N frames as fast as the worker takes
+  them (replay pacing: every frame archived and analysed) to ``lithoscope serve`` in
+  its own process, over tcp loopback; frames/s and MB/s from the first frame sent to
+  the worker's session_closed acknowledgement (all frames on disk).
+* ``latency``: the same path with frames offered at 25 frames/s as a live camera
+  would; acquisition-to-result latency p50/p99 from the published results.
+* references, each on the same frames: ``zmq`` raw PUSH/PULL transport between two
+  processes; ``analysis`` ``analyze_frame`` in a loop; ``archive`` ``ArchiveWriter``
+  alone; ``skimage`` a straightforward scikit-image version of the same analysis.
+
+Every reference is also printed as a ratio to the end-to-end figure, so that a run on
+a shared, noisy machine still says which stage limits the pipeline. Peak RSS is read
+from each process (VmHWM). Results go to a table and, with ``--json``, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+TARGETS_FPS = {1024: 200.0, 2048: 50.0, 4096: 12.0}
+TARGETS_P99_MS = {1024: 20.0, 2048: 50.0}
+DEFAULT_FRAMES = {1024: 300, 2048: 150, 4096: 40}
+DISTINCT_FRAMES = 6
+"""Frames rendered per size and cycled: enough that nothing is cached between frames."""
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def render_frames(size: int) -> tuple[np.ndarray, float]:
+    """Simulated frames at ``size``² with the demo's field of view (256 nm across)."""
+    from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+    pixel_size_nm = 256.0 / size
+    sim = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel_size_nm))
+    # Frames from the swelling part of the experiment: needle in contact, particles busy.
+    wanted = np.linspace(100, 300, DISTINCT_FRAMES).astype(int)
+    frames = np.stack([sim.render(int(i)).image for i in wanted])
+    return frames, pixel_size_nm
+
+
+# -- end to end ------------------------------------------------------------------------
+def _publish(frames_path: str, count: int, fps: float, speed: float | None, live: bool,
+             frames_endpoint: str, results_endpoint: str, pixel_size_nm: float,
+             out: Any) -> None:
+    """Publisher process: cycle the frames, return the report and this process's RSS."""
+    from lithoscope.service.publisher import Publisher
+    from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
+
+    frames = np.load(frames_path)
+
+    class Cycle(SourceBase):
+        def __init__(self) -> None:
+            self._info = SourceInfo(name="bench", kind="bench", shape=frames.shape[1:],
+                                    dtype=frames.dtype.name, frame_count=count, fps=fps,
+                                    pixel_size_nm=pixel_size_nm, live=live)
+
+        def __iter__(self) -> Iterator[SourceFrame]:
+            for i in range(count):
+                yield SourceFrame(image=frames[i % len(frames)], t_s=i / fps, index=i)
+
+    with Publisher(frames_endpoint, results_endpoint=results_endpoint,
+                   ack_timeout_s=600.0) as publisher:
+        report = publisher.publish(Cycle(), speed=speed, live=live)
+    closed = report.closed
+    out.put({
+        "frames_sent": report.frames_sent, "wall_s": report.wall_s,
+        "frames_archived": closed.frames_archived if closed else None,
+        "frames_analysed": closed.frames_analysed if closed else None,
+        "frames_dropped": closed.frames_dropped if closed else None,
+        "publisher_peak_rss_mb": peak_rss_mb(),
+    })
+
+
+class Service:
+    """``lithoscope serve`` in its own process, on fresh loopback ports."""
+
+    def __init__(self, sessions: Path) -> None:
+        self.frames_endpoint = free_endpoint()
+        self.results_endpoint = free_endpoint()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lithoscope.service", "serve", "--frames",
+             self.frames_endpoint, "--results", self.results_endpoint, "--sessions",
+             str(sessions)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        from lithoscope.clients import Subscriber
+
+        with Subscriber(self.results_endpoint, topics=["heartbeat"]) as sub:
+            deadline = time.monotonic() + 60
+            while sub.recv(timeout_s=1.0) is None:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"lithoscope serve did not start: "
+                                     f"{self.process.stderr.read() if self.process.stderr else ''}")
+
+    def stop(self) -> float:
+        rss = peak_rss_mb(self.process.pid)
+        self.process.terminate()
+        self.process.wait(60)
+        return rss
+
+
+def run_session(service: Service, frames_path: Path, *, count: int, fps: float,
+                speed: float | None, live: bool, pixel_size_nm: float) -> dict[str, Any]:
+    from lithoscope.clients import Subscriber
+
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        with Subscriber(service.results_endpoint, topics=["result"]) as sub:
+            while not stop.is_set():
+                msg = sub.recv(timeout_s=0.2)
+                if msg is not None:
+                    latencies.append(msg.latency_s)  # type: ignore[union-attr]
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    time.sleep(0.5)  # let the subscription reach the service (PUB/SUB slow joiner)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_publish, args=(
+        str(frames_path), count, fps, speed, live, service.frames_endpoint,
+        service.results_endpoint, pixel_size_nm, out))
+    proc.start()
+    report = out.get(timeout=1800)
+    proc.join(60)
+    time.sleep(0.5)
+    stop.set()
+    collector.join(5)
+    lat = np.array(latencies) * 1e3
+    report["results_received"] = len(latencies)
+    report["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat.size else float("nan")
+    report["latency_p99_ms"] = float(np.percentile(lat, 99)) if lat.size else float("nan")
+    return report
+
+
+# -- references --------------------------------------------------------------------------
+def _zmq_sender(endpoint: str, frames_path: str, count: int) -> None:
+    frames = np.load(frames_path)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as push:
+        push.connect(endpoint)
+        for i in range(count):
+            push.send_multipart([b"frame", b"{}", frames[i % len(frames)]], copy=False)
+        push.send_multipart([b"end", b"{}", b""])
+        push.setsockopt(zmq.LINGER, 60_000)
+
+
+def reference_zmq(frames_path: Path, count: int) -> float:
+    endpoint = free_endpoint()
+    with zmq.Context() as ctx, ctx.socket(zmq.PULL) as pull:
+        pull.bind(endpoint)
+        proc = mp.get_context("spawn").Process(target=_zmq_sender,
+                                               args=(endpoint, str(frames_path), count))
+        proc.start()
+        received = 0
+        start = None
+        while True:
+            parts = pull.recv_multipart(copy=False)
+            if start is None:
+                start = time.perf_counter()
+            if parts[0].bytes == b"end":
+                break
+            received += 1
+        elapsed = time.perf_counter() - start
+        proc.join(60)
+    # The first frame starts the clock, so count-1 intervals.
+    return (received - 1) / elapsed
+
+
+def reference_analysis(frames: np.ndarray, count: int, pixel_size_nm: float) -> float:
+    from lithoscope.service.analysis import analyze_frame
+
+    analyze_frame(frames[0], pixel_size_nm=pixel_size_nm)  # warm-up
+    start = time.perf_counter()
+    for i in range(count):
+        analyze_frame(frames[i % len(frames)], pixel_size_nm=pixel_size_nm)
+    return count / (time.perf_counter() - start)
+
+
+def reference_archive(frames: np.ndarray, count: int, tmp: Path) -> float:
+    from lithoscope.service.archive import ArchiveWriter
+
+    writer = ArchiveWriter(tmp / "reference.zarr", session={"session_id": "bench"})
+    start = time.perf_counter()
+    for i in range(count):
+        writer.append_frame(frames[i % len(frames)], seq=i, index=i, t_s=i * 0.01,
+                            acquired_at=time.time())
+    writer.close()
+    return count / (time.perf_counter() - start)
+
+
+def skimage_analysis(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The textbook scikit-image pipeline for the same job: smooth, Otsu, split touching
+    particles by distance-transform watershed, measure. No binning, no OpenCV."""
+    from scipy import ndimage as ndi
+    from skimage import feature, filters, measure, morphology, segmentation
+
+    smooth = filters.gaussian(image.astype(np.float32), sigma=2, preserve_range=True)
+    dark = smooth < filters.threshold_otsu(smooth)
+    dark = morphology.remove_small_objects(morphology.opening(dark, morphology.disk(2)),
+                                           max_size=63)
+    distance = ndi.distance_transform_edt(dark)
+    peaks = feature.peak_local_max(distance, min_distance=10, labels=measure.label(dark))
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = segmentation.watershed(-distance, markers, mask=dark)
+    return measure.regionprops_table(labels, intensity_image=image,
+                                     properties=("label", "area", "centroid",
+                                                 "equivalent_diameter_area", "intensity_mean"))
+
+
+def reference_skimage(frames: np.ndarray, count: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        skimage_analysis(frames[i % len(frames)])
+    return count / (time.perf_counter() - start)
+
+
+# -- driver ------------------------------------------------------------------------------
+def bench_size(size: int, count: int, tmp: Path) -> dict[str, Any]:
+    frames, pixel_size_nm = render_frames(size)
+    frames_path = tmp / f"frames-{size}.npy"
+    np.save(frames_path, frames)
+    mb_per_frame = frames[0].nbytes / 1e6
+    sessions = tmp / f"sessions-{size}"
+    sessions.mkdir()
+    service = Service(sessions)
+    try:
+        e2e = run_session(service, frames_path, count=count, fps=1000.0, speed=None,
+                          live=False, pixel_size_nm=pixel_size_nm)
+        live_count = int(min(max(count, 75), 250))
+        live = run_session(service, frames_path, count=live_count, fps=25.0, speed=1.0,
+                           live=True, pixel_size_nm=pixel_size_nm)
+    finally:
+        worker_rss = service.stop()
+    e2e_fps = e2e["frames_archived"] / e2e["wall_s"] if e2e["frames_archived"] else 0.0
+    row: dict[str, Any] = {
+        "size": size, "frames": count, "mb_per_frame": mb_per_frame,
+        "end_to_end": {**e2e, "frames_per_s": e2e_fps, "mb_per_s": e2e_fps * mb_per_frame,
+                       "lost": count - (e2e["frames_archived"] or 0),
+                       "worker_peak_rss_mb": worker_rss},
+        "latency_at_25fps": live,
+    }
+    skimage_count = max(2, count // 50)
+    refs = {
+        "zmq": reference_zmq(frames_path, count),
+        "analysis": reference_analysis(frames, max(10, count // 5), pixel_size_nm),
+        "archive": reference_archive(frames, max(10, count // 3), tmp / f"ref-{size}"),
+        "skimage": reference_skimage(frames, skimage_count),
+    }
+    row["references_frames_per_s"] = refs
+    row["ratio_to_end_to_end"] = {k: v / e2e_fps if e2e_fps else float("nan")
+                                  for k, v in refs.items()}
+    return row
+
+
+def print_row(row: dict[str, Any]) -> None:
+    size, e2e, live = row["size"], row["end_to_end"], row["latency_at_25fps"]
+    target = TARGETS_FPS.get(size)
+    verdict = "" if target is None else (
+        f" (target >= {target:g}: {'met' if e2e['frames_per_s'] >= target else 'MISSED'})")
+    print(f"\n{size}x{size} uint16, {row['mb_per_frame']:.1f} MB/frame, {row['frames']} frames")
+    print(f"  end to end   {e2e['frames_per_s']:8.1f} frames/s {e2e['mb_per_s']:8.1f} MB/s"
+          f"{verdict}; lost {e2e['lost']}, analysed {e2e['frames_analysed']}")
+    p99_target = TARGETS_P99_MS.get(size)
+    p99_verdict = "" if p99_target is None else (
+        f" (target <= {p99_target:g} ms: "
+        f"{'met' if live['latency_p99_ms'] <= p99_target else 'MISSED'})")
+    print(f"  at 25 fps    latency p50 {live['latency_p50_ms']:.1f} ms, "
+          f"p99 {live['latency_p99_ms']:.1f} ms{p99_verdict}; "
+          f"analysed {live['frames_analysed']} of {live['frames_archived']} archived")
+    print(f"  peak RSS     worker {e2e['worker_peak_rss_mb']:.0f} MB, publisher "
+          f"{e2e['publisher_peak_rss_mb']:.0f} MB")
+    print(f"  {'reference':<12}{'frames/s':>10}{'x end-to-end':>14}")
+    for name, fps in row["references_frames_per_s"].items():
+        print(f"  {name:<12}{fps:>10.1f}{row['ratio_to_end_to_end'][name]:>14.2f}")
+    slowest = min(row["references_frames_per_s"][k] for k in ("zmq", "analysis", "archive"))
+    print(f"  end to end is {slowest / e2e['frames_per_s']:.2f}x the slowest single stage's "
+          f"time per frame (target <= 1.5); OpenCV analysis is "
+          f"{row['ratio_to_end_to_end']['analysis'] / row['ratio_to_end_to_end']['skimage']:.1f}x"
+          f" the scikit-image reference")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--frames", type=int, help="frames per size (default by size)")
+    parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
+    args = parser.parse_args(argv)
+    print(f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lithoscope-throughput-") as tmp:
+        for size in args.sizes:
+            count = args.frames or DEFAULT_FRAMES.get(size, 100)
+            row = bench_size(size, count, Path(tmp))
+            print_row(row)
+            rows.append(row)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2))
+    lost = sum(r["end_to_end"]["lost"] for r in rows)
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
