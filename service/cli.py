@@ -90,6 +90,17 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _client_curve(server_key: Path | None, key: Path | None) -> Any:
+    if server_key is None and key is None:
+        return None
+    if server_key is None or key is None:
+        raise ConfigError("A CURVE service needs both --server-key (its public key) and "
+                          "--key (this client's secret key).")
+    from .security import ClientCurve
+
+    return ClientCurve.load(server_key, key)
+
+
 def _open_source(spec: str, fps: float | None, pixel_size_nm: float | None,
                  scenario: str | None = None) -> Any:
     from lithoscope.replay.readers import open_source
@@ -100,6 +111,10 @@ def _open_source(spec: str, fps: float | None, pixel_size_nm: float | None,
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions and events.")]
 Fps = Annotated[float | None, typer.Option(
     "--fps", min=1e-6, help="Frame rate of the recording, when the file does not say.")]
+ServerPublicKey = Annotated[Path | None, typer.Option(
+    "--server-key", help="The service's public key file (server.key), for a CURVE service.")]
+ClientSecretKey = Annotated[Path | None, typer.Option(
+    "--key", help="This client's secret key file (NAME.key_secret), for a CURVE service.")]
 PixelSize = Annotated[float | None, typer.Option(
     "--pixel-size", min=1e-6, help="Pixel size in nm, when the file does not say (overrides it).")]
 
@@ -168,6 +183,8 @@ def publish(
     pixel_size: PixelSize = None,
     archive_name: Annotated[str | None, typer.Option(
         help="Name for the session's archive on the service (default: the session id).")] = None,
+    server_key: ServerPublicKey = None,
+    key: ClientSecretKey = None,
     verbose: Verbose = False,
 ) -> None:
     """Stream a source's frames to a running service (e.g. beside a camera)."""
@@ -179,8 +196,9 @@ def publish(
         parse_endpoint(results, what="results endpoint", allow_remote=True)
         pace = parse_speed(speed)
         stop = _stop_on_signals()
+        curve = _client_curve(server_key, key)
         with _open_source(source, fps, pixel_size) as src, \
-                Publisher(connect, results_endpoint=results) as publisher:
+                Publisher(connect, results_endpoint=results, curve=curve) as publisher:
             console.print(f"Publishing {src.info.name} to {connect} ...")
             report = publisher.publish(src, speed=pace, archive_name=archive_name,
                                        fps=fps, pixel_size_nm=pixel_size, stop=stop)
@@ -204,7 +222,13 @@ def serve(
     config: Annotated[Path | None, typer.Option(
         help="TOML file with service, analysis and alert settings.")] = None,
     allow_remote: Annotated[bool, typer.Option(
-        help="Allow listening on interfaces other than loopback.")] = False,
+        help="Allow listening on interfaces other than loopback (needs --server-key and "
+        "--client-keys).")] = False,
+    server_key: Annotated[Path | None, typer.Option(
+        help="The service's secret key file (NAME.key_secret from `lithoscope keys`); turns "
+        "on CURVE encryption and authentication.")] = None,
+    client_keys: Annotated[Path | None, typer.Option(
+        help="Folder of the public keys (*.key) of the clients allowed to connect.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the analysis worker as a service until Ctrl-C or SIGTERM.
@@ -219,7 +243,9 @@ def serve(
         settings = load_config(config).replace(
             frames_endpoint=frames, results_endpoint=results,
             sessions_dir=str(sessions) if sessions else None,
-            allow_remote=allow_remote or None)
+            allow_remote=allow_remote or None,
+            server_key=str(server_key) if server_key else None,
+            client_keys=str(client_keys) if client_keys else None)
         stop = _stop_on_signals()
         with Worker(settings) as worker:
             frames_at, results_at = worker.bind()
@@ -228,6 +254,27 @@ def serve(
                           f"{Path(settings.sessions_dir).resolve()}", highlight=False)
             worker.run(stop)
         console.print("lithoscope serve: stopped; open archives were closed.")
+
+
+@app.command()
+def keys(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the key files into.")],
+    name: Annotated[str, typer.Option(
+        help="Key name: 'server' for the service, or one per client machine.")] = "server",
+) -> None:
+    """Create a CURVE key pair: NAME.key (public) and NAME.key_secret (keep private).
+
+    The service needs its own pair (serve --server-key NAME.key_secret) and a folder
+    holding the public key of every client allowed in (serve --client-keys FOLDER);
+    each client needs its own pair and the service's public key (publish --key,
+    --server-key). Only loopback works without keys.
+    """
+    from .security import create_keys
+
+    with _friendly_errors():
+        public, secret = create_keys(folder, name)
+    console.print(f"Public key: {public} (copy it to whoever must know this key)\n"
+                  f"Secret key: {secret} (keep it on this machine)", highlight=False)
 
 
 @app.command()

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_FRAMES_ENDPOINT",
     "DEFAULT_RESULTS_ENDPOINT",
     "ServiceConfig",
+    "is_loopback",
     "load_config",
     "parse_endpoint",
 ]
@@ -38,7 +39,7 @@ def parse_endpoint(value: str, *, what: str = "endpoint", allow_remote: bool = F
 
     Frames and results carry unpublished data and the frames port accepts input
     from anyone who can reach it, so the service listens on loopback unless told
-    otherwise (see docs/security.md once authentication lands).
+    otherwise (docs/security.md).
     """
     if not isinstance(value, str) or "://" not in value:
         raise ConfigError(f"Expected a ZeroMQ {what} like tcp://127.0.0.1:5555 or "
@@ -56,6 +57,15 @@ def parse_endpoint(value: str, *, what: str = "endpoint", allow_remote: bool = F
     return value
 
 
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp on a loopback address: nothing off this machine
+    can connect."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = urlparse(endpoint).hostname or endpoint.split("://", 1)[1].rsplit(":", 1)[0]
+    return host in _LOOPBACK
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything ``lithoscope serve`` needs. Field defaults are the shipped defaults."""
@@ -67,7 +77,12 @@ class ServiceConfig:
     sessions_dir: str = "sessions"
     """Folder that receives one ``<session>.zarr`` archive per session."""
     allow_remote: bool = False
-    """Permit binding to non-loopback interfaces."""
+    """Permit binding to non-loopback interfaces (which also requires CURVE keys)."""
+    server_key: str | None = None
+    """The service's secret key file (``NAME.key_secret`` from ``lithoscope keys``).
+    With ``client_keys`` it turns on CURVE: encrypted traffic, known clients only."""
+    client_keys: str | None = None
+    """Folder of the public keys (``*.key``) of the clients allowed to connect."""
     heartbeat_s: float = 1.0
     """Interval between heartbeats on the results stream."""
     frame_hwm: int = 64
@@ -90,6 +105,16 @@ class ServiceConfig:
                        allow_remote=self.allow_remote)
         parse_endpoint(self.results_endpoint, what="results endpoint",
                        allow_remote=self.allow_remote)
+        if (self.server_key is None) != (self.client_keys is None):
+            raise ConfigError("Expected both server_key and client_keys (CURVE needs the "
+                              "service's key pair and the accepted client keys), or neither.")
+        if self.server_key is None:
+            for endpoint in (self.frames_endpoint, self.results_endpoint):
+                if not is_loopback(endpoint):
+                    raise ConfigError(
+                        f"Listening on {endpoint} needs CURVE authentication: give "
+                        "server_key and client_keys (--server-key, --client-keys; make them "
+                        "with `lithoscope keys`). See docs/security.md.")
         for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"Expected {name} > 0. Got {getattr(self, name)!r}.")

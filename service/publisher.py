@@ -26,6 +26,7 @@ import zmq
 
 from .errors import LithoscopeError, SourceError
 from .protocol import Frame, Message, SessionClosed, SessionStart, SessionStop, decode, encode
+from .security import ClientCurve
 from .sources.base import Source, SourceFrame
 
 __all__ = ["PublishReport", "Publisher", "new_session_id"]
@@ -69,6 +70,9 @@ class Publisher:
     on_message
         Called with every results-stream message (events, results, heartbeats) that
         arrives while publishing; subscribes to the whole stream when given.
+    curve
+        This client's keys and the service's public key, for a service that requires
+        CURVE (see :mod:`lithoscope.service.security`).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Publisher:
         sndhwm: int = 16,
         ack_timeout_s: float = 120.0,
         on_message: Callable[[Message], None] | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
         self._own_context = context is None
         self.context: zmq.Context[Any] = context or zmq.Context()
@@ -90,12 +95,16 @@ class Publisher:
         self._seq = 0
         self._push = self.context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, sndhwm)
+        if curve is not None:
+            curve.apply(self._push)
         self._push.connect(endpoint)
         self._sub: zmq.Socket[Any] | None = None
         if results_endpoint is not None:
             self._sub = self.context.socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
             self._sub.setsockopt(zmq.SUBSCRIBE, b"" if on_message else b"session_closed")
+            if curve is not None:
+                curve.apply(self._sub)
             self._sub.connect(results_endpoint)
 
     def close(self, *, linger_s: float | None = None) -> None:

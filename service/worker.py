@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert, AlertDetector
@@ -50,6 +51,7 @@ from .protocol import (
     SessionStop,
     encode,
 )
+from .security import ServerCurve
 
 __all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 
@@ -166,10 +168,15 @@ class Worker:
         self._interval_latencies: list[float] = []
         self._last_heartbeat = time.monotonic()
         self._last_session_id: str | None = None
+        self._auth: ThreadAuthenticator | None = None
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
         """Bind both sockets; returns the actual endpoints (ports picked by the OS for ``:*``)."""
+        curve = None
+        if self.config.server_key is not None and self.config.client_keys is not None:
+            curve = ServerCurve.load(self.config.server_key, self.config.client_keys)
+            self._auth = curve.start_authenticator(self.context)
         frames = self.context.socket(zmq.PULL)
         frames.setsockopt(zmq.RCVHWM, self.config.frame_hwm)
         frames.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
@@ -177,6 +184,9 @@ class Worker:
         results = self.context.socket(zmq.PUB)
         results.setsockopt(zmq.SNDHWM, self.config.results_hwm)
         results.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(frames)
+            curve.apply(results)
         try:
             frames.bind(self.config.frames_endpoint)
             results.bind(self.config.results_endpoint)
@@ -198,6 +208,9 @@ class Worker:
             if sock is not None:
                 sock.close(linger=0)
         self._frames = self._results = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._own_context:
             self.context.term()
 
