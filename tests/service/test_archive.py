@@ -144,3 +144,37 @@ def test_sigkill_mid_session_leaves_a_readable_consistent_archive(tmp_path: Path
     # Measurements may lag the frames by one flush interval, but never refer past them.
     assert 0 < len(cluster["frame"]) <= reader.frame_count
     np.testing.assert_array_equal(cluster["area_px"], cluster["frame"])
+
+
+def test_frame_rows_between_batches_are_kept_by_the_journal(tmp_path: Path) -> None:
+    """Frame rows reach zarr in batches; a writer that dies between batches (here: never
+    closed, flush interval an hour) loses none of them, and a torn last line is ignored."""
+    path = tmp_path / "cut.zarr"
+    frames = np.arange(7 * 6 * 5, dtype=np.uint16).reshape(7, 6, 5)
+    writer = ArchiveWriter(path, session=SESSION, flush_interval_s=3600.0)
+    for i in range(4):
+        writer.append_frame(frames[i], seq=10 + i, index=i, t_s=0.25 * i, acquired_at=1.0,
+                            metadata={"bias_v": -i})
+    writer.flush()  # rows 0-3 in zarr, 4-6 only in the journal
+    for i in range(4, 7):
+        writer.append_frame(frames[i], seq=10 + i, index=i, t_s=0.25 * i, acquired_at=1.0)
+    with (path / "frame_log.jsonl").open("a") as log:
+        log.write('{"position": 7, "seq": 1')  # the kill came mid-line
+
+    reader = ArchiveReader(path)
+    assert reader.frame_count == 7
+    table = reader.table("frame_table")
+    np.testing.assert_array_equal(table["seq"], np.arange(10, 17))
+    np.testing.assert_allclose(table["t_s"], 0.25 * np.arange(7))
+    assert np.isnan(table["exposure_s"]).all()
+    assert table["metadata_json"][3] == '{"bias_v": -3}'
+    np.testing.assert_array_equal(reader.frames[:7], frames)
+
+
+def test_a_clean_close_leaves_no_journal(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path / "a.zarr", session=SESSION, flush_interval_s=3600.0)
+    writer.append_frame(np.ones((4, 4), np.uint8), seq=0, index=0, t_s=0.0, acquired_at=0.0)
+    assert (tmp_path / "a.zarr" / "frame_log.jsonl").is_file()
+    writer.close()
+    assert not (tmp_path / "a.zarr" / "frame_log.jsonl").exists()
+    assert ArchiveReader(tmp_path / "a.zarr").table("frame_table")["seq"].tolist() == [0]
