@@ -14,17 +14,26 @@ lithiated by a tungsten needle:
 * lithiation makes the particles swell: the touched particle first, its
   neighbours later and less (lithium diffuses through the contact network), the
   whole cluster contracting again after the needle is withdrawn;
-* Poisson shot noise at the configured electron dose.
+* Poisson shot noise at the configured electron dose;
+* optional imaging defects, each exact in the truth because none of them moves a
+  particle boundary: Fresnel fringes at edges (defocus), slow stage drift (the
+  specimen, needle and grid move together under a fixed beam), hot pixels, a darker
+  crystalline core shrinking inside the lighter lithiated shell, and an opaque
+  copper grid bar along the edge opposite the needle, which the cluster hangs from.
+
+Lithium enters through the particle touching the needle once the bias passes
+``onset_bias_v`` (or on contact, without bias, in the ``chemical`` scenario), flows
+between touching particles down the difference in lithium content, and drains into
+particles out of view after the needle is withdrawn.
 
 The geometry and the lithiation state of every frame are computed in closed form
 at construction, so frames can be rendered in any order
 (:meth:`SimulatedSource.render`), and every frame carries its exact ground truth
 (``SourceFrame.truth``). The simulator never sleeps: the publisher paces frames.
 
-This is the first, deliberately simple image model. It is organised so that the
-physics can grow (Fresnel fringes, crystalline cores, specimen drift, particles
-pushing each other apart) by replacing :class:`_Scene` or :func:`_render` without
-touching the source interface.
+The image model is organised so that the physics can grow (particles pushing each
+other apart, thickness maps) by replacing :class:`_Scene` or :func:`_render`
+without touching the source interface.
 """
 
 from __future__ import annotations
@@ -65,6 +74,15 @@ _PARTICLE_OVERLAP = 0.95
 """Neighbouring particle centres sit at this fraction of the sum of their radii."""
 _MIN_PARTICLE_SEPARATION = 0.8
 """Non-neighbours may not come closer than this fraction of the sum of their radii."""
+_GRID_TRANSMISSION = 0.03
+"""The copper grid bar is opaque."""
+_FRINGE_SIGMA_PX = 1.5
+"""Width of the Fresnel fringe (the defocus spread), Gaussian sigma in pixels."""
+_HOT_PIXEL_GAIN = (3.0, 12.0)
+"""Hot pixels read this many times the vacuum level (uniform range)."""
+_SWELLING_PER_X = 2.8 / 3.75
+"""Relative volume increase per Li per Si: Li15Si4 (x = 3.75) is +280 % (Obrovac and
+Krause 2007); used only to report the truth's lithium content x."""
 _EXACT_POISSON_BELOW = 20.0
 """Pixels expecting fewer electrons than this get exact Poisson draws, the rest the
 normal approximation N(lambda, lambda), which costs a seventh of the time."""
@@ -78,6 +96,10 @@ class Scenario:
     description: str
     bias_applied: bool
     """Whether the bias is switched on at ``bias_on_s`` (and lithiation happens)."""
+    chemical: bool = False
+    """Lithiation starts on contact with the needle's lithium, without bias."""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    """Config values the scenario imposes (imaging conditions), over the caller's."""
 
 
 SCENARIOS: Mapping[str, Scenario] = {
@@ -93,6 +115,25 @@ SCENARIOS: Mapping[str, Scenario] = {
             "control",
             "Needle approaches, touches and is withdrawn without bias: nothing swells.",
             bias_applied=False,
+        ),
+        Scenario(
+            "chemical",
+            "No bias: the needle's fresh lithium lithiates the cluster on contact; "
+            "withdrawn, the cluster contracts.",
+            bias_applied=False,
+            chemical=True,
+        ),
+        Scenario(
+            "heavy_drift",
+            "The lithiation scenario under stage drift of up to 3 px/frame.",
+            bias_applied=True,
+            overrides=(("drift_px_per_frame", 3.0), ("drift_amplitude_nm", 12.0)),
+        ),
+        Scenario(
+            "low_dose",
+            "The lithiation scenario at 2 e/A^2/s (noisy frames).",
+            bias_applied=True,
+            overrides=(("dose_rate_e_per_a2_s", 2.0),),
         ),
     )
 }
@@ -159,6 +200,26 @@ class SimConfig:
     """Rate at which lithium drains from every particle once the needle is withdrawn."""
     max_area_swelling: float = 1.0
     """Relative increase of projected area of a fully lithiated particle (1.0: doubles)."""
+    onset_bias_v: float = 0.5
+    """Lithium enters under bias only when ``|bias_v|`` reaches this."""
+    diffusion_coefficient_cm2_per_s: float | None = None
+    """If set, the touched particle fills at ``pi^2 D / r0^2`` (the slowest mode of
+    diffusion into a sphere of its pristine radius) instead of ``lithiation_rate_per_s``."""
+    fresnel_fringe: float = 0.0
+    """Amplitude of the Fresnel fringes at edges, relative to the edge's contrast (0: in
+    focus; 0.3: a visible bright halo outside, dark band inside)."""
+    drift_px_per_frame: float = 0.0
+    """Peak speed of the stage drift (the specimen, needle and grid move together)."""
+    drift_amplitude_nm: float = 10.0
+    """How far the drift wanders from the start along each axis (it is a slow,
+    smooth back-and-forth, so that the cluster stays in view)."""
+    hot_pixel_fraction: float = 0.0
+    """Fraction of camera pixels that read several times the vacuum level, always."""
+    core_contrast: float = 0.0
+    """How much darker (relative transmission) the unlithiated crystalline core is than
+    the amorphous lithiated shell; the core shrinks as lithium comes in."""
+    grid_bar: bool = False
+    """An opaque copper grid bar along the edge opposite the needle, touching the cluster."""
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
@@ -170,7 +231,18 @@ class SimConfig:
         _check_non_negative(self, "dark_level_counts", "illumination_gradient", "flicker",
                             "needle_layer_nm", "approach_distance_nm", "lithiation_delay_s",
                             "lithiation_rate_per_s", "diffusion_rate_per_s",
-                            "delithiation_rate_per_s", "max_area_swelling", "contact_s")
+                            "delithiation_rate_per_s", "max_area_swelling", "contact_s",
+                            "onset_bias_v", "fresnel_fringe", "drift_px_per_frame",
+                            "drift_amplitude_nm", "hot_pixel_fraction", "core_contrast")
+        if self.hot_pixel_fraction > 0.01:
+            raise ConfigError(
+                f"Expected hot_pixel_fraction <= 0.01. Got {self.hot_pixel_fraction!r}."
+            )
+        if self.core_contrast >= 1:
+            raise ConfigError(f"Expected core_contrast < 1. Got {self.core_contrast!r}.")
+        d = self.diffusion_coefficient_cm2_per_s
+        if d is not None and not d > 0:
+            raise ConfigError(f"Expected diffusion_coefficient_cm2_per_s > 0. Got {d!r}.")
         if self.particle_count < 1:
             raise ConfigError(f"Expected particle_count >= 1. Got {self.particle_count}.")
         low, high = self.particle_diameter_nm
@@ -284,32 +356,46 @@ def _place_cluster(
     return centres - centres.mean(axis=0), radii, adjacency
 
 
+def _lithiation_start_s(config: SimConfig, scenario: Scenario) -> float | None:
+    """When lithium first enters the touched particle, or None if it never does."""
+    if scenario.chemical:
+        start_s = config.contact_s + config.lithiation_delay_s
+    elif scenario.bias_applied and abs(config.bias_v) >= config.onset_bias_v:
+        start_s = config.bias_on_s + config.lithiation_delay_s
+    else:
+        return None
+    return start_s if start_s < config.withdraw_s else None
+
+
 def _lithiation(
     config: SimConfig,
     scenario: Scenario,
     adjacency: np.ndarray,
     source: int,
     times_s: np.ndarray,
+    rate_per_s: float,
 ) -> np.ndarray:
     """Lithium fraction (0..1) of every particle at every time, shape (len(times_s), n).
 
-    The touched particle fills at ``lithiation_rate_per_s`` towards 1 while the bias
-    is on; lithium diffuses between touching particles at ``diffusion_rate_per_s``
-    (a graph Laplacian); after withdrawal it drains from all of them. Each phase is
-    a linear system ``dx/dt = M x + b`` with symmetric ``M``, solved exactly through
-    its eigendecomposition, so any frame time costs the same.
+    The touched particle fills at ``rate_per_s`` towards 1 while the needle feeds it;
+    lithium diffuses between touching particles at ``diffusion_rate_per_s`` (a graph
+    Laplacian: the flow between two particles is proportional to the difference of
+    their lithium content); after withdrawal it drains from all of them (into
+    particles out of view). Each phase is a linear system ``dx/dt = M x + b`` with
+    symmetric ``M``, solved exactly through its eigendecomposition, so any frame time
+    costs the same.
     """
     n = adjacency.shape[0]
     x = np.zeros((times_s.size, n))
-    if not scenario.bias_applied:
+    start_s = _lithiation_start_s(config, scenario)
+    if start_s is None:
         return x
     laplacian = np.diag(adjacency.sum(axis=1)).astype(float) - adjacency
-    start_s = config.bias_on_s + config.lithiation_delay_s
     stop_s = max(config.withdraw_s, start_s)
     charge = -config.diffusion_rate_per_s * laplacian
-    charge[source, source] -= config.lithiation_rate_per_s
+    charge[source, source] -= rate_per_s
     feed = np.zeros(n)
-    feed[source] = config.lithiation_rate_per_s
+    feed[source] = rate_per_s
     drain = -config.diffusion_rate_per_s * laplacian - config.delithiation_rate_per_s * np.eye(n)
     state_at_stop = _evolve(charge, feed, np.zeros(n), np.array([stop_s - start_s]))[0]
     charging = (times_s >= start_s) & (times_s < stop_s)
@@ -352,7 +438,9 @@ class _Scene:
         swollen = self.radii_px * math.sqrt(1.0 + config.max_area_swelling)
         low = (offsets - swollen[:, None]).min(axis=0)
         high = (offsets + swollen[:, None]).max(axis=0)
-        margin = 0.04 * np.array([rows, cols])
+        self.drift_amplitude_px = (config.drift_amplitude_nm / px
+                                   if config.drift_px_per_frame > 0 else 0.0)
+        margin = 0.04 * np.array([rows, cols]) + self.drift_amplitude_px
         room = np.array([rows, cols]) - 2 * margin - (high - low)
         if np.any(room < 0):
             raise ConfigError(
@@ -368,10 +456,32 @@ class _Scene:
         # The needle touches the particle it meets first along its axis.
         reach = self.centres @ self.axis - self.radii_px
         self.source = int(np.argmin(reach))
+        if config.diffusion_coefficient_cm2_per_s is not None:
+            radius_cm = self.radii_px[self.source] * px * 1e-7
+            self.rate_per_s = math.pi**2 * config.diffusion_coefficient_cm2_per_s / radius_cm**2
+        else:
+            self.rate_per_s = config.lithiation_rate_per_s
+        self.diffusion_coefficient_cm2_per_s = (
+            self.rate_per_s * (self.radii_px[self.source] * px * 1e-7) ** 2 / math.pi**2
+        )
+        """The apparent D of the touched particle: its filling rate read through the
+        slowest mode of diffusion into a sphere, ``k = pi^2 D / r0^2`` (Crank 1975, 6.3)."""
+
+        # The copper grid bar along the far edge, its inner edge pressed 1 px into the
+        # farthest pristine particle: the cluster hangs from it.
+        self.grid_dim = 1 if config.needle_edge == "left" else 0
+        self.grid_start_px = math.inf
+        if config.grid_bar:
+            far = float((self.centres[:, self.grid_dim] + self.radii_px).max())
+            self.grid_start_px = far - 1.0
+            if config.shape[self.grid_dim] - self.grid_start_px - self.drift_amplitude_px < 8:
+                raise ConfigError("No room for the grid bar beside the cluster; enlarge shape.")
 
         times_s = np.arange(config.frame_count) / config.fps
         self.times_s = times_s
-        self.lithium = _lithiation(config, scenario, self.adjacency, self.source, times_s)
+        self.lithium_start_s = _lithiation_start_s(config, scenario)
+        self.lithium = _lithiation(config, scenario, self.adjacency, self.source, times_s,
+                                   self.rate_per_s)
         self.radii_t = self.radii_px * np.sqrt(1.0 + config.max_area_swelling * self.lithium)
 
         # Gap between the LiOx layer and the particle surface (negative: pressed in).
@@ -414,6 +524,21 @@ class _Scene:
             np.float32
         )
 
+        # Stage drift: a smooth back-and-forth of the whole specimen under the beam, two
+        # incommensurate sines whose combined speed peaks at drift_px_per_frame.
+        self.drift = np.zeros((times_s.size, 2))
+        if config.drift_px_per_frame > 0:
+            amplitude = self.drift_amplitude_px
+            omega = config.drift_px_per_frame / amplitude * np.array([0.8, 0.6])
+            signs = np.where(rng.random(2) < 0.5, -1.0, 1.0)
+            frames = np.arange(times_s.size, dtype=float)
+            self.drift = amplitude * signs * np.sin(np.outer(frames, omega))
+
+        # Hot pixels: fixed to the camera, not the specimen.
+        count = round(config.hot_pixel_fraction * rows * cols)
+        self.hot_pixels = rng.choice(rows * cols, size=count, replace=False)
+        self.hot_gain = rng.uniform(*_HOT_PIXEL_GAIN, size=count).astype(np.float32)
+
     def phase(self, index: int) -> str:
         t_s = self.times_s[index]
         c = self.config
@@ -422,6 +547,8 @@ class _Scene:
         if t_s >= c.withdraw_s:
             return "withdrawn"
         if self.scenario.bias_applied and t_s >= c.bias_on_s:
+            return "lithiation"
+        if self.lithium_start_s is not None and t_s >= self.lithium_start_s:
             return "lithiation"
         return "contact"
 
@@ -449,7 +576,7 @@ def _draw_needle(target: np.ndarray, scene: _Scene, index: int, *, core: float,
     """Draw the LiOx layer, then the metal over it, with the given fill values."""
     axis, normal = scene.axis, scene.normal
     rho, thick, taper = scene.tip_radius_px, scene.layer_px, scene.taper
-    centre = scene.tip[index] - axis * rho
+    centre = scene.tip[index] + scene.drift[index] - axis * rho
     far = 2.0 * sum(target.shape)
     back = centre - axis * far
     shaft = np.array([centre + normal * rho, back + normal * (rho + far * taper),
@@ -475,9 +602,15 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     rng = np.random.default_rng([config.seed, index])
     transmission = np.ones((rows, cols), np.float32)
     particles = np.zeros((rows, cols), np.bool_)
+    owner = np.zeros((rows, cols), np.int16)
     areas: list[int] = []
     lithium = scene.lithium[index]
-    for (rc, cc), radius, x in zip(scene.centres, scene.radii_t[index], lithium, strict=True):
+    shift = scene.drift[index]
+    centres = scene.centres + shift
+    core_radii = scene.radii_px * np.cbrt(np.clip(1.0 - lithium, 0.0, 1.0))
+    for i, ((rc, cc), radius, x) in enumerate(
+        zip(centres, scene.radii_t[index], lithium, strict=True)
+    ):
         r0, r1 = max(0, math.floor(rc - radius)), min(rows, math.ceil(rc + radius) + 1)
         c0, c1 = max(0, math.floor(cc - radius)), min(cols, math.ceil(cc + radius) + 1)
         d2 = ((np.arange(r0, r1, dtype=np.float32) - rc) ** 2)[:, None] + (
@@ -488,6 +621,16 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         gain = _LITHIATED_TRANSMISSION_GAIN * x
         edge = _PARTICLE_EDGE_TRANSMISSION + gain
         value = edge - (edge - _PARTICLE_CENTRE_TRANSMISSION - gain) * dome
+        if config.core_contrast > 0 and core_radii[i] > 0:
+            # The crystalline core diffracts more strongly: darker in bright field.
+            value = np.where(d2 <= core_radii[i] ** 2,
+                             value * np.float32(1.0 - config.core_contrast), value)
+        owner_window = owner[r0:r1, c0:c1]
+        # Overlaps go to the particle the pixel lies deepest inside, like the analysis.
+        depth = radius - np.sqrt(d2)
+        np.copyto(owner_window, np.int16(i + 1), where=inside & (
+            (owner_window == 0) | (depth > _depth_of(owner_window, centres, scene.radii_t[index],
+                                                     r0, c0))))
         window = transmission[r0:r1, c0:c1]
         np.minimum(window, np.where(inside, value, 1.0), out=window)
         particles[r0:r1, c0:c1] |= inside
@@ -496,9 +639,27 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     _draw_needle(transmission, scene, index, core=_NEEDLE_TRANSMISSION, layer=_LAYER_TRANSMISSION)
     needle = np.zeros((rows, cols), np.uint8)
     _draw_needle(needle, scene, index, core=1, layer=1)
-    visible = particles & (needle == 0)
+    hidden = needle.view(np.bool_)
+    if config.grid_bar:
+        start = scene.grid_start_px + shift[scene.grid_dim]
+        first = max(0, math.ceil(start))
+        if scene.grid_dim == 1:
+            transmission[:, first:] = _GRID_TRANSMISSION
+            hidden[:, first:] = True
+        else:
+            transmission[first:, :] = _GRID_TRANSMISSION
+            hidden[first:, :] = True
+    visible = particles & ~hidden
+    owner[~visible] = 0
 
     blurred = cv2.GaussianBlur(transmission, (0, 0), _PSF_SIGMA_PX)
+    if config.fresnel_fringe > 0:
+        # Defocus: the edge contrast is amplified against a wider blur of itself, a
+        # bright fringe outside every dark edge and a dark one inside.
+        wide = cv2.GaussianBlur(blurred, (0, 0), _FRINGE_SIGMA_PX)
+        cv2.addWeighted(blurred, 1.0 + config.fresnel_fringe, wide, -config.fresnel_fringe,
+                        0.0, dst=blurred)
+        np.maximum(blurred, 0.0, out=blurred)
     brightness = 1.0 + config.flicker * float(rng.standard_normal())
     expected = blurred
     np.multiply(blurred, scene.illumination, out=expected)
@@ -511,16 +672,44 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     counts = electrons
     counts *= np.float32(config.counts_per_electron)
     counts += np.float32(config.dark_level_counts + 0.5)  # +0.5: round, not truncate
+    if scene.hot_pixels.size:
+        counts.reshape(-1)[scene.hot_pixels] = (
+            scene.hot_gain * np.float32(scene.electrons * config.counts_per_electron)
+            + np.float32(config.dark_level_counts))
     image = np.clip(counts, 0, 65535).astype(np.uint16)
 
+    visible_areas = np.bincount(owner.ravel(), minlength=len(areas) + 1)[1:]
+    x_li = ((1.0 + config.max_area_swelling * lithium) ** 1.5 - 1.0) / _SWELLING_PER_X
     truth = {
         "cluster_area_px": int(np.count_nonzero(visible)),
         "particle_count": len(areas),
         "needle_contact": bool(scene.contact[index]),
         "phase": scene.phase(index),
         "particle_area_px": areas,
+        "particle_visible_area_px": [int(a) for a in visible_areas],
+        "particle_centre_row": [float(v) for v in centres[:, 0]],
+        "particle_centre_col": [float(v) for v in centres[:, 1]],
+        "particle_lithium_x": [round(float(v), 6) for v in x_li],
+        "particle_core_radius_px": [round(float(v), 4) for v in core_radii],
+        "drift_row_px": float(shift[0]),
+        "drift_col_px": float(shift[1]),
     }
     return image, truth
+
+
+def _depth_of(owner: np.ndarray, centres: np.ndarray, radii: np.ndarray, r0: int,
+              c0: int) -> np.ndarray:
+    """How deep each pixel of ``owner`` lies inside the disc of its current owner."""
+    rows, cols = owner.shape
+    taken = owner > 0
+    depth = np.full(owner.shape, -np.inf, np.float32)
+    if not taken.any():
+        return depth
+    index = owner[taken].astype(np.intp) - 1
+    rr, cc = np.nonzero(taken)
+    d = np.hypot(rr + r0 - centres[index, 0], cc + c0 - centres[index, 1])
+    depth[taken] = (radii[index] - d).astype(np.float32)
+    return depth
 
 
 # --------------------------------------------------------------------------- source
@@ -563,8 +752,11 @@ class SimulatedSource(SourceBase):
             raise ConfigError(
                 f"Unknown scenario {scenario!r}. Expected one of {', '.join(SCENARIOS)}."
             )
-        self.config = config if config is not None else SimConfig()
         self.scenario = SCENARIOS[scenario]
+        config = config if config is not None else SimConfig()
+        if self.scenario.overrides:
+            config = dataclasses.replace(config, **dict(self.scenario.overrides))
+        self.config = config
         self._scene = _Scene(self.config, self.scenario)
         self._closed = False
         self._info = SourceInfo(
@@ -601,7 +793,7 @@ class SimulatedSource(SourceBase):
         if not 0 <= index < self.config.frame_count:
             raise IndexError(f"Frame {index} out of range 0..{self.config.frame_count - 1}.")
         image, truth = _render(self._scene, index)
-        tip = self._scene.tip[index]
+        tip = self._scene.tip[index] + self._scene.drift[index]
         return SourceFrame(
             image=image,
             t_s=index / self.config.fps,
@@ -615,24 +807,40 @@ class SimulatedSource(SourceBase):
             truth=truth,
         )
 
+    @property
+    def diffusion_coefficient_cm2_per_s(self) -> float:
+        """The true apparent diffusion coefficient of the touched particle.
+
+        Its filling rate ``k`` read through the slowest mode of diffusion into a sphere
+        of its pristine radius ``r0``: ``D = k r0^2 / pi^2`` (Crank, *The Mathematics of
+        Diffusion*, 2nd ed. 1975, eq. 6.20), the model the analysis inverts.
+        """
+        return float(self._scene.diffusion_coefficient_cm2_per_s)
+
+    @property
+    def touched_particle(self) -> int:
+        """Index (into the truth's particle lists) of the particle the needle touches."""
+        return self._scene.source
+
     def truth_events(self) -> list[tuple[str, float]]:
         """The physical events of the scenario as ``(event kind, t_s)``, in time order.
 
         Kinds are :class:`lithoscope.service.protocol.EventKind` values:
-        ``contact_made``, ``expansion_onset`` (first swelling, after the bias and the
-        lithiation delay), ``contact_lost`` and ``contraction_onset`` (lithium starts
+        ``contact_made``, ``expansion_onset`` (first swelling: after the bias passes
+        its onset and the lithiation delay, or after contact in the chemical
+        scenario), ``contact_lost`` and ``contraction_onset`` (lithium starts
         draining at withdrawal). Events after the end of the movie are left out.
         """
         c = self.config
         events = [("contact_made", c.contact_s)]
-        if self.scenario.bias_applied:
-            onset = c.bias_on_s + c.lithiation_delay_s
-            if onset < c.withdraw_s:
-                events.append(("expansion_onset", onset))
+        onset = self._scene.lithium_start_s
+        if onset is not None:
+            events.append(("expansion_onset", onset))
         events.append(("contact_lost", c.withdraw_s))
-        if self.scenario.bias_applied and c.bias_on_s + c.lithiation_delay_s < c.withdraw_s:
+        if onset is not None:
             events.append(("contraction_onset", c.withdraw_s))
-        return [(kind, t_s) for kind, t_s in events if t_s < c.duration_s]
+        return sorted(((kind, t_s) for kind, t_s in events if t_s < c.duration_s),
+                      key=lambda e: e[1])
 
     def close(self) -> None:
         """Mark the source closed; rendering afterwards raises SourceError."""

@@ -100,8 +100,12 @@ class TestSource:
             assert frame.t_s == frame.index / 2.0
             assert set(frame.metadata) == {"bias_v", "needle_tip_row", "needle_tip_col",
                                            "dose_rate_e_per_a2_s"}
-            assert set(frame.truth) == {"cluster_area_px", "particle_count", "needle_contact",
-                                        "phase", "particle_area_px"}
+            assert set(frame.truth) == {
+                "cluster_area_px", "particle_count", "needle_contact", "phase",
+                "particle_area_px", "particle_visible_area_px", "particle_centre_row",
+                "particle_centre_col", "particle_lithium_x", "particle_core_radius_px",
+                "drift_row_px", "drift_col_px"}
+            assert sum(frame.truth["particle_visible_area_px"]) == frame.truth["cluster_area_px"]
             assert len(frame.truth["particle_area_px"]) == frame.truth["particle_count"] == 8
             json.dumps({**frame.metadata, **frame.truth})  # plain values, ready for the wire
 
