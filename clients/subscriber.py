@@ -24,13 +24,16 @@ import time
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from lithoscope.service.errors import ConfigError
 from lithoscope.service.protocol import Decoder, Message, MessageType
+
+if TYPE_CHECKING:
+    from lithoscope.service.security import ClientCurve
 
 __all__ = ["ConnectionState", "Subscriber", "parse_topics"]
 
@@ -90,6 +93,8 @@ class Subscriber:
         waits for a subscriber, so a slow reader loses updates, never the service's time.
     reconnect_ivl_s, reconnect_ivl_max_s
         First and longest interval between reconnection attempts (ZeroMQ backs off).
+    curve
+        Keys for a service that requires CURVE (one beyond loopback does).
 
     Attributes
     ----------
@@ -102,7 +107,8 @@ class Subscriber:
 
     def __init__(self, endpoint: str, *, topics: Iterable[str | MessageType] | None = None,
                  context: zmq.Context[Any] | None = None, rcvhwm: int = 1000,
-                 reconnect_ivl_s: float = 0.1, reconnect_ivl_max_s: float = 2.0) -> None:
+                 reconnect_ivl_s: float = 0.1, reconnect_ivl_max_s: float = 2.0,
+                 curve: ClientCurve | None = None) -> None:
         self.endpoint = endpoint
         self.topics = parse_topics(topics)
         self._own_context = context is None
@@ -115,6 +121,8 @@ class Subscriber:
         subscriptions = [""] if self.topics == RESULT_TOPICS else list(self.topics)
         for topic in subscriptions:
             self.socket.setsockopt(zmq.SUBSCRIBE, str(topic).encode())
+        if curve is not None:
+            curve.apply(self.socket)
         self._monitor: zmq.Socket[Any] | None = self.socket.get_monitor_socket(_UP | _DOWN)
         try:
             self.socket.connect(endpoint)
