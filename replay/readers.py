@@ -924,6 +924,14 @@ def open_source(
         Invalid ``fps`` / ``pixel_size_nm``, or ``sim_options`` with a path.
     """
     text = os.fspath(spec)
+    if text.startswith("watch:"):
+        return _open_watch(text.removeprefix("watch:"), fps=fps, pixel_size_nm=pixel_size_nm)
+    if text.startswith("imagezmq://"):
+        from lithoscope.service.sources.imagezmq import IMAGEZMQ_PREFIX, ImagezmqSource
+
+        hub: Source = ImagezmqSource(text.removeprefix(IMAGEZMQ_PREFIX), fps=fps,
+                                     pixel_size_nm=pixel_size_nm)
+        return hub
     if text == "sim" or text.startswith("sim:"):
         from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
@@ -953,8 +961,48 @@ def open_source(
         return TiffSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
     if suffix in VIDEO_SUFFIXES:
         return VideoSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
+    from lithoscope.replay.formats import DM_SUFFIXES, EMD_SUFFIXES, MRC_SUFFIXES
+
+    if suffix in DM_SUFFIXES | EMD_SUFFIXES:
+        from lithoscope.replay.formats import RsciioSource
+
+        return RsciioSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
+    if suffix in MRC_SUFFIXES:
+        from lithoscope.replay.formats import MrcSource
+
+        return MrcSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
     kind = f"'{path.suffix}'" if path.suffix else "(no file extension)"
     raise SourceError(
         f"Unknown source type {kind} for {path}; expected a TIFF stack, AVI/MP4 movie, "
-        "image folder, lithoscope archive or 'sim'."
+        "DM3/DM4, EMD or MRC file, image folder, lithoscope archive, 'watch:DIR', "
+        "'imagezmq://ENDPOINT' or 'sim'."
     )
+
+
+def _read_watched_frame(path: Path) -> np.ndarray:
+    """One frame file of a watched folder, in any format a reader here understands."""
+    from lithoscope.replay.formats import DM_SUFFIXES, MRC_SUFFIXES, MrcSource, RsciioSource
+    from lithoscope.service.sources.watch import read_image_file
+
+    suffix = path.suffix.casefold()
+    if suffix in DM_SUFFIXES or suffix in MRC_SUFFIXES:
+        single: SourceBase = (RsciioSource(path) if suffix in DM_SUFFIXES
+                              else MrcSource(path))
+        with single:
+            return next(iter(single)).image
+    return read_image_file(path)
+
+
+def _open_watch(folder: str, *, fps: float | None, pixel_size_nm: float | None) -> Source:
+    """``watch:DIR``: a folder the camera software writes frames into (see WatchFolderSource)."""
+    from lithoscope.replay.formats import DM_SUFFIXES, MRC_SUFFIXES
+    from lithoscope.service.sources.watch import WATCH_SUFFIXES, WatchFolderSource
+
+    if not folder:
+        raise SourceError("Expected a folder after 'watch:' (watch:DIR).")
+    fps = _parse_optional_positive(fps, "fps")
+    pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+    watched: Source = WatchFolderSource(
+        folder, suffixes=WATCH_SUFFIXES | DM_SUFFIXES | MRC_SUFFIXES,
+        reader=_read_watched_frame, fps=fps, pixel_size_nm=pixel_size_nm)
+    return watched
