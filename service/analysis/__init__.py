@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, analyze_frame
-from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles
+from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
 from ._segment import detect_needle, segment_particles
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "detect_needle",
     "empty_particles",
     "measure_particles",
+    "particle_contacts",
     "segment_particles",
 ]

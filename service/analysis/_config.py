@@ -41,6 +41,8 @@ class AnalysisConfig:
     needle_layer_px: int = 6
     """Grey pixels within this distance of the opaque needle belong to it (its LiOx
     coating and the blurred rim of the metal), not to a particle."""
+    grid_rim_px: int = 3
+    """Pixels within this distance of an opaque grid bar are its blurred rim, not particle."""
     needle_contact_px: int = 2
     """A particle touches the needle if it comes within this many pixels of it."""
     min_particle_area_px: int = 100
@@ -56,7 +58,8 @@ class AnalysisConfig:
         if self.binning < 1:
             raise ConfigError(f"Expected binning >= 1. Got {self.binning!r}.")
         for name in ("smoothing_sigma_px", "dark_level_counts", "needle_layer_px",
-                     "needle_contact_px", "min_particle_area_px", "needle_min_area_px"):
+                     "needle_contact_px", "min_particle_area_px", "grid_rim_px",
+                     "needle_min_area_px"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"Expected {name} >= 0. Got {value!r}.")

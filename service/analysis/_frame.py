@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from ._config import AnalysisConfig
-from ._measure import measure_particles
-from ._segment import _find_needle, _prepare, _segment, _upsample
+from ._measure import measure_particles, particle_contacts
+from ._segment import _find_needle, _Needle, _prepare, _Prepared, _segment, _upsample
 
 __all__ = ["FrameAnalysis", "analyze_frame"]
 
@@ -25,12 +25,24 @@ class FrameAnalysis:
     cluster: Mapping[str, Any]
     """``area_px`` (int, total particle area), ``area_nm2`` (float, NaN without a pixel
     size), ``particle_count`` (int), ``needle_contact`` (bool, the needle touches a
-    particle), ``needle_area_px`` (int), ``needle_tip_row`` and ``needle_tip_col``
-    (float, NaN without a needle)."""
+    particle), ``needle_area_px`` and ``grid_area_px`` (int, the two kinds of opaque
+    object), ``needle_tip_row`` and ``needle_tip_col`` (float, NaN without a needle)."""
     labels: np.ndarray
     """int32 label image of the particles at input resolution (0: background)."""
     needle_mask: np.ndarray
     """bool mask of the needle at input resolution."""
+    grid_mask: np.ndarray
+    """bool mask of opaque grid bars (with their blurred rim) at input resolution."""
+    contacts: np.ndarray
+    """(K, 2) int32 pairs of touching particle labels, see :func:`particle_contacts`."""
+
+    def classes(self) -> np.ndarray:
+        """uint8 class map: 0 vacuum, 1 particle, 2 needle (with its coating), 3 grid."""
+        out = np.zeros(self.labels.shape, np.uint8)
+        out[self.labels > 0] = 1
+        out[self.needle_mask] = 2
+        out[self.grid_mask] = 3
+        return out
 
 
 def analyze_frame(
@@ -68,11 +80,22 @@ def analyze_frame(
     H. Knutsson and C.-F. Westin, "Normalized and differential convolution",
     Proc. CVPR (1993) 515-523.
     """
+    return _analyze(image, config=config, pixel_size_nm=pixel_size_nm)[0]
+
+
+def _analyze(
+    image: np.ndarray,
+    *,
+    config: AnalysisConfig | None = None,
+    pixel_size_nm: float | None = None,
+) -> tuple[FrameAnalysis, _Prepared, _Needle]:
+    """:func:`analyze_frame`, also handing back the flattened frame (for drift)."""
     config = config if config is not None else AnalysisConfig()
     prepared = _prepare(image, config)
     needle = _find_needle(prepared, config)
-    labels = _upsample(_segment(prepared, needle.mask, config), prepared)
+    labels = _upsample(_segment(prepared, needle.mask | needle.grid, config), prepared)
     needle_mask = _upsample(needle.mask, prepared)
+    grid_mask = _upsample(needle.grid, prepared)
     particles = measure_particles(labels, image, needle_mask=needle_mask,
                                   pixel_size_nm=pixel_size_nm,
                                   contact_px=config.needle_contact_px)
@@ -84,8 +107,11 @@ def analyze_frame(
         "particle_count": int(particles["label"].size),
         "needle_contact": bool(particles["touches_needle"].any()),
         "needle_area_px": int(np.count_nonzero(needle_mask)),
+        "grid_area_px": int(np.count_nonzero(grid_mask)),
         "needle_tip_row": needle.tip[0],
         "needle_tip_col": needle.tip[1],
     }
-    return FrameAnalysis(particles=particles, cluster=cluster, labels=labels,
-                         needle_mask=needle_mask)
+    analysis = FrameAnalysis(particles=particles, cluster=cluster, labels=labels,
+                             needle_mask=needle_mask, grid_mask=grid_mask,
+                             contacts=particle_contacts(labels))
+    return analysis, prepared, needle

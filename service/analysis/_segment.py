@@ -5,8 +5,10 @@ The pipeline, shared by the public functions and :func:`analyze_frame`:
 1. smooth (Gaussian) and flatten: divide by the vacuum level, interpolated across
    objects by normalized convolution on a coarse grid, so thresholds are fractions
    of the local vacuum level and a gradient in the illumination does not matter;
-2. the needle is the opaque region (below ``needle_threshold_fraction``) connected
-   to an image edge, plus the grey pixels hugging it (its LiOx coating);
+2. opaque regions (below ``needle_threshold_fraction``) connected to an image edge
+   are the needle, plus the grey pixels hugging it (its LiOx coating), or the grid
+   bar when they cover most of one image side (a needle enters through a short
+   stretch of edge; a grid bar runs along it);
 3. particles are the remaining pixels below an Otsu threshold (capped by
    ``particle_min_contrast``), cleaned of specks and, optionally, split where the
    distance transform shows several centres (each pixel to the disc it lies
@@ -29,6 +31,12 @@ _VACUUM = 128
 """Flattened images are uint8 with the vacuum level at this value (headroom above)."""
 _COARSE_SIDE = 64
 """The illumination is estimated on a grid about this many cells on its short side."""
+_HOT_PIXEL_CEILING = 1.5
+"""Pixels brighter than this multiple of the brightest coarse cell are camera defects
+(hot pixels, cosmic rays): clipped before smoothing so they do not punch holes in
+particles or bias the vacuum level."""
+_GRID_SIDE_FRACTION = 0.6
+"""An opaque edge region covering this fraction of an image side is a grid bar."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,8 @@ class _Needle:
     """bool, the needle with its coating, at analysis resolution."""
     core: np.ndarray
     """bool, the opaque metal only."""
+    grid: np.ndarray
+    """bool, opaque regions running along an image side (grid bars), with their rim."""
     tip: tuple[float, float]
     """(row, col) of the metal's apex: the mean of its pixels (nearly) farthest from where
     the needle enters the frame, in input pixels."""
@@ -141,6 +151,11 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
     if config.dark_level_counts:
         pixels -= np.float32(config.dark_level_counts)
     binning = int(config.binning)
+    coarse = cv2.resize(pixels, (max(1, shape[1] // 8), max(1, shape[0] // 8)),
+                        interpolation=cv2.INTER_AREA)
+    ceiling = float(coarse.max()) * _HOT_PIXEL_CEILING
+    if math.isfinite(ceiling) and ceiling > 0:
+        cv2.min(pixels, ceiling, dst=pixels)
     if binning > 1:
         rows, cols = shape[0] // binning, shape[1] // binning
         if rows < 1 or cols < 1:
@@ -179,17 +194,32 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     empty = np.zeros(flat.shape, np.bool_)
     nan = (math.nan, math.nan)
     if not flat.any():  # blank frame: no vacuum, nothing to see
-        return _Needle(mask=empty, core=empty, tip=nan)
+        return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
     threshold = round(config.needle_threshold_fraction * _VACUUM)
     dark = (flat < threshold).view(np.uint8)
     if not dark.any():
-        return _Needle(mask=empty, core=empty, tip=nan)
+        return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
     count, components, stats, _ = _components(dark)
     x, y, w, h, area = (stats[1:, i] for i in range(5))
     on_edge = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
     keep = np.flatnonzero(on_edge & (area * b * b >= config.needle_min_area_px)) + 1
     if keep.size == 0:
-        return _Needle(mask=empty, core=empty, tip=nan)
+        return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
+    # Grid bars run along a side; the needle crosses the edge through a short stretch.
+    coverage = np.zeros(count)
+    for side, length in ((components[0], cols), (components[-1], cols),
+                         (components[:, 0], rows), (components[:, -1], rows)):
+        np.maximum(coverage, np.bincount(side, minlength=count) / length, out=coverage)
+    is_grid = coverage[keep] >= _GRID_SIDE_FRACTION
+    grid = empty
+    if is_grid.any():
+        lookup = np.zeros(count, np.bool_)
+        lookup[keep[is_grid]] = True
+        rim = max(1, math.ceil(config.grid_rim_px / b))
+        grid = cv2.dilate(lookup[components].view(np.uint8), _disc(rim)).view(np.bool_)
+        keep = keep[~is_grid]
+        if keep.size == 0:
+            return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
     if keep.size == 1:
         core = components == keep[0]
     else:
@@ -219,11 +249,11 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
         r0 = max(0, int(y_all.min()) - reach)
         c1 = min(cols, int((x_all + stats[keep, 2]).max()) + reach)
         r1 = min(rows, int((y_all + stats[keep, 3]).max()) + reach)
-        threshold = _particle_threshold(flat, core, config)
+        threshold = _particle_threshold(flat, core | grid, config)
         near = cv2.dilate(core[r0:r1, c0:c1].view(np.uint8), _disc(layer_px)).view(np.bool_)
         mask = core.copy()
         mask[r0:r1, c0:c1] |= near & (flat[r0:r1, c0:c1] < threshold)
-    return _Needle(mask=mask, core=core, tip=(float(tip[0]), float(tip[1])))
+    return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])))
 
 
 def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
@@ -245,7 +275,7 @@ def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
 
 
 def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig) -> np.ndarray:
-    """int32 labels at analysis resolution."""
+    """int32 labels at analysis resolution; ``needle``: every opaque pixel to leave out."""
     flat = prepared.flat
     b = prepared.binning
     if not flat.any():
@@ -422,7 +452,8 @@ def segment_particles(
     config = config if config is not None else AnalysisConfig()
     prepared = _prepare(image, config)
     if needle_mask is None:
-        needle = _find_needle(prepared, config).mask
+        found = _find_needle(prepared, config)
+        needle = found.mask | found.grid
     else:
         needle = _bin_mask(needle_mask, prepared)
     return _upsample(_segment(prepared, needle, config), prepared)

@@ -19,6 +19,7 @@ from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0)  # whole experiments, quickly
 CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_area_px",
+                "grid_area_px",
                 "needle_tip_row", "needle_tip_col"}
 
 
@@ -85,7 +86,7 @@ def test_without_pixel_size() -> None:
 def test_blank_frame(dtype: type) -> None:
     result = analyze_frame(np.zeros((64, 64), dtype), pixel_size_nm=1.0)
     assert result.cluster == {"area_px": 0, "area_nm2": 0.0, "particle_count": 0,
-                              "needle_contact": False, "needle_area_px": 0,
+                              "needle_contact": False, "needle_area_px": 0, "grid_area_px": 0,
                               "needle_tip_row": pytest.approx(math.nan, nan_ok=True),
                               "needle_tip_col": pytest.approx(math.nan, nan_ok=True)}
     for name, column in result.particles.items():
