@@ -62,6 +62,8 @@ __all__ = [
     "ArchiveReader",
     "ArchiveWriter",
     "directory_size",
+    "recover_abandoned",
+    "update_archive_meta",
 ]
 
 ARCHIVE_FORMAT_VERSION = 1
@@ -510,6 +512,10 @@ class ArchiveReader:
             "fps": self.meta.get("fps"),
             "started_at": self.meta.get("created_at"),
             "software_version": self.meta.get("software_version"),
+            "stop_reason": self.meta.get("stop_reason"),
+            "continues": self.meta.get("continues"),
+            "continued_in": self.meta.get("continued_in"),
+            "archive_error": self.meta.get("archive_error"),
             "size_bytes": directory_size(self.path),
             "events": [{k: e[k] for k in ("kind", "t_s", "frame", "magnitude", "message")}
                        for e in self.events()],
@@ -529,3 +535,46 @@ class ArchiveReader:
 def _finite_or_none(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def update_archive_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Rewrite keys of a closed or abandoned archive's session metadata; returns it.
+
+    Only the group's ``zarr.json`` is replaced (atomically, by the store), so frames and
+    tables are untouched whatever happens during the update.
+    """
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(Path(path)), mode="r+")
+        meta = dict(group.attrs.get("lithoscope") or {})
+        meta.update(changes)
+        group.attrs["lithoscope"] = json.loads(json.dumps(meta, default=str))
+    except (OSError, ValueError) as exc:
+        raise ArchiveError(f"Cannot update archive {path}: {exc}.") from None
+    return meta
+
+
+def recover_abandoned(sessions_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Mark archives left ``recording`` by a worker that died as ``interrupted``.
+
+    Call it only from the service that owns ``sessions_dir``, before it accepts frames:
+    an archive still ``recording`` then has no writer. Nothing is trimmed or moved: the
+    reader's rules already say which rows count, and ``frame_count``
+    records how many frames survived. Unreadable folders are left alone.
+    """
+    recovered = []
+    root = Path(sessions_dir)
+    for path in sorted(root.glob("*.zarr")) if root.is_dir() else []:
+        try:
+            reader = ArchiveReader(path)
+        except (ArchiveError, OSError, ValueError):
+            continue
+        if reader.status != "recording":
+            continue
+        meta = update_archive_meta(
+            path, status="interrupted", stop_reason="worker_died",
+            frame_count=reader.frame_count,
+            recovered_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+        seq = reader.table("frame_table").get("seq", np.zeros(0, np.int64))[:reader.frame_count]
+        # Not stored: lets the next worker count the frames lost across the restart.
+        recovered.append((path, {**meta, "last_seq": int(seq[-1]) if len(seq) else None}))
+    return recovered

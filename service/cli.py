@@ -249,6 +249,10 @@ def serve(
         stop = _stop_on_signals()
         with Worker(settings) as worker:
             frames_at, results_at = worker.bind()
+            for path, meta in worker.recover_abandoned():
+                console.print(f"{path} was left open by a worker that stopped without "
+                              f"closing it: marked interrupted, {meta['frame_count']} frames "
+                              "kept.", highlight=False)
             console.print(f"lithoscope serve {__version__}: receiving frames on {frames_at}, "
                           f"publishing results on {results_at}, archiving into "
                           f"{Path(settings.sessions_dir).resolve()}", highlight=False)
@@ -362,6 +366,15 @@ def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
     s = summary or ArchiveReader(path).summary()
     table = Table(title=f"Session {s['session_id']}", show_header=False, title_justify="left")
     table.add_row("archive", f"{s['path']} ({s['size_bytes'] / 1e6:.1f} MB, {s['status']})")
+    if s.get("status") == "interrupted":
+        table.add_row("how it ended", _how_it_ended(s.get("stop_reason")))
+    if s.get("archive_error"):
+        table.add_row("archive error", str(s["archive_error"]))
+    if s.get("continues"):
+        table.add_row("continues", f"{s['continues']} (same session, before a worker restart)")
+    if s.get("continued_in"):
+        table.add_row("continued in", f"{s['continued_in']} (same session, after a worker "
+                                      "restart)")
     table.add_row("source", str(s["source"]))
     if frames_sent is not None:
         table.add_row("frames sent", str(frames_sent))
@@ -383,6 +396,17 @@ def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
     for e in s["events"]:
         events.add_row(f"{e['t_s']:.2f}", str(e["frame"]), e["kind"], e["message"])
     console.print(events if s["events"] else "No events.")
+
+
+def _how_it_ended(stop_reason: Any) -> str:
+    return {
+        "worker_died": "the worker was killed or crashed mid-session; every frame written "
+                       "before that is kept",
+        "shutdown": "the service was stopped (Ctrl-C or SIGTERM) mid-session; archive "
+                    "flushed and closed",
+        "interrupted": "the publisher was stopped mid-session",
+        "error": "the source failed mid-session (e.g. a truncated file)",
+    }.get(str(stop_reason), f"stopped early ({stop_reason})")
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from . import __version__
 from .alerts import Alert, AlertDetector
 from .analysis import analyze_frame
-from .archive import ArchiveWriter, directory_size
+from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
 from .protocol import (
@@ -124,8 +124,12 @@ class _Session:
     last_skip_event: float = -float("inf")
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
     archive_failed: bool = False
+    archive_error: str | None = None
     stalled: bool = False
     last_t_s: float = 0.0
+    last_index: int = 0
+    """Index of the newest frame; events not caused by a frame are filed under it, since
+    the archive's events table reads a frame of -1 as an unwritten row."""
 
 
 class Worker:
@@ -169,6 +173,7 @@ class Worker:
         self._last_heartbeat = time.monotonic()
         self._last_session_id: str | None = None
         self._auth: ThreadAuthenticator | None = None
+        self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -199,6 +204,20 @@ class Worker:
         self.frames_endpoint = frames.getsockopt_string(zmq.LAST_ENDPOINT)
         self.results_endpoint = results.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.frames_endpoint, self.results_endpoint
+
+    def recover_abandoned(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Mark archives a killed worker left ``recording`` as ``interrupted``, and
+        remember them: if their publisher is still streaming, the frames that follow go
+        into a new archive linked both ways (``continues`` / ``continued_in``).
+
+        Only ``lithoscope serve`` calls this, once bound (a second service on the same
+        endpoints fails to bind first); replay never touches the sessions folder.
+        """
+        recovered = recover_abandoned(self.config.sessions_dir)
+        for path, meta in recovered:
+            if isinstance(meta.get("session_id"), str):
+                self._abandoned[meta["session_id"]] = (path, meta)
+        return recovered
 
     def close(self) -> None:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
@@ -282,7 +301,8 @@ class Worker:
                     and now - session.last_frame_monotonic > self.config.stall_timeout_s):
                 session.stalled = True
                 self._emit(session, Alert(
-                    kind=EventKind.SOURCE_STALLED, t_s=self._last_t(session), frame=-1,
+                    kind=EventKind.SOURCE_STALLED, t_s=self._last_t(session),
+                    frame=session.last_index,
                     magnitude=now - session.last_frame_monotonic, confidence=1.0,
                     particle_ids=(), message=f"No frame for {self.config.stall_timeout_s:.0f} s "
                     "from the publisher; waiting (the archive stays open)."))
@@ -291,18 +311,35 @@ class Worker:
     def _open_session(self, start: SessionStart) -> _Session:
         if start.session_id in self.sessions:
             return self.sessions[start.session_id]
+        previous, before = self._abandoned.pop(start.session_id, (None, {}))
+        last_seq = before.get("last_seq")
+        if previous is not None and start.source_kind == "unknown":
+            # Joined mid-stream after a restart: the session is the one the killed
+            # worker was recording, so it keeps that session's name, source and policy.
+            known = {f.name for f in dataclasses.fields(SessionStart)} - {"seq", "sent_at"}
+            start = dataclasses.replace(start, **{k: before[k] for k in known if k in before})
+        if previous is not None and start.archive_name is None:
+            start = dataclasses.replace(start, archive_name=previous.name)
         path = self.archive_path_for(start)
         writer: ArchiveWriter | None = None
         session = _Session(start=start, writer=None,
                            detector=AlertDetector(self.config.alerts))
         try:
+            links = {"continues": previous.name} if previous is not None else {}
             writer = ArchiveWriter(
-                path, session=dataclasses.asdict(start), config=self.config.to_dict(),
+                path, session={**dataclasses.asdict(start), **links},
+                config=self.config.to_dict(),
                 software_version=__version__, flush_interval_s=self.config.measurement_flush_s,
                 compression_level=self.config.compression_level)
         except ArchiveError as exc:
             self._archive_failed(session, exc)
+        if previous is not None and writer is not None:
+            try:
+                update_archive_meta(previous, continued_in=path.name)
+            except ArchiveError as exc:
+                log.warning("Could not link %s to %s: %s", previous, path, exc)
         session.writer = writer
+        session.last_seq = last_seq  # frames lost across a restart show as a sequence gap
         self.sessions[start.session_id] = session
         self._last_session_id = start.session_id
         log.info("Session %s from %s -> %s", start.session_id, start.source, path)
@@ -314,9 +351,11 @@ class Worker:
         path = ""
         if session.writer is not None:
             path = str(session.writer.path)
+            complete = reason == "end_of_source" and not session.archive_failed
+            extra = {"archive_error": session.archive_error} if session.archive_error else {}
             try:
                 session.writer.close(
-                    status="complete" if reason == "end_of_source" else "interrupted",
+                    status="complete" if complete else "interrupted", **extra,
                     stop_reason=reason, frames_analysed=session.analysed,
                     frames_skipped=session.skipped, frames_dropped=session.dropped)
             except ArchiveError as exc:
@@ -344,6 +383,7 @@ class Worker:
                 pixel_size_nm=frame.pixel_size_nm))
         session.last_frame_monotonic = time.monotonic()
         session.last_t_s = frame.t_s
+        session.last_index = frame.index
         session.stalled = False
         if session.last_seq is not None and frame.seq > session.last_seq + 1:
             gap = frame.seq - session.last_seq - 1
@@ -457,6 +497,7 @@ class Worker:
         if session.archive_failed:
             return
         session.archive_failed = True
+        session.archive_error = str(exc)
         log.error("Archive failure for session %s: %s", session.start.session_id, exc)
         self._send(Event(session_id=session.start.session_id, kind=EventKind.ARCHIVE_ERROR.value,
                          t_s=self._last_t(session), frame=-1, magnitude=0.0, confidence=1.0,
