@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -43,6 +43,9 @@ from lithoscope.service.protocol import (
 )
 
 from .subscriber import ConnectionState, Subscriber
+
+if TYPE_CHECKING:
+    from lithoscope.service.security import ClientCurve
 
 __all__ = ["MonitorState", "live_monitor", "render", "run_monitor", "sparkline"]
 
@@ -314,7 +317,8 @@ def _experiment(state: MonitorState, width: int) -> RenderableType:
         grid.add_row("rate now", _fmt(rate, "+,.1f", f" {unit}/s"))
     else:
         grid.add_row("cluster area", Text("—", style="dim"))
-    title = "experiment" if t_now is None else f"experiment   t = {t_now:.1f} s, frame {state.frame}"
+    title = ("experiment" if t_now is None
+             else f"experiment   t = {t_now:.1f} s, frame {state.frame}")
     return Panel(grid, title=title, title_align="left")
 
 
@@ -351,13 +355,12 @@ def _particles(state: MonitorState, max_rows: int) -> RenderableType:
     if hidden:
         notes.append(f"{hidden} smaller particles not shown")
     if not tracked and ids:
-        notes.append("labels are per frame (no tracking ids from the service)")
+        notes.append("labels are per frame: no tracking ids from the service")
     elif state.lithiation_t_s is None and ids:
         notes.append("change counts from contact; no contact yet")
-    caption = "; ".join(notes) or None
     body: RenderableType = table if ids else Text("no particles in the last result", style="dim")
-    if caption and ids:
-        body = Group(table, Text(caption, style="dim"))
+    if notes and ids:
+        body = Group(table, *(Text(note, style="dim") for note in notes))
     return Panel(body, title=f"particles ({len(ids)})", title_align="left")
 
 
@@ -425,7 +428,8 @@ def live_monitor(state: MonitorState, *, console: Console | None = None, bell: b
 
 def run_monitor(endpoint: str, *, console: Console | None = None, bell: bool = False,
                 stop: threading.Event | None = None, exit_on_close: bool = False,
-                refresh_per_second: float = 4) -> MonitorState:
+                refresh_per_second: float = 4, curve: ClientCurve | None = None
+                ) -> MonitorState:
     """Follow the service at ``endpoint`` until ``stop`` is set (or its session closes).
 
     Waits for a service that is not up yet and rides out restarts; the screen says which.
@@ -434,7 +438,7 @@ def run_monitor(endpoint: str, *, console: Console | None = None, bell: bool = F
     state = MonitorState(endpoint=endpoint)
     # A small queue: a paused terminal should show fresh numbers when it resumes, not
     # work through a backlog of stale ones.
-    with Subscriber(endpoint, rcvhwm=200) as sub, \
+    with Subscriber(endpoint, rcvhwm=200, curve=curve) as sub, \
             live_monitor(state, console=console, bell=bell,
                          refresh_per_second=refresh_per_second) as feed:
         while not stop.is_set():

@@ -127,6 +127,9 @@ def demo(
         Scenario.lithiation),
     speed: Annotated[float, typer.Option(
         min=0.01, help="Pace of the simulated experiment relative to real time.")] = 2.0,
+    monitor: Annotated[bool, typer.Option(
+        help="Show the live monitor on a terminal; --no-monitor prints alerts line by line "
+        "(for scripts and logs).")] = True,
     verbose: Verbose = False,
 ) -> None:
     """Run a simulated operando experiment through the real pipeline and summarise it.
@@ -158,8 +161,9 @@ def demo(
                               f"[bold yellow]{msg.kind:<20}[/] {msg.message}", highlight=False)
 
         started = time.monotonic()
-        report = run_local_session(source, config=config, speed=speed, live=True,
-                                   on_message=show, stop=stop)
+        with _demo_display(monitor, show) as on_message:
+            report = run_local_session(source, config=config, speed=speed, live=True,
+                                       on_message=on_message, stop=stop)
         wall = time.monotonic() - started
         if report.closed is None:
             raise LithoscopeError("The worker did not confirm the end of the session.")
@@ -407,6 +411,58 @@ def _how_it_ended(stop_reason: Any) -> str:
         "interrupted": "the publisher was stopped mid-session",
         "error": "the source failed mid-session (e.g. a truncated file)",
     }.get(str(stop_reason), f"stopped early ({stop_reason})")
+
+
+# -- clients: the monitor, reports and ready tools (lithoscope.clients, imported lazily) --
+
+Connect = Annotated[str, typer.Option(
+    help="The service's results endpoint.")]
+ServerKey = Annotated[Path | None, typer.Option(
+    help="The service's public key, for a service that requires CURVE.")]
+ClientKey = Annotated[Path | None, typer.Option(
+    "--key", help="This client's secret key, for a service that requires CURVE.")]
+ExitOnClose = Annotated[bool, typer.Option(
+    help="Stop when the session being followed closes (instead of waiting for the next).")]
+
+
+@contextlib.contextmanager
+def _demo_display(monitor: bool, fallback: Any) -> Iterator[Any]:
+    """The live monitor on a terminal; line-by-line alerts when piped or asked to."""
+    if not (monitor and console.is_terminal):
+        yield fallback
+        return
+    from lithoscope.clients.monitor import MonitorState, live_monitor
+    from lithoscope.clients.subscriber import ConnectionState
+
+    state = MonitorState(endpoint="the demo's own worker", connection=ConnectionState.CONNECTED)
+    with live_monitor(state, console=console) as feed:
+        yield feed
+
+
+@app.command()
+def monitor(
+    connect: Connect = DEFAULT_RESULTS_ENDPOINT,
+    bell: Annotated[bool, typer.Option(
+        help="Ring the terminal bell on events about the sample (contact, expansion, ...).")
+    ] = False,
+    exit_on_close: ExitOnClose = False,
+    server_key: ServerKey = None,
+    key: ClientKey = None,
+) -> None:
+    """Watch a running service live: counters, needle contact, cluster area, particles,
+    alerts.
+
+    Waits for a service that is not up yet and reconnects if it restarts. A slow or
+    paused monitor only misses screen updates; the service never waits for it.
+    """
+    from lithoscope.clients.monitor import run_monitor
+
+    with _friendly_errors():
+        parse_endpoint(connect, what="results endpoint", allow_remote=True)
+        curve = _client_curve(server_key, key)
+        stop = _stop_on_signals()
+        run_monitor(connect, console=console, bell=bell, stop=stop,
+                    exit_on_close=exit_on_close, curve=curve)
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ def test_particles_without_tracking_degrade_to_labels_and_dashes() -> None:
     state.update(result(0, contact=True))
     text = screen(state)
     assert "label" in text
-    assert "labels are per frame (no tracking ids from the service)" in text
+    assert "labels are per frame: no tracking ids from the service" in text
     row = next(line for line in text.splitlines() if line.strip("│ ").startswith("1 "))
     assert "150" in row  # (600 px) * 0.25 nm²
     assert "—" in row  # no change, rate or Li content to show
