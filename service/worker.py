@@ -500,7 +500,8 @@ class Worker:
         session.archive_error = str(exc)
         log.error("Archive failure for session %s: %s", session.start.session_id, exc)
         self._send(Event(session_id=session.start.session_id, kind=EventKind.ARCHIVE_ERROR.value,
-                         t_s=self._last_t(session), frame=-1, magnitude=0.0, confidence=1.0,
+                         t_s=self._last_t(session), frame=session.last_index, magnitude=0.0,
+                         confidence=1.0,
                          message=f"Archive failed, frames are no longer being saved: {exc}"))
 
     @staticmethod
