@@ -52,6 +52,7 @@ import zarr.codecs
 from zarr.core.sync import sync as _zarr_sync
 
 from .errors import ArchiveError
+from .ngff import frames_ngff_metadata
 
 __all__ = [
     "ARCHIVE_FORMAT_VERSION",
@@ -273,11 +274,14 @@ class ArchiveWriter:
     def _create_frames(self, shape: tuple[int, int], dtype: np.dtype[Any]) -> zarr.Array:
         # write_empty_chunks=True: the default compares every chunk with the fill value
         # before writing, ~20 ms per 2048² frame, and a dark frame must be kept anyway.
-        return self.group.create_array(
+        frames = self.group.create_array(
             "frames", shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0,
             compressors=self._compressor, config={"write_empty_chunks": True},
             dimension_names=("t", "y", "x"),
         )
+        # OME-Zarr (NGFF 0.5) multiscales: napari and other viewers open it at scale.
+        self.group.attrs["ome"] = frames_ngff_metadata(self._meta)
+        return frames
 
     def append_frame(
         self,
