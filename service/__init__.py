@@ -9,6 +9,7 @@ Stages, one module each: ``protocol`` (the wire), ``sources`` (frames in),
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .errors import ArchiveError, ConfigError, LithoscopeError, ProtocolError, SourceError
 
@@ -24,4 +25,14 @@ __all__ = [
     "ProtocolError",
     "SourceError",
     "__version__",
+    "open_archive",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # open_archive pulls in xarray and dask: imported on first use, not with the package.
+    if name == "open_archive":
+        from .xr import open_archive
+
+        return open_archive
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
