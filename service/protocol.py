@@ -360,7 +360,8 @@ def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dic
         raise ProtocolError(f"Expected a JSON object header. Got {type(header).__name__}.",
                             reason="bad_header")
     version = header.get("version")
-    if version != PROTOCOL_VERSION:
+    # type() check: JSON true and 1.0 compare equal to 1 in Python, and are not version 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r}.",
                             reason="unknown_version")
     try:

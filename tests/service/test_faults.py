@@ -23,12 +23,18 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from hypothesis import event as hypothesis_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.protocol import (
+    ALLOWED_DTYPES,
+    Decoder,
     Event,
     Frame,
+    FrameLimits,
     Heartbeat,
     Message,
     SessionStart,
@@ -501,3 +507,90 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
     reader = ArchiveReader(closed.archive_path)  # type: ignore[union-attr]
     assert reader.status == "complete"
     np.testing.assert_array_equal(reader.frames[:], good)
+
+
+# -- the decoder, fuzzed from valid messages outwards ------------------------------------
+REASONS = {"bad_header", "unknown_version", "unknown_type", "topic_mismatch", "bad_field",
+           "bad_shape", "bad_dtype", "size_mismatch", "non_finite", "bad_parts",
+           "unexpected_payload"}
+FUZZ_LIMITS = FrameLimits(max_side=64, max_pixels=2048)
+_VALID = json.loads(_frame_parts("fuzz", 0, np.zeros((4, 4), np.uint16))[1])
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    # Each field is valid about half the time, so examples reach every check in turn.
+    shape=st.one_of(st.lists(st.integers(1, 80), min_size=2, max_size=2),
+                    st.one_of(st.lists(st.integers(-(2**62), 2**62), max_size=3),
+                              st.text(max_size=3), st.none(), st.floats())),
+    dtype=st.one_of(st.sampled_from(sorted(ALLOWED_DTYPES)),
+                    st.one_of(st.sampled_from(["object", "complex128", ">u2", "float16",
+                                               "bool", "", "V8"]), st.integers())),
+    version=st.one_of(st.just(1), st.sampled_from([0, 2, "1", None, 1.5, True])),
+    dropped=st.one_of(st.just(set()), st.sets(st.sampled_from(sorted(_VALID)), min_size=1)),
+    exact_payload=st.booleans(),
+    payload=st.binary(max_size=2048),
+    data=st.data(),
+)
+def test_mutated_frame_headers_are_refused_with_a_reason_or_decoded_exactly(
+        shape: Any, dtype: Any, version: Any, dropped: set[str], exact_payload: bool,
+        payload: bytes, data: st.DataObject) -> None:
+    header = {**_VALID, "shape": shape, "dtype": dtype, "version": version}
+    for name in dropped:
+        header.pop(name, None)
+    if exact_payload and isinstance(shape, list) and isinstance(dtype, str) and all(
+            isinstance(n, int) and 0 < n <= 64 for n in shape):
+        try:
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        except TypeError:
+            size = 0
+        payload = data.draw(st.binary(min_size=size, max_size=size)) if size <= 2**16 else b""
+    parts = [b"frame", json.dumps(header).encode(), payload]
+    decoder = Decoder(limits=FUZZ_LIMITS)
+    msg = decoder(parts)  # lenient: never raises
+    if msg is None:
+        (reason,) = decoder.rejected
+        assert reason in REASONS
+        hypothesis_event(reason)  # --hypothesis-show-statistics: how deep the examples got
+        return
+    hypothesis_event("decoded")
+    assert isinstance(msg, Frame)
+    assert msg.image is not None
+    assert list(msg.image.shape) == msg.shape == shape
+    assert msg.image.dtype.name == dtype
+    assert msg.image.nbytes == len(payload)
+    assert msg.image.size <= FUZZ_LIMITS.max_pixels  # memory bounded by the limits
+    assert not msg.image.flags.writeable
+    if msg.image.dtype.kind == "f":
+        assert np.isfinite(msg.image).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.lists(st.integers(1, 48), min_size=2, max_size=2),
+       dtype=st.sampled_from(sorted(ALLOWED_DTYPES)), data=st.data())
+def test_any_payload_of_the_right_size_decodes_bit_exact_or_is_refused_as_non_finite(
+        shape: list[int], dtype: str, data: st.DataObject) -> None:
+    size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    payload = data.draw(st.binary(min_size=size, max_size=size))
+    header = {**_VALID, "shape": shape, "dtype": dtype}
+    decoder = Decoder(limits=FUZZ_LIMITS)
+    msg = decoder([b"frame", json.dumps(header).encode(), payload])
+    expected = np.frombuffer(payload, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    if shape[0] * shape[1] > FUZZ_LIMITS.max_pixels:
+        assert dict(decoder.rejected) == {"bad_shape": 1}
+    elif expected.dtype.kind == "f" and not np.isfinite(expected).all():
+        assert dict(decoder.rejected) == {"non_finite": 1}
+        hypothesis_event("non_finite")
+    else:
+        assert isinstance(msg, Frame)
+        assert msg.image is not None
+        np.testing.assert_array_equal(msg.image, expected)
+        hypothesis_event("decoded")
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None, 2])
+def test_only_the_integer_1_is_version_1(version: Any) -> None:
+    decoder = Decoder()
+    assert decoder([b"frame", json.dumps({**_VALID, "version": version}).encode(),
+                    bytes(32)]) is None
+    assert dict(decoder.rejected) == {"unknown_version": 1}
