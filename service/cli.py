@@ -61,6 +61,10 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # tifffile logs its own ERROR line before raising; our one-line error already
+        # quotes it, and a second line reads like a crash.
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def parse_speed(value: str | None) -> float | None:

@@ -594,3 +594,23 @@ def test_only_the_integer_1_is_version_1(version: Any) -> None:
     assert decoder([b"frame", json.dumps({**_VALID, "version": version}).encode(),
                     bytes(32)]) is None
     assert dict(decoder.rejected) == {"unknown_version": 1}
+
+
+# -- replay of a file cut short ---------------------------------------------------------
+def test_replay_of_a_file_cut_mid_frames_is_one_line_and_keeps_the_frames_before(
+        tmp_path: Path) -> None:
+    frames = noisy_frames(20, shape=(64, 64))
+    whole = write_tiff_stack(tmp_path / "movie.tif", frames).read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: int(len(whole) * 0.6)])
+    done = subprocess.run([*LITHOSCOPE, "replay", "cut.tif", "--archive", "cut.zarr"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE_S,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "cut.tif" in line
+    assert "truncated" in line
+    reader = ArchiveReader(tmp_path / "cut.zarr")
+    assert reader.status == "interrupted"
+    assert reader.meta["stop_reason"] == "error"
+    assert 0 < reader.frame_count < 20
+    np.testing.assert_array_equal(reader.frames[:], frames[: reader.frame_count])
