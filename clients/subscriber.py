@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
@@ -201,6 +202,18 @@ class Subscriber:
         """
         while (msg := self.recv(timeout_s)) is not None:
             yield msg
+
+    def follow(self, *, stop: threading.Event | None = None, until_closed: bool = False,
+               poll_s: float = 0.2) -> Iterator[Message]:
+        """Messages for a long-running tool: through silences and service restarts,
+        until ``stop`` is set or, with ``until_closed``, a ``session_closed`` arrives."""
+        while stop is None or not stop.is_set():
+            msg = self.recv(poll_s)
+            if msg is None:
+                continue
+            yield msg
+            if until_closed and msg.TYPE is MessageType.SESSION_CLOSED:
+                return
 
     def messages(self, kind: type[M], *, timeout_s: float | None = None) -> Iterator[M]:
         """Only messages of one class (``Result``, ``Event``, ...), typed as such.

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -891,13 +892,18 @@ def open_source(
     *,
     fps: float | None = None,
     pixel_size_nm: float | None = None,
+    stop: threading.Event | None = None,
     **sim_options: Any,
 ) -> Source:
     """Open the source a command-line argument names.
 
-    Dispatch, in order: ``sim`` or ``sim:SCENARIO`` -> the simulator (``sim_options``
-    build its ``SimConfig``); ``.tif`` / ``.tiff`` -> `TiffSource`; ``.avi`` /
-    ``.mp4`` / ``.mov`` / ``.mkv`` -> `VideoSource`; a directory containing
+    Dispatch, in order: ``watch:DIR`` -> `WatchFolderSource` (frames as the camera
+    software writes them; TIFF, PNG, JPEG, BMP, DM3/DM4 and MRC files);
+    ``imagezmq://ENDPOINT`` -> `ImagezmqSource` (an imagezmq hub); ``sim`` or
+    ``sim:SCENARIO`` -> the simulator (``sim_options`` build its ``SimConfig``);
+    ``.tif`` / ``.tiff`` -> `TiffSource`; ``.avi`` / ``.mp4`` / ``.mov`` / ``.mkv`` ->
+    `VideoSource`; ``.dm3`` / ``.dm4`` / ``.emd`` -> `RsciioSource`; ``.mrc`` /
+    ``.mrcs`` / ``.st`` / ``.ali`` -> `MrcSource`; a directory containing
     ``zarr.json`` -> the archive reader; any other directory -> `FolderSource`.
     Suffixes compare case-insensitively. A file literally named ``sim`` is reached as
     ``./sim``.
@@ -908,6 +914,9 @@ def open_source(
         A path or a ``sim`` spec.
     fps, pixel_size_nm : float, optional
         Override what the file records (or supply what it lacks).
+    stop : threading.Event, optional
+        Ends a live source's stream (``watch:``, ``imagezmq://``) when set; files
+        ignore it (the publisher checks it between frames).
     **sim_options
         ``SimConfig`` fields; only valid with a ``sim`` spec.
 
@@ -925,12 +934,13 @@ def open_source(
     """
     text = os.fspath(spec)
     if text.startswith("watch:"):
-        return _open_watch(text.removeprefix("watch:"), fps=fps, pixel_size_nm=pixel_size_nm)
+        return _open_watch(text.removeprefix("watch:"), fps=fps, pixel_size_nm=pixel_size_nm,
+                           stop=stop)
     if text.startswith("imagezmq://"):
         from lithoscope.service.sources.imagezmq import IMAGEZMQ_PREFIX, ImagezmqSource
 
         hub: Source = ImagezmqSource(text.removeprefix(IMAGEZMQ_PREFIX), fps=fps,
-                                     pixel_size_nm=pixel_size_nm)
+                                     pixel_size_nm=pixel_size_nm, stop=stop)
         return hub
     if text == "sim" or text.startswith("sim:"):
         from lithoscope.service.sources.sim import SimConfig, SimulatedSource
@@ -993,7 +1003,8 @@ def _read_watched_frame(path: Path) -> np.ndarray:
     return read_image_file(path)
 
 
-def _open_watch(folder: str, *, fps: float | None, pixel_size_nm: float | None) -> Source:
+def _open_watch(folder: str, *, fps: float | None, pixel_size_nm: float | None,
+                stop: threading.Event | None) -> Source:
     """``watch:DIR``: a folder the camera software writes frames into (see WatchFolderSource)."""
     from lithoscope.replay.formats import DM_SUFFIXES, MRC_SUFFIXES
     from lithoscope.service.sources.watch import WATCH_SUFFIXES, WatchFolderSource
@@ -1004,5 +1015,5 @@ def _open_watch(folder: str, *, fps: float | None, pixel_size_nm: float | None) 
     pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
     watched: Source = WatchFolderSource(
         folder, suffixes=WATCH_SUFFIXES | DM_SUFFIXES | MRC_SUFFIXES,
-        reader=_read_watched_frame, fps=fps, pixel_size_nm=pixel_size_nm)
+        reader=_read_watched_frame, fps=fps, pixel_size_nm=pixel_size_nm, stop=stop)
     return watched

@@ -469,6 +469,141 @@ def monitor(
                     exit_on_close=exit_on_close, curve=curve)
 
 
+class LogFormatChoice(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+@app.command("log")
+def log_measurements(
+    out: Annotated[Path, typer.Option(help="Folder for the files (one set per session).")],
+    connect: Connect = DEFAULT_RESULTS_ENDPOINT,
+    fmt: Annotated[LogFormatChoice, typer.Option(
+        "--format", help="csv, or parquet when pyarrow is installed.")] = LogFormatChoice.csv,
+
+    exit_on_close: ExitOnClose = False,
+    server_key: ServerKey = None,
+    key: ClientKey = None,
+) -> None:
+    """Log every frame's measurements, the particles and the events of a running
+    service to CSV (or Parquet) files, for spreadsheets and pandas."""
+    from lithoscope.clients.logger import MeasurementLogger, summary_line
+    from lithoscope.clients.subscriber import Subscriber
+
+    with _friendly_errors():
+        parse_endpoint(connect, what="results endpoint", allow_remote=True)
+        curve = _client_curve(server_key, key)
+        stop = _stop_on_signals()
+        with MeasurementLogger(out, format=fmt.value) as logger, Subscriber(
+
+                connect, topics=["result", "event", "session_closed"], curve=curve) as sub:
+            console.print(f"Logging {connect} to {out}/ ... (Ctrl-C stops)", highlight=False)
+            for msg in sub.follow(stop=stop, until_closed=exit_on_close):
+                logger.write(msg)
+        console.print(summary_line(logger), highlight=False)
+
+
+@app.command()
+def forward(
+    kinds: Annotated[str, typer.Option(
+        help="Comma-separated event kinds to forward, or 'all'.")] = "contact_made,contact_lost",
+    run: Annotated[str | None, typer.Option(
+        help="Command to run per event (no shell); the event is in LITHOSCOPE_EVENT_* "
+        "variables and as JSON on stdin.")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="http(s) URL that receives each event as a JSON POST.")] = None,
+    connect: Connect = DEFAULT_RESULTS_ENDPOINT,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a command or request may take.")] = 10.0,
+    exit_on_close: ExitOnClose = False,
+    server_key: ServerKey = None,
+    key: ClientKey = None,
+) -> None:
+    """Run a command or post to a URL whenever chosen alerts arrive (notify a phone,
+    start a camera recording, write to a lab journal)."""
+    from lithoscope.clients.forward import Forwarder
+    from lithoscope.clients.subscriber import Subscriber
+    from lithoscope.service.protocol import Event
+
+    with _friendly_errors():
+        parse_endpoint(connect, what="results endpoint", allow_remote=True)
+        forwarder = Forwarder(kinds.split(","), command=run, url=url, timeout_s=timeout)
+        curve = _client_curve(server_key, key)
+        stop = _stop_on_signals()
+        with Subscriber(connect, topics=["event", "session_closed"], curve=curve) as sub:
+            console.print(f"Forwarding {', '.join(sorted(forwarder.kinds))} from {connect} "
+                          "... (Ctrl-C stops)", highlight=False)
+            for msg in sub.follow(stop=stop, until_closed=exit_on_close):
+                if not isinstance(msg, Event):
+                    continue
+                for outcome in forwarder.handle(msg):
+                    status = "ok" if outcome.ok else f"[red]failed[/]: {outcome.detail}"
+                    console.print(f"t = {msg.t_s:7.2f} s  {msg.kind:<20} -> {outcome.target}: "
+                                  f"{status}", highlight=False)
+
+
+@app.command()
+def plot(
+    out: Annotated[Path, typer.Option(help="PNG file kept up to date.")] = Path("areas.png"),
+    connect: Connect = DEFAULT_RESULTS_ENDPOINT,
+    every: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between redraws.")] = 2.0,
+    exit_on_close: ExitOnClose = False,
+    server_key: ServerKey = None,
+    key: ClientKey = None,
+) -> None:
+    """Keep a PNG of the cluster and particle area curves up to date (open it in an
+    image viewer that reloads, or serve it to a web page)."""
+    from lithoscope.clients.plots import LivePlot
+    from lithoscope.clients.subscriber import Subscriber
+
+    with _friendly_errors():
+        parse_endpoint(connect, what="results endpoint", allow_remote=True)
+        if out.suffix.lower() != ".png":
+            raise ConfigError(f"Expected --out to name a .png file. Got {out}.")
+        if not out.parent.is_dir():
+            raise ConfigError(f"Folder {out.parent} does not exist.")
+        curve = _client_curve(server_key, key)
+        stop = _stop_on_signals()
+        live_plot = LivePlot(out, every_s=every)
+        with Subscriber(connect, topics=["session_start", "result", "event", "session_closed"],
+                        curve=curve) as sub:
+            console.print(f"Plotting {connect} into {out} every {every:g} s ... "
+                          "(Ctrl-C stops)", highlight=False)
+            for msg in sub.follow(stop=stop, until_closed=exit_on_close):
+                live_plot.update(msg)
+        if live_plot.t:
+            live_plot.draw()
+            console.print(f"Wrote {out}.", highlight=False)
+
+
+@app.command()
+def report(
+    archive: Annotated[Path, typer.Argument(help="A session archive (.zarr folder).")],
+    out: Annotated[Path, typer.Option(help="Folder for the figures and summary.md.")],
+    particles: Annotated[int, typer.Option(
+        min=1, max=20, help="How many particles to plot.")] = 6,
+) -> None:
+    """Figures, an event montage and a Markdown summary of an archived session."""
+    from rich.progress import Progress
+
+    from lithoscope.clients.report import make_report
+
+    with _friendly_errors():
+        from .archive import ArchiveReader
+
+        ArchiveReader(archive)  # a wrong path fails in one line before any work starts
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("report", total=None)
+
+            def on_progress(done: int, total: int, what: str) -> None:
+                progress.update(task, completed=done, total=total, description=what)
+
+            files = make_report(archive, out, on_progress=on_progress, highlight=particles)
+        console.print(f"Wrote {files.summary} and "
+                      f"{', '.join(p.name for p in files.figures.values())}.", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

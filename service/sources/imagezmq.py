@@ -126,6 +126,8 @@ class ImagezmqSource(SourceBase):
         What imagezmq does not carry.
     context : zmq.Context, optional
         Shared context (default: the process's instance).
+    stop : threading.Event, optional
+        Ends the stream within one poll when set (the CLI sets it on Ctrl-C).
 
     Raises
     ------
@@ -145,6 +147,7 @@ class ImagezmqSource(SourceBase):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
         context: zmq.Context[Any] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         for name, value in (("idle_timeout_s", idle_timeout_s),
                             ("first_frame_timeout_s", first_frame_timeout_s)):
@@ -155,6 +158,7 @@ class ImagezmqSource(SourceBase):
         self._stop_message = stop_message
         self._fps = fps
         self._closed = threading.Event()
+        self._stop = stop
         self._socket = (context or zmq.Context.instance()).socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         try:
@@ -188,6 +192,8 @@ class ImagezmqSource(SourceBase):
                                       "closed.")
                 ready = self._socket.poll(_POLL_MS)
                 if not ready:
+                    if self._stop is not None and self._stop.is_set():
+                        return
                     if time.monotonic() - last >= timeout:
                         return
                     continue

@@ -128,6 +128,8 @@ class WatchFolderSource(SourceBase):
         File name that ends the stream.
     fps, pixel_size_nm : float, optional
         Frame rate (times then come from the index) and pixel size.
+    stop : threading.Event, optional
+        Ends the stream at the next poll when set (the CLI sets it on Ctrl-C).
 
     Raises
     ------
@@ -152,6 +154,7 @@ class WatchFolderSource(SourceBase):
         sentinel: str = "lithoscope.stop",
         fps: float | None = None,
         pixel_size_nm: float | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         for name, value in (("poll_s", poll_s), ("idle_timeout_s", idle_timeout_s),
                             ("unreadable_timeout_s", unreadable_timeout_s)):
@@ -171,6 +174,7 @@ class WatchFolderSource(SourceBase):
         self._sentinel = sentinel
         self._fps = fps
         self._closed = threading.Event()
+        self._stop = stop
         self._ignored = set() if include_existing else {e.name for e in self._listing()}
         metadata: dict[str, Any] = {
             "folder_name": self._path.name,
@@ -210,6 +214,8 @@ class WatchFolderSource(SourceBase):
         last_activity = time.monotonic()
         stopping = False
         while not self._closed.is_set():
+            if self._stop is not None and self._stop.is_set():
+                return
             if (self._path / self._sentinel).exists():
                 stopping = True
             listing = {entry.name: entry for entry in self._listing() if entry.name not in done}

@@ -468,7 +468,8 @@ def test_unknown_extension(tmp_path: Path) -> None:
     path.write_text("?")
     message = (
         f"Unknown source type '.xyz' for {path}; expected a TIFF stack, AVI/MP4 movie, "
-        "image folder, lithoscope archive or 'sim'."
+        "DM3/DM4, EMD or MRC file, image folder, lithoscope archive, 'watch:DIR', "
+        "'imagezmq://ENDPOINT' or 'sim'."
     )
     with pytest.raises(SourceError, match=f"^{re.escape(message)}$"):
         open_source(str(path))
