@@ -549,7 +549,8 @@ def update_archive_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
     """
     try:
         group = zarr.open_group(zarr.storage.LocalStore(Path(path)), mode="r+")
-        meta = dict(group.attrs.get("lithoscope") or {})
+        current = group.attrs.get("lithoscope")
+        meta = dict(current) if isinstance(current, Mapping) else {}
         meta.update(changes)
         group.attrs["lithoscope"] = json.loads(json.dumps(meta, default=str))
     except (OSError, ValueError) as exc:
