@@ -106,10 +106,10 @@ def _client_curve(server_key: Path | None, key: Path | None) -> Any:
 
 
 def _open_source(spec: str, fps: float | None, pixel_size_nm: float | None,
-                 scenario: str | None = None) -> Any:
+                 scenario: str | None = None, stop: threading.Event | None = None) -> Any:
     from lithoscope.replay.readers import open_source
 
-    return open_source(spec, fps=fps, pixel_size_nm=pixel_size_nm)
+    return open_source(spec, fps=fps, pixel_size_nm=pixel_size_nm, stop=stop)
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions and events.")]
@@ -178,7 +178,11 @@ def demo(
 @app.command()
 def publish(
     source: Annotated[str, typer.Argument(
-        help="'sim' (or sim:control), a TIFF stack, AVI/MP4 movie, image folder or archive.")],
+        help="'sim' (or sim:control), a TIFF stack, AVI/MP4 movie, DM3/DM4, EMD or MRC "
+        "file, image folder, archive, watch:DIR (frames as the camera software saves them; "
+        "ends on a file named lithoscope.stop or after 60 s without a new frame) or "
+        "imagezmq://tcp://*:5555 (receive from imagezmq ImageSenders; ends after 30 s "
+        "without a frame).")],
     connect: Annotated[str, typer.Option(help="The service's frames endpoint.")] = (
         DEFAULT_FRAMES_ENDPOINT),
     results: Annotated[str, typer.Option(
@@ -205,7 +209,7 @@ def publish(
         pace = parse_speed(speed)
         stop = _stop_on_signals()
         curve = _client_curve(server_key, key)
-        with _open_source(source, fps, pixel_size) as src, \
+        with _open_source(source, fps, pixel_size, stop=stop) as src, \
                 Publisher(connect, results_endpoint=results, curve=curve) as publisher:
             console.print(f"Publishing {src.info.name} to {connect} ...")
             report = publisher.publish(src, speed=pace, archive_name=archive_name,
@@ -602,6 +606,73 @@ def report(
             files = make_report(archive, out, on_progress=on_progress, highlight=particles)
         console.print(f"Wrote {files.summary} and "
                       f"{', '.join(p.name for p in files.figures.values())}.", highlight=False)
+
+
+class ExportTarget(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+    tiff = "tiff"
+    mp4 = "mp4"
+    avi = "avi"
+
+
+@app.command()
+def export(
+    archive: Annotated[Path, typer.Argument(help="A session archive (.zarr folder).")],
+    to: Annotated[ExportTarget, typer.Option(
+        "--to", help="csv / parquet: one file per table; tiff: the frames (ImageJ, at "
+        "scale); mp4 / avi: a movie with outlines, needle, clock and alerts burned in.")],
+    output: Annotated[Path | None, typer.Option(
+        help="Folder (tables) or file (frames); default beside the archive.")] = None,
+    reanalysis: Annotated[str | None, typer.Option(
+        help="Tables of this re-analysis run ('latest' for the newest) instead of the "
+        "live ones.")] = None,
+) -> None:
+    """Export an archive for other tools: tables, a TIFF stack, or a movie for talks."""
+    from .export import export_archive
+
+    with _friendly_errors():
+        written = export_archive(archive, to.value, output, reanalysis=reanalysis)
+    for path in written:
+        console.print(f"Wrote {path}", highlight=False)
+
+
+@app.command()
+def reanalyze(
+    archives: Annotated[list[Path], typer.Argument(help="Session archives (.zarr folders).")],
+    config: Annotated[Path | None, typer.Option(
+        help="TOML file with the new [analysis] and [alerts] settings (as for serve); "
+        "default: this version's defaults.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="A Dask scheduler, e.g. tcp://host:8786 (its workers must see the archives "
+        "at the same paths); default: a local cluster for this run.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Workers of the local cluster (default 1, with 2 threads).")] = None,
+    run: Annotated[str | None, typer.Option(
+        help="Name of the new reanalysis/ group (default: UTC time stamp).")] = None,
+    block_frames: Annotated[int, typer.Option(min=1, help="Frames per Dask task.")] = 16,
+    verbose: Verbose = False,
+) -> None:
+    """Re-run the analysis with new settings over archives on a Dask cluster.
+
+    The new measurement tables go into reanalysis/RUN/ inside each archive, beside the
+    live ones; frames and live tables are not touched. Read them back with
+    open_archive(path, reanalysis="latest") or export --reanalysis latest.
+    """
+    from .reanalyze import reanalyze as run_reanalysis
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        settings = load_config(config)
+        started = time.monotonic()
+        results = run_reanalysis(archives, analysis=settings.analysis, alerts=settings.alerts,
+                                 scheduler=scheduler, run=run, local_workers=workers,
+                                 block_frames=block_frames)
+    for result in results:
+        kinds = ", ".join(f"{e['kind']} (frame {e['frame']})" for e in result.events)
+        console.print(f"{result.path}: {result.frames_analysed} frames re-analysed into "
+                      f"reanalysis/{result.run}; events: {kinds or 'none'}", highlight=False)
+    console.print(f"Done in {time.monotonic() - started:.1f} s.")
 
 
 def main() -> None:
