@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import time
@@ -53,6 +54,8 @@ from zarr.core.sync import sync as _zarr_sync
 
 from .errors import ArchiveError
 from .ngff import frames_ngff_metadata
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHIVE_FORMAT_VERSION",
@@ -575,10 +578,14 @@ def recover_abandoned(sessions_dir: str | Path) -> list[tuple[Path, dict[str, An
             continue
         if reader.status != "recording":
             continue
-        meta = update_archive_meta(
-            path, status="interrupted", stop_reason="worker_died",
-            frame_count=reader.frame_count,
-            recovered_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+        try:
+            meta = update_archive_meta(
+                path, status="interrupted", stop_reason="worker_died",
+                frame_count=reader.frame_count,
+                recovered_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+        except ArchiveError as exc:  # e.g. a read-only copy: the service must still start
+            log.warning("Left %s as it is: %s", path, exc)
+            continue
         seq = reader.table("frame_table").get("seq", np.zeros(0, np.int64))[:reader.frame_count]
         # Not stored: lets the next worker count the frames lost across the restart.
         recovered.append((path, {**meta, "last_seq": int(seq[-1]) if len(seq) else None}))
