@@ -11,7 +11,12 @@ cluster area, needle contact) and returns the alerts that frame completes:
 * ``expansion_slowing``: after an onset, the growth rate falls below a fraction
   of its peak;
 * ``contraction_onset``: after contact is lost, the area falls below its level at
-  the loss (downward CUSUM).
+  the loss (downward CUSUM);
+* ``contraction_settled``: after a contraction onset, the shrinking rate falls below
+  a fraction of its peak;
+* ``drift_warning``: the specimen drifts faster than ``drift_warning_px_per_frame``
+  for ``drift_warning_frames`` frames in a row (re-armed once it has been below half
+  that speed as long).
 
 Each physical change raises one alert: a detector re-arms only when the contact
 state changes. The detector keeps no more than a few frames of history, does no
@@ -35,6 +40,8 @@ from .protocol import EventKind
 
 __all__ = ["Alert", "AlertConfig", "AlertDetector", "alerts_iter"]
 
+_MEDIAN_EFFICIENCY = 1.2533
+"""Standard error of a median of n normal samples, times sqrt(n) / sigma (sqrt(pi/2))."""
 _MIN_NOISE_SAMPLES = 10
 """Frame-to-frame differences needed before the noise estimate is trusted."""
 
@@ -66,15 +73,21 @@ class AlertConfig:
     slowing_fraction: float = 0.3
     """``expansion_slowing`` when the growth rate falls below this fraction of its peak."""
     rate_window_s: float = 4.0
-    """Time window of the least-squares growth rate used for ``expansion_slowing``."""
+    """Time window of the least-squares growth rate used for ``expansion_slowing``
+    and ``contraction_settled``."""
+    drift_warning_px_per_frame: float = 2.0
+    """Specimen drift speed that makes tracking and measurements unreliable."""
+    drift_warning_frames: int = 4
+    """Consecutive frames the drift must exceed it (one bad correlation is not drift)."""
 
     def __post_init__(self) -> None:
-        for name in ("contact_debounce_frames", "baseline_frames", "noise_window_frames"):
+        for name in ("contact_debounce_frames", "baseline_frames", "noise_window_frames",
+                     "drift_warning_frames"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"Expected {name} to be an integer >= 1. Got {value!r}.")
         for name in ("noise_floor", "drift_sigmas", "threshold_sigmas", "min_relative_change",
-                     "rate_window_s"):
+                     "rate_window_s", "drift_warning_px_per_frame"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"Expected {name} > 0. Got {value!r}.")
@@ -141,22 +154,38 @@ class _Sample:
 
 
 class _Cusum:
-    """One-sided CUSUM of a relative change against a fixed baseline.
+    """One-sided CUSUM of a relative change against a baseline that keeps learning.
 
     ``S_t = max(0, S_{t-1} + s * z_t - k)`` with ``z_t = (A_t - B) / B``, ``s`` = +1
     for an increase and -1 for a decrease; an alarm when ``S_t > h`` and
     ``s * z_t`` exceeds the minimum change. The change point is estimated as the
     first sample after ``S`` was last zero.
+
+    The baseline ``B`` is the median of the frames seen so far (at most
+    ``capacity``, the latest): a median of the first few frames alone is off by
+    about ``1.25 sigma / sqrt(n)``, an error added to every ``z_t`` that eats the
+    reference value ``k`` and lets the CUSUM random-walk to its threshold. Frames
+    join the baseline once ``S`` has returned to zero after them (they were noise,
+    not the start of a change), so a real change never leaks into its own baseline;
+    ``k`` is raised by two standard errors of the baseline for what remains.
     """
 
-    def __init__(self, baseline: float, sign: int) -> None:
-        self.baseline = baseline
+    def __init__(self, samples: list[float], sign: int, capacity: int) -> None:
         self.sign = sign
+        self.capacity = max(1, capacity)
+        self.samples = list(samples)[-self.capacity:]
+        self.pending: list[float] = []
+        self.baseline = float(np.median(self.samples))
         self.statistic = 0.0
         self.start: _Sample | None = None
         self.sigma: float | None = None
         """The noise level, fixed once known: a threshold that followed a running noise
         estimate would be crossed whenever that estimate happened to dip."""
+
+    @property
+    def baseline_error(self) -> float:
+        """Standard error of the baseline, in noise sigmas."""
+        return _MEDIAN_EFFICIENCY / math.sqrt(len(self.samples))
 
     def relative(self, area: float) -> float:
         return (area - self.baseline) / self.baseline
@@ -166,11 +195,16 @@ class _Cusum:
         if sigma is None:
             return False
         z = self.sign * self.relative(sample.area)
-        value = self.statistic + z - config.drift_sigmas * sigma
+        value = self.statistic + z - (config.drift_sigmas + 2 * self.baseline_error) * sigma
         if value <= 0.0:
             self.statistic = 0.0
             self.start = None
+            self.samples += [*self.pending, sample.area]
+            self.pending.clear()
+            del self.samples[:-self.capacity]
+            self.baseline = float(np.median(self.samples))
             return False
+        self.pending.append(sample.area)
         if self.start is None:
             self.start = sample
         self.statistic = value
@@ -231,6 +265,14 @@ class AlertDetector:
         self._peak_rate = 0.0
         self._slowing_reported = False
         self._contraction: _Cusum | None = None
+        self._contracting_since: _Sample | None = None
+        self._contraction_rates: deque[tuple[float, float]] = deque()
+        self._peak_shrink_rate = 0.0
+        self._settled_reported = False
+        self._contraction_reference: float | None = None
+        self._fast_drift = 0
+        self._slow_drift = 0
+        self._drift_armed = True
 
     @property
     def in_contact(self) -> bool:
@@ -251,7 +293,8 @@ class AlertDetector:
         return max(self.config.noise_floor, 1.4826 * mad / math.sqrt(2.0))
 
     def update(
-        self, *, t_s: float, frame: int, area_px: float, needle_contact: bool
+        self, *, t_s: float, frame: int, area_px: float, needle_contact: bool,
+        drift_step_px: float = 0.0,
     ) -> list[Alert]:
         """Take one frame's values; return the alerts it completes (usually none).
 
@@ -265,6 +308,8 @@ class AlertDetector:
             Cluster area; NaN (or negative) if the frame could not be measured.
         needle_contact : bool
             Whether the needle touched the cluster in this frame.
+        drift_step_px : float
+            How far the specimen moved since the previous frame (pixels).
         """
         area = float(area_px)
         if not (math.isfinite(area) and area >= 0):
@@ -276,7 +321,7 @@ class AlertDetector:
             self._last_area = area
         self._history.append(sample)
 
-        alerts: list[Alert] = []
+        alerts: list[Alert] = self._watch_drift(sample, float(drift_step_px))
         if sample.contact != self._in_contact:
             # A contact change pending confirmation: hold its frames back from the
             # watchers until we know which state they belong to.
@@ -318,10 +363,12 @@ class AlertDetector:
         self._expansion = None
         self._expanding_since = None
         self._contraction = None
+        self._contracting_since = None
         change = math.nan
         if areas and float(np.median(areas)) > 0:
             reference = float(np.median(areas))
-            self._contraction = _Cusum(reference, -1)
+            self._contraction = _Cusum(areas, -1, self.config.noise_window_frames)
+            self._contraction_reference = reference
             if self._contact_area:
                 change = reference / self._contact_area - 1.0
         text = f"Needle left the cluster (t = {start.t_s:.1f} s)"
@@ -339,7 +386,8 @@ class AlertDetector:
                 self._contact_baseline.append(sample.area)
             if len(self._contact_baseline) >= self.config.baseline_frames:
                 self._contact_area = float(np.median(self._contact_baseline))
-                self._expansion = _Cusum(self._contact_area, +1)
+                self._expansion = _Cusum(self._contact_baseline, +1,
+                                         self.config.noise_window_frames)
             return []
         if self._expanding_since is not None:
             return self._watch_slowing(sample)
@@ -395,6 +443,8 @@ class AlertDetector:
 
     # -- contraction ---------------------------------------------------------------
     def _watch_contraction(self, sample: _Sample) -> list[Alert]:
+        if self._contracting_since is not None and not math.isnan(sample.area):
+            return self._watch_settling(sample)
         cusum = self._contraction
         if cusum is None or math.isnan(sample.area):
             return []
@@ -407,11 +457,69 @@ class AlertDetector:
         self._contraction = None
         start = cusum.start if cusum.start is not None else sample
         change = cusum.relative(sample.area)
+        self._contracting_since = start
+        self._contraction_rates.clear()
+        self._peak_shrink_rate = 0.0
+        self._settled_reported = False
         return [Alert(
             EventKind.CONTRACTION_ONSET, start.t_s, sample.frame, change,
             _confidence(cusum.statistic, self.config.threshold_sigmas * sigma), (),
             f"Cluster contracting: {100 * change:+.1f} % since contact was lost "
             f"(onset t = {start.t_s:.1f} s, detected t = {sample.t_s:.1f} s).",
+        )]
+
+
+    def _watch_settling(self, sample: _Sample) -> list[Alert]:
+        reference = self._contraction_reference
+        if self._settled_reported or not reference:
+            return []
+        c = self.config
+        rates = self._contraction_rates
+        rates.append((sample.t_s, sample.area / reference))
+        while rates and rates[0][0] < sample.t_s - c.rate_window_s:
+            rates.popleft()
+        if len(rates) < 3 or rates[-1][0] - rates[0][0] < 0.5 * c.rate_window_s:
+            return []
+        t, y = np.array(rates).T
+        shrink = -float(np.polyfit(t - t[-1], y, 1)[0])  # relative area lost per second
+        self._peak_shrink_rate = max(self._peak_shrink_rate, shrink)
+        assert self._contracting_since is not None
+        if sample.t_s - self._contracting_since.t_s < 2 * c.rate_window_s:
+            return []
+        if (self._peak_shrink_rate * c.rate_window_s < c.min_relative_change
+                or shrink >= c.slowing_fraction * self._peak_shrink_rate):
+            return []
+        self._settled_reported = True
+        change = sample.area / reference - 1.0
+        return [Alert(
+            EventKind.CONTRACTION_SETTLED, sample.t_s, sample.frame, change,
+            1.0 - max(shrink, 0.0) / self._peak_shrink_rate, (),
+            f"Contraction settling: {100 * shrink:.2f} %/s, down from "
+            f"{100 * self._peak_shrink_rate:.2f} %/s; {100 * change:+.1f} % since contact was "
+            f"lost (t = {sample.t_s:.1f} s).",
+        )]
+
+    # -- drift -----------------------------------------------------------------------
+    def _watch_drift(self, sample: _Sample, step_px: float) -> list[Alert]:
+        c = self.config
+        if not math.isfinite(step_px):
+            return []
+        fast = step_px > c.drift_warning_px_per_frame
+        self._fast_drift = self._fast_drift + 1 if fast else 0
+        slow = step_px < 0.5 * c.drift_warning_px_per_frame
+        self._slow_drift = self._slow_drift + 1 if slow else 0
+        if not self._drift_armed:
+            if self._slow_drift >= c.drift_warning_frames:
+                self._drift_armed = True
+            return []
+        if self._fast_drift < c.drift_warning_frames:
+            return []
+        self._drift_armed = False
+        return [Alert(
+            EventKind.DRIFT_WARNING, sample.t_s, sample.frame, step_px,
+            1.0 - math.exp(-step_px / c.drift_warning_px_per_frame), (),
+            f"Specimen drifting {step_px:.1f} px/frame for {self._fast_drift} frames "
+            f"(t = {sample.t_s:.1f} s): measurements may smear; consider re-centring.",
         )]
 
 
@@ -423,9 +531,10 @@ def alerts_iter(detector: AlertDetector, rows: Iterable[Mapping[str, Any]]) -> I
     """Feed rows of per-frame values to ``detector``; yield the alerts in order.
 
     Each row is a mapping with ``t_s``, ``frame``, ``area_px`` and
-    ``needle_contact`` (e.g. a row of an archive's cluster table, or a live
-    result's ``cluster`` with its frame index and time added).
+    ``needle_contact``, optionally ``drift_step_px`` (e.g. a row of an archive's
+    cluster table, or a live result's ``cluster`` with its frame index and time added).
     """
     for row in rows:
         yield from detector.update(t_s=row["t_s"], frame=row["frame"], area_px=row["area_px"],
-                                   needle_contact=row["needle_contact"])
+                                   needle_contact=row["needle_contact"],
+                                   drift_step_px=row.get("drift_step_px", 0.0))

@@ -1,0 +1,133 @@
+"""Lithiation physics from projected areas: volume, lithium content, rates, diffusion.
+
+Pure functions on arrays (no state, no I/O), used per particle and per cluster by
+:class:`lithoscope.service.analysis.SessionAnalyzer`. Every relation, its
+assumptions and its sources are in docs/analysis.md.
+
+* ``V/V0 = (A/A0)^(3/2)``: a particle that swells isotropically keeps its shape,
+  so its volume scales as its projected area to the power 3/2.
+* ``x = (V/V0 - 1) / 0.747`` in Li\\ :sub:`x`\\ Si: the volume of Li-Si alloys
+  grows nearly linearly with the lithium content, to +280 % at Li15Si4
+  (x = 3.75); 2.8 / 3.75 = 0.747 per Li per Si (Obrovac and Krause 2007; Chevrier
+  and Dahn 2009).
+* Rates: the Theil-Sen slope (median of pairwise slopes) of area against time over
+  a short window: robust to the odd mis-segmented frame.
+* Apparent diffusion coefficient: the swelling of a particle fed at its surface is
+  read as diffusion into a sphere, whose slowest mode makes the approach to the
+  final volume exponential with time constant ``tau = r0^2 / (pi^2 D)`` (Crank
+  1975, eq. 6.20). ``tau`` comes from a Kezdy-Swinbourne fit, which needs neither the
+  start time nor the final value: for ``y(t) = a + b exp(-t / tau)``,
+  ``y(t + lag) = a (1 - e) + e y(t)`` with ``e = exp(-lag / tau)``, a straight line.
+
+References
+----------
+M. N. Obrovac and L. J. Krause, "Reversible cycling of crystalline silicon
+powder", J. Electrochem. Soc. 154 (2007) A103-A108.
+V. L. Chevrier and J. R. Dahn, "First principles model of amorphous silicon
+lithiation", J. Electrochem. Soc. 156 (2009) A454-A458.
+J. Crank, *The Mathematics of Diffusion*, 2nd ed., Oxford (1975), section 6.3.
+F. J. Kezdy, J. Jaz and A. Bruylants, Bull. Soc. Chim. Belg. 67 (1958) 687;
+E. S. Swinbourne, J. Chem. Soc. (1960) 2371 (first-order kinetics without the
+end point).
+H. Theil, Proc. K. Ned. Akad. Wet. A 53 (1950) 386-392; P. K. Sen, J. Am. Stat.
+Assoc. 63 (1968) 1379-1389 (robust slope).
+X. H. Liu et al., "Size-dependent fracture of silicon nanoparticles during
+lithiation", ACS Nano 6 (2012) 1522-1531 (in situ TEM of Si nanoparticles).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "LI15SI4_VOLUME_EXPANSION",
+    "LI15SI4_X",
+    "VOLUME_EXPANSION_PER_X",
+    "diffusion_coefficient_cm2_per_s",
+    "lithium_content_x",
+    "relaxation_time_s",
+    "theil_sen_slope",
+    "volume_ratio",
+]
+
+LI15SI4_X = 3.75
+"""Lithium per silicon in Li15Si4, the fully lithiated phase at room temperature."""
+LI15SI4_VOLUME_EXPANSION = 2.80
+"""Relative volume increase of Si at Li15Si4 (+280 %)."""
+VOLUME_EXPANSION_PER_X = LI15SI4_VOLUME_EXPANSION / LI15SI4_X
+"""Relative volume increase per Li per Si, taking the volume linear in x."""
+
+_NM_TO_CM = 1e-7
+
+
+def volume_ratio(area_ratio: np.ndarray | float) -> np.ndarray:
+    """``V/V0 = (A/A0)^(3/2)`` for isotropic swelling; NaN where ``A/A0`` is not positive."""
+    ratio = np.asarray(area_ratio, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(ratio > 0, np.abs(ratio) ** 1.5, np.nan)
+
+
+def lithium_content_x(volume: np.ndarray | float) -> np.ndarray:
+    """x in Li_xSi from ``V/V0``, volume linear in x (+280 % at x = 3.75).
+
+    Not clipped: noise around ``V/V0 = 1`` gives small negative x, and clipping would
+    bias every average taken from the values.
+    """
+    return (np.asarray(volume, dtype=np.float64) - 1.0) / VOLUME_EXPANSION_PER_X
+
+
+def theil_sen_slope(t_s: np.ndarray, values: np.ndarray) -> float:
+    """Median of the pairwise slopes; NaN with fewer than 3 points or no time spread."""
+    t = np.asarray(t_s, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    if t.size < 3:
+        return math.nan
+    i, j = np.triu_indices(t.size, k=1)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    if not ok.any():
+        return math.nan
+    return float(np.median((y[j] - y[i])[ok] / dt[ok]))
+
+
+def relaxation_time_s(t_s: np.ndarray, values: np.ndarray, *, lag_s: float) -> float:
+    """Time constant of an exponential approach, by the Kezdy-Swinbourne method.
+
+    The series is resampled on a regular grid (linear interpolation), each value is
+    paired with the one ``lag_s`` later, and the slope ``e`` of the straight-line fit
+    gives ``tau = -lag / ln(e)``. NaN if the series is too short (under three lags),
+    the fit does not show an approach (``e`` not in (0, 1)), or it is flat.
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    if t.size < 6 or not lag_s > 0 or t[-1] - t[0] < 3 * lag_s:
+        return math.nan
+    step = max(float(np.median(np.diff(t))), 1e-9)
+    grid = np.arange(t[0], t[-1] + step / 2, step)
+    resampled = np.interp(grid, t, y)
+    shift = max(1, round(lag_s / step))
+    if resampled.size <= shift + 3:
+        return math.nan
+    early, late = resampled[:-shift], resampled[shift:]
+    spread = early - early.mean()
+    denominator = float(spread @ spread)
+    if denominator <= 0:
+        return math.nan
+    e = float(spread @ (late - late.mean())) / denominator
+    if not 0.0 < e < 1.0:
+        return math.nan
+    return -shift * step / math.log(e)
+
+
+def diffusion_coefficient_cm2_per_s(tau_s: float, radius_nm: float) -> float:
+    """``D = r0^2 / (pi^2 tau)``: the slowest mode of diffusion into a sphere, in cm^2/s."""
+    if not (math.isfinite(tau_s) and tau_s > 0 and math.isfinite(radius_nm) and radius_nm > 0):
+        return math.nan
+    radius_cm = radius_nm * _NM_TO_CM
+    return radius_cm * radius_cm / (math.pi**2 * tau_s)
