@@ -414,17 +414,25 @@ def test_signal_mid_session_flushes_and_closes_the_archive(
         tmp_path: Path, results_of: Callable[[str], Results], sig: int) -> None:
     serve = Serve(tmp_path)
     watch = results_of(serve.results)
+    done_frames = noisy_frames(8, shape=(16, 16), seed=1)
+    with Publisher(serve.frames, results_endpoint=serve.results,
+                   ack_timeout_s=DEADLINE_S) as pub:
+        done = pub.publish(ArraySource(done_frames), speed=None, live=False)
+    assert done.closed is not None
     frames = noisy_frames(600, shape=(32, 48))
     stop = threading.Event()
     thread, out = publish_in_thread(serve, frames, speed=1.0, live=False, fps=20.0,
                                     stop=stop, ack_timeout_s=5.0)
-    watch.until(archived_at_least(15))
+    watch.until(archived_at_least(len(done_frames) + 15))
     out_text, err = serve.stop(sig)
     stop.set()
     report = joined(thread, out)
     assert serve.proc.returncode == 0, err
     assert "open archives were closed" in out_text
-    (path,) = (tmp_path / "sessions").glob("*.zarr")
+    finished = ArchiveReader(done.closed.archive_path)
+    assert finished.status == "complete"  # a session that had ended stays complete
+    np.testing.assert_array_equal(finished.frames[:], done_frames)
+    (path,) = set((tmp_path / "sessions").glob("*.zarr")) - {finished.path}
     reader = ArchiveReader(path)
     assert reader.status == "interrupted"
     assert reader.meta["stop_reason"] == "shutdown"

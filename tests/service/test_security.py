@@ -7,6 +7,8 @@ given), so the test exercises what a lab-network deployment runs.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from lithoscope.service.security import ClientCurve, create_keys
 from lithoscope.service.worker import Worker, WorkerThread
 
 from support.arrays import ArraySource, noisy_frames
+from support.media import write_tiff_stack
 
 LITHOSCOPE = [sys.executable, "-m", "lithoscope.service"]
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -174,3 +177,28 @@ def test_a_public_key_given_as_the_secret_is_one_clear_line(tmp_path: Path,
     assert result.returncode == 1
     assert "holds no secret key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_and_publish_commands_with_keys(tmp_path: Path, keys: dict[str, Path]) -> None:
+    serve = subprocess.Popen(
+        [*LITHOSCOPE, "serve", "--frames", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*",
+         "--sessions", "sessions", "--server-key", str(keys["server_secret"]),
+         "--client-keys", str(keys["allowed"])],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "400"})
+    try:
+        assert serve.stdout is not None
+        frames_at, results_at = re.findall(r"tcp://127\.0\.0\.1:\d+", serve.stdout.readline())
+        stack = write_tiff_stack(tmp_path / "movie.tif", noisy_frames(6, shape=(32, 32)))
+        publish = ["publish", str(stack), "--connect", frames_at, "--results", results_at,
+                   "--speed", "max", "--server-key", str(keys["server_public"])]
+        done = run(*publish, "--key", str(keys["client_secret"]), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "Archived 6 frames" in done.stdout
+        half = run(*publish, cwd=tmp_path)  # --server-key without --key
+        assert half.returncode == 1
+        assert "needs both --server-key" in half.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 0, err
