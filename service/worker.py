@@ -521,7 +521,10 @@ class Worker:
     def _heartbeat(self, now: float) -> None:
         elapsed = max(now - self._last_heartbeat, 1e-9)
         latencies = np.asarray(self._interval_latencies)
-        session_id = next(iter(self.sessions), None)
+        # The newest open session: a stalled one left open by a dead publisher must not
+        # hide the stream that replaced it.
+        session_id = (self._last_session_id if self._last_session_id in self.sessions
+                      else next(reversed(self.sessions), None))
         writer = self.sessions[session_id].writer if session_id else None
         counters = dict(self.counters)
         counters["rejected"] = sum(self.decoder.rejected.values())

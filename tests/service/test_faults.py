@@ -622,3 +622,31 @@ def test_replay_of_a_file_cut_mid_frames_is_one_line_and_keeps_the_frames_before
     assert reader.meta["stop_reason"] == "error"
     assert 0 < reader.frame_count < 20
     np.testing.assert_array_equal(reader.frames[:], frames[: reader.frame_count])
+
+
+def test_heartbeat_follows_the_newest_stream_not_a_stalled_one(tmp_path: Path) -> None:
+    config = ServiceConfig(frames_endpoint=f"ipc://{tmp_path}/frames",
+                           results_endpoint=f"ipc://{tmp_path}/results",
+                           sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.1)
+    with WorkerThread(Worker(config)) as thread:
+        worker = thread.worker
+        assert worker.frames_endpoint is not None
+        assert worker.results_endpoint is not None
+        watch = Results(worker.results_endpoint)
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(worker.frames_endpoint)
+        try:
+            for session_id in ("dead-publisher", "new-publisher"):
+                push.send_multipart(encode(SessionStart(
+                    session_id=session_id, source="t", source_kind="t", t0_unix=0.0,
+                    live=True)))
+                watch.until(lambda m, s=session_id: isinstance(m, SessionStart)
+                            and m.session_id == s)
+            beat = watch.until(lambda m: isinstance(m, Heartbeat))
+        finally:
+            push.close(linger=0)
+            ctx.term()
+            watch.close()
+    assert beat.session_id == "new-publisher"  # type: ignore[union-attr]
+    assert beat.archive_path.endswith("new-publisher.zarr")  # type: ignore[union-attr]
