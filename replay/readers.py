@@ -407,8 +407,34 @@ class _TiffStack:
                 return math.prod(int(size) for size in declared) // frame_size
         return None
 
+    def _ome_pixels(self) -> Mapping[str, str]:
+        """Attributes of the first OME-XML ``Pixels`` element (empty if not OME-TIFF)."""
+        if not self._tif.is_ome or not self._tif.ome_metadata:
+            return {}
+        import xml.etree.ElementTree as ElementTree
+
+        try:
+            root = ElementTree.fromstring(self._tif.ome_metadata)
+        except ElementTree.ParseError:
+            return {}  # tifffile already fell back to plain pages; no calibration then
+        for element in root.iter():
+            if element.tag.rsplit("}", 1)[-1] == "Pixels":
+                return dict(element.attrib)
+        return {}
+
     def pixel_size_nm(self) -> float | None:
-        """Pixel width from ImageJ's ``unit`` or the TIFF resolution tags, if stated."""
+        """Pixel width from OME-XML ``PhysicalSizeX``, ImageJ's ``unit`` or the TIFF
+        resolution tags, if stated."""
+        ome = self._ome_pixels()
+        if "PhysicalSizeX" in ome:
+            # OME's default unit is the micrometre (schema 2016-06).
+            unit_nm = _length_unit_nm(ome.get("PhysicalSizeXUnit", "µm"))
+            try:
+                size = float(ome["PhysicalSizeX"])
+            except ValueError:
+                return None
+            valid = unit_nm is not None and math.isfinite(size) and size > 0
+            return size * unit_nm if valid else None  # type: ignore[operator]
         page = self._tif.pages.first
         x_resolution = float(page.resolution[0])  # pixels per unit length
         if not (math.isfinite(x_resolution) and x_resolution > 0):
@@ -422,7 +448,17 @@ class _TiffStack:
         return unit_nm / x_resolution if unit_nm is not None else None
 
     def frame_interval_s(self) -> float | None:
-        """Frame interval from ImageJ's ``finterval`` in its ``tunit`` (seconds by default)."""
+        """Frame interval from OME-XML ``TimeIncrement`` or ImageJ's ``finterval``, in
+        their units (seconds by default)."""
+        ome = self._ome_pixels()
+        if "TimeIncrement" in ome:
+            scale = _TIME_UNIT_S.get(ome.get("TimeIncrementUnit", "s").strip().casefold())
+            try:
+                increment = float(ome["TimeIncrement"])
+            except ValueError:
+                return None
+            valid = scale is not None and math.isfinite(increment) and increment > 0
+            return increment * scale if valid else None  # type: ignore[operator]
         metadata = self._tif.imagej_metadata or {}
         interval = metadata.get("finterval")
         if isinstance(interval, bool) or not isinstance(interval, int | float):

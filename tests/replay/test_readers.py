@@ -549,3 +549,44 @@ def test_tiff_streams_one_frame_at_a_time(tmp_path: Path, options: dict[str, Any
         tracemalloc.stop()
     assert count == 100
     assert peak < 10 * frame.nbytes  # a whole-stack read would need 100 frames
+
+
+# ------------------------------------------------------------------ OME-TIFF
+
+
+def write_ome_tiff(path: Path, frames: list[np.ndarray], **metadata: Any) -> Path:
+    """An OME-TIFF as tifffile writes it (Bio-Formats and most microscope exporters too)."""
+    tifffile.imwrite(path, np.stack(frames), ome=True, photometric="minisblack",
+                     metadata={"axes": "TYX", **metadata})
+    return path
+
+
+class TestTiffSourceOme(SourceConformance):
+    @pytest.fixture
+    def source_factory(self, tmp_path: Path) -> Callable[[], Source]:
+        path = write_ome_tiff(tmp_path / "stack.ome.tif", FRAMES_U16, PhysicalSizeX=0.42,
+                              PhysicalSizeXUnit="nm", TimeIncrement=250, TimeIncrementUnit="ms")
+        return lambda: TiffSource(path)
+
+    @pytest.fixture
+    def expected_frames(self) -> list[np.ndarray]:
+        return FRAMES_U16
+
+
+@pytest.mark.parametrize(("metadata", "pixel_size_nm", "fps"), [
+    ({"PhysicalSizeX": 0.42, "PhysicalSizeXUnit": "nm", "TimeIncrement": 0.5,
+      "TimeIncrementUnit": "s"}, 0.42, 2.0),
+    ({"PhysicalSizeX": 0.002}, 2.0, None),  # OME's default unit: micrometre
+    ({"PhysicalSizeX": 3, "PhysicalSizeXUnit": "Å", "TimeIncrement": 100,
+      "TimeIncrementUnit": "ms"}, 0.3, 10.0),
+    ({}, None, None),
+])
+def test_ome_tiff_physical_size_and_time_increment(
+    tmp_path: Path, metadata: dict[str, Any], pixel_size_nm: float | None, fps: float | None
+) -> None:
+    path = write_ome_tiff(tmp_path / "a.ome.tif", FRAMES_U16[:3], **metadata)
+    with TiffSource(path) as source:
+        assert source.info.pixel_size_nm == (pytest.approx(pixel_size_nm) if pixel_size_nm
+                                             else None)
+        assert source.info.fps == (pytest.approx(fps) if fps else None)
+        assert source.info.metadata["tiff_series_kind"] == "ome"
