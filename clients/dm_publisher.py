@@ -150,7 +150,7 @@ def publish(
                 "acquired_at": acquired_at, "shape": list(image.shape),
                 "dtype": image.dtype.name, "pixel_size_nm": pixel_size_nm,
                 "exposure_s": exposure_s, "metadata": {}, "truth": None,
-            }, seq, memoryview(image).cast("B")), copy=False)
+            }, seq, image.data.cast("B")), copy=False)
             sent += 1
             frame = None
     except KeyboardInterrupt:

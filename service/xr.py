@@ -58,7 +58,7 @@ class ArchiveData:
         """The cluster table as a Dataset on a ``t`` dimension, with ``frame`` beside it."""
         table = self.cluster.set_index("t_s")
         table.index.name = "t"
-        dataset = table.to_xarray()
+        dataset: xr.Dataset = table.to_xarray()
         dataset["t"].attrs["units"] = "s"
         return dataset
 
