@@ -182,8 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     contiguous = bool(np.all(np.diff(seq) == 1))
     sent = pub_report.frames_sent if pub_report else offered
     half = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 2]
+    # Over minutes a trend is allocator noise (collections, chunk caches); it means
+    # something only over a long run.
     slope = (float(np.polyfit([s["t_s"] / 3600 for s in half], [s["rss_mb"] for s in half], 1)[0])
-             if len(half) >= 2 else float("nan"))
+             if len(half) >= 2 and args.minutes >= 10 else float("nan"))
     lat = np.asarray(latencies_all) * 1e3
     report = {
         "minutes": args.minutes, "fps": args.fps, "size": args.size, "cpus": os.cpu_count(),
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "late_frames": pub_report.late_frames if pub_report else None,
         "rss_mb_first": samples[0]["rss_mb"], "rss_mb_last": samples[-1]["rss_mb"],
         "rss_mb_max": max(s["rss_mb"] for s in samples),
-        "rss_slope_mb_per_h_second_half": slope,
+        "rss_slope_mb_per_h_second_half": slope if np.isfinite(slope) else None,
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         "samples": samples,
@@ -204,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{report['frames_lost']} (archive {reader.status}, seq contiguous: {contiguous}); "
           f"analysed {closed.frames_analysed}, skipped {report['frames_skipped']}")
     print(f"service RSS {report['rss_mb_first']:.0f} -> {report['rss_mb_last']:.0f} MB "
-          f"(max {report['rss_mb_max']:.0f}; second-half trend {slope:+.1f} MB/h)")
+          f"(max {report['rss_mb_max']:.0f}; second-half trend "
+          + (f"{slope:+.1f} MB/h)" if np.isfinite(slope) else "needs a run of 10 min or more)"))
     if lat.size:
         print(f"latency p50 {report['latency_p50_ms']:.1f} ms, p99 "
               f"{report['latency_p99_ms']:.1f} ms over the run")

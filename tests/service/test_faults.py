@@ -220,6 +220,9 @@ def test_worker_sigkilled_mid_session_then_restarted_continues_in_a_linked_archi
     index = np.concatenate([old_index, new_index])
     assert np.all(np.diff(index) > 0)
     np.testing.assert_array_equal(np.concatenate([old_frames, new_frames]), frames[index])
+    # Tables consistent with the frames: measurements only of frames the archive holds.
+    assert set(old.table("cluster")["frame"]) <= set(old_index)
+    assert set(new.table("cluster")["frame"]) <= set(new_index)
     lost = report.frames_sent - len(index)
     assert new.meta["frames_dropped"] == lost
     if lost:
