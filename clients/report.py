@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from lithoscope.service import physics
 from lithoscope.service.errors import ArchiveError, ConfigError
 
 from ._linking import CentroidLinker
 from .plots import draw_cluster, draw_particles, running_median, save_figure
 
-__all__ = ["ParticleRates", "ReportFiles", "apparent_diffusion_nm2_per_s", "make_report"]
+__all__ = ["ParticleRates", "ReportFiles", "apparent_diffusion_cm2_per_s", "make_report"]
 
 Progress = Callable[[int, int, str], None]
 """``(done, total, what)``: called as each step of the report starts."""
@@ -47,11 +48,13 @@ class ParticleRates:
     area_max: float
     area_end: float
     expansion_rate: float | None
-    """Area per second while lithiating (least-squares slope)."""
+    """Area per second while lithiating (Theil-Sen slope)."""
     contraction_rate: float | None
-    """Area per second after the needle was withdrawn."""
-    apparent_d_nm2_per_s: float | None
+    """Area per second after contraction began (Theil-Sen slope)."""
+    diffusion_cm2_per_s: float | None
+    """Apparent diffusion coefficient from the relaxation time of the swelling."""
     li_content_x: float | None
+    """Largest x in LixSi: the service's value if archived, else from the area."""
 
 
 @dataclass(frozen=True)
@@ -62,32 +65,29 @@ class ReportFiles:
     rates: list[ParticleRates] = field(default_factory=list)
 
 
-def apparent_diffusion_nm2_per_s(area_start_nm2: float, area_end_nm2: float,
-                                 duration_s: float) -> float | None:
-    """Apparent diffusion coefficient from how far the equivalent radius moved.
+def _slope(t: np.ndarray, y: np.ndarray) -> float | None:
+    value = physics.theil_sen_slope(t, y) if t.size >= 3 else math.nan
+    return value if math.isfinite(value) else None
 
-    A lithiation front that travels a distance L in a time t implies D ≈ L² / t (the
-    diffusion length L = sqrt(D t)). L is taken as the change of the equivalent
-    radius r = sqrt(A / π) over the expansion phase. This is an order-of-magnitude
-    figure that ignores the core-shell geometry and the volume change; it is what
-    operando TEM papers quote for comparison between particles and sessions.
+
+def apparent_diffusion_cm2_per_s(t_s: np.ndarray, area_nm2: np.ndarray) -> float | None:
+    """D from the swelling of one particle, as ``lithoscope.service.physics`` defines it.
+
+    The approach of the area to its final value is fitted as an exponential
+    (Kezdy-Swinbourne, lag a sixth of the phase) and read as the slowest mode of
+    diffusion into a sphere of the particle's initial equivalent radius:
+    ``D = r0^2 / (pi^2 tau)``.
 
     References
     ----------
-    J. Crank, *The Mathematics of Diffusion*, 2nd ed., Oxford (1975), ch. 2.
-    M. T. McDowell et al., "In situ TEM of two-phase lithiation of amorphous silicon
-    nanospheres", Nano Lett. 13 (2013) 758-764.
+    J. Crank, *The Mathematics of Diffusion*, 2nd ed., Oxford (1975), section 6.3.
     """
-    if not (duration_s > 0 and area_start_nm2 > 0 and area_end_nm2 > 0):
+    if t_s.size < 6:
         return None
-    travel = math.sqrt(area_end_nm2 / math.pi) - math.sqrt(area_start_nm2 / math.pi)
-    return travel * travel / duration_s
-
-
-def _slope(t: np.ndarray, y: np.ndarray) -> float | None:
-    if t.size < 3 or np.ptp(t) == 0:
-        return None
-    return float(np.polyfit(t, y, 1)[0])
+    tau = physics.relaxation_time_s(t_s, area_nm2, lag_s=float(t_s[-1] - t_s[0]) / 6)
+    start = float(np.median(area_nm2[: max(3, t_s.size // 20)]))
+    value = physics.diffusion_coefficient_cm2_per_s(tau, math.sqrt(max(start, 0.0) / math.pi))
+    return value if math.isfinite(value) else None
 
 
 def _first(events: Sequence[Mapping[str, Any]], kind: str, after: float = -math.inf
@@ -150,21 +150,35 @@ def _rates(tracks: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
         stop = phases.withdrawal_t_s if phases.withdrawal_t_s is not None else t[-1]
         grow = (t >= start) & (t <= stop)
         shrink = t >= phases.contraction_t_s if phases.contraction_t_s is not None else None
-        d_app = None
-        if nm and grow.sum() >= 3:
-            smooth = running_median(a[grow], 9)  # one merged frame must not set the maximum
-            peak = int(np.argmax(smooth))
-            d_app = apparent_diffusion_nm2_per_s(float(smooth[0]), float(smooth[peak]),
-                                                 float(t[grow][peak] - t[grow][0]))
+        diffusion = apparent_diffusion_cm2_per_s(t[grow], a[grow]) if nm else None
         li_values = None if li is None else np.asarray(li, float)[rows]
-        li_x = (float(np.nanmax(li_values)) if li_values is not None
-                and np.isfinite(li_values).any() else None)
+        if li_values is not None and np.isfinite(li_values).any():
+            li_x: float | None = float(np.nanmax(li_values))
+        else:  # the archive predates Li content: the same relation, from the areas
+            li_x = _li_from_areas(t, a, start)
         out.append(ParticleRates(
             particle=pid, area_start=float(a[0]), area_max=float(a.max()), area_end=float(a[-1]),
             expansion_rate=_slope(t[grow], a[grow]),
             contraction_rate=None if shrink is None else _slope(t[shrink], a[shrink]),
-            apparent_d_nm2_per_s=d_app, li_content_x=li_x))
+            diffusion_cm2_per_s=diffusion, li_content_x=li_x))
     return out
+
+
+_MAX_CREDIBLE_X = 4.4
+"""Li22Si5, the most lithium-rich Li-Si phase: beyond it an area ratio is a merged pair."""
+
+
+def _li_from_areas(t: np.ndarray, a: np.ndarray, lithiation_t_s: float) -> float | None:
+    """x in LixSi from the largest area against the area before lithiation; None when
+    the particle was not seen before lithiation or the ratio is not physical (two
+    particles segmented as one)."""
+    before = a[t < lithiation_t_s]
+    if before.size < 3:
+        return None
+    baseline = float(np.median(before))
+    ratio = float(running_median(a, 9).max()) / baseline if baseline > 0 else math.nan
+    x = float(physics.lithium_content_x(physics.volume_ratio(ratio)))
+    return x if math.isfinite(x) and -0.5 <= x <= _MAX_CREDIBLE_X else None
 
 
 def _highlighted(tracks: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -197,13 +211,14 @@ def _rates_figure(rates: Sequence[ParticleRates], unit: str, label: str) -> Figu
     top.set_xticks(x, names)
     top.legend(fontsize="small")
     top.grid(alpha=0.3, axis="y")
-    d = values("apparent_d_nm2_per_s") * 1e-14  # nm²/s -> cm²/s
+    d = values("diffusion_cm2_per_s")
     bottom.bar(x, d, 0.5, color="tab:blue")
     bottom.set_ylabel("apparent D (cm²/s)")
     bottom.set_xticks(x, names)
     bottom.grid(alpha=0.3, axis="y")
     if not np.isfinite(d).any():
-        bottom.text(0.5, 0.5, "needs a pixel size and an expansion phase", ha="center",
+        bottom.text(0.5, 0.5, "needs a pixel size and a swelling that levels off",
+                    ha="center",
                     va="center", transform=bottom.transAxes)
     return fig
 
@@ -420,17 +435,21 @@ def _summary_markdown(s: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
               f"contraction ({unit}/s) | apparent D (cm²/s) | Li x |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rates:
-        d_cm = None if r.apparent_d_nm2_per_s is None else r.apparent_d_nm2_per_s * 1e-14
+        d_cm = r.diffusion_cm2_per_s
         lines.append(f"| {r.particle} | {_fmt(r.area_start, ',.0f')} | {_fmt(r.area_max, ',.0f')} "
                      f"| {_fmt(r.area_end, ',.0f')} | {_fmt(r.expansion_rate, '+.2f')} "
                      f"| {_fmt(r.contraction_rate, '+.2f')} | {_fmt(d_cm, '.2e')} "
                      f"| {_fmt(r.li_content_x, '.2f')} |")
     lines += ["",
-              "Rates are least-squares slopes of the area during lithiation (from expansion "
-              "onset, or contact, to withdrawal) and after contraction onset. The apparent "
-              "diffusion coefficient is D = L²/t with L the change of equivalent radius "
-              "sqrt(A/π) up to the largest area (Crank 1975): an order of magnitude for "
-              "comparing particles, not a transport measurement.", ""]
+              "Rates are Theil-Sen slopes (robust to a mis-segmented frame) of the area "
+              "during lithiation (from expansion onset, or contact, to withdrawal) and after "
+              "contraction onset. The apparent diffusion coefficient reads the swelling as "
+              "diffusion into a sphere: D = r0²/(π² τ), τ from a Kezdy-Swinbourne fit of "
+              "the approach to the final area (Crank 1975). Li x is the service's value when "
+              "archived, else x = ((A/A0)^1.5 - 1)/0.747 from the largest area against the "
+              "area before lithiation (lithoscope.service.physics), left out when the "
+              "particle was not seen before or x would pass 4.4 (Li22Si5: two particles "
+              "segmented as one).", ""]
     lines += ["## Events", ""]
     if "montage" in figures:
         lines += ["Each event's frame, with the particle outlines (amber), the needle (blue) "

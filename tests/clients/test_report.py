@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lithoscope.clients.report import _tracks, apparent_diffusion_nm2_per_s, make_report
+from lithoscope.clients.report import _tracks, apparent_diffusion_cm2_per_s, make_report
 from lithoscope.service.archive import ArchiveReader
 
 LITHOSCOPE = [sys.executable, "-m", "lithoscope.service"]
@@ -58,11 +58,15 @@ def test_report_writes_figures_montage_and_summary(sim_archive: Path, tmp_path: 
     assert grew, files.rates
 
 
-def test_apparent_diffusion_from_the_travel_of_the_equivalent_radius() -> None:
-    # radius 10 nm -> 20 nm in 50 s: L = 10 nm, D = L^2 / t = 2 nm^2/s
-    d = apparent_diffusion_nm2_per_s(np.pi * 100, np.pi * 400, 50.0)
-    assert d == pytest.approx(2.0)
-    assert apparent_diffusion_nm2_per_s(100.0, 200.0, 0.0) is None
+def test_apparent_diffusion_from_the_relaxation_of_the_swelling() -> None:
+    # A particle of r0 = 20 nm approaching its final area with tau = 10 s:
+    # D = r0^2 / (pi^2 tau) = (2e-6 cm)^2 / (pi^2 * 10 s)
+    t = np.arange(0, 60, 0.5)
+    area = np.pi * 20.0**2 * (1 + 0.8 * (1 - np.exp(-t / 10.0)))
+    d = apparent_diffusion_cm2_per_s(t, area)
+    assert d == pytest.approx((2e-6) ** 2 / (np.pi**2 * 10.0), rel=0.05)
+    assert apparent_diffusion_cm2_per_s(t[:4], area[:4]) is None
+    assert apparent_diffusion_cm2_per_s(t, np.full(t.size, 100.0)) is None
 
 
 def test_tracking_ids_from_the_service_are_used_as_they_are() -> None:
