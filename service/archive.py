@@ -90,8 +90,17 @@ CLUSTER_COLUMNS: dict[str, Any] = {
     "relative_area": np.float64,
     "needle_contact": np.bool_,
     "needle_area_px": np.int64,
+    "grid_area_px": np.int64,
     "needle_tip_row": np.float64,
     "needle_tip_col": np.float64,
+    "drift_row_px": np.float64,
+    "drift_col_px": np.float64,
+    "drift_step_px": np.float64,
+    "relative_area_change": np.float64,
+    "volume_ratio": np.float64,
+    "lithium_x": np.float64,
+    "area_rate_nm2_per_s": np.float64,
+    "diffusion_coefficient_cm2_per_s": np.float64,
     "latency_s": np.float64,
     "frame": np.int64,
 }
@@ -105,6 +114,13 @@ PARTICLE_COLUMNS: dict[str, Any] = {
     "equivalent_diameter_nm": np.float64,
     "mean_intensity": np.float64,
     "touches_needle": np.bool_,
+    "track_id": np.int64,
+    "neighbour_ids": str,
+    "relative_area_change": np.float64,
+    "volume_ratio": np.float64,
+    "lithium_x": np.float64,
+    "area_rate_nm2_per_s": np.float64,
+    "diffusion_coefficient_cm2_per_s": np.float64,
     "frame": np.int64,
 }
 EVENT_COLUMNS: dict[str, Any] = {
@@ -172,13 +188,24 @@ class _Table:
         """Buffer rows given as columns (scalars for a single row)."""
         lengths = set()
         converted = {}
+        missing = []
         for column, dtype in self.dtypes.items():
+            if column not in rows and column != self.key:
+                missing.append(column)  # filled below, once the row count is known
+                continue
             value = np.atleast_1d(np.asarray(rows[column], dtype=object if dtype is str
                                              else dtype))
             converted[column] = value
             lengths.add(len(value))
         if len(lengths) != 1:
             raise ArchiveError(f"Table {self.name}: columns of unequal length {sorted(lengths)}.")
+        # A writer that does not compute a column (an older analysis, a test) leaves
+        # it at its fill value rather than failing the whole row.
+        count = next(iter(lengths))
+        for column in missing:
+            dtype = self.dtypes[column]
+            converted[column] = np.full(count, _fill_value(dtype),
+                                        dtype=object if dtype is str else dtype)
         for column, value in converted.items():
             self._pending[column].append(value)
         self._pending_rows += lengths.pop()

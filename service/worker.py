@@ -34,7 +34,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert, AlertDetector
-from .analysis import analyze_frame
+from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
 from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
@@ -120,6 +120,8 @@ class _Session:
     skipped: int = 0
     dropped: int = 0
     baseline_area_px: float | None = None
+    analyzer: SessionAnalyzer | None = None
+    """Created on the first analysed frame; holds tracks, references and the alerts."""
     pending: Frame | None = None
     last_skip_event: float = -float("inf")
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
@@ -431,21 +433,17 @@ class Worker:
     def _analyse(self, session: _Session, frame: Frame) -> None:
         assert frame.image is not None
         pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
+        if session.analyzer is None:
+            session.analyzer = SessionAnalyzer(self.config.analysis, self.config.alerts)
         try:
-            analysis = analyze_frame(frame.image, config=self.config.analysis,
-                                     pixel_size_nm=pixel_size)
+            cluster, particles, alerts = session.analyzer.update(
+                frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=pixel_size)
         except Exception:  # a bug in analysis must not cost the archive
             if not self.counters["analysis_errors"]:
                 log.exception("Analysis failed on frame %d; further failures only counted.",
                               frame.index)
             self.counters["analysis_errors"] += 1
             return
-        cluster = dict(analysis.cluster)
-        area = float(cluster["area_px"])
-        if session.baseline_area_px is None and area > 0:
-            session.baseline_area_px = area
-        baseline = session.baseline_area_px
-        cluster["relative_area"] = area / baseline if baseline else float("nan")
         latency = time.time() - frame.acquired_at
         session.analysed += 1
         self.counters["analysed"] += 1
@@ -453,7 +451,6 @@ class Worker:
             session.skip_rate.update(time.monotonic(), skipped=False)
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
-        particles = analysis.particles
         self._send(Result(session_id=session.start.session_id, index=frame.index, t_s=frame.t_s,
                           latency_s=latency, cluster=cluster,
                           particles={k: v.tolist() for k, v in particles.items()}))
@@ -461,17 +458,13 @@ class Worker:
             n = len(particles["label"])
             try:
                 session.writer.append_rows("cluster", {
-                    **{k: cluster[k] for k in ("area_px", "area_nm2", "particle_count",
-                                               "relative_area", "needle_contact",
-                                               "needle_area_px", "needle_tip_row",
-                                               "needle_tip_col")},
+                    **{k: cluster[k] for k in CLUSTER_COLUMNS},
                     "frame": frame.index, "t_s": frame.t_s, "latency_s": latency})
                 session.writer.append_rows("particles", {
                     **particles, "frame": np.full(n, frame.index), "t_s": np.full(n, frame.t_s)})
             except ArchiveError as exc:
                 self._archive_failed(session, exc)
-        for alert in session.detector.update(t_s=frame.t_s, frame=frame.index, area_px=area,
-                                             needle_contact=bool(cluster["needle_contact"])):
+        for alert in alerts:
             self._emit(session, alert)
 
     # -- output ----------------------------------------------------------------------

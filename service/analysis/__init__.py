@@ -1,4 +1,5 @@
-"""Per-frame image analysis: needle, particles, measurements (OpenCV, stateless).
+"""Image analysis: needle, grid, particles and measurements per frame (stateless), and
+the session's state across frames (drift, tracks, physics, alerts).
 
 Follows scikit-image's conventions: image first, keyword-only options, (row, col)
 order, inputs never modified, no state and no I/O. Measurements are dicts of 1-D
@@ -11,15 +12,25 @@ from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, analyze_frame
 from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
 from ._segment import detect_needle, segment_particles
+from ._session import CLUSTER_COLUMNS, SESSION_PARTICLE_COLUMNS, SessionAnalyzer, session_iter
+from ._tracking import DriftEstimator, ParticleTracker, drift_iter, track_iter
 
 __all__ = [
+    "CLUSTER_COLUMNS",
     "PARTICLE_COLUMNS",
+    "SESSION_PARTICLE_COLUMNS",
     "AnalysisConfig",
+    "DriftEstimator",
     "FrameAnalysis",
+    "ParticleTracker",
+    "SessionAnalyzer",
     "analyze_frame",
     "detect_needle",
+    "drift_iter",
     "empty_particles",
     "measure_particles",
     "particle_contacts",
     "segment_particles",
+    "session_iter",
+    "track_iter",
 ]

@@ -482,7 +482,10 @@ class _Scene:
         self.lithium_start_s = _lithiation_start_s(config, scenario)
         self.lithium = _lithiation(config, scenario, self.adjacency, self.source, times_s,
                                    self.rate_per_s)
-        self.radii_t = self.radii_px * np.sqrt(1.0 + config.max_area_swelling * self.lithium)
+        # Volume grows linearly with the lithium content (Obrovac and Krause 2007), so
+        # the radius as its cube root; max_area_swelling is reached when full.
+        self.volume_swelling = (1.0 + config.max_area_swelling) ** 1.5 - 1.0
+        self.radii_t = self.radii_px * np.cbrt(1.0 + self.volume_swelling * self.lithium)
 
         # Gap between the LiOx layer and the particle surface (negative: pressed in).
         approach_px = config.approach_distance_nm / px
@@ -679,7 +682,7 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     image = np.clip(counts, 0, 65535).astype(np.uint16)
 
     visible_areas = np.bincount(owner.ravel(), minlength=len(areas) + 1)[1:]
-    x_li = ((1.0 + config.max_area_swelling * lithium) ** 1.5 - 1.0) / _SWELLING_PER_X
+    x_li = scene.volume_swelling * lithium / _SWELLING_PER_X
     truth = {
         "cluster_area_px": int(np.count_nonzero(visible)),
         "particle_count": len(areas),

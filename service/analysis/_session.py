@@ -1,0 +1,326 @@
+"""A session's analysis: per-frame measurements joined up across frames.
+
+:class:`SessionAnalyzer` is what the worker calls once per analysed frame. It runs
+the stateless per-frame analysis, then the state across frames: drift
+(:class:`DriftEstimator`), particle identities (:class:`ParticleTracker`), the
+reference areas at the start of lithiation, rates and the apparent diffusion
+coefficient (:mod:`lithoscope.service.physics`), and the alerts
+(:class:`lithoscope.service.alerts.AlertDetector`). No I/O; the same code runs live,
+on replay and offline (:func:`session_iter`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from lithoscope.service import physics
+from lithoscope.service.alerts import Alert, AlertConfig, AlertDetector
+from lithoscope.service.protocol import EventKind
+
+from ._config import AnalysisConfig
+from ._frame import FrameAnalysis, _analyze
+from ._measure import PARTICLE_COLUMNS
+from ._tracking import DriftEstimator, ParticleTracker
+
+__all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "SessionAnalyzer", "session_iter"]
+
+SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = {
+    **PARTICLE_COLUMNS,
+    "track_id": np.dtype(np.int64),
+    "neighbour_ids": np.dtype(object),
+    "relative_area_change": np.dtype(np.float64),
+    "volume_ratio": np.dtype(np.float64),
+    "lithium_x": np.dtype(np.float64),
+    "area_rate_nm2_per_s": np.dtype(np.float64),
+    "diffusion_coefficient_cm2_per_s": np.dtype(np.float64),
+}
+"""Per-particle columns of :meth:`SessionAnalyzer.update`: those of
+:func:`measure_particles` plus the particle's stable ``track_id``, the track ids of
+the particles it touches (``neighbour_ids``, space-separated str), and its physics."""
+
+CLUSTER_COLUMNS: tuple[str, ...] = (
+    "area_px", "area_nm2", "particle_count", "relative_area", "needle_contact",
+    "needle_area_px", "grid_area_px", "needle_tip_row", "needle_tip_col", "drift_row_px",
+    "drift_col_px", "drift_step_px", "relative_area_change", "volume_ratio", "lithium_x",
+    "area_rate_nm2_per_s", "diffusion_coefficient_cm2_per_s",
+)
+"""Keys of the cluster dict of :meth:`SessionAnalyzer.update`."""
+
+_HISTORY = 4096
+"""Samples kept per track: the fit of D needs the whole swelling, minutes at most."""
+_FIT_INTERVAL_S = 1.0
+"""The diffusion fit is refreshed at most this often (it costs more than a frame)."""
+
+
+@dataclass(slots=True)
+class _Series:
+    """One particle's (or the cluster's) history in this session."""
+
+    before: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+    """(t_s, area_px) of the latest frames, until the reference is taken."""
+    reference_px: float | None = None
+    """Area when lithiation could begin (the needle's contact)."""
+    samples: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=_HISTORY))
+    """(t_s, area_px) since the reference."""
+    diffusion_cm2_per_s: float = math.nan
+    fitted_at_s: float = -math.inf
+
+
+class SessionAnalyzer:
+    """Analyse one session frame by frame; remembers what it needs across frames.
+
+    Parameters
+    ----------
+    config : AnalysisConfig, optional
+        Per-frame segmentation options.
+    alerts : AlertConfig, optional
+        Alert thresholds.
+
+    Notes
+    -----
+    * Drift: phase correlation of consecutive flattened frames with the needle
+      blanked; cumulative, in pixels. Tracks are matched on drift-compensated
+      centroids, so a particle keeps its id while the stage wanders.
+    * Reference: the areas are referred to their values just before the needle
+      touched the cluster (median of the last ``baseline_frames`` frames before the
+      debounced contact began; for a particle first seen later, of its first frames):
+      lithiation cannot start before contact, and a reference taken after it would
+      hide chemical lithiation, which starts at contact.
+    * Physics, per particle and for the cluster: ``relative_area_change`` = A/A0 - 1,
+      ``volume_ratio`` = (A/A0)^(3/2), ``lithium_x`` (x in LixSi), the area rate
+      (Theil-Sen slope over ``rate_window_s``, nm^2/s) and the apparent diffusion
+      coefficient (Kezdy-Swinbourne time constant of the volume ratio since the
+      expansion onset, read as diffusion into a sphere of the reference radius).
+      The cluster's D is that of the particle touching the needle that swelled most:
+      the one fed directly, whose kinetics the sphere model describes.
+    * Alerts come from :class:`AlertDetector` on the cluster area, with the drift
+      step; the particles concerned are filled in here.
+
+    References
+    ----------
+    See :mod:`lithoscope.service.physics` and docs/analysis.md.
+    """
+
+    def __init__(self, config: AnalysisConfig | None = None,
+                 alerts: AlertConfig | None = None) -> None:
+        self.config = config if config is not None else AnalysisConfig()
+        self.alert_config = alerts if alerts is not None else AlertConfig()
+        self.drift = DriftEstimator()
+        self.tracker = ParticleTracker()
+        self.detector = AlertDetector(self.alert_config)
+        self.last: FrameAnalysis | None = None
+        """The latest frame's per-frame analysis (labels, masks), for display and tests."""
+        self._first_area_px: float | None = None
+        self._cluster = _Series()
+        self._tracks: dict[int, _Series] = {}
+        self._contact_started_s: float | None = None
+        self._onset_s: float | None = None
+        self._contact_lost = False
+        self._last_touching: list[int] = []
+        self._growing: list[int] = []
+
+    def update(
+        self, image: np.ndarray, *, t_s: float, index: int, pixel_size_nm: float | None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]:
+        """Analyse one frame: the cluster values, the particle columns and new alerts.
+
+        Parameters
+        ----------
+        image : (M, N) ndarray
+            The frame; not modified.
+        t_s : float
+            Its acquisition time, s.
+        index : int
+            Its frame index.
+        pixel_size_nm : float or None
+            Pixel size; without it the nm values (areas, rates, D) are NaN.
+
+        Returns
+        -------
+        cluster : dict
+            The keys of :data:`CLUSTER_COLUMNS`.
+        particles : dict of str to 1-D ndarray
+            The columns of :data:`SESSION_PARTICLE_COLUMNS`.
+        alerts : list of Alert
+            Alerts this frame completes.
+        """
+        analysis, prepared, needle = _analyze(image, config=self.config,
+                                              pixel_size_nm=pixel_size_nm)
+        self.last = analysis
+        step = self.drift.update(prepared.flat, exclude=needle.mask, scale=prepared.binning)
+        drift = self.drift.drift_px
+        table = analysis.particles
+        radii = np.sqrt(table["area_px"] / np.pi)
+        ids = self.tracker.update(np.column_stack([table["centroid_row"], table["centroid_col"]]),
+                                  radii, drift_px=drift)
+        cluster = dict(analysis.cluster)
+        area = float(cluster["area_px"])
+        if self._first_area_px is None and area > 0:
+            self._first_area_px = area
+        cluster["relative_area"] = area / self._first_area_px if self._first_area_px else math.nan
+        cluster["drift_row_px"], cluster["drift_col_px"] = drift
+        step_px = math.hypot(*step)
+        cluster["drift_step_px"] = step_px
+
+        alerts = self.detector.update(t_s=t_s, frame=index, area_px=area,
+                                      needle_contact=bool(cluster["needle_contact"]),
+                                      drift_step_px=step_px)
+        for alert in alerts:
+            if alert.kind is EventKind.CONTACT_MADE and self._contact_started_s is None:
+                self._contact_started_s = alert.t_s
+                self._freeze_references(alert.t_s)
+            elif alert.kind is EventKind.EXPANSION_ONSET and self._onset_s is None:
+                self._onset_s = alert.t_s
+            elif alert.kind is EventKind.CONTACT_LOST:
+                self._contact_lost = True
+
+        size = pixel_size_nm if pixel_size_nm is not None and math.isfinite(pixel_size_nm) \
+            else math.nan
+        columns = self._particle_physics(table, ids, t_s, size)
+        columns["neighbour_ids"] = _neighbours(analysis.contacts, table["label"], ids)
+        self._cluster_physics(cluster, area, t_s, size, table, columns)
+        touching = [int(i) for i in ids[table["touches_needle"]]]
+        alerts = [self._with_particles(a, touching, columns) for a in alerts]
+        if touching:
+            self._last_touching = touching
+        return cluster, columns, alerts
+
+    # -- references ------------------------------------------------------------------
+    def _freeze_references(self, contact_t_s: float) -> None:
+        n = self.alert_config.baseline_frames
+        for series in (self._cluster, *self._tracks.values()):
+            before = [a for t, a in series.before if t < contact_t_s][-n:]
+            if before:
+                series.reference_px = float(np.median(before))
+                series.samples.extend((t, a) for t, a in series.before if t >= contact_t_s)
+            series.before.clear()
+
+    def _observe(self, series: _Series, t_s: float, area_px: float) -> None:
+        if self._contact_started_s is None:
+            series.before.append((t_s, area_px))
+            return
+        if series.reference_px is None:
+            # Seen only after contact: its own first frames are its reference.
+            series.before.append((t_s, area_px))
+            if len(series.before) >= self.alert_config.baseline_frames:
+                series.reference_px = float(np.median([a for _, a in series.before]))
+                series.samples.extend(series.before)
+                series.before.clear()
+            return
+        series.samples.append((t_s, area_px))
+
+    # -- physics ---------------------------------------------------------------------
+    def _kinetics(self, series: _Series, t_s: float, area_px: float, size_nm: float,
+                  ) -> tuple[float, float, float, float, float]:
+        """relative change, volume ratio, x, rate (nm^2/s) and D of one series."""
+        self._observe(series, t_s, area_px)
+        if series.reference_px is None or not series.reference_px > 0:
+            return (math.nan,) * 5
+        ratio = area_px / series.reference_px
+        volume = float(physics.volume_ratio(ratio))
+        x = float(physics.lithium_content_x(volume))
+        window = self.alert_config.rate_window_s
+        recent = [(t, a) for t, a in series.samples if t >= t_s - window]
+        rate = math.nan
+        if len(recent) >= 3:
+            t, a = np.array(recent).T
+            rate = physics.theil_sen_slope(t, a) * size_nm**2
+        if (self._onset_s is not None and not self._contact_lost
+                and t_s - series.fitted_at_s >= _FIT_INTERVAL_S):
+            series.fitted_at_s = t_s
+            since = [(t, a) for t, a in series.samples if t >= self._onset_s]
+            if len(since) >= 6:
+                t, a = np.array(since).T
+                duration = t[-1] - t[0]
+                tau = physics.relaxation_time_s(
+                    t, physics.volume_ratio(a / series.reference_px), lag_s=duration / 4)
+                radius_nm = math.sqrt(series.reference_px / math.pi) * size_nm
+                series.diffusion_cm2_per_s = physics.diffusion_coefficient_cm2_per_s(
+                    tau, radius_nm)
+        return ratio - 1.0, volume, x, rate, series.diffusion_cm2_per_s
+
+    def _particle_physics(self, table: dict[str, np.ndarray], ids: np.ndarray, t_s: float,
+                          size_nm: float) -> dict[str, np.ndarray]:
+        n = ids.size
+        values = np.full((n, 5), np.nan)
+        for row, track_id in enumerate(ids):
+            series = self._tracks.setdefault(int(track_id), _Series())
+            values[row] = self._kinetics(series, t_s, float(table["area_px"][row]), size_nm)
+        columns: dict[str, np.ndarray] = dict(table)
+        columns["track_id"] = ids.astype(np.int64)
+        for k, name in enumerate(("relative_area_change", "volume_ratio", "lithium_x",
+                                  "area_rate_nm2_per_s", "diffusion_coefficient_cm2_per_s")):
+            columns[name] = values[:, k].copy()
+        return columns
+
+    def _cluster_physics(self, cluster: dict[str, Any], area_px: float, t_s: float,
+                         size_nm: float, table: dict[str, np.ndarray],
+                         columns: dict[str, np.ndarray]) -> None:
+        change, volume, x, rate, _ = self._kinetics(self._cluster, t_s, area_px, size_nm)
+        cluster.update(relative_area_change=change, volume_ratio=volume, lithium_x=x,
+                       area_rate_nm2_per_s=rate)
+        touching = table["touches_needle"]
+        growth = np.where(touching, columns["relative_area_change"], -np.inf)
+        d = math.nan
+        if touching.any() and np.isfinite(growth).any():
+            d = float(columns["diffusion_coefficient_cm2_per_s"][int(np.nanargmax(growth))])
+        elif self._contact_lost:
+            d = self._cluster.diffusion_cm2_per_s  # frozen at the last contact frame
+        if touching.any():
+            self._cluster.diffusion_cm2_per_s = d
+        cluster["diffusion_coefficient_cm2_per_s"] = d
+        changes = columns["relative_area_change"]
+        if np.isfinite(changes).any():
+            largest = float(np.nanmax(np.abs(changes)))
+            threshold = max(self.alert_config.min_relative_change, 0.5 * largest)
+            self._growing = [int(i) for i in columns["track_id"][np.abs(changes) >= threshold]]
+
+    # -- alerts ----------------------------------------------------------------------
+    def _with_particles(self, alert: Alert, touching: list[int],
+                        columns: dict[str, np.ndarray]) -> Alert:
+        if alert.particle_ids:
+            return alert
+        kind = alert.kind
+        if kind is EventKind.CONTACT_MADE:
+            ids = touching
+        elif kind is EventKind.CONTACT_LOST:
+            ids = self._last_touching
+        elif kind in (EventKind.EXPANSION_ONSET, EventKind.EXPANSION_SLOWING,
+                      EventKind.CONTRACTION_ONSET, EventKind.CONTRACTION_SETTLED):
+            ids = self._growing
+        else:
+            return alert
+        return replace(alert, particle_ids=tuple(sorted(ids)))
+
+
+def _neighbours(contacts: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Space-separated track ids of each particle's contacts, as an object column."""
+    out = np.empty(labels.size, dtype=object)
+    out[:] = ""
+    if not contacts.size or not labels.size:
+        return out
+    track_of = dict(zip(labels.tolist(), ids.tolist(), strict=True))
+    row_of = {label: row for row, label in enumerate(labels.tolist())}
+    found: dict[int, list[int]] = {}
+    for a, b in contacts.tolist():
+        if a in track_of and b in track_of:
+            found.setdefault(row_of[a], []).append(track_of[b])
+            found.setdefault(row_of[b], []).append(track_of[a])
+    for row, others in found.items():
+        out[row] = " ".join(str(i) for i in sorted(others))
+    return out
+
+
+def session_iter(analyzer: SessionAnalyzer,
+                 frames: Iterable[tuple[np.ndarray, float, int, float | None]]) -> Iterator[
+                     tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]]:
+    """Feed (image, t_s, index, pixel_size_nm) per frame; yield each frame's results."""
+    for image, t_s, index, pixel_size_nm in frames:
+        yield analyzer.update(image, t_s=t_s, index=index, pixel_size_nm=pixel_size_nm)
