@@ -303,7 +303,7 @@ def test_stuck_paused_and_vanished_subscribers_never_slow_archiving(tmp_path: Pa
     stuck = ctx.socket(zmq.SUB)  # connects, never reads
     stuck.setsockopt(zmq.RCVHWM, 1)
     stuck.setsockopt(zmq.RCVBUF, 4096)
-    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.setsockopt(zmq.SUBSCRIBE, b"result")  # results stop with the session
     paused = ctx.socket(zmq.SUB)  # reads one message, then stops until the end
     paused.setsockopt(zmq.RCVHWM, 1)
     paused.setsockopt(zmq.SUBSCRIBE, b"")
@@ -325,18 +325,19 @@ def test_stuck_paused_and_vanished_subscribers_never_slow_archiving(tmp_path: Pa
         with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint,
                        ack_timeout_s=DEADLINE_S) as pub:
             report = pub.publish(ArraySource(frames), speed=None, live=False)
-        sent_results = worker._results_seq
+        sent_results = report.closed.frames_analysed if report.closed else 0
+        # The stuck subscriber's updates were dropped at its high-water marks, not waited
+        # for: what it can still read (while the worker is up) is a fraction of them.
+        received = 0
+        while stuck.poll(1000):  # until its buffers have run dry
+            stuck.recv_multipart()
+            received += 1
     assert report.closed is not None
     assert report.closed.frames_archived == report.closed.frames_analysed == len(frames)
     reader = ArchiveReader(report.closed.archive_path)
     np.testing.assert_array_equal(reader.frames[:], frames)
     assert len(reader.table("cluster")["frame"]) == len(frames)
-    # The stuck subscriber's updates were dropped (at its high-water marks), not waited for.
-    received = 0
-    while stuck.poll(0):
-        stuck.recv_multipart()
-        received += 1
-    assert received < sent_results
+    assert received < sent_results / 2, (received, sent_results)
     for sock in (stuck, paused):
         sock.close(linger=0)
     ctx.term()
