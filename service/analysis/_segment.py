@@ -311,7 +311,8 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     A sphere is thickest, hence darkest in bright field, at its centre, whoever its
     neighbours are; the distance to the background is largest at the centre only for
     a particle on the rim of a clump. So the landscape is the darkness of the
-    flattened frame (smoothed at a third of ``split_min_distance_px``) plus a small
+    flattened frame (smoothed at a seventh of ``split_min_distance_px``: more blurs
+    away the bright rim-to-rim ridge between touching particles) plus a small
     multiple of the distance transform, which breaks the ties of uniformly grey
     (thickness-less) particles. Markers are its local maxima at least
     ``split_min_distance_px`` inside the particle, each the highest point within half
@@ -336,10 +337,10 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     r0, r1 = int(ys[0]), int(ys[-1]) + 1
     c0, c1 = int(xs[0]), int(xs[-1]) + 1
     window = regions[r0:r1, c0:c1]
-    # Markers and flooding on a grid reduced to a third of the marker spacing: a
-    # particle is still several cells across, and h-maxima costs a ninth.
+    # Markers and flooding on a grid reduced to a fifth of the marker spacing: a
+    # particle is still many cells across, and h-maxima costs a quarter.
     spacing = config.split_min_distance_px / binning
-    f = max(1, int(spacing // 3))
+    f = max(1, int(spacing // 5))
     height_px, width_px = window.shape
     pad_r, pad_c = -height_px % f, -width_px % f
     small_size = ((width_px + pad_c) // f, (height_px + pad_r) // f)
@@ -358,7 +359,7 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
         cv2.copyMakeBorder(foreground, 1, 1, 1, 1, cv2.BORDER_REPLICATE), cv2.DIST_L2, 5
     )[1:-1, 1:-1] * np.float32(f)
     darkness = reduce(np.float32(_VACUUM) - flat[r0:r1, c0:c1].astype(np.float32), 0.0)
-    sigma = max(0.5, spacing / 3 / f)
+    sigma = max(0.5, spacing / 7 / f)
     darkness = cv2.GaussianBlur(darkness, (0, 0), sigma)
     score = darkness + np.float32(_SPLIT_DISTANCE_WEIGHT) * distance
     # The landscape's own noise, from second differences of neighbouring cells inside
