@@ -195,12 +195,17 @@ class Result:
     latency_s: float = _doc("From acquisition (`acquired_at`) to this result, seconds.")
     cluster: dict[str, Any] = _doc(
         "Cluster values: `area_px`, `area_nm2`, `particle_count`, `relative_area`, "
-        "`needle_contact`, `needle_area_px`."
+        "`needle_contact`, `needle_area_px`, `grid_area_px`, `needle_tip_row`, "
+        "`needle_tip_col`, `drift_row_px`, `drift_col_px`, `drift_step_px`, "
+        "`relative_area_change`, `volume_ratio`, `lithium_x`, `area_rate_nm2_per_s`, "
+        "`diffusion_coefficient_cm2_per_s` (docs/analysis.md)."
     )
     particles: dict[str, list[Any]] = _doc(
         "Per-particle columns of equal length: `label`, `area_px`, `area_nm2`, "
         "`centroid_row`, `centroid_col`, `equivalent_diameter_nm`, `mean_intensity`, "
-        "`touches_needle`."
+        "`touches_needle`, `track_id` (stable across frames), `neighbour_ids` (track ids "
+        "of touching particles, space-separated), `relative_area_change`, `volume_ratio`, "
+        "`lithium_x`, `area_rate_nm2_per_s`, `diffusion_coefficient_cm2_per_s`."
     )
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
