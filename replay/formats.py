@@ -61,6 +61,7 @@ MRC_SUFFIXES: Final = frozenset({".mrc", ".mrcs", ".st", ".ali"})
 """MRC images and stacks (CCP-EM mrcfile); ``.st`` / ``.ali`` are IMOD's tilt series."""
 
 _ANGSTROM_NM: Final = 0.1
+_ENERGY_UNITS: Final = frozenset({"ev", "kev", "mev"})
 
 
 def _time_scale_s(unit: object) -> float | None:
@@ -168,8 +169,14 @@ def _pick_image_signal(path: Path, signals: Sequence[Mapping[str, Any]]) -> Mapp
     """
     for signal in signals:
         axes = signal.get("axes", [])
-        if 2 <= len(axes) <= 3 and np.ndim(signal["data"]) == len(axes):
-            return signal
+        if not (2 <= len(axes) <= 3 and np.ndim(signal["data"]) == len(axes)):
+            continue
+        # A spectrum image is 3-D too: its last axis is energy, its first two navigate.
+        if any(axis.get("navigate") for axis in axes[-2:]):
+            continue
+        if str(axes[-1].get("units", "")).strip().casefold() in _ENERGY_UNITS:
+            continue
+        return signal
     found = ", ".join(str(tuple(np.shape(s["data"]))) for s in signals) or "nothing"
     raise SourceError(
         f"Cannot read {path}: no 2-D image or image stack in the file (found {found})."

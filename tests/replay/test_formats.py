@@ -137,3 +137,17 @@ def test_truncated_mrc_is_refused_at_open(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(SourceError, match="not a readable MRC"):
         MrcSource(path)
+
+
+def test_a_spectrum_image_is_not_a_movie(tmp_path: Path) -> None:
+    data = np.zeros((4, 5, 16), np.float32)
+    axes = [
+        {"name": "y", "size": 4, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+        {"name": "x", "size": 5, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+        {"name": "Energy", "size": 16, "scale": 10.0, "offset": 0.0, "units": "eV",
+         "navigate": False},
+    ]
+    write_emd(str(tmp_path / "si.emd"), {"data": data, "axes": axes, "metadata": {
+        "General": {"title": "si"}, "Signal": {}}, "original_metadata": {}})
+    with pytest.raises(SourceError, match="no 2-D image or image stack"):
+        RsciioSource(tmp_path / "si.emd")
