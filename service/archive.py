@@ -221,20 +221,24 @@ class _Table:
             return
         start, stop = self.rows, self.rows + self._pending_rows
         if stop > self.capacity:
-            self.capacity = -(-stop // self.chunk_rows) * self.chunk_rows
+            capacity = -(-stop // self.chunk_rows) * self.chunk_rows
             for array in self.arrays.values():
-                array.resize((self.capacity,))
+                array.resize((capacity,))
+            self.capacity = capacity
         values = {}
         for column, parts in self._pending.items():
             value = np.concatenate(parts)
             values[column] = value.astype(str) if self.dtypes[column] is str else value
-            parts.clear()
         selection = slice(start, stop)
         first = [(self.arrays[c], selection, v) for c, v in values.items() if c != self.key]
         # One gathered round for the data, then the key column: a reader trusts a row
         # only once its key is written. Sequential writes cost ~1.8 ms per column.
         _write_all([*(also or []), *first])
         _write_all([(self.arrays[self.key], selection, values[self.key])])
+        # Only now: after a failed write (disk full) the rows stay pending, so closing
+        # the archive again once there is room writes them instead of losing them.
+        for parts in self._pending.values():
+            parts.clear()
         self.rows = stop
         self._pending_rows = 0
 

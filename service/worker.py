@@ -64,6 +64,8 @@ _SKIP_EVENT_INTERVAL_S = 60.0
 """``analysis_skipped`` is raised when at least a quarter of the frames of the last
 10 s went unanalysed, and then at most once a minute: a single frame skipped while
 the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
+_CLOSE_RETRY_S = 5.0
+"""How often an archive that could not be closed (disk full) is tried again."""
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -176,6 +178,8 @@ class Worker:
         self._last_session_id: str | None = None
         self._auth: ThreadAuthenticator | None = None
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self._unclosed: list[tuple[ArchiveWriter, dict[str, Any]]] = []
+        self._last_close_retry = time.monotonic()
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -225,6 +229,7 @@ class Worker:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
+        self._retry_closing()
         for sock in (self._frames, self._results):
             if sock is not None:
                 sock.close(linger=0)
@@ -292,6 +297,9 @@ class Worker:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.heartbeat_s:
             self._heartbeat(now)
+        if self._unclosed and now - self._last_close_retry >= _CLOSE_RETRY_S:
+            self._last_close_retry = now
+            self._retry_closing()
         for session in self.sessions.values():
             if session.writer is not None and not session.archive_failed:
                 try:
@@ -348,6 +356,15 @@ class Worker:
         self._send(start)
         return session
 
+    def _retry_closing(self) -> None:
+        for writer, summary in list(self._unclosed):
+            try:
+                writer.close(**summary)
+            except ArchiveError:
+                continue
+            self._unclosed.remove((writer, summary))
+            log.warning("Archive %s closed after all (%s).", writer.path, summary["status"])
+
     def _close_session(self, session_id: str, *, reason: str) -> None:
         session = self.sessions.pop(session_id)
         path = ""
@@ -355,13 +372,19 @@ class Worker:
             path = str(session.writer.path)
             complete = reason == "end_of_source" and not session.archive_failed
             extra = {"archive_error": session.archive_error} if session.archive_error else {}
+            summary: dict[str, Any] = dict(
+                status="complete" if complete else "interrupted", **extra,
+                stop_reason=reason, frames_analysed=session.analysed,
+                frames_skipped=session.skipped, frames_dropped=session.dropped)
             try:
-                session.writer.close(
-                    status="complete" if complete else "interrupted", **extra,
-                    stop_reason=reason, frames_analysed=session.analysed,
-                    frames_skipped=session.skipped, frames_dropped=session.dropped)
+                session.writer.close(**summary)
             except ArchiveError as exc:
                 self._archive_failed(session, exc)
+                # Closing needs a little room (last rows, metadata): retried from _tick
+                # and at shutdown, so once space is freed the archive still records how
+                # the session ended rather than looking like a killed worker's.
+                summary.update(status="interrupted", archive_error=session.archive_error)
+                self._unclosed.append((session.writer, summary))
         closed = SessionClosed(session_id=session_id, archive_path=path,
                                frames_archived=session.archived,
                                frames_analysed=session.analysed,

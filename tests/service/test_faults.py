@@ -391,6 +391,67 @@ def test_disk_refusing_writes_mid_session_alerts_and_keeps_everything_before(
     assert "File too large" in human
 
 
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem (tmpfs), so a full disk is ENOSPC from the kernel.
+
+    Mounting needs root (CAP_SYS_ADMIN); elsewhere the RLIMIT_FSIZE test above covers
+    the same code path with EFBIG.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_alerts_keeps_what_was_archived_and_the_service_stays_up(
+        tmp_path: Path, tiny_disk: Path, results_of: Callable[[str], Results]) -> None:
+    ballast = tiny_disk / "ballast"  # freed at the end, as an operator would free space
+    ballast.write_bytes(bytes(256 * 1024))
+    serve = Serve(tmp_path, sessions=tiny_disk / "sessions")
+    try:
+        watch = results_of(serve.results)
+        quiet = np.zeros((10, 128, 128), np.uint16)
+        noise = np.random.default_rng(1).integers(0, 65535, (200, 128, 128), dtype=np.uint16)
+
+        def publish(frames: np.ndarray) -> PublishReport:
+            with Publisher(serve.frames, results_endpoint=serve.results,
+                           ack_timeout_s=DEADLINE_S) as pub:
+                return pub.publish(ArraySource(frames), speed=None, live=False)
+
+        before = publish(quiet)
+        filling = publish(np.concatenate([quiet, noise]))  # 200 x 32 KiB > 2 MiB
+        error = watch.until(event("archive_error"))
+        later = publish(quiet)  # the disk is still full: refused again, service still up
+        watch.until(lambda m: isinstance(m, Heartbeat)
+                    and m.counters.get("received", 0) >= 230)
+        ballast.unlink()
+    finally:
+        out_text, err = serve.stop()
+    assert serve.proc.returncode == 0, err
+    assert "No space left on device" in error.message  # type: ignore[union-attr]
+    assert before.closed is not None
+    assert filling.closed is not None
+    assert later.closed is not None
+    assert later.closed.frames_analysed == 10  # analysis and results carry on
+    first = ArchiveReader(before.closed.archive_path)
+    assert first.status == "complete"
+    np.testing.assert_array_equal(first.frames[:], quiet)  # nothing archived is damaged
+    full = ArchiveReader(filling.closed.archive_path)
+    assert 10 <= full.frame_count == filling.closed.frames_archived < 210
+    expected = np.concatenate([quiet, noise])[: full.frame_count]
+    np.testing.assert_array_equal(full.frames[: full.frame_count], expected)
+    # Closing needed room too; once there was some, the archive says how it ended.
+    assert full.status == "interrupted"
+    assert "No space left on device" in full.meta["archive_error"]
+
+
 def test_unwritable_sessions_folder_alerts_and_the_service_stays_up(
         tmp_path: Path, results_of: Callable[[str], Results]) -> None:
     blocker = tmp_path / "not-a-folder"
