@@ -19,8 +19,11 @@ simulator's exact truth:
 * cluster area: median and worst relative error of A/A0 (reference: the frame
   before the true contact), and the median error of the area itself;
 * particles: count error (median |found - true|, and frames exactly right); ID
-  switches: a particle that stays in view changes track id (each true particle
-  takes the track whose centroid lies nearest its centre, within half its radius);
+  switches: a particle that stays in view is given a different track id from the
+  last frame it was found in (found: a detection whose centroid lies within a
+  quarter of its radius of the true visible centroid and whose area is within 25 %
+  of its visible area; a frame where it is merged with a neighbour is a
+  segmentation error, counted in the count columns, not a tracking one);
 * D: the cluster's apparent diffusion coefficient at contact loss over the
   simulator's true value.
 
@@ -139,13 +142,16 @@ def score(source: SimulatedSource, truth: dict[int, dict[str, Any]],
                                      particles["centroid_col"][pick]])
         ids = particles["track_id"][pick]
         t = truth[i]
-        for k, (row, col) in enumerate(zip(t["particle_centre_row"], t["particle_centre_col"],
-                                           strict=True)):
-            if t["particle_visible_area_px"][k] < 0.5 * np.pi * radius0[k] ** 2:
+        areas = particles["area_px"][pick]
+        for k, (row, col) in enumerate(zip(t["particle_visible_centroid_row"],
+                                           t["particle_visible_centroid_col"], strict=True)):
+            visible = t["particle_visible_area_px"][k]
+            if visible < 0.5 * np.pi * radius0[k] ** 2:
                 continue  # mostly hidden: not "in view"
             distance = np.hypot(centroids[:, 0] - row, centroids[:, 1] - col)
             nearest = int(np.argmin(distance))
-            if distance[nearest] > 0.5 * radius0[k]:
+            if (distance[nearest] > 0.25 * radius0[k]
+                    or abs(areas[nearest] / visible - 1.0) > 0.25):
                 continue
             track = int(ids[nearest])
             if k in last and last[k] != track:

@@ -255,6 +255,7 @@ class SessionAnalyzer:
             values[row] = self._kinetics(series, t_s, float(table["area_px"][row]), size_nm)
         columns: dict[str, np.ndarray] = dict(table)
         columns["track_id"] = ids.astype(np.int64)
+        columns["neighbour_ids"] = np.full(n, "", dtype=object)  # filled by the caller
         for k, name in enumerate(("relative_area_change", "volume_ratio", "lithium_x",
                                   "area_rate_nm2_per_s", "diffusion_coefficient_cm2_per_s")):
             columns[name] = values[:, k].copy()

@@ -118,6 +118,11 @@ class ParticleTracker:
         their equivalent radii (drift already removed). Particles in a cluster touch,
         so their centres are at least about one radius apart: half a radius keeps a
         merged or mis-split detection from stealing a neighbour's id.
+    max_radius_ratio : float
+        ...and only if their equivalent radii differ by less than this factor. Swelling
+        changes a radius by a fraction of a percent per frame; two particles merged by
+        the segmentation make a blob about 1.4 times wider, which then gets an id of
+        its own instead of taking the id of the particle it is centred on.
     memory_frames : int
         A track not seen for more than this many frames is forgotten; until then a
         reappearing particle (hidden by the needle, briefly merged with a neighbour)
@@ -125,8 +130,10 @@ class ParticleTracker:
 
     Notes
     -----
-    Assignment minimises the sum of distances (Hungarian algorithm, as
-    ``scipy.optimize.linear_sum_assignment``) over the pairs within reach; new
+    Assignment minimises the sum of costs (Hungarian algorithm, as
+    ``scipy.optimize.linear_sum_assignment``) over the pairs within reach, a pair's
+    cost its distance over its reach plus its log radius ratio over the largest
+    allowed (both 0..1); new
     particles get new ids, counting up from 1. Ids are never reused.
 
     References
@@ -137,8 +144,10 @@ class ParticleTracker:
     studies", J. Colloid Interface Sci. 179 (1996) 298-310.
     """
 
-    def __init__(self, *, max_step: float = 0.5, memory_frames: int = 40) -> None:
+    def __init__(self, *, max_step: float = 0.5, max_radius_ratio: float = 1.25,
+                 memory_frames: int = 40) -> None:
         self.max_step = float(max_step)
+        self.max_radius_ratio = float(max_radius_ratio)
         self.memory_frames = int(memory_frames)
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
@@ -171,11 +180,16 @@ class ParticleTracker:
         if track_ids and len(centroids):
             tracks = [self._tracks[i] for i in track_ids]
             positions = np.array([(t.row, t.col) for t in tracks])
-            reach = self.max_step * np.maximum.outer(np.array([t.radius for t in tracks]), radii)
+            track_radii = np.array([t.radius for t in tracks])
+            reach = self.max_step * np.maximum.outer(track_radii, radii)
             distance = np.hypot(positions[:, None, 0] - specimen[None, :, 0],
                                 positions[:, None, 1] - specimen[None, :, 1])
-            allowed = distance <= reach
-            cost = np.where(allowed, distance, 1e9)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mismatch = np.abs(np.log(np.maximum(radii[None, :], 1e-9)
+                                         / np.maximum(track_radii[:, None], 1e-9)))
+            limit = math.log(max(self.max_radius_ratio, 1.0 + 1e-9))
+            allowed = (distance <= reach) & (mismatch <= limit)
+            cost = np.where(allowed, distance / np.maximum(reach, 1e-9) + mismatch / limit, 1e9)
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols, strict=True):
                 if allowed[r, c]:

@@ -628,13 +628,9 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
             # The crystalline core diffracts more strongly: darker in bright field.
             value = np.where(d2 <= core_radii[i] ** 2,
                              value * np.float32(1.0 - config.core_contrast), value)
-        owner_window = owner[r0:r1, c0:c1]
-        # Overlaps go to the particle the pixel lies deepest inside, like the analysis.
-        depth = radius - np.sqrt(d2)
-        np.copyto(owner_window, np.int16(i + 1), where=inside & (
-            (owner_window == 0) | (depth > _depth_of(owner_window, centres, scene.radii_t[index],
-                                                     r0, c0))))
         window = transmission[r0:r1, c0:c1]
+        # Where particles overlap, the pixel shows (and belongs to) the darker one.
+        np.copyto(owner[r0:r1, c0:c1], np.int16(i + 1), where=inside & (value < window))
         np.minimum(window, np.where(inside, value, 1.0), out=window)
         particles[r0:r1, c0:c1] |= inside
         areas.append(int(np.count_nonzero(inside)))
@@ -681,7 +677,13 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
             + np.float32(config.dark_level_counts))
     image = np.clip(counts, 0, 65535).astype(np.uint16)
 
-    visible_areas = np.bincount(owner.ravel(), minlength=len(areas) + 1)[1:]
+    rr, cc = np.nonzero(owner)
+    who = owner[rr, cc]
+    n = len(areas) + 1
+    visible_areas = np.bincount(who, minlength=n)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        visible_row = np.bincount(who, weights=rr, minlength=n)[1:] / visible_areas
+        visible_col = np.bincount(who, weights=cc, minlength=n)[1:] / visible_areas
     x_li = scene.volume_swelling * lithium / _SWELLING_PER_X
     truth = {
         "cluster_area_px": int(np.count_nonzero(visible)),
@@ -692,27 +694,14 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         "particle_visible_area_px": [int(a) for a in visible_areas],
         "particle_centre_row": [float(v) for v in centres[:, 0]],
         "particle_centre_col": [float(v) for v in centres[:, 1]],
+        "particle_visible_centroid_row": [float(v) for v in visible_row],
+        "particle_visible_centroid_col": [float(v) for v in visible_col],
         "particle_lithium_x": [round(float(v), 6) for v in x_li],
         "particle_core_radius_px": [round(float(v), 4) for v in core_radii],
         "drift_row_px": float(shift[0]),
         "drift_col_px": float(shift[1]),
     }
     return image, truth
-
-
-def _depth_of(owner: np.ndarray, centres: np.ndarray, radii: np.ndarray, r0: int,
-              c0: int) -> np.ndarray:
-    """How deep each pixel of ``owner`` lies inside the disc of its current owner."""
-    rows, cols = owner.shape
-    taken = owner > 0
-    depth = np.full(owner.shape, -np.inf, np.float32)
-    if not taken.any():
-        return depth
-    index = owner[taken].astype(np.intp) - 1
-    rr, cc = np.nonzero(taken)
-    d = np.hypot(rr + r0 - centres[index, 0], cc + c0 - centres[index, 1])
-    depth[taken] = (radii[index] - d).astype(np.float32)
-    return depth
 
 
 # --------------------------------------------------------------------------- source

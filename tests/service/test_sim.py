@@ -103,7 +103,8 @@ class TestSource:
             assert set(frame.truth) == {
                 "cluster_area_px", "particle_count", "needle_contact", "phase",
                 "particle_area_px", "particle_visible_area_px", "particle_centre_row",
-                "particle_centre_col", "particle_lithium_x", "particle_core_radius_px",
+                "particle_centre_col", "particle_visible_centroid_row",
+                "particle_visible_centroid_col", "particle_lithium_x", "particle_core_radius_px",
                 "drift_row_px", "drift_col_px"}
             assert sum(frame.truth["particle_visible_area_px"]) == frame.truth["cluster_area_px"]
             assert len(frame.truth["particle_area_px"]) == frame.truth["particle_count"] == 8

@@ -1,0 +1,121 @@
+"""SessionAnalyzer: one simulated experiment, frame by frame, against the truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lithoscope.service.analysis import (
+    CLUSTER_COLUMNS,
+    SESSION_PARTICLE_COLUMNS,
+    FrameAnalysis,
+    SessionAnalyzer,
+    analyze_frame,
+    particle_contacts,
+    session_iter,
+)
+from lithoscope.service.protocol import EventKind
+from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+# A whole lithiation at 1 frame/s on small frames: contact 15 s, bias 20 s, withdrawal 80 s.
+MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0, duration_s=100.0)
+
+
+@pytest.fixture(scope="module")
+def session() -> tuple[SimulatedSource, list]:
+    source = SimulatedSource(MOVIE)
+    frames = list(source)
+    results = list(session_iter(SessionAnalyzer(), (
+        (f.image, f.t_s, f.index, 1.0) for f in frames)))
+    return source, list(zip(frames, results, strict=True))
+
+
+def test_columns_and_dtypes(session: tuple) -> None:
+    _, rows = session
+    for _, (cluster, particles, _) in rows[::17]:
+        assert set(cluster) == set(CLUSTER_COLUMNS)
+        assert list(particles) == list(SESSION_PARTICLE_COLUMNS)
+        lengths = {len(v) for v in particles.values()}
+        assert len(lengths) == 1
+        for name, dtype in SESSION_PARTICLE_COLUMNS.items():
+            assert particles[name].dtype == dtype
+
+
+def test_reference_is_taken_before_contact(session: tuple) -> None:
+    _, rows = session
+    changes = {f.index: c["relative_area_change"] for f, (c, _, _) in rows}
+    assert math.isnan(changes[10])  # no contact yet: no reference
+    assert abs(changes[19]) < 0.01  # touching, no bias yet: nothing changed
+
+
+def test_cluster_change_and_physics_follow_the_truth(session: tuple) -> None:
+    _, rows = session
+    truth0 = np.median([f.truth["cluster_area_px"] for f, _ in rows[7:15]])
+    for frame, (cluster, _, _) in rows[30:80:10]:
+        true_change = frame.truth["cluster_area_px"] / truth0 - 1.0
+        assert cluster["relative_area_change"] == pytest.approx(true_change, abs=0.02)
+        assert cluster["volume_ratio"] == pytest.approx(
+            (1 + cluster["relative_area_change"]) ** 1.5)
+        assert cluster["lithium_x"] == pytest.approx((cluster["volume_ratio"] - 1) / (2.8 / 3.75))
+    swelling = [c["area_rate_nm2_per_s"] for f, (c, _, _) in rows if 25 <= f.t_s <= 40]
+    assert np.median(swelling) > 0
+    shrinking = [c["area_rate_nm2_per_s"] for f, (c, _, _) in rows if 82 <= f.t_s <= 90]
+    assert np.median(shrinking) < 0
+
+
+def test_diffusion_coefficient_within_a_factor_of_two_of_the_truth(session: tuple) -> None:
+    source, rows = session
+    values = [c["diffusion_coefficient_cm2_per_s"] for f, (c, _, _) in rows if f.t_s < 80]
+    estimate = [v for v in values if math.isfinite(v)][-1]
+    assert 0.5 < estimate / source.diffusion_coefficient_cm2_per_s < 2.0
+
+
+def test_alerts_carry_particle_ids(session: tuple) -> None:
+    _, rows = session
+    alerts = [a for _, (_, _, found) in rows for a in found]
+    kinds = [a.kind for a in alerts]
+    assert kinds[:2] == [EventKind.CONTACT_MADE, EventKind.EXPANSION_ONSET]
+    assert EventKind.CONTRACTION_ONSET in kinds
+    made = alerts[0]
+    touching = [p for f, (_, p, _) in rows if f.index == made.frame][0]
+    assert made.particle_ids == tuple(sorted(touching["track_id"][touching["touches_needle"]]))
+    assert all(a.particle_ids for a in alerts if a.kind in (EventKind.EXPANSION_ONSET,
+                                                            EventKind.CONTACT_LOST))
+
+
+def test_neighbours_are_symmetric_track_ids(session: tuple) -> None:
+    _, rows = session
+    for _, (_, particles, _) in rows[::25]:
+        graph = {int(t): {int(x) for x in n.split()} for t, n in
+                 zip(particles["track_id"], particles["neighbour_ids"], strict=True)}
+        assert any(graph.values())  # a cluster: somebody touches somebody
+        for track, others in graph.items():
+            for other in others:
+                assert track in graph[other]
+
+
+def test_contacts_of_a_drawn_label_image() -> None:
+    labels = np.zeros((10, 12), np.int32)
+    labels[1:5, 1:4] = 1
+    labels[1:5, 4:7] = 2  # touches 1 along a column
+    labels[5:8, 4:6] = 3  # touches 2 below
+    labels[8:10, 9:12] = 4  # alone
+    np.testing.assert_array_equal(particle_contacts(labels), [[1, 2], [2, 3]])
+    assert particle_contacts(np.zeros((5, 5), np.int32)).shape == (0, 2)
+
+
+def test_grid_bar_is_neither_needle_nor_particle() -> None:
+    config = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0, grid_bar=True)
+    source = SimulatedSource(config)
+    before, touching = source.render(10), source.render(40)  # 5 s and 20 s
+    for frame in (before, touching):
+        result: FrameAnalysis = analyze_frame(frame.image, pixel_size_nm=1.0)
+        assert result.cluster["needle_contact"] == frame.truth["needle_contact"]
+        assert result.cluster["grid_area_px"] > 256 * 8
+        assert result.grid_mask[:, -1].all()  # along the far edge
+        classes = result.classes()
+        assert not (classes[:, -3:] == 1).any()
+        assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"],
+                                                          rel=0.04)

@@ -1,0 +1,124 @@
+"""Drift estimation and particle tracking: known shifts, known identities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lithoscope.service.analysis import (
+    DriftEstimator,
+    ParticleTracker,
+    SessionAnalyzer,
+    drift_iter,
+    track_iter,
+)
+from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+
+def scene(shift: tuple[float, float] = (0.0, 0.0), shape: tuple[int, int] = (128, 160),
+          seed: int = 0) -> np.ndarray:
+    """A flattened frame (vacuum 128) with a few dark discs, shifted by whole or
+    fractional pixels (drawn at the shifted position, not resampled)."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(float)
+    image = np.full(shape, 128.0)
+    for r, c, radius in ((40, 50, 14), (60, 80, 18), (90, 60, 12), (50, 120, 10)):
+        inside = (rows - r - shift[0]) ** 2 + (cols - c - shift[1]) ** 2 <= radius**2
+        image[inside] = 70.0
+    image += np.random.default_rng(seed).normal(0.0, 2.0, shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+class TestDrift:
+    @settings(max_examples=25, deadline=None, derandomize=True)
+    @given(dr=st.integers(-6, 6), dc=st.integers(-6, 6))
+    def test_recovers_a_whole_pixel_shift(self, dr: int, dc: int) -> None:
+        estimator = DriftEstimator()
+        estimator.update(scene())
+        step = estimator.update(scene((dr, dc), seed=1))
+        # Half-resolution correlation with a sub-pixel peak fit: well under a pixel.
+        assert step == pytest.approx((dr, dc), abs=0.6)
+
+    def test_accumulates_and_ignores_the_excluded_needle(self) -> None:
+        frames = []
+        for i in range(6):
+            image = scene((i, -i), seed=i)
+            needle = np.zeros(image.shape, bool)
+            needle[60:70, : 10 + 8 * i] = True  # a needle advancing on its own
+            image[needle] = 5
+            frames.append((image, needle))
+        drifts = list(drift_iter(DriftEstimator(), frames))
+        assert drifts[0] == (0.0, 0.0)
+        assert drifts[-1] == pytest.approx((5.0, -5.0), abs=1.0)
+
+    def test_first_frame_and_blank_frames_do_not_move(self) -> None:
+        estimator = DriftEstimator()
+        assert estimator.update(np.full((64, 64), 128, np.uint8)) == (0.0, 0.0)
+        assert estimator.update(np.full((64, 64), 128, np.uint8)) == (0.0, 0.0)
+        assert estimator.drift_px == (0.0, 0.0)
+
+
+class TestTracker:
+    def test_ids_follow_particles_under_drift_and_reordering(self) -> None:
+        centres = np.array([[40.0, 50.0], [60.0, 80.0], [90.0, 60.0]])
+        radii = np.array([14.0, 18.0, 12.0])
+        tracker = ParticleTracker()
+        first = tracker.update(centres, radii)
+        assert first.tolist() == [1, 2, 3]
+        rng = np.random.default_rng(0)
+        for step in range(1, 20):
+            drift = (2.5 * step, -1.5 * step)  # far more than a radius in total
+            order = rng.permutation(3)
+            moved = centres[order] + drift + rng.normal(0, 1.0, (3, 2))
+            ids = tracker.update(moved, radii[order], drift_px=drift)
+            assert ids.tolist() == first[order].tolist()
+        assert tracker.track_count == 3
+
+    def test_new_and_returning_particles(self) -> None:
+        tracker = ParticleTracker(memory_frames=3)
+        centres = np.array([[40.0, 50.0], [60.0, 80.0]])
+        radii = np.array([14.0, 18.0])
+        tracker.update(centres, radii)
+        assert tracker.update(centres[:1], radii[:1]).tolist() == [1]  # 2 hidden
+        assert tracker.update(centres, radii).tolist() == [1, 2]  # 2 back, same id
+        for _ in range(5):
+            tracker.update(centres[:1], radii[:1])
+        assert tracker.update(centres, radii).tolist() == [1, 3]  # forgotten: new id
+
+    def test_a_merged_detection_steals_no_neighbours_id(self) -> None:
+        tracker = ParticleTracker()
+        tracker.update(np.array([[50.0, 40.0], [50.0, 70.0]]), np.array([15.0, 15.0]))
+        # The two come back as one blob centred between them, then split again.
+        merged = tracker.update(np.array([[50.0, 55.0]]), np.array([21.0]))
+        assert merged.tolist() == [3]
+        again = tracker.update(np.array([[50.0, 40.0], [50.0, 70.0]]), np.array([15.0, 15.0]))
+        assert again.tolist() == [1, 2]
+
+    def test_iter_matches_update(self) -> None:
+        frames = [(np.array([[10.0, 10.0]]), np.array([5.0]), (0.0, 0.0)),
+                  (np.array([[12.0, 11.0]]), np.array([5.0]), (2.0, 1.0))]
+        assert [ids.tolist() for ids in track_iter(ParticleTracker(), frames)] == [[1], [1]]
+
+
+def test_ids_stable_on_simulated_frames_under_drift() -> None:
+    # Before the bias nothing swells: every particle must keep its id while the stage
+    # drifts by up to 2 px per frame.
+    config = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0, duration_s=12.0,
+                       drift_px_per_frame=2.0, drift_amplitude_nm=10.0)
+    source = SimulatedSource(config, scenario="control")
+    analyzer = SessionAnalyzer()
+    seen: dict[int, int] = {}
+    for frame in source:
+        _, particles, _ = analyzer.update(frame.image, t_s=frame.t_s, index=frame.index,
+                                          pixel_size_nm=1.0)
+        truth = frame.truth
+        assert truth is not None
+        for k, (row, col) in enumerate(zip(truth["particle_centre_row"],
+                                           truth["particle_centre_col"], strict=True)):
+            distance = np.hypot(particles["centroid_row"] - row, particles["centroid_col"] - col)
+            nearest = int(np.argmin(distance))
+            if distance[nearest] < 5:
+                assert seen.setdefault(k, int(particles["track_id"][nearest])) == int(
+                    particles["track_id"][nearest])
+    assert len(seen) >= 6
