@@ -137,6 +137,13 @@ class MonitorState:
             self.archive_path = msg.archive_path or self.archive_path
         return False
 
+    def note_frame_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Per-frame values seen beside the results stream (the demo sees the frames):
+        the bias, until the service's results carry it themselves."""
+        bias = _number(metadata.get("bias_v"))
+        if bias is not None:
+            self.bias_v = bias
+
     def _new_session(self, session_id: str) -> None:
         if session_id == self.session_id:
             return
@@ -264,10 +271,12 @@ def _connection_line(state: MonitorState, now: float) -> Text:
 def _header(state: MonitorState, now: float) -> RenderableType:
     c = state.counters
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", no_wrap=True)
+    # One line per row whatever the width: the layout budget in render() counts on it.
+    grid.add_column(no_wrap=True, overflow="ellipsis")
     kind = "" if state.live is None else (" (live)" if state.live else " (replay)")
-    grid.add_row("session", f"{state.session_id or '—'}   source {state.source or '—'}{kind}")
+    grid.add_row("session", state.session_id or "—")
+    grid.add_row("source", f"{state.source or '—'}{kind}")
     counts = "   ".join(f"{name} {c[name]}" if name in c else f"{name} —"
                        for name in ("received", "analysed", "archived", "dropped", "skipped"))
     grid.add_row("frames", counts)
@@ -291,8 +300,8 @@ def _header(state: MonitorState, now: float) -> RenderableType:
 
 def _experiment(state: MonitorState, width: int) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis")
     t_now = state.t_s
     if state.needle_contact is None:
         contact = Text("no frame analysed yet", style="dim")
@@ -365,11 +374,12 @@ def _particles(state: MonitorState, max_rows: int) -> RenderableType:
 
 
 def _alerts(state: MonitorState, now: float, max_rows: int) -> RenderableType:
-    table = Table(box=None, padding=(0, 1), header_style="bold", expand=False)
-    table.add_column("t (s)", justify="right")
-    table.add_column("frame", justify="right")
-    table.add_column("event")
-    table.add_column("message", overflow="fold")
+    table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
+    table.add_column("t (s)", justify="right", no_wrap=True, min_width=7)
+    table.add_column("frame", justify="right", no_wrap=True, min_width=5)
+    table.add_column("event", no_wrap=True, min_width=19)
+    # One line per alert, so the log keeps its height and the newest stay in view.
+    table.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
     for line in list(state.events)[:max_rows]:
         e = line.event
         fresh = now - line.received_at < HIGHLIGHT_S
@@ -392,13 +402,19 @@ def render(state: MonitorState, *, now: float | None = None, width: int = 100,
     particle and alert rows are shown, so the screen does not scroll.
     """
     now = time.monotonic() if now is None else now
-    spare = max(height - 22, 6)
-    return Group(
-        _header(state, now),
-        _experiment(state, width),
-        _particles(state, max_rows=max(spare // 2, 3)),
-        _alerts(state, now, max_rows=max(spare - spare // 2, 3)),
-    )
+    # Panels with their borders, headings and fixed rows take 24 lines (19 without the
+    # particle table); the rest is shared by particles and alerts, so the screen never
+    # scrolls. A short terminal drops the particle table before the alerts.
+    if height >= 32:
+        spare = height - 24
+        return Group(
+            _header(state, now),
+            _experiment(state, width),
+            _particles(state, max_rows=spare // 2),
+            _alerts(state, now, max_rows=spare - spare // 2),
+        )
+    return Group(_header(state, now), _experiment(state, width),
+                 _alerts(state, now, max_rows=max(height - 19, 2)))
 
 
 @contextmanager

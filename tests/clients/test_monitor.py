@@ -84,8 +84,8 @@ def test_header_shows_counters_rates_latency_and_archive() -> None:
     state.update(start())
     state.update(heartbeat())
     text = screen(state)
-    assert SESSION in text
-    assert "source sim:lithiation (live)" in text
+    assert f"session  {SESSION}" in text
+    assert "source   sim:lithiation (live)" in text
     assert "received 120   analysed 117   archived 120   dropped 0   skipped 3" in text
     assert "in 10.0 fps   analysed 9.5 fps   latency p50 12 ms  p99 48 ms" in text
     assert "sessions/run.zarr (12.3 MB)" in text
@@ -169,21 +169,28 @@ def test_alerts_newest_first_with_time_and_frame() -> None:
     order = [next(i for i, line in enumerate(lines) if kind in line)
              for kind in ("source_stalled", "expansion_onset", "contact_made")]
     assert order == sorted(order)
-    assert "31.25    312  expansion_onset  The cluster started to swell." in text
-    assert "40.00      —  source_stalled" in text
+    words = " ".join(text.split())
+    assert "31.25 312 expansion_onset The cluster started to swell." in words
+    assert "40.00 — source_stalled" in words
 
 
-def test_alert_log_keeps_the_screen_height() -> None:
+def test_a_crowded_session_still_fits_the_terminal() -> None:
     state = connected()
     state.update(start())
+    n = 40
+    state.update(result(1, contact=True, particles={
+        "label": list(range(1, n + 1)), "area_px": [100 + i for i in range(n)],
+        "touches_needle": [False] * n}))
     for i in range(30):
         state.update(Event(session_id=SESSION, kind="drift_warning", t_s=float(i), frame=i,
-                           message=f"drift {i}"))
-    text = screen(state, height=30)
-    assert "drift 29" in text
-    assert "drift 0 " not in text
-    assert "older)" in text
-    assert len(text.splitlines()) <= 40
+                           message=f"drift {i} " + "and a long explanation " * 8))
+    for width, height in ((80, 24), (100, 30), (100, 50)):
+        text = screen(state, width=width, height=height)
+        assert len(text.splitlines()) <= height
+        assert "29.00 29 drift_warning drift 29 and a long" in " ".join(text.split())
+        assert "drift 0 " not in text
+        assert "older)" in text
+        assert ("smaller particles not shown" in text) == (height >= 32)
 
 
 def test_bell_only_for_events_about_the_sample() -> None:
@@ -206,7 +213,8 @@ def test_a_new_session_starts_a_fresh_screen_and_closing_is_shown() -> None:
     state.update(SessionStart(session_id="next", source="tiff:/data/run3.tif",
                               source_kind="tiff", t0_unix=0.0, live=False))
     text = screen(state)
-    assert "next   source tiff:/data/run3.tif (replay)" in text
+    assert "session  next" in text
+    assert "source   tiff:/data/run3.tif (replay)" in text
     assert "contact_made" not in text
     assert "connected" in text
 
@@ -219,3 +227,13 @@ def test_a_new_session_starts_a_fresh_screen_and_closing_is_shown() -> None:
 ])
 def test_sparkline(values: list[float], width: int, expected: str) -> None:
     assert sparkline(values, width) == expected
+
+
+def test_bias_from_frame_metadata_or_from_the_results() -> None:
+    state = connected()
+    state.update(start())
+    assert "bias            not reported" in screen(state)
+    state.note_frame_metadata({"bias_v": -2.0, "current_a": 1e-9})
+    assert "bias            -2.00 V" in screen(state)
+    state.update(result(1, contact=True, bias_v=0.0))
+    assert "bias            0.00 V" in screen(state)

@@ -52,7 +52,10 @@ def test_report_writes_figures_montage_and_summary(sim_archive: Path, tmp_path: 
     assert "| 120 archived, 120 analysed" in text.replace("frames |", "|")
     assert "needle withdrawn at | t = 8" in text
     assert "contact_made" in text
-    assert "no tracking ids" in text
+    # the service's tracking ids when the archive has them, else linked by the report
+    tracked = "track_id" in ArchiveReader(sim_archive).table("particles")
+    assert ("followed by the service's tracker" in text) == tracked
+    assert ("no tracking ids" in text) == (not tracked)
     assert files.rates
     grew = [r for r in files.rates if r.expansion_rate is not None and r.expansion_rate > 0]
     assert grew, files.rates
