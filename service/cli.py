@@ -165,9 +165,9 @@ def demo(
                               f"[bold yellow]{msg.kind:<20}[/] {msg.message}", highlight=False)
 
         started = time.monotonic()
-        with _demo_display(monitor, show) as (on_message, on_frame):
+        with _demo_display(monitor, show) as on_message:
             report = run_local_session(source, config=config, speed=speed, live=True,
-                                       on_message=on_message, on_frame=on_frame, stop=stop)
+                                       on_message=on_message, stop=stop)
         wall = time.monotonic() - started
         if report.closed is None:
             raise LithoscopeError("The worker did not confirm the end of the session.")
@@ -434,26 +434,17 @@ ExitOnClose = Annotated[bool, typer.Option(
 
 
 @contextlib.contextmanager
-def _demo_display(monitor: bool, fallback: Any) -> Iterator[tuple[Any, Any]]:
-    """The live monitor on a terminal; line-by-line alerts when piped or asked to.
-
-    Yields the results-stream callback and the per-frame one: the demo sees the
-    camera's frames too, so the monitor can show the bias they carry.
-    """
+def _demo_display(monitor: bool, fallback: Any) -> Iterator[Any]:
+    """The live monitor on a terminal; line-by-line alerts when piped or asked to."""
     if not (monitor and console.is_terminal):
-        yield fallback, None
+        yield fallback
         return
     from lithoscope.clients.monitor import MonitorState, live_monitor
     from lithoscope.clients.subscriber import ConnectionState
 
     state = MonitorState(endpoint="the demo's own worker", connection=ConnectionState.CONNECTED)
-
-    def on_frame(frame: Any) -> None:
-        with state.lock:
-            state.note_frame_metadata(frame.metadata)
-
     with live_monitor(state, console=console) as feed:
-        yield feed, on_frame
+        yield feed
 
 
 @app.command()
@@ -659,11 +650,11 @@ def reanalyze(
         min=1, help="Workers of the local cluster (default 1, with 2 threads).")] = None,
     run: Annotated[str | None, typer.Option(
         help="Name of the new reanalysis/ group (default: UTC time stamp).")] = None,
-    block_frames: Annotated[int, typer.Option(min=1, help="Frames per Dask task.")] = 16,
     verbose: Verbose = False,
 ) -> None:
     """Re-run the analysis with new settings over archives on a Dask cluster.
 
+    One task per archive (the analysis follows each session frame by frame, as live).
     The new measurement tables go into reanalysis/RUN/ inside each archive, beside the
     live ones; frames and live tables are not touched. Read them back with
     open_archive(path, reanalysis="latest") or export --reanalysis latest.
@@ -675,8 +666,7 @@ def reanalyze(
         settings = load_config(config)
         started = time.monotonic()
         results = run_reanalysis(archives, analysis=settings.analysis, alerts=settings.alerts,
-                                 scheduler=scheduler, run=run, local_workers=workers,
-                                 block_frames=block_frames)
+                                 scheduler=scheduler, run=run, local_workers=workers)
     for result in results:
         kinds = ", ".join(f"{e['kind']} (frame {e['frame']})" for e in result.events)
         console.print(f"{result.path}: {result.frames_analysed} frames re-analysed into "

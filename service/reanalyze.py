@@ -1,22 +1,22 @@
 """Re-run the analysis over archived sessions on a Dask cluster, beside the old results.
 
-Per-frame analysis is stateless (`analyze_frame`), so frames can be analysed in any
-order on any machine: each archive is cut into blocks of frames, one Dask task per
-block, and every task opens the archive itself and reads only its frames (workers on
-other machines need the archives at the same path, e.g. on a shared file system).
-What has state across frames (the baseline area for ``relative_area``, the alert
-detector's CUSUMs) is then run in frame order on the client, over the small per-frame
-rows; it costs microseconds per frame.
+Each archive is one Dask task: the worker that runs it opens the archive itself (so
+workers on other machines need the archives at the same path, e.g. on a shared file
+system), feeds every frame in order through `SessionAnalyzer`, the very code the live
+worker runs, and returns the measurement rows. A session is analysed in frame order
+because the analysis carries state across frames (drift, particle tracks, references at
+contact, alert detectors); the cluster's parallelism is across sessions, so a day of
+sessions takes about as long as its longest one on enough workers.
 
 The results go into a new group ``reanalysis/<run>/`` of the same archive, with
 ``cluster``, ``particles`` and ``events`` tables in the live tables' columns
 (``latency_s`` is NaN: nothing was live) and the settings used in its attributes. The
 frames, the frame table, the live measurement tables and the session metadata are
-never written to. `open_archive(path, reanalysis="latest")` reads a run back.
+never written to. ``open_archive(path, reanalysis="latest")`` reads a run back.
 
 Without a scheduler address a `distributed.LocalCluster` is started for the run and
-stopped after it; by default it uses threads in this process (OpenCV and numpy release
-the GIL, and a thread starts in milliseconds where a process takes seconds).
+stopped after it; by default its workers are threads in this process (OpenCV and numpy
+release the GIL, and a thread starts in milliseconds where a process takes seconds).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import datetime as _dt
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,16 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .alerts import AlertConfig, AlertDetector
-from .analysis import AnalysisConfig, analyze_frame
+from .alerts import AlertConfig
+from .analysis import CLUSTER_COLUMNS as ANALYSIS_CLUSTER_KEYS
+from .analysis import AnalysisConfig, SessionAnalyzer
 from .archive import CLUSTER_COLUMNS, EVENT_COLUMNS, PARTICLE_COLUMNS, ArchiveReader
 from .errors import ArchiveError, ConfigError
 from .xr import REANALYSIS_GROUP
 
-__all__ = ["ReanalysisResult", "analyze_block", "reanalyze"]
+__all__ = ["ReanalysisResult", "analyze_archive", "reanalyze"]
 
 log = logging.getLogger(__name__)
-
-_CLUSTER_FROM_ANALYSIS = ("area_px", "area_nm2", "particle_count", "needle_contact",
-                          "needle_area_px", "needle_tip_row", "needle_tip_col")
 
 
 @dataclass(frozen=True)
@@ -59,39 +57,57 @@ class ReanalysisResult:
     events: list[dict[str, Any]]
 
 
-def analyze_block(path: str, start: int, stop: int, analysis: Mapping[str, Any],
-                  pixel_size_nm: float | None) -> list[dict[str, Any]]:
-    """Analyse frames ``start`` to ``stop - 1`` of an archive: one Dask task.
+def _concatenate(parts: list[Mapping[str, Any]], columns: Mapping[str, Any]
+                 ) -> dict[str, np.ndarray]:
+    """Rows given as column dicts (scalars or 1-D) to one array per archive column."""
+    out: dict[str, np.ndarray] = {}
+    for name, dtype in columns.items():
+        values = [np.atleast_1d(np.asarray(part[name], dtype=object if dtype is str else dtype))
+                  for part in parts if name in part]
+        if len(values) != len(parts):
+            continue  # a column this version's analysis does not produce: fill on write
+        if dtype is str:
+            out[name] = (np.concatenate(values).astype(str) if values
+                         else np.zeros(0, dtype=str))
+        else:
+            out[name] = np.concatenate(values) if values else np.zeros(0, dtype=dtype)
+    return out
 
-    Takes plain values (a path, numbers, a settings dict) so that it pickles to a
-    remote worker cheaply; the worker reads the frames itself.
+
+def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str, Any]
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """Analyse every frame of an archive in order, as the live worker does: one Dask task.
+
+    Takes plain values (a path, settings dicts) so that it pickles to a remote worker
+    cheaply; the worker reads the frames itself. Returns the ``cluster``, ``particles``
+    and ``events`` tables as column dicts.
     """
-    config = AnalysisConfig.from_dict(dict(analysis))
+    analyzer = SessionAnalyzer(AnalysisConfig.from_dict(dict(analysis)),
+                               AlertConfig.from_dict(dict(alerts)))
     reader = ArchiveReader(path)
+    pixel_size_nm = reader.pixel_size_nm
     table = reader.table("frame_table")
-    rows = []
-    for position in range(start, stop):
-        result = analyze_frame(reader.frame(position), config=config,
-                               pixel_size_nm=pixel_size_nm)
-        rows.append({
-            "frame": int(table["index"][position]),
-            "t_s": float(table["t_s"][position]),
-            "cluster": {k: result.cluster[k] for k in _CLUSTER_FROM_ANALYSIS
-                        if k in result.cluster},
-            "particles": result.particles,
-        })
-    return rows
-
-
-def _blocks(count: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, count, size):
-        yield start, min(start + size, count)
-
-
-def _column(values: Sequence[Any], dtype: Any) -> np.ndarray:
-    if dtype is str:
-        return np.asarray([str(v) for v in values], dtype=str)
-    return np.asarray(values, dtype=dtype)
+    cluster_rows: list[Mapping[str, Any]] = []
+    particle_rows: list[Mapping[str, Any]] = []
+    event_rows: list[Mapping[str, Any]] = []
+    for position in range(reader.frame_count):
+        index, t_s = int(table["index"][position]), float(table["t_s"][position])
+        cluster, particles, found = analyzer.update(reader.frame(position), t_s=t_s,
+                                                    index=index, pixel_size_nm=pixel_size_nm)
+        # The rows the worker's _analyse and _emit write, minus the latency.
+        cluster_rows.append({**{k: cluster[k] for k in ANALYSIS_CLUSTER_KEYS if k in cluster},
+                             "frame": index, "t_s": t_s, "latency_s": math.nan})
+        count = len(particles["label"])
+        particle_rows.append({**particles, "frame": np.full(count, index),
+                              "t_s": np.full(count, t_s)})
+        event_rows.extend({
+            "frame": alert.frame, "t_s": alert.t_s, "kind": alert.kind.value,
+            "magnitude": alert.magnitude, "confidence": alert.confidence,
+            "particle_ids": str(list(alert.particle_ids)), "message": alert.message,
+        } for alert in found)
+    return {"cluster": _concatenate(cluster_rows, CLUSTER_COLUMNS),
+            "particles": _concatenate(particle_rows, PARTICLE_COLUMNS),
+            "events": _concatenate(event_rows, EVENT_COLUMNS)}
 
 
 def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
@@ -101,58 +117,14 @@ def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
     for column, dtype in columns.items():
         values = rows.get(column)
         if values is None:  # a column this version's analysis does not produce
-            fill = "" if dtype is str else (math.nan if np.dtype(dtype).kind == "f" else -1)
-            values = _column([fill] * length, dtype)
-        data = np.asarray(values) if dtype is str else np.asarray(values, dtype=dtype)
-        array = table.create_array(column, shape=data.shape, dtype=dtype if dtype is not str
-                                   else str, chunks=(max(len(data), 1),))
-        if len(data):
-            array[:] = data
-
-
-def _stateful_pass(rows: list[dict[str, Any]], alerts: AlertConfig
-                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
-                              dict[str, np.ndarray]]:
-    """Baseline, relative area and alerts in frame order, as the worker computes them."""
-    detector = AlertDetector(alerts)
-    baseline: float | None = None
-    cluster: dict[str, list[Any]] = {name: [] for name in CLUSTER_COLUMNS}
-    particle_parts: dict[str, list[np.ndarray]] = {name: [] for name in PARTICLE_COLUMNS}
-    events: dict[str, list[Any]] = {name: [] for name in EVENT_COLUMNS}
-    for row in rows:
-        values = dict(row["cluster"])
-        area = float(values.get("area_px", 0))
-        if baseline is None and area > 0:
-            baseline = area
-        values.update(frame=row["frame"], t_s=row["t_s"], latency_s=math.nan,
-                      relative_area=area / baseline if baseline else math.nan)
-        for name in cluster:
-            cluster[name].append(values.get(name))
-        particles = row["particles"]
-        count = len(next(iter(particles.values()))) if particles else 0
-        for name in particle_parts:
-            if name == "frame":
-                particle_parts[name].append(np.full(count, row["frame"], np.int64))
-            elif name == "t_s":
-                particle_parts[name].append(np.full(count, row["t_s"], np.float64))
-            elif name in particles:
-                particle_parts[name].append(np.asarray(particles[name]))
-        for alert in detector.update(t_s=row["t_s"], frame=row["frame"], area_px=area,
-                                     needle_contact=bool(values.get("needle_contact"))):
-            for name, value in (("frame", alert.frame), ("t_s", alert.t_s),
-                                ("kind", alert.kind.value), ("magnitude", alert.magnitude),
-                                ("confidence", alert.confidence),
-                                ("particle_ids", str(list(alert.particle_ids))),
-                                ("message", alert.message)):
-                events[name].append(value)
-    cluster_columns = {name: _column(values, CLUSTER_COLUMNS[name])
-                       for name, values in cluster.items()
-                       if all(value is not None for value in values)}
-    particle_columns = {
-        name: np.concatenate(parts) if parts else _column([], PARTICLE_COLUMNS[name])
-        for name, parts in particle_parts.items() if len(parts) == len(rows)}
-    event_columns = {name: _column(values, EVENT_COLUMNS[name]) for name, values in events.items()}
-    return cluster_columns, particle_columns, event_columns
+            kind = "U" if dtype is str else np.dtype(dtype).kind
+            fill = "" if kind == "U" else math.nan if kind == "f" else False if kind == "b" \
+                else -1
+            values = np.full(length, fill, dtype=str if dtype is str else dtype)
+        array = table.create_array(column, shape=values.shape, dtype=dtype,
+                                   chunks=(max(len(values), 1),))
+        if len(values):
+            array[:] = values
 
 
 def _run_name(group: zarr.Group, name: str | None) -> str:
@@ -178,10 +150,10 @@ def reanalyze(
     analysis: AnalysisConfig | None = None,
     alerts: AlertConfig | None = None,
     scheduler: str | None = None,
-    block_frames: int = 16,
     run: str | None = None,
     local_workers: int | None = None,
     local_processes: bool = False,
+    connect_timeout_s: float = 30.0,
 ) -> list[ReanalysisResult]:
     """Re-run the analysis over archives on a Dask cluster; results beside the old ones.
 
@@ -194,12 +166,12 @@ def reanalyze(
     scheduler : str, optional
         A running Dask scheduler (``tcp://host:8786``); default: a local cluster for
         this call.
-    block_frames : int
-        Frames per task.
     run : str, optional
         Name of the new ``reanalysis/`` group (default: UTC time stamp).
     local_workers, local_processes
         Size and kind of the local cluster (threads unless ``local_processes``).
+    connect_timeout_s : float
+        How long to try reaching ``scheduler``.
 
     Returns
     -------
@@ -215,8 +187,6 @@ def reanalyze(
     """
     from distributed import Client, LocalCluster
 
-    if not (isinstance(block_frames, int) and block_frames >= 1):
-        raise ConfigError(f"Expected block_frames >= 1. Got {block_frames!r} instead.")
     analysis = analysis if analysis is not None else AnalysisConfig()
     alerts = alerts if alerts is not None else AlertConfig()
     readers = [ArchiveReader(path) for path in paths]
@@ -229,28 +199,29 @@ def reanalyze(
             _run_name(reader.group, run)  # a taken or bad name fails before any work
     cluster = None
     if scheduler is None:
+        # Loopback only, OS-picked ports: the scheduler's HTTP server (metrics, and the
+        # dashboard if bokeh is installed) otherwise takes 0.0.0.0:8787, which a second
+        # run, or anything else on the machine, may already hold.
+        network = {"host": "127.0.0.1", "scheduler_port": 0} if local_processes else {}
         cluster = LocalCluster(n_workers=local_workers or 1,
                                threads_per_worker=None if local_processes else 2,
-                               processes=local_processes, dashboard_address=None)
+                               processes=local_processes, dashboard_address="127.0.0.1:0",
+                               **network)
     try:
-        client = Client(cluster if cluster is not None else scheduler, timeout="30s")
+        client = Client(cluster if cluster is not None else scheduler,
+                        timeout=f"{connect_timeout_s}s")
     except OSError as exc:
         if cluster is not None:
             cluster.close()
         raise ConfigError(f"Cannot reach the Dask scheduler at {scheduler}: {exc}.") from None
-    settings = analysis.to_dict()
+    settings, alert_settings = analysis.to_dict(), alerts.to_dict()
     results = []
     try:
-        futures = {
-            reader.path: [client.submit(analyze_block, str(reader.path.absolute()), start, stop,
-                                        settings, reader.pixel_size_nm, pure=False)
-                          for start, stop in _blocks(reader.frame_count, block_frames)]
-            for reader in readers
-        }
-        for reader in readers:
-            rows = [row for block in client.gather(futures[reader.path]) for row in block]
-            results.append(_store(reader, rows, analysis, alerts, run,
-                                  scheduler or "local"))
+        futures = [client.submit(analyze_archive, str(reader.path.absolute()), settings,
+                                 alert_settings, pure=False) for reader in readers]
+        for reader, future in zip(readers, futures, strict=True):
+            tables = future.result()
+            results.append(_store(reader, tables, analysis, alerts, run, scheduler or "local"))
     finally:
         client.close()
         if cluster is not None:
@@ -258,9 +229,11 @@ def reanalyze(
     return results
 
 
-def _store(reader: ArchiveReader, rows: list[dict[str, Any]], analysis: AnalysisConfig,
-           alerts: AlertConfig, run: str | None, scheduler: str) -> ReanalysisResult:
-    cluster, particles, events = _stateful_pass(rows, alerts)
+def _store(reader: ArchiveReader, tables: Mapping[str, Mapping[str, np.ndarray]],
+           analysis: AnalysisConfig, alerts: AlertConfig, run: str | None,
+           scheduler: str) -> ReanalysisResult:
+    cluster, particles, events = tables["cluster"], tables["particles"], tables["events"]
+    frames_analysed = len(cluster.get("frame", ()))
     try:
         root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
         name = _run_name(root, run)
@@ -275,7 +248,7 @@ def _store(reader: ArchiveReader, rows: list[dict[str, Any]], analysis: Analysis
             "software_version": __version__,
             "analysis": analysis.to_dict(),
             "alerts": alerts.to_dict(),
-            "frames_analysed": len(rows),
+            "frames_analysed": frames_analysed,
             "scheduler": scheduler,
         }, default=str))
     except OSError as exc:
@@ -283,6 +256,6 @@ def _store(reader: ArchiveReader, rows: list[dict[str, Any]], analysis: Analysis
                            f"{exc.strerror or exc}.") from None
     kinds = events.get("kind", np.zeros(0, dtype=str))
     return ReanalysisResult(
-        path=reader.path, run=name, frames_analysed=len(rows),
+        path=reader.path, run=name, frames_analysed=frames_analysed,
         events=[{"kind": str(kinds[i]), "frame": int(events["frame"][i]),
                  "t_s": float(events["t_s"][i])} for i in range(len(kinds))])
