@@ -165,9 +165,9 @@ def demo(
                               f"[bold yellow]{msg.kind:<20}[/] {msg.message}", highlight=False)
 
         started = time.monotonic()
-        with _demo_display(monitor, show) as on_message:
+        with _demo_display(monitor, show) as (on_message, on_frame):
             report = run_local_session(source, config=config, speed=speed, live=True,
-                                       on_message=on_message, stop=stop)
+                                       on_message=on_message, on_frame=on_frame, stop=stop)
         wall = time.monotonic() - started
         if report.closed is None:
             raise LithoscopeError("The worker did not confirm the end of the session.")
@@ -434,17 +434,26 @@ ExitOnClose = Annotated[bool, typer.Option(
 
 
 @contextlib.contextmanager
-def _demo_display(monitor: bool, fallback: Any) -> Iterator[Any]:
-    """The live monitor on a terminal; line-by-line alerts when piped or asked to."""
+def _demo_display(monitor: bool, fallback: Any) -> Iterator[tuple[Any, Any]]:
+    """The live monitor on a terminal; line-by-line alerts when piped or asked to.
+
+    Yields the results-stream callback and the per-frame one: the demo sees the
+    camera's frames too, so the monitor can show the bias they carry.
+    """
     if not (monitor and console.is_terminal):
-        yield fallback
+        yield fallback, None
         return
     from lithoscope.clients.monitor import MonitorState, live_monitor
     from lithoscope.clients.subscriber import ConnectionState
 
     state = MonitorState(endpoint="the demo's own worker", connection=ConnectionState.CONNECTED)
+
+    def on_frame(frame: Any) -> None:
+        with state.lock:
+            state.note_frame_metadata(frame.metadata)
+
     with live_monitor(state, console=console) as feed:
-        yield feed
+        yield feed, on_frame
 
 
 @app.command()
