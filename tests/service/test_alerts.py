@@ -166,6 +166,36 @@ class TestChangePoints:
         alerts = run(series(area, np.arange(120) >= 10))
         assert kinds(alerts) == [EventKind.CONTACT_MADE, EventKind.EXPANSION_ONSET]
 
+    def test_contraction_settles_once_the_shrinking_slows(self) -> None:
+        # Lithium drains after withdrawal at frame 100: exponential shrinking, tau 10 s.
+        n = 260
+        t = np.arange(n) / FPS
+        area = 20000.0 * (1.0 - 0.2 * (1.0 - np.exp(-np.clip(t - 50.0, 0, None) / 10.0)))
+        area *= 1.0 + 0.001 * np.random.default_rng(3).standard_normal(n)
+        contact = (np.arange(n) >= 20) & (np.arange(n) < 100)
+        alerts = run(series(area, contact))
+        assert kinds(alerts) == [EventKind.CONTACT_MADE, EventKind.CONTACT_LOST,
+                                 EventKind.CONTRACTION_ONSET, EventKind.CONTRACTION_SETTLED]
+        settled = alerts[-1]
+        # The rate falls below 30 % of its peak about tau ln(1/0.3) = 12 s after the
+        # onset; the window-averaged rate lags by half a window.
+        assert 58.0 <= settled.t_s <= 70.0
+        assert settled.magnitude < -0.1
+        assert 0.0 < settled.confidence <= 1.0
+
+    def test_drift_warning_debounced_and_rearmed(self) -> None:
+        detector = AlertDetector(AlertConfig(drift_warning_px_per_frame=2.0,
+                                             drift_warning_frames=3))
+        steps = [0.5] * 5 + [3.0] * 10 + [0.2] * 5 + [4.0] * 4 + [2.5]  # one bad frame in the
+        steps[2] = 9.0  # quiet part is no drift
+        warnings = []
+        for i, step in enumerate(steps):
+            warnings += [a for a in detector.update(t_s=i / FPS, frame=i, area_px=1000.0,
+                                                   needle_contact=False, drift_step_px=step)
+                         if a.kind == EventKind.DRIFT_WARNING]
+        assert [a.frame for a in warnings] == [7, 22]
+        assert warnings[0].magnitude == 3.0
+
     def test_iter_matches_update(self) -> None:
         rows = series(noisy_area(100, 0.002, 0) * np.r_[np.ones(50), np.full(50, 1.05)],
                       np.arange(100) >= 10)

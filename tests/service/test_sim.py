@@ -221,3 +221,76 @@ class TestTimeline:
                     reached.add(int(other))
                     frontier.append(int(other))
         assert reached == set(range(adjacency.shape[0]))
+
+
+class TestImagingAndScenarios:
+    def test_drift_moves_everything_and_truth_follows(self) -> None:
+        config = SimConfig.from_dict({**SMALL.to_dict(), "drift_px_per_frame": 2.0,
+                                      "drift_amplitude_nm": 8.0})
+        source = SimulatedSource(config, scenario="control")
+        first = source.render(0)
+        assert (first.truth["drift_row_px"], first.truth["drift_col_px"]) == (0.0, 0.0)
+        for index in (5, 17, 40):
+            # Before contact nothing but the drift and the approaching needle moves.
+            frame, reference = source.render(index), first
+            shift = np.array([frame.truth["drift_row_px"], frame.truth["drift_col_px"]])
+            assert np.hypot(*shift) <= 8.0 * np.sqrt(2) + 1e-9
+            moved = np.array([frame.truth["particle_centre_row"],
+                              frame.truth["particle_centre_col"]])
+            np.testing.assert_allclose(moved.T - shift, np.array(
+                [reference.truth["particle_centre_row"],
+                 reference.truth["particle_centre_col"]]).T)
+            assert frame.metadata["needle_tip_row"] == pytest.approx(
+                reference.metadata["needle_tip_row"] + shift[0], abs=1e-6)
+        steps = np.diff([[source.render(i).truth["drift_row_px"],
+                          source.render(i).truth["drift_col_px"]] for i in range(30)], axis=0)
+        assert np.hypot(*steps.T).max() <= 2.0 + 1e-9
+
+    def test_grid_bar_hides_what_it_covers(self) -> None:
+        config = SimConfig.from_dict({**SMALL.to_dict(), "grid_bar": True})
+        frame = SimulatedSource(config).render(60)
+        image = frame.image.astype(float)
+        vacuum = np.median(image[:30, 100:130])
+        assert image[:, -3:].mean() < 0.1 * vacuum  # opaque, along the far edge
+        plain = SimulatedSource(SMALL).render(60)
+        assert frame.truth["cluster_area_px"] < plain.truth["cluster_area_px"]  # it hides some
+        assert sum(frame.truth["particle_visible_area_px"]) == frame.truth["cluster_area_px"]
+
+    def test_hot_pixels_fringes_and_core_leave_the_truth_alone(self) -> None:
+        config = SimConfig.from_dict({**SMALL.to_dict(), "hot_pixel_fraction": 0.001,
+                                      "fresnel_fringe": 0.3, "core_contrast": 0.3})
+        frame, plain = SimulatedSource(config).render(100), SimulatedSource(SMALL).render(100)
+        # (which particle shows in an overlap may change: the darker core wins there)
+        for key in ("cluster_area_px", "particle_area_px", "particle_lithium_x"):
+            assert frame.truth[key] == plain.truth[key]
+        vacuum = np.median(plain.image)
+        assert np.count_nonzero(frame.image > 2.5 * vacuum) >= 0.001 * frame.image.size * 0.9
+        # The core shrinks as lithium comes in: r0 (1 - f)^(1/3).
+        x = np.array(frame.truth["particle_lithium_x"])
+        cores = np.array(frame.truth["particle_core_radius_px"])
+        assert cores[np.argmax(x)] < cores[np.argmin(x)] * 1.5
+
+    def test_chemical_lithiation_starts_on_contact(self) -> None:
+        source = SimulatedSource(SMALL, scenario="chemical")
+        assert source.truth_events() == [("contact_made", 15.0), ("expansion_onset", 15.5),
+                                         ("contact_lost", 80.0), ("contraction_onset", 80.0)]
+        assert source.render(40).metadata["bias_v"] == 0.0
+        assert source.render(40).truth["phase"] == "lithiation"
+        assert max(source.render(100).truth["particle_lithium_x"]) > 0.1
+
+    def test_bias_below_the_onset_does_not_lithiate(self) -> None:
+        config = SimConfig.from_dict({**SMALL.to_dict(), "bias_v": -0.2})
+        source = SimulatedSource(config)
+        assert [k for k, _ in source.truth_events()] == ["contact_made", "contact_lost"]
+        assert max(source.render(150).truth["particle_lithium_x"]) == 0.0
+
+    def test_presets_and_true_diffusion_coefficient(self) -> None:
+        assert SimulatedSource(SMALL, scenario="low_dose").config.dose_rate_e_per_a2_s == 2.0
+        assert SimulatedSource(SMALL, scenario="heavy_drift").config.drift_px_per_frame == 3.0
+        default = SimulatedSource(SMALL)
+        radius_cm = default._scene.radii_px[default.touched_particle] * 1e-7
+        assert default.diffusion_coefficient_cm2_per_s == pytest.approx(
+            0.1 * radius_cm**2 / np.pi**2)
+        config = SimConfig.from_dict({**SMALL.to_dict(),
+                                      "diffusion_coefficient_cm2_per_s": 1e-13})
+        assert SimulatedSource(config).diffusion_coefficient_cm2_per_s == pytest.approx(1e-13)

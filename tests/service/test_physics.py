@@ -1,0 +1,56 @@
+"""Lithiation physics: the relations, and the fits on series with known parameters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lithoscope.service import physics
+
+
+def test_volume_and_lithium_content() -> None:
+    assert physics.volume_ratio(1.0) == 1.0
+    assert physics.volume_ratio(4.0) == pytest.approx(8.0)
+    assert np.isnan(physics.volume_ratio(-1.0))
+    # Li15Si4 is +280 % in volume (Obrovac and Krause 2007).
+    assert physics.lithium_content_x(3.8) == pytest.approx(3.75)
+    assert physics.lithium_content_x(1.0) == 0.0
+    assert physics.lithium_content_x(0.99) < 0  # not clipped: averages stay unbiased
+
+
+def test_theil_sen_ignores_an_outlier() -> None:
+    t = np.arange(12.0)
+    y = 3.0 * t + 1.0
+    y[5] = 1000.0
+    assert physics.theil_sen_slope(t, y) == pytest.approx(3.0)
+    assert math.isnan(physics.theil_sen_slope(t[:2], y[:2]))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(tau=st.floats(3.0, 30.0), final=st.floats(0.2, 2.0), start=st.floats(-5.0, 5.0),
+       seed=st.integers(0, 1000))
+def test_relaxation_time_of_an_exponential_approach(tau: float, final: float, start: float,
+                                                    seed: int) -> None:
+    # Neither the start time nor the final value is given to the fit (Kezdy-Swinbourne).
+    t = np.arange(0.0, 3 * tau, 0.25)
+    y = 1.0 + final * (1.0 - np.exp(-(t - start) / tau))
+    y += np.random.default_rng(seed).normal(0.0, 0.001 * final, t.size)
+    estimate = physics.relaxation_time_s(t, y, lag_s=0.75 * tau)
+    assert estimate == pytest.approx(tau, rel=0.1)
+
+
+def test_relaxation_time_needs_curvature_and_length() -> None:
+    t = np.arange(0.0, 20.0, 0.5)
+    assert math.isnan(physics.relaxation_time_s(t, 2.0 * t, lag_s=5.0))  # a straight line
+    assert math.isnan(physics.relaxation_time_s(t, np.exp(-t / 5), lag_s=10.0))  # too short
+
+
+def test_diffusion_coefficient_of_a_sphere() -> None:
+    # r = 20 nm, tau = 10 s: D = (2e-6 cm)^2 / (pi^2 10 s) = 4.05e-14 cm^2/s.
+    assert physics.diffusion_coefficient_cm2_per_s(10.0, 20.0) == pytest.approx(4.053e-14,
+                                                                                   rel=1e-3)
+    assert math.isnan(physics.diffusion_coefficient_cm2_per_s(math.nan, 20.0))
