@@ -212,6 +212,10 @@ def publish(
         with _open_source(source, fps, pixel_size, stop=stop) as src, \
                 Publisher(connect, results_endpoint=results, curve=curve) as publisher:
             console.print(f"Publishing {src.info.name} to {connect} ...")
+            if src.info.kind in ("watch", "imagezmq"):
+                # Frames arrive at the camera's pace already; pacing by their time stamps
+                # would replay a folder's backlog in real time, lagging the camera.
+                pace = None
             report = publisher.publish(src, speed=pace, archive_name=archive_name,
                                        fps=fps, pixel_size_nm=pixel_size, stop=stop)
         console.print(f"Sent {report.frames_sent} frames in {report.wall_s:.1f} s "

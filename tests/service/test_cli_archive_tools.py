@@ -144,3 +144,23 @@ def test_publish_imagezmq_hub_fed_by_an_image_sender(tmp_path: Path,
     assert "Archived 6 frames" in out
     reader = ArchiveReader(tmp_path / "sessions" / "izmq.zarr")
     np.testing.assert_array_equal(reader.frames[:], np.stack(frames))
+
+
+def test_a_folder_backlog_is_not_replayed_in_real_time(tmp_path: Path,
+                                                       service: tuple[str, str]) -> None:
+    """Frames saved an hour apart (by their mtimes) are sent as soon as they are complete."""
+    frames_at, results_at = service
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    frames = make_frames(3, (16, 16), np.uint8, seed=1)
+    for number, frame in enumerate(frames):
+        path = folder / f"img_{number}.tif"
+        tifffile.imwrite(path, frame)
+        os.utime(path, (1e9 + 3600 * number, 1e9 + 3600 * number))
+    (folder / "lithoscope.stop").touch()
+    done = run("publish", f"watch:{folder}", "--connect", frames_at, "--results", results_at,
+               "--archive-name", "backlog", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Archived 3 frames" in done.stdout
+    times = ArchiveReader(tmp_path / "sessions" / "backlog.zarr").table("frame_table")["t_s"]
+    np.testing.assert_allclose(times, [0.0, 3600.0, 7200.0])
