@@ -346,7 +346,11 @@ def _particles(state: MonitorState, max_rows: int) -> RenderableType:
     li = p.get("li_content_x") or []
     touches = p.get("touches_needle") or []
     rows = sorted(range(len(ids)), key=lambda i: -(areas[i] or 0) if i < len(areas) else 0)
-    for i in sorted(rows[:max_rows], key=lambda i: ids[i] if ids[i] is not None else -1):
+    def by_id(i: int) -> int:
+        pid = ids[i]
+        return pid if pid is not None else -1
+
+    for i in sorted(rows[:max_rows], key=by_id):
         pid = ids[i]
         area = areas[i] if i < len(areas) else None
         base = state.particle_baselines.get(pid) if (tracked and pid is not None) else None

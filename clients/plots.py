@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lithoscope.service.protocol import Message, Result, SessionStart
+from lithoscope.service.protocol import Event, Message, Result, SessionStart
 
 from ._linking import CentroidLinker
 
@@ -89,7 +89,8 @@ def running_median(values: np.ndarray, window: int) -> np.ndarray:
     half = window // 2
     padded = np.pad(values, half, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
-    return np.median(windows, axis=1)
+    median: np.ndarray = np.median(windows, axis=1)
+    return median
 
 
 def draw_particles(ax: Axes, tracks: Mapping[int, tuple[np.ndarray, np.ndarray]], *,
@@ -141,8 +142,8 @@ class LivePlot:
             self._reset(msg.session_id)
         if isinstance(msg, Result):
             self._on_result(msg)
-        elif getattr(msg, "kind", None) in _EVENT_STYLE:
-            self.events.append({"kind": msg.kind, "t_s": msg.t_s})  # type: ignore[union-attr]
+        elif isinstance(msg, Event) and msg.kind in _EVENT_STYLE:
+            self.events.append({"kind": msg.kind, "t_s": msg.t_s})
             self._dirty = True
         if self._dirty and time.monotonic() - self._last_draw >= self.every_s:
             self.draw()
