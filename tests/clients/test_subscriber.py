@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
 from lithoscope.clients import ConnectionState, Subscriber
+from lithoscope.replay.readers import open_source
+from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ConfigError
 from lithoscope.service.protocol import Event, Heartbeat, Message, Result, encode
+from lithoscope.service.publisher import Publisher
+from lithoscope.service.worker import Worker, WorkerThread
+
+from support.arrays import noisy_frames
+from support.media import write_tiff_stack
 
 
 def heartbeat(seq: int) -> Heartbeat:
@@ -167,3 +175,26 @@ def test_sequence_gaps_count_as_missed_updates(pub: Pub) -> None:
         pub.send(result(seq + 5))
         assert sub.recv(timeout_s=5) is not None
         assert sub.missed == 4
+
+
+def test_a_paused_subscriber_never_slows_the_worker(tmp_path: Path) -> None:
+    """A monitor that never reads (a suspended terminal) costs the service nothing."""
+    config = ServiceConfig(frames_endpoint="tcp://127.0.0.1:*",
+                           results_endpoint="tcp://127.0.0.1:*", sessions_dir=str(tmp_path),
+                           results_hwm=10)
+    stack = write_tiff_stack(tmp_path / "movie.tif", noisy_frames(40, shape=(64, 80)))
+    with WorkerThread(Worker(config)) as thread:
+        frames_at, results_at = thread.worker.frames_endpoint, thread.worker.results_endpoint
+        assert frames_at is not None
+        assert results_at is not None
+        with Subscriber(results_at, rcvhwm=5) as paused:
+            assert paused.wait_connected(20)
+            with open_source(str(stack), fps=4.0) as source, \
+                    Publisher(frames_at, results_endpoint=results_at) as publisher:
+                report = publisher.publish(source, speed=None, live=False)
+            assert report.closed is not None
+            assert report.closed.frames_archived == 40
+            assert report.closed.frames_analysed == 40
+            kept = list(paused.iter(timeout_s=0.5))
+    seqs = [m.seq for m in kept]  # what it kept is in order; what it lost, it lost alone
+    assert seqs == sorted(seqs)
