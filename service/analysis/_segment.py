@@ -142,7 +142,13 @@ def _upper_envelope(small: np.ndarray, keep: np.float32) -> np.ndarray:
     chosen = np.ones(values.size, np.bool_)
     fit = values
     for iteration in range(4):
-        coefficients = np.linalg.lstsq(design[chosen], values[chosen], rcond=None)[0]
+        # Normal equations: six well-scaled terms on [-1, 1], and a 6x6 solve costs a
+        # fraction of lstsq's SVD, which also stalls when BLAS threads compete.
+        a = design[chosen]
+        try:
+            coefficients = np.linalg.solve(a.T @ a, a.T @ values[chosen])
+        except np.linalg.LinAlgError:  # degenerate choice (all on one line): least squares
+            coefficients = np.linalg.lstsq(a, values[chosen], rcond=None)[0]
         fit = design @ coefficients
         # First keep what is brighter than the fit through everything, then what is
         # within half the particle contrast of the fit through the bright pixels.
@@ -400,13 +406,14 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     flooded = np.repeat(np.repeat(flooded_small, f, axis=0), f, axis=1)[:height_px, :width_px]
     # Consecutive labels: uncrowded regions keep theirs, split pieces follow.
     out = window.copy()
-    pieces = np.unique(flooded[flooded > 0])
+    pieces = np.flatnonzero(np.bincount(flooded_small.ravel()))
+    pieces = pieces[pieces > 0]
     lookup = np.zeros(int(flooded.max()) + 1, np.int32)
     lookup[pieces] = np.arange(count + 1, count + 1 + pieces.size, dtype=np.int32)
     out[inside] = lookup[flooded[inside]]
     result = np.zeros_like(regions)
     result[r0:r1, c0:c1] = out
-    used = np.unique(result)
+    used = np.flatnonzero(np.bincount(result.ravel()))
     relabel = np.zeros(int(used.max()) + 1, np.int32)
     relabel[used] = np.arange(used.size, dtype=np.int32)
     return relabel[result]
