@@ -156,7 +156,7 @@ def test_decoder_never_raises_anything_but_protocol_error_on_noise(parts: list[b
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["version", "kind", "session_id", "index", "t_s", "acquired_at",
+        st.sampled_from(["version", "type", "session_id", "index", "t_s", "acquired_at",
                          "shape", "dtype", "metadata", "seq", "truth", "pixel_size_nm"]),
         st.one_of(st.none(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
                   st.text(max_size=8), st.lists(st.integers(-5, 70000), max_size=4),
