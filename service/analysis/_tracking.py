@@ -177,6 +177,7 @@ class ParticleTracker:
         ids = np.zeros(len(centroids), np.int64)
         track_ids = list(self._tracks)
         matched: set[int] = set()
+        doubtful: set[int] = set()
         if track_ids and len(centroids):
             tracks = [self._tracks[i] for i in track_ids]
             positions = np.array([(t.row, t.col) for t in tracks])
@@ -195,16 +196,46 @@ class ParticleTracker:
                 if allowed[r, c]:
                     ids[c] = track_ids[r]
                     matched.add(track_ids[r])
+                    if distance[r, c] > reach[r, c] / 2 or mismatch[r, c] > limit / 2:
+                        doubtful.add(c)
+        if track_ids and len(centroids):
+            # A detection given a younger id (or none) while an older, unmatched track
+            # sits within reach with a similar size is that older particle: a frame of
+            # mis-segmentation had split its history in two.
+            older = {i for i, t in enumerate(track_ids) if t not in matched}
+            for c in range(len(ids)):
+                if doubtful and c in doubtful:
+                    continue
+                candidates = [r for r in older if allowed[r, c]
+                              and (ids[c] == 0 or track_ids[r] < ids[c])]
+                if not candidates:
+                    continue
+                r = min(candidates, key=lambda k: track_ids[k])
+                if ids[c]:
+                    matched.discard(int(ids[c]))
+                    del self._tracks[int(ids[c])]
+                ids[c] = track_ids[r]
+                matched.add(track_ids[r])
+                older.discard(r)
         for i in np.flatnonzero(ids == 0):
             ids[i] = self._next_id
             self._next_id += 1
         for track_id in track_ids:
+            if track_id not in self._tracks:
+                continue
             if track_id not in matched:
                 track = self._tracks[track_id]
                 track.missed += 1
                 if track.missed > self.memory_frames:
                     del self._tracks[track_id]
-        for track_id, (row, col), radius in zip(ids, specimen, radii, strict=True):
+        for index, (track_id, (row, col), radius) in enumerate(
+                zip(ids, specimen, radii, strict=True)):
+            if index in doubtful:
+                # A mis-segmented frame (half a particle, two merged) keeps the id but
+                # must not move the track: the next good frame is compared with the
+                # last good one.
+                self._tracks[int(track_id)].missed = 0
+                continue
             self._tracks[int(track_id)] = _Track(float(row), float(col), float(radius))
         return ids
 
