@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,15 @@ class Pub:
     def __init__(self, ctx: zmq.Context[Any], endpoint: str = "tcp://127.0.0.1:*") -> None:
         self.socket = ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(endpoint)
+        deadline = time.monotonic() + 20
+        while True:  # a restarted service: the old listener is closed asynchronously
+            try:
+                self.socket.bind(endpoint)
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, msg: Message) -> None:
@@ -134,10 +143,11 @@ def test_timeout_returns_none_and_ends_iteration(pub: Pub) -> None:
 
 
 def test_waits_for_a_service_that_is_not_up_yet(ctx: zmq.Context[Any]) -> None:
-    probe = ctx.socket(zmq.PUB)
-    probe.bind("tcp://127.0.0.1:*")
-    endpoint = probe.getsockopt_string(zmq.LAST_ENDPOINT)
-    probe.close(linger=0)  # a free port nobody listens on
+    # A free port nobody listens on. A plain socket, not a ZeroMQ one: ZeroMQ closes its
+    # listener asynchronously, and a subscriber could still handshake with it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
     with Subscriber(endpoint, context=ctx) as sub:
         assert sub.state is ConnectionState.WAITING
         assert not sub.wait_connected(0.2)
