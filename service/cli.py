@@ -610,6 +610,11 @@ def report(
         from .archive import ArchiveReader
 
         ArchiveReader(archive)  # a wrong path fails in one line before any work starts
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"Cannot create {out}: {exc.strerror or exc}.") from None
+
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("report", total=None)
 

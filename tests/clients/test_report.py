@@ -104,3 +104,10 @@ def test_report_command_shows_progress_and_fails_cleanly(sim_archive: Path,
     assert bad.returncode == 1
     assert "not a lithoscope archive" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    (tmp_path / "a-file").write_text("")
+    unwritable = subprocess.run([*LITHOSCOPE, "report", str(sim_archive), "--out",
+                                 str(tmp_path / "a-file" / "out")], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120, env=env)
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.splitlines() == [
+        f"lithoscope: error: Cannot create {tmp_path / 'a-file' / 'out'}: Not a directory."]
