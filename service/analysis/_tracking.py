@@ -22,6 +22,8 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = ["DriftEstimator", "ParticleTracker", "drift_iter", "track_iter"]
 
+_DOUBTFUL_WEIGHT = 0.3
+"""How far a doubtful match moves its track towards the detection."""
 _VACUUM = 128
 """Level of vacuum in the flattened frames (see ``_segment``)."""
 
@@ -204,8 +206,6 @@ class ParticleTracker:
             # mis-segmentation had split its history in two.
             older = {i for i, t in enumerate(track_ids) if t not in matched}
             for c in range(len(ids)):
-                if doubtful and c in doubtful:
-                    continue
                 candidates = [r for r in older if allowed[r, c]
                               and (ids[c] == 0 or track_ids[r] < ids[c])]
                 if not candidates:
@@ -230,11 +230,15 @@ class ParticleTracker:
                     del self._tracks[track_id]
         for index, (track_id, (row, col), radius) in enumerate(
                 zip(ids, specimen, radii, strict=True)):
-            if index in doubtful:
-                # A mis-segmented frame (half a particle, two merged) keeps the id but
-                # must not move the track: the next good frame is compared with the
-                # last good one.
-                self._tracks[int(track_id)].missed = 0
+            track = self._tracks.get(int(track_id))
+            if index in doubtful and track is not None:
+                # Perhaps a mis-segmented frame (half a particle, two merged): it keeps
+                # the id but moves the track only part of the way, so that one bad
+                # frame does not mislead the next match while slow swelling is followed.
+                w = _DOUBTFUL_WEIGHT
+                self._tracks[int(track_id)] = _Track(
+                    (1 - w) * track.row + w * float(row), (1 - w) * track.col + w * float(col),
+                    (1 - w) * track.radius + w * float(radius))
                 continue
             self._tracks[int(track_id)] = _Track(float(row), float(col), float(radius))
         return ids
