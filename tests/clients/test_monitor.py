@@ -237,3 +237,25 @@ def test_bias_from_frame_metadata_or_from_the_results() -> None:
     assert "bias            -2.00 V" in screen(state)
     state.update(result(1, contact=True, bias_v=0.0))
     assert "bias            0.00 V" in screen(state)
+
+
+def test_a_new_alert_is_highlighted_for_a_few_seconds() -> None:
+    state = connected()
+    state.update(start())
+    state.update(Event(session_id=SESSION, kind="contact_lost", t_s=80.0, frame=320,
+                       message="withdrawn"), now=100.0)
+
+    def styled(now: float) -> str:
+        console = Console(width=100, height=40, record=True, color_system="standard",
+                          force_terminal=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        try:
+            console.print(render(state, now=now))
+            return console.export_text(styles=True)
+        finally:
+            console.file.close()
+
+    line = next(x for x in styled(101.0).splitlines() if "contact_lost" in x)
+    assert "\x1b[1;7;33m" in line  # bold reverse yellow: just arrived
+    line = next(x for x in styled(130.0).splitlines() if "contact_lost" in x)
+    assert "\x1b[1;33m" in line
+    assert "7;" not in line
