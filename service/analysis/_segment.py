@@ -169,7 +169,7 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
                         interpolation=cv2.INTER_AREA)
     ceiling = float(coarse.max()) * _HOT_PIXEL_CEILING
     if math.isfinite(ceiling) and ceiling > 0:
-        cv2.min(pixels, ceiling, dst=pixels)
+        np.minimum(pixels, np.float32(ceiling), out=pixels)
     if binning > 1:
         rows, cols = shape[0] // binning, shape[1] // binning
         if rows < 1 or cols < 1:
@@ -381,7 +381,7 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     noise = 1.4826 * float(np.median(np.abs(curvature))) / math.sqrt(
         max(6.0 - 8.0 * rho1 + 2.0 * rho2, 1e-6))
     height = max(_SPLIT_MIN_HEIGHT, _SPLIT_NOISE_SIGMAS * noise)
-    peaks = h_maxima(score, height).view(np.bool_) & inner
+    peaks = h_maxima(score, height).view(np.bool_) & inner  # type: ignore[no-untyped-call]
     n_peaks, markers = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8)
     if n_peaks <= 2:
         return regions
@@ -402,7 +402,8 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     # Flood every cell that holds any pixel of a crowded region, so that scaled back
     # up, the pieces cover the region.
     reach = reduce(inside.astype(np.float32), 0.0) > 0
-    flooded_small = watershed(-score, markers, mask=reach)
+    flooded_small: np.ndarray = watershed(  # type: ignore[no-untyped-call]
+        -score, markers, mask=reach)
     flooded = np.repeat(np.repeat(flooded_small, f, axis=0), f, axis=1)[:height_px, :width_px]
     # Consecutive labels: uncrowded regions keep theirs, split pieces follow.
     out = window.copy()
@@ -416,7 +417,8 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     used = np.flatnonzero(np.bincount(result.ravel()))
     relabel = np.zeros(int(used.max()) + 1, np.int32)
     relabel[used] = np.arange(used.size, dtype=np.int32)
-    return relabel[result]
+    relabelled: np.ndarray = relabel[result]
+    return relabelled
 
 
 def _upsample(array: np.ndarray, prepared: _Prepared) -> np.ndarray:

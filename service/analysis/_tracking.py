@@ -68,7 +68,7 @@ class DriftEstimator:
         ``exclude`` marks pixels to blank (the needle); ``scale`` converts the
         frame's pixels to the caller's (the analysis binning).
         """
-        image = flat.astype(np.float32)
+        image: np.ndarray = flat.astype(np.float32)
         if exclude is not None and exclude.any():
             image[exclude] = _VACUUM
         if self.downsample > 1:
@@ -224,12 +224,12 @@ class ParticleTracker:
             if track_id not in self._tracks:
                 continue
             if track_id not in matched:
-                track = self._tracks[track_id]
-                track.missed += 1
-                if track.missed > self.memory_frames:
+                lost = self._tracks[track_id]
+                lost.missed += 1
+                if lost.missed > self.memory_frames:
                     del self._tracks[track_id]
         for index, (track_id, (row, col), radius) in enumerate(
-                zip(ids, specimen, radii, strict=True)):
+                zip(ids.tolist(), specimen, radii, strict=True)):
             track = self._tracks.get(int(track_id))
             if index in doubtful and track is not None:
                 # Perhaps a mis-segmented frame (half a particle, two merged): it keeps
