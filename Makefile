@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py --json bench/results/pipeline.json
+
+# every simulated scenario through the real pipeline, scored against ground truth (~10 min)
+accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy.py --json bench/results/accuracy.json
 	$(BIN)/python bench/throughput.py --json bench/results/throughput.json
 
 clean:
