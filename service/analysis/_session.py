@@ -125,6 +125,11 @@ class SessionAnalyzer:
         self._contact_lost = False
         self._last_touching: list[int] = []
         self._growing: list[int] = []
+        self._fed: tuple[int, ...] = ()
+        """Particles touching the needle when contact was made: lithium enters there."""
+        self._fed_detector: AlertDetector | None = None
+        self._onset_reported = False
+        """An expansion onset was raised in the current contact (by either detector)."""
 
     def update(
         self, image: np.ndarray, *, t_s: float, index: int, pixel_size_nm: float | None,
@@ -172,6 +177,8 @@ class SessionAnalyzer:
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=area,
                                       needle_contact=bool(cluster["needle_contact"]),
                                       drift_step_px=step_px)
+        alerts = self._merge_fed_onset(alerts, table, ids, t_s, index,
+                                       bool(cluster["needle_contact"]))
         for alert in alerts:
             if alert.kind is EventKind.CONTACT_MADE and self._contact_started_s is None:
                 self._contact_started_s = alert.t_s
@@ -284,6 +291,46 @@ class SessionAnalyzer:
             self._growing = [int(i) for i in columns["track_id"][np.abs(changes) >= threshold]]
 
     # -- alerts ----------------------------------------------------------------------
+    def _merge_fed_onset(self, alerts: list[Alert], table: dict[str, np.ndarray],
+                         ids: np.ndarray, t_s: float, index: int, contact: bool) -> list[Alert]:
+        """Watch the particles the needle feeds as well as the whole cluster.
+
+        Lithium enters through the particles touching the needle, which swell several
+        times more (relatively) than the cluster: the same CUSUM on their area sees the
+        onset sooner. Whichever detector sees it first raises ``expansion_onset``; the
+        other's is dropped, so one physical change still makes one alert.
+        """
+        out = []
+        for alert in alerts:
+            if alert.kind is EventKind.CONTACT_MADE:
+                touching = ids[table["touches_needle"]]
+                self._fed = tuple(sorted(int(i) for i in touching))
+                self._fed_detector = AlertDetector(self.alert_config) if self._fed else None
+                self._onset_reported = False
+            elif alert.kind is EventKind.CONTACT_LOST:
+                self._fed_detector = None
+            elif alert.kind is EventKind.EXPANSION_ONSET:
+                if self._onset_reported:
+                    continue
+                self._onset_reported = True
+            out.append(alert)
+        fed = self._fed_detector
+        if fed is not None and not any(a.kind is EventKind.CONTACT_MADE for a in alerts):
+            present = np.isin(ids, self._fed)
+            area = (float(table["area_px"][present].sum())
+                    if int(present.sum()) == len(self._fed) else math.nan)
+            for alert in fed.update(t_s=t_s, frame=index, area_px=area, needle_contact=contact):
+                if alert.kind is EventKind.EXPANSION_ONSET and not self._onset_reported:
+                    self._onset_reported = True
+                    names = ", ".join(str(i) for i in self._fed)
+                    out.append(replace(
+                        alert, particle_ids=self._fed,
+                        message=f"Particle{'s' if len(self._fed) > 1 else ''} {names} at the "
+                        f"needle expanding: {100 * alert.magnitude:+.1f} % since contact "
+                        f"(onset t = {alert.t_s:.1f} s, detected t = {t_s:.1f} s)."))
+        return out
+
+
     def _with_particles(self, alert: Alert, touching: list[int],
                         columns: dict[str, np.ndarray]) -> Alert:
         if alert.particle_ids:
