@@ -6,6 +6,8 @@ Measures, on the same simulated frames:
 
 * ``render``: the simulator drawing frames (the camera's stand-in, not the service);
 * ``analysis``: ``analyze_frame`` alone, frames in memory, single process;
+* ``session``: ``SessionAnalyzer.update`` (what the worker runs: analysis plus drift,
+  tracking, physics and alerts), frames in memory;
 * ``archive``: ``ArchiveWriter.append_frame`` alone into a fresh store;
 * ``end_to_end``: replay at ``--speed max`` through publisher -> ZeroMQ (tcp loopback)
   -> worker (archive + analysis of every frame) -> session_closed acknowledgement.
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from lithoscope.service.analysis import analyze_frame
+from lithoscope.service.analysis import SessionAnalyzer, analyze_frame
 from lithoscope.service.archive import ArchiveWriter
 from lithoscope.service.session import run_local_session
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
@@ -77,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["analysis"] = timed(
         lambda: [analyze_frame(im, pixel_size_nm=info.pixel_size_nm) for im in images],
         len(images))
+
+    def session() -> None:
+        analyzer = SessionAnalyzer()
+        for f in frames:
+            analyzer.update(f.image, t_s=f.t_s, index=f.index, pixel_size_nm=info.pixel_size_nm)
+
+    # What the worker runs per frame: analyze_frame plus drift, tracking, physics, alerts.
+    results["session"] = timed(session, len(images))
 
     with tempfile.TemporaryDirectory(prefix="lithoscope-bench-") as tmp:
         def archive() -> None:

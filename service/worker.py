@@ -33,7 +33,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
-from .alerts import Alert, AlertDetector
+from .alerts import Alert
 from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
 from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
 from .config import ServiceConfig
@@ -114,14 +114,12 @@ class SkipRate:
 class _Session:
     start: SessionStart
     writer: ArchiveWriter | None
-    detector: AlertDetector
     last_seq: int | None = None
     last_frame_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     archived: int = 0
     analysed: int = 0
     skipped: int = 0
     dropped: int = 0
-    baseline_area_px: float | None = None
     analyzer: SessionAnalyzer | None = None
     """Created on the first analysed frame; holds tracks, references and the alerts."""
     pending: Frame | None = None
@@ -332,8 +330,7 @@ class Worker:
             start = dataclasses.replace(start, archive_name=previous.name)
         path = self.archive_path_for(start)
         writer: ArchiveWriter | None = None
-        session = _Session(start=start, writer=None,
-                           detector=AlertDetector(self.config.alerts))
+        session = _Session(start=start, writer=None)
         try:
             links = {"continues": previous.name} if previous is not None else {}
             writer = ArchiveWriter(

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["DriftEstimator", "ParticleTracker", "drift_iter", "track_iter"]
 
@@ -193,6 +192,10 @@ class ParticleTracker:
             limit = math.log(max(self.max_radius_ratio, 1.0 + 1e-9))
             allowed = (distance <= reach) & (mismatch <= limit)
             cost = np.where(allowed, distance / np.maximum(reach, 1e-9) + mismatch / limit, 1e9)
+            # Imported here: scipy.optimize takes ~1 s to import, and every CLI command
+            # (even --help) imports the analysis package through the config.
+            from scipy.optimize import linear_sum_assignment
+
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols, strict=True):
                 if allowed[r, c]:
