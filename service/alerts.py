@@ -26,7 +26,6 @@ I/O, and runs the same live, on replay and in offline re-analysis
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ._options import options_from_dict, options_to_dict
 from .errors import ConfigError
 from .protocol import EventKind
 
@@ -98,27 +98,12 @@ class AlertConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertConfig:
-        """Build a config from plain values (TOML, JSON, CLI).
-
-        Raises
-        ------
-        ConfigError
-            On an unknown key or an invalid value.
-        """
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise ConfigError(
-                    f"Unknown alert option {key!r}. Expected one of {', '.join(names)}."
-                )
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"Invalid alert options: {exc}.") from None
+        """Build from plain values (TOML, JSON, CLI); a ConfigError names a bad key."""
+        return options_from_dict(cls, data, what="alert")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values; inverse of :meth:`from_dict`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return options_to_dict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lithoscope.service.errors import ConfigError
+
+from .._options import options_from_dict, options_to_dict
 
 __all__ = ["AnalysisConfig"]
 
@@ -83,24 +84,9 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnalysisConfig:
-        """Build a config from plain values (TOML, JSON, CLI).
-
-        Raises
-        ------
-        ConfigError
-            On an unknown key or an invalid value.
-        """
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise ConfigError(
-                    f"Unknown analysis option {key!r}. Expected one of {', '.join(names)}."
-                )
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"Invalid analysis options: {exc}.") from None
+        """Build from plain values (TOML, JSON, CLI); a ConfigError names a bad key."""
+        return options_from_dict(cls, data, what="analysis")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values; inverse of :meth:`from_dict`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return options_to_dict(self)

@@ -47,6 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lithoscope.service._options import options_from_dict, options_to_dict
 from lithoscope.service.errors import ConfigError, SourceError
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
 
@@ -270,33 +271,12 @@ class SimConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
-        """Build a config from plain values (TOML, JSON, CLI); lists become tuples.
-
-        Raises
-        ------
-        ConfigError
-            On an unknown key or an invalid value.
-        """
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise ConfigError(
-                    f"Unknown simulator option {key!r}. Expected one of {', '.join(names)}."
-                )
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"Invalid simulator options: {exc}.") from None
+        """Build from plain values (TOML, JSON, CLI); a ConfigError names a bad key."""
+        return options_from_dict(cls, data, what="simulator")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-ready values (tuples as lists); inverse of :meth:`from_dict`."""
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        """Plain, JSON-ready values; inverse of :meth:`from_dict`."""
+        return options_to_dict(self)
 
 
 def _check_positive(config: SimConfig, *names: str) -> None:
