@@ -181,11 +181,13 @@ class MeasurementLogger:
 
     def write(self, msg: Message) -> None:
         """Log one message (results and events; other kinds are ignored)."""
-        batches: Iterable[tuple[str, list[dict[str, Any]]]] = ()
+        batches: Iterable[tuple[str, list[dict[str, Any]]]]
         if isinstance(msg, Result):
             batches = (("cluster", _cluster_rows(msg)), ("particles", _particle_rows(msg)))
         elif isinstance(msg, Event):
             batches = (("events", _event_rows(msg)),)
+        else:
+            return
         for name, rows in batches:
             if rows:
                 self._table(msg.session_id, name).write(rows)

@@ -6,6 +6,7 @@ no GUI backend, so it is safe in a background tool and in tests.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -162,7 +163,8 @@ class LivePlot:
         use_nm = isinstance(c.get("area_nm2"), (int, float))
         self.unit = "nm²" if use_nm else "px"
         self.t.append(msg.t_s)
-        self.area.append(float(c.get("area_nm2") if use_nm else c.get("area_px") or 0))
+        area = c.get("area_nm2") if use_nm else c.get("area_px") or 0
+        self.area.append(float(area) if area is not None else math.nan)
         self.contact.append(bool(c.get("needle_contact")))
         areas = p.get("area_nm2") if use_nm else p.get("area_px")
         if not areas:

@@ -146,7 +146,7 @@ def _fill_value(dtype: Any) -> Any:
     return -1
 
 
-def _write_all(writes: list[tuple[zarr.Array, Any, np.ndarray]]) -> None:
+def _write_all(writes: list[tuple[zarr.Array[Any], Any, np.ndarray]]) -> None:
     async def gather() -> None:
         await asyncio.gather(*(array.async_array.setitem(selection, value)
                                for array, selection, value in writes))
@@ -171,7 +171,7 @@ class _Table:
         self.key = _KEYS[name]
         self.chunk_rows = chunk_rows
         sub = group.create_group(name)
-        self.arrays: dict[str, zarr.Array] = {
+        self.arrays: dict[str, zarr.Array[Any]] = {
             column: sub.create_array(
                 column, shape=(0,), chunks=(chunk_rows,), dtype=dtype,
                 fill_value=_fill_value(dtype), config={"write_empty_chunks": True},
@@ -214,7 +214,7 @@ class _Table:
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    def flush(self, *, also: list[tuple[zarr.Array, Any, np.ndarray]] | None = None) -> None:
+    def flush(self, *, also: list[tuple[zarr.Array[Any], Any, np.ndarray]] | None = None) -> None:
         """Write buffered rows; ``also`` are extra (array, selection, value) writes that
         must land before the key column (the frame pixels of frame_table rows)."""
         if not self._pending_rows:
@@ -290,7 +290,7 @@ class ArchiveWriter:
         self._write_meta()
         self._compressor = zarr.codecs.BloscCodec(cname="lz4", clevel=compression_level,
                                                   shuffle="bitshuffle")
-        self.frames: zarr.Array | None = None
+        self.frames: zarr.Array[Any] | None = None
         self.frame_count = 0
         self.tables = {
             "frame_table": _Table(self.group, "frame_table", FRAME_TABLE_COLUMNS, chunk_rows=256),
@@ -305,7 +305,7 @@ class ArchiveWriter:
     def _write_meta(self) -> None:
         self.group.attrs["lithoscope"] = json.loads(json.dumps(self._meta, default=str))
 
-    def _create_frames(self, shape: tuple[int, int], dtype: np.dtype[Any]) -> zarr.Array:
+    def _create_frames(self, shape: tuple[int, int], dtype: np.dtype[Any]) -> zarr.Array[Any]:
         # write_empty_chunks=True: the default compares every chunk with the fill value
         # before writing, ~20 ms per 2048² frame, and a dark frame must be kept anyway.
         frames = self.group.create_array(
@@ -332,7 +332,7 @@ class ArchiveWriter:
         if self.closed:
             raise ArchiveError(f"Archive {self.path} is closed.")
         if self.frames is None:
-            self.frames = self._create_frames(image.shape, image.dtype)  # type: ignore[arg-type]
+            self.frames = self._create_frames(image.shape, image.dtype)
         elif image.shape != self.frames.shape[1:] or image.dtype != self.frames.dtype:
             raise ArchiveError(
                 f"Frame {index} is {image.shape} {image.dtype}; this session's archive holds "
@@ -486,7 +486,7 @@ class ArchiveReader:
         return float(value) if value is not None else None
 
     @property
-    def frames(self) -> zarr.Array:
+    def frames(self) -> zarr.Array[Any]:
         """The frames array (lazy). Rows beyond ``frame_count`` are not frames."""
         if self._frames is None:
             raise ArchiveError(f"Archive {self.path} holds no frames.")

@@ -320,7 +320,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         image = np.ascontiguousarray(image)
         if image.dtype.byteorder == ">":
             image = image.astype(image.dtype.newbyteorder("<"))
-        payload = memoryview(image).cast("B")
+        payload = image.data.cast("B")
     return [kind.value.encode("ascii"), json.dumps(header, allow_nan=False).encode(), payload]
 
 
@@ -370,7 +370,7 @@ def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dic
         raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r}.",
                             reason="unknown_version")
     try:
-        kind = MessageType(header.get("type"))
+        kind = MessageType(str(header.get("type")))
     except ValueError:
         raise ProtocolError(f"Unknown message type {header.get('type')!r}.",
                             reason="unknown_type") from None
@@ -447,7 +447,7 @@ def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Messag
     if cls is Frame:
         values["image"] = _parse_frame_payload(values, payload, limits)
     else:
-        buffer = payload.buffer if hasattr(payload, "buffer") else payload
+        buffer: Any = getattr(payload, "buffer", payload)
         if memoryview(buffer).nbytes:
             raise ProtocolError(f"A {cls.TYPE.value} message carries no payload.",
                                 reason="unexpected_payload")

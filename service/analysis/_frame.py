@@ -103,7 +103,8 @@ def _analyze(
     has_size = pixel_size_nm is not None and math.isfinite(pixel_size_nm)
     cluster = {
         "area_px": area_px,
-        "area_nm2": area_px * float(pixel_size_nm) ** 2 if has_size else math.nan,
+        "area_nm2": (area_px * float(pixel_size_nm) ** 2
+                     if has_size and pixel_size_nm is not None else math.nan),
         "particle_count": int(particles["label"].size),
         "needle_contact": bool(particles["touches_needle"].any()),
         "needle_area_px": int(np.count_nonzero(needle_mask)),

@@ -89,7 +89,7 @@ def measure_particles(
             raise ValueError(
                 f"Expected a needle mask of shape {labels.shape}. Got {needle_mask.shape}."
             )
-        near = needle_mask.astype(np.uint8)
+        near: np.ndarray = needle_mask.astype(np.uint8)
         if contact_px > 0:
             size_k = 2 * int(contact_px) + 1
             near = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,

@@ -181,8 +181,8 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
         pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
     level = _vacuum_level(pixels, config, binning)
     if level is None:
-        flat = np.zeros(pixels.shape, np.uint8)
-        return _Prepared(flat=flat, binning=binning, shape=shape)
+        blank = np.zeros(pixels.shape, np.uint8)
+        return _Prepared(flat=blank, binning=binning, shape=shape)
     flat = cv2.divide(pixels, level, scale=_VACUUM, dtype=cv2.CV_8U)
     return _Prepared(flat=flat, binning=binning, shape=shape)
 
@@ -304,7 +304,7 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig) ->
         return np.zeros(flat.shape, np.int32)
     lookup = np.zeros(count, np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    labels = lookup[components]
+    labels: np.ndarray = lookup[components]
     if not config.split_touching:
         return labels
     return _split(labels, int(keep.sum()), config, b, flat)
@@ -529,4 +529,4 @@ def _bin_mask(mask: np.ndarray, prepared: _Prepared) -> np.ndarray:
         return mask
     rows, cols = shape
     cropped = mask[: rows * b, : cols * b].reshape(rows, b, cols, b)
-    return cropped.any(axis=(1, 3))
+    return np.asarray(cropped.any(axis=(1, 3)))

@@ -392,7 +392,8 @@ def _evolve(
     eigenvalues, vectors = np.linalg.eigh(matrix)
     steady = -np.linalg.lstsq(matrix, feed, rcond=None)[0]
     modes = vectors.T @ (x0 - steady)
-    return steady + (np.exp(np.outer(dt_s, eigenvalues)) * modes) @ vectors.T
+    state: np.ndarray = steady + (np.exp(np.outer(dt_s, eigenvalues)) * modes) @ vectors.T
+    return state
 
 
 class _Scene:
@@ -642,7 +643,7 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     brightness = 1.0 + config.flicker * float(rng.standard_normal())
     expected = blurred
     np.multiply(blurred, scene.illumination, out=expected)
-    expected *= np.float32(max(brightness, 0.0))
+    np.multiply(expected, np.float32(max(brightness, 0.0)), out=expected)
     electrons = rng.standard_normal((rows, cols), dtype=np.float32)
     electrons *= np.sqrt(expected)
     electrons += expected
