@@ -54,6 +54,9 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
 
 _HISTORY = 4096
 """Samples kept per track: the fit of D needs the whole swelling, minutes at most."""
+_FORGET_S = 120.0
+"""A track's history is dropped once unseen this long: the tracker has retired its id
+long before, and a session of hours must not keep every id it ever gave out."""
 _FIT_INTERVAL_S = 1.0
 """The diffusion fit is refreshed at most this often (it costs more than a frame)."""
 
@@ -71,6 +74,7 @@ class _Series:
     """(t_s, area_px) since the reference."""
     diffusion_cm2_per_s: float = math.nan
     fitted_at_s: float = -math.inf
+    last_seen_s: float = -math.inf
 
 
 class SessionAnalyzer:
@@ -120,6 +124,7 @@ class SessionAnalyzer:
         self._first_area_px: float | None = None
         self._cluster = _Series()
         self._tracks: dict[int, _Series] = {}
+        self._pruned_at_s = -math.inf
         self._contact_started_s: float | None = None
         self._onset_s: float | None = None
         self._contact_lost = False
@@ -259,7 +264,12 @@ class SessionAnalyzer:
         values = np.full((n, 5), np.nan)
         for row, track_id in enumerate(ids):
             series = self._tracks.setdefault(int(track_id), _Series())
+            series.last_seen_s = t_s
             values[row] = self._kinetics(series, t_s, float(table["area_px"][row]), size_nm)
+        if t_s - self._pruned_at_s >= 10.0:
+            self._pruned_at_s = t_s
+            for stale in [k for k, v in self._tracks.items() if v.last_seen_s < t_s - _FORGET_S]:
+                del self._tracks[stale]
         columns: dict[str, np.ndarray] = dict(table)
         columns["track_id"] = ids.astype(np.int64)
         columns["neighbour_ids"] = np.full(n, "", dtype=object)  # filled by the caller

@@ -119,3 +119,20 @@ def test_grid_bar_is_neither_needle_nor_particle() -> None:
         assert not (classes[:, -3:] == 1).any()
         assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"],
                                                           rel=0.04)
+
+
+def test_histories_of_vanished_tracks_are_forgotten() -> None:
+    """A session of hours must not keep the history of every track id it ever gave out."""
+    sim = SimulatedSource(SimConfig(shape=(256, 256), pixel_size_nm=1.0))
+    analyzer = SessionAnalyzer()
+    frame = sim.render(0).image
+    _, particles, _ = analyzer.update(frame, t_s=0.0, index=0, pixel_size_nm=1.0)
+    assert len(particles["track_id"]) > 0
+    seen = {int(i) for i in particles["track_id"]}
+    vacuum = np.full_like(frame, np.percentile(frame, 99))
+    for i, t_s in enumerate(np.arange(1.0, 200.0, 2.0), start=1):  # past the tracker memory
+        analyzer.update(vacuum, t_s=float(t_s), index=i, pixel_size_nm=1.0)
+    _, again, _ = analyzer.update(frame, t_s=200.0, index=999, pixel_size_nm=1.0)
+    # Long gone ids are dropped; the particles seen again start new histories.
+    assert seen.isdisjoint(int(i) for i in again["track_id"])
+    assert set(analyzer._tracks) == {int(i) for i in again["track_id"]}
