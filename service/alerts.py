@@ -453,7 +453,6 @@ class AlertDetector:
             f"(onset t = {start.t_s:.1f} s, detected t = {sample.t_s:.1f} s).",
         )]
 
-
     def _watch_settling(self, sample: _Sample) -> list[Alert]:
         reference = self._contraction_reference
         if self._settled_reported or not reference:
