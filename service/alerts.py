@@ -76,7 +76,10 @@ class AlertConfig:
     """Time window of the least-squares growth rate used for ``expansion_slowing``
     and ``contraction_settled``."""
     drift_warning_px_per_frame: float = 2.0
-    """Specimen drift speed that makes tracking and measurements unreliable."""
+    """Specimen drift speed that makes tracking and measurements unreliable. The
+    session analysis gives the detector steps in pixels of the analysis'
+    ``reference_pixel_size_nm`` (0.5 nm by default: 2 px is 1 nm per frame), so the
+    threshold holds whatever the camera binning."""
     drift_warning_frames: int = 4
     """Consecutive frames the drift must exceed it (one bad correlation is not drift)."""
 

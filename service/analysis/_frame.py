@@ -60,7 +60,8 @@ def analyze_frame(
     config : AnalysisConfig, optional
         Options; defaults to ``AnalysisConfig()``.
     pixel_size_nm : float, optional
-        Pixel size; without it the nm values are NaN.
+        Pixel size; without it the nm values are NaN and the options' lengths are
+        taken at their reference pixel size (see :meth:`AnalysisConfig.at_pixel_size`).
 
     Returns
     -------
@@ -90,7 +91,7 @@ def _analyze(
     pixel_size_nm: float | None = None,
 ) -> tuple[FrameAnalysis, _Prepared, _Needle]:
     """:func:`analyze_frame`, also handing back the flattened frame (for drift)."""
-    config = config if config is not None else AnalysisConfig()
+    config = (config if config is not None else AnalysisConfig()).at_pixel_size(pixel_size_nm)
     prepared = _prepare(image, config)
     needle = _find_needle(prepared, config)
     labels = _upsample(_segment(prepared, needle.mask | needle.grid, config), prepared)

@@ -433,7 +433,8 @@ def _upsample(array: np.ndarray, prepared: _Prepared) -> np.ndarray:
     return out
 
 
-def detect_needle(image: np.ndarray, *, config: AnalysisConfig | None = None) -> np.ndarray:
+def detect_needle(image: np.ndarray, *, config: AnalysisConfig | None = None,
+                  pixel_size_nm: float | None = None) -> np.ndarray:
     """Mask of the needle: the opaque region connected to an image edge, with its coating.
 
     Parameters
@@ -443,6 +444,9 @@ def detect_needle(image: np.ndarray, *, config: AnalysisConfig | None = None) ->
     config : AnalysisConfig, optional
         ``needle_threshold_fraction``, ``needle_min_area_px``, ``needle_layer_px``,
         ``smoothing_sigma_px``, ``background_sigma_px``, ``binning`` are used.
+    pixel_size_nm : float, optional
+        Pixel size; the options' lengths are rescaled to it (see
+        :meth:`AnalysisConfig.at_pixel_size`). Without it, the reference size.
 
     Returns
     -------
@@ -458,7 +462,7 @@ def detect_needle(image: np.ndarray, *, config: AnalysisConfig | None = None) ->
     ``needle_layer_px`` of the metal; particle pixels that close to the metal are
     counted as needle, a band of a few pixels where a particle presses on the tip.
     """
-    config = config if config is not None else AnalysisConfig()
+    config = (config if config is not None else AnalysisConfig()).at_pixel_size(pixel_size_nm)
     prepared = _prepare(image, config)
     return _upsample(_find_needle(prepared, config).mask, prepared)
 
@@ -468,6 +472,7 @@ def segment_particles(
     *,
     needle_mask: np.ndarray | None = None,
     config: AnalysisConfig | None = None,
+    pixel_size_nm: float | None = None,
 ) -> np.ndarray:
     """Label the particles of a bright-field frame (darker than vacuum, not the needle).
 
@@ -480,6 +485,9 @@ def segment_particles(
         needle is detected here; pass an all-False mask to leave nothing out.
     config : AnalysisConfig, optional
         Segmentation options; defaults to ``AnalysisConfig()``.
+    pixel_size_nm : float, optional
+        Pixel size; the options' lengths are rescaled to it (see
+        :meth:`AnalysisConfig.at_pixel_size`). Without it, the reference size.
 
     Returns
     -------
@@ -508,7 +516,7 @@ def segment_particles(
     F. Aurenhammer, "Voronoi diagrams - a survey of a fundamental geometric data
     structure", ACM Comput. Surv. 23 (1991) 345-405.
     """
-    config = config if config is not None else AnalysisConfig()
+    config = (config if config is not None else AnalysisConfig()).at_pixel_size(pixel_size_nm)
     prepared = _prepare(image, config)
     if needle_mask is None:
         found = _find_needle(prepared, config)

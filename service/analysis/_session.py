@@ -179,9 +179,15 @@ class SessionAnalyzer:
         step_px = math.hypot(*step)
         cluster["drift_step_px"] = step_px
 
+        # The drift threshold is in reference pixels, like the analysis lengths: a
+        # nanometre of drift per frame is the same whatever the camera's binning.
+        ref = self.config.reference_pixel_size_nm
+        known = pixel_size_nm is not None and math.isfinite(pixel_size_nm) and pixel_size_nm > 0
+        step_ref = step_px * float(pixel_size_nm) / ref if ref > 0 and known and pixel_size_nm \
+            else step_px
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=area,
                                       needle_contact=bool(cluster["needle_contact"]),
-                                      drift_step_px=step_px)
+                                      drift_step_px=step_ref)
         alerts = self._merge_fed_onset(alerts, table, ids, t_s, index,
                                        bool(cluster["needle_contact"]))
         for alert in alerts:

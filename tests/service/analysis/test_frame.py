@@ -108,3 +108,16 @@ def test_binned_analysis_reports_input_pixels() -> None:
     result = analyze_frame(frame.image, config=AnalysisConfig(binning=2), pixel_size_nm=1.0)
     assert result.labels.shape == frame.image.shape
     assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)
+
+
+@pytest.mark.parametrize("size", [256, 512, 1024])
+def test_same_field_at_any_pixel_size_gives_the_same_particles(size: int) -> None:
+    """The options are in reference pixels (0.5 nm): a 256², 512² or 1024² view of one
+    field finds its particles and their nm² area (rescaled options, auto binning)."""
+    pixel = 0.5 * 512 / size
+    source = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel, fps=2.0))
+    frame = source.render(120)
+    found = analyze_frame(frame.image, pixel_size_nm=pixel)
+    assert abs(found.cluster["particle_count"] - frame.truth["particle_count"]) <= 1
+    true_nm2 = frame.truth["cluster_area_px"] * pixel**2
+    assert found.cluster["area_nm2"] == pytest.approx(true_nm2, rel=0.03)

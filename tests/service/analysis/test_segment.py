@@ -44,12 +44,58 @@ class TestConfig:
         with pytest.raises(ConfigError, match=r"Unknown analysis option 'x'\. Expected one of "):
             AnalysisConfig.from_dict({"x": 1})
 
-    @pytest.mark.parametrize("values", [{"binning": 0}, {"particle_min_contrast": 1.5},
+    @pytest.mark.parametrize("values", [{"binning": -1}, {"reference_pixel_size_nm": -0.5},
+                                        {"reference_pixel_size_nm": float("nan")},
+                                        {"particle_min_contrast": 1.5},
                                         {"needle_threshold_fraction": 0.9},
                                         {"background_sigma_px": 0}])
     def test_invalid(self, values: dict) -> None:
         with pytest.raises(ConfigError, match="Expected"):
             AnalysisConfig.from_dict(values)
+
+
+class TestAtPixelSize:
+    def test_finer_pixels_bin_down_to_the_reference(self) -> None:
+        config = AnalysisConfig().at_pixel_size(0.125)
+        default = AnalysisConfig()
+        assert config.binning == 4
+        assert config.reference_pixel_size_nm == 0
+        assert config.smoothing_sigma_px == pytest.approx(4 * default.smoothing_sigma_px)
+        assert config.split_min_distance_px == 4 * default.split_min_distance_px
+        assert config.min_particle_area_px == 16 * default.min_particle_area_px
+        assert config.needle_min_area_px == 16 * default.needle_min_area_px
+
+    def test_coarser_pixels_shrink_sizes_not_optical_widths(self) -> None:
+        default = AnalysisConfig()
+        config = default.at_pixel_size(2.0)
+        assert config.binning == 1
+        assert config.split_min_distance_px == 2  # 10 / 4, rounded
+        assert config.min_particle_area_px == round(100 / 16)
+        assert config.background_sigma_px == default.background_sigma_px
+        assert config.smoothing_sigma_px == default.smoothing_sigma_px
+        assert config.grid_rim_px == default.grid_rim_px
+        assert config.needle_layer_px == default.needle_layer_px
+
+    def test_positive_integers_stay_positive(self) -> None:
+        assert AnalysisConfig(split_min_distance_px=1).at_pixel_size(4.0).split_min_distance_px == 1
+
+    def test_without_pixel_size_or_reference_nothing_changes(self) -> None:
+        default = AnalysisConfig()
+        for config in (default.at_pixel_size(None), default.at_pixel_size(float("nan")),
+                       AnalysisConfig(reference_pixel_size_nm=0).at_pixel_size(0.1)):
+            assert config.binning == 1
+            assert config.min_particle_area_px == default.min_particle_area_px
+            assert config.smoothing_sigma_px == default.smoothing_sigma_px
+
+    def test_explicit_binning_is_kept(self) -> None:
+        assert AnalysisConfig(binning=3).at_pixel_size(0.125).binning == 3
+        assert AnalysisConfig(binning=1).at_pixel_size(0.125).binning == 1
+
+    @pytest.mark.parametrize("pixel_size_nm", [None, 0.1, 0.25, 0.5, 0.7, 2.0])
+    def test_idempotent(self, pixel_size_nm: float | None) -> None:
+        once = AnalysisConfig().at_pixel_size(pixel_size_nm)
+        assert once.at_pixel_size(pixel_size_nm) == once
+        assert once.at_pixel_size(None) == once
 
 
 class TestNeedle:
