@@ -12,8 +12,15 @@ from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, analyze_frame
 from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
 from ._segment import detect_needle, segment_particles
-from ._session import CLUSTER_COLUMNS, SESSION_PARTICLE_COLUMNS, SessionAnalyzer, session_iter
-from ._tracking import DriftEstimator, ParticleTracker, drift_iter, track_iter
+from ._session import (
+    CLUSTER_COLUMNS,
+    SESSION_PARTICLE_COLUMNS,
+    FrameMeasurement,
+    SessionAnalyzer,
+    measure_frame,
+    session_iter,
+)
+from ._tracking import DriftEstimator, ParticleTracker, drift_image, drift_iter, track_iter
 
 __all__ = [
     "CLUSTER_COLUMNS",
@@ -22,12 +29,15 @@ __all__ = [
     "AnalysisConfig",
     "DriftEstimator",
     "FrameAnalysis",
+    "FrameMeasurement",
     "ParticleTracker",
     "SessionAnalyzer",
     "analyze_frame",
     "detect_needle",
+    "drift_image",
     "drift_iter",
     "empty_particles",
+    "measure_frame",
     "measure_particles",
     "particle_contacts",
     "segment_particles",

@@ -26,9 +26,53 @@ from lithoscope.service.protocol import EventKind
 from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, _analyze
 from ._measure import PARTICLE_COLUMNS
-from ._tracking import DriftEstimator, ParticleTracker
+from ._tracking import DriftEstimator, ParticleTracker, drift_image
 
-__all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "SessionAnalyzer", "session_iter"]
+__all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
+           "measure_frame", "session_iter"]
+
+_DRIFT_DOWNSAMPLE = 2
+"""The drift image is the analysed (binned) frame reduced this much again."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeasurement:
+    """One frame's stateless analysis: all :meth:`SessionAnalyzer.update_measured` needs.
+
+    The split lets frames be measured in parallel (other processes, other hosts) and
+    joined up in order by the session's one analyzer; it holds no full-frame arrays, so
+    it is cheap to send: a few kB of columns and a drift image of half the bytes of
+    a uint16 frame analysed unbinned, an eighth at 2x2 binning.
+    """
+
+    particles: dict[str, np.ndarray]
+    """Columns of :data:`PARTICLE_COLUMNS`."""
+    cluster: dict[str, Any]
+    """The per-frame cluster values of :class:`FrameAnalysis`."""
+    contacts: np.ndarray
+    """(K, 2) int32 pairs of touching particle labels."""
+    drift_image: np.ndarray
+    """float32, see :func:`drift_image`."""
+    drift_scale: float
+    """Input pixels per pixel of ``drift_image``."""
+
+
+def measure_frame(
+    image: np.ndarray, *, config: AnalysisConfig | None = None,
+    pixel_size_nm: float | None = None,
+) -> FrameMeasurement:
+    """The stateless half of :meth:`SessionAnalyzer.update`; see :class:`FrameMeasurement`."""
+    return _measure(image, config, pixel_size_nm)[1]
+
+
+def _measure(image: np.ndarray, config: AnalysisConfig | None, pixel_size_nm: float | None,
+             ) -> tuple[FrameAnalysis, FrameMeasurement]:
+    analysis, prepared, needle = _analyze(image, config=config, pixel_size_nm=pixel_size_nm)
+    drift = drift_image(prepared.flat, exclude=needle.mask, downsample=_DRIFT_DOWNSAMPLE)
+    return analysis, FrameMeasurement(
+        particles=analysis.particles, cluster=dict(analysis.cluster),
+        contacts=analysis.contacts, drift_image=drift,
+        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE))
 
 SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = {
     **PARTICLE_COLUMNS,
@@ -116,7 +160,7 @@ class SessionAnalyzer:
                  alerts: AlertConfig | None = None) -> None:
         self.config = config if config is not None else AnalysisConfig()
         self.alert_config = alerts if alerts is not None else AlertConfig()
-        self.drift = DriftEstimator()
+        self.drift = DriftEstimator(downsample=_DRIFT_DOWNSAMPLE)
         self.tracker = ParticleTracker()
         self.detector = AlertDetector(self.alert_config)
         self.last: FrameAnalysis | None = None
@@ -161,16 +205,25 @@ class SessionAnalyzer:
         alerts : list of Alert
             Alerts this frame completes.
         """
-        analysis, prepared, needle = _analyze(image, config=self.config,
-                                              pixel_size_nm=pixel_size_nm)
+        analysis, measurement = _measure(image, self.config, pixel_size_nm)
         self.last = analysis
-        step = self.drift.update(prepared.flat, exclude=needle.mask, scale=prepared.binning)
+        return self.update_measured(measurement, t_s=t_s, index=index,
+                                    pixel_size_nm=pixel_size_nm)
+
+    def update_measured(
+        self, measurement: FrameMeasurement, *, t_s: float, index: int,
+        pixel_size_nm: float | None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]:
+        """:meth:`update` for a frame already through :func:`measure_frame` (e.g. in
+        another process). Frames must come in acquisition order; ``self.last`` is not
+        set (there is no label image here)."""
+        step = self.drift.update_image(measurement.drift_image, scale=measurement.drift_scale)
         drift = self.drift.drift_px
-        table = analysis.particles
+        table = measurement.particles
         radii = np.sqrt(table["area_px"] / np.pi)
         ids = self.tracker.update(np.column_stack([table["centroid_row"], table["centroid_col"]]),
                                   radii, drift_px=drift)
-        cluster = dict(analysis.cluster)
+        cluster = dict(measurement.cluster)
         area = float(cluster["area_px"])
         if self._first_area_px is None and area > 0:
             self._first_area_px = area
@@ -202,7 +255,7 @@ class SessionAnalyzer:
         size = pixel_size_nm if pixel_size_nm is not None and math.isfinite(pixel_size_nm) \
             else math.nan
         columns = self._particle_physics(table, ids, t_s, size)
-        columns["neighbour_ids"] = _neighbours(analysis.contacts, table["label"], ids)
+        columns["neighbour_ids"] = _neighbours(measurement.contacts, table["label"], ids)
         self._cluster_physics(cluster, area, t_s, size, table, columns)
         touching = [int(i) for i in ids[table["touches_needle"]]]
         alerts = [self._with_particles(a, touching, columns) for a in alerts]

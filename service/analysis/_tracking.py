@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["DriftEstimator", "ParticleTracker", "drift_iter", "track_iter"]
+__all__ = ["DriftEstimator", "ParticleTracker", "drift_image", "drift_iter", "track_iter"]
 
 _DOUBTFUL_WEIGHT = 0.3
 """How far a doubtful match moves its track towards the detection."""
@@ -67,15 +67,13 @@ class DriftEstimator:
         ``exclude`` marks pixels to blank (the needle); ``scale`` converts the
         frame's pixels to the caller's (the analysis binning).
         """
-        image: np.ndarray = flat.astype(np.float32)
-        if exclude is not None and exclude.any():
-            image[exclude] = _VACUUM
-        if self.downsample > 1:
-            rows, cols = image.shape
-            image = cv2.resize(image, (max(1, cols // self.downsample),
-                                       max(1, rows // self.downsample)),
-                               interpolation=cv2.INTER_AREA)
-        image -= np.float32(_VACUUM)
+        image = drift_image(flat, exclude=exclude, downsample=self.downsample)
+        return self.update_image(image, scale=scale * self.downsample)
+
+    def update_image(self, image: np.ndarray, *, scale: float = 1.0) -> tuple[float, float]:
+        """Take a frame already through :func:`drift_image`; ``scale`` is the caller's
+        pixels per pixel of ``image``. The stateful half of :meth:`update`: a worker
+        process may prepare the image, the session's one estimator correlates it."""
         previous, self._previous = self._previous, image
         if previous is None or previous.shape != image.shape or min(image.shape) < 8:
             return (0.0, 0.0)
@@ -85,10 +83,26 @@ class DriftEstimator:
         self.response = float(response)
         if not (response >= self.min_response and math.isfinite(dx) and math.isfinite(dy)):
             return (0.0, 0.0)
-        factor = self.downsample * scale
-        step = (float(dy) * factor, float(dx) * factor)
+        step = (float(dy) * scale, float(dx) * scale)
         self.drift_px = (self.drift_px[0] + step[0], self.drift_px[1] + step[1])
         return step
+
+
+def drift_image(flat: np.ndarray, *, exclude: np.ndarray | None = None,
+                downsample: int = 2) -> np.ndarray:
+    """What :class:`DriftEstimator` correlates: the flattened frame (vacuum at 128) with
+    ``exclude`` (the needle) blanked to vacuum, reduced ``downsample`` times, float32
+    with vacuum at 0. Stateless and small (a sixteenth of a binned frame's bytes
+    at 2), so it can be computed where the frame is analysed and sent on."""
+    image: np.ndarray = flat.astype(np.float32)
+    if exclude is not None and exclude.any():
+        image[exclude] = _VACUUM
+    if downsample > 1:
+        rows, cols = image.shape
+        image = cv2.resize(image, (max(1, cols // downsample), max(1, rows // downsample)),
+                           interpolation=cv2.INTER_AREA)
+    image -= np.float32(_VACUUM)
+    return image
 
 
 def drift_iter(estimator: DriftEstimator,

@@ -13,6 +13,7 @@ from lithoscope.service.analysis import (
     FrameAnalysis,
     SessionAnalyzer,
     analyze_frame,
+    measure_frame,
     particle_contacts,
     session_iter,
 )
@@ -136,3 +137,24 @@ def test_histories_of_vanished_tracks_are_forgotten() -> None:
     # Long gone ids are dropped; the particles seen again start new histories.
     assert seen.isdisjoint(int(i) for i in again["track_id"])
     assert set(analyzer._tracks) == {int(i) for i in again["track_id"]}
+
+
+def test_measured_elsewhere_gives_the_same_session() -> None:
+    """update() == measure_frame() (stateless, could run in another process) followed by
+    update_measured() in frame order: what `serve --workers N` relies on."""
+    source = SimulatedSource(SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0,
+                                       duration_s=40.0, drift_px_per_frame=0.5))
+    frames = list(source)
+    whole, split = SessionAnalyzer(), SessionAnalyzer()
+    measurements = [measure_frame(f.image, pixel_size_nm=1.0) for f in frames]
+    for frame, measurement in zip(frames, measurements, strict=True):
+        a = whole.update(frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=1.0)
+        b = split.update_measured(measurement, t_s=frame.t_s, index=frame.index,
+                                  pixel_size_nm=1.0)
+        np.testing.assert_equal(a[0], b[0])
+        assert a[1].keys() == b[1].keys()
+        for name in a[1]:
+            np.testing.assert_array_equal(a[1][name], b[1][name])
+        assert a[2] == b[2]
+    assert whole.drift.drift_px != (0.0, 0.0)
+    assert measurements[0].drift_image.nbytes * 2 <= frames[0].image.nbytes
