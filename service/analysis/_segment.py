@@ -43,6 +43,12 @@ _SPLIT_MIN_HEIGHT = 2.0
 _SPLIT_NOISE_SIGMAS = 4.0
 """A marker must rise this many landscape-noise sigmas (at least 2 grey levels) above
 the saddle to its neighbour."""
+_SPLIT_BROAD_SIGMAS = 2.5
+"""...and this many sigmas of the broad (all-scale) noise of the particles' landscape.
+Chosen on simulated frames (seed 0, 19 frames of a lithiation, 512², 0.5 nm/px):
+particle count off by 0-4 (mostly over) at 2 e/A^2/s without it; at 2.5 sigmas
+off by -1 to +2 (half the frames exact), and by 0/+-1 at the default dose; at 3.2
+sigmas under-split by 1-3 at both doses."""
 _GRID_SIDE_FRACTION = 0.6
 """An opaque edge region covering this fraction of an image side is a grid bar."""
 
@@ -380,7 +386,21 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     rho1, rho2 = (math.exp(-k * k / (4.0 * sigma * sigma)) for k in (1, 2))
     noise = 1.4826 * float(np.median(np.abs(curvature))) / math.sqrt(
         max(6.0 - 8.0 * rho1 + 2.0 * rho2, 1e-6))
+    # Second differences see only what the smoothing left of the fine-grained noise;
+    # the broad bumps that make false maxima are larger (at 2 e/A^2/s particles split
+    # into 2-4 extra pieces). Clear vacuum (far from every object, not opaque) holds
+    # the landscape's noise at all scales; scaled by the square root of the particles'
+    # transmission it is theirs (shot noise).
     height = max(_SPLIT_MIN_HEIGHT, _SPLIT_NOISE_SIGMAS * noise)
+    clear = cv2.distanceTransform((coverage == 0).view(np.uint8), cv2.DIST_L2, 3) \
+        > 3 * sigma + 2
+    vacuum = darkness[clear]
+    vacuum = vacuum[vacuum < 0.2 * _VACUUM]  # not the needle or the grid
+    if vacuum.size >= 64:
+        broad = 1.4826 * float(np.median(np.abs(vacuum - np.median(vacuum))))
+        transmission = float(np.median(flat[r0:r1, c0:c1][window > 0])) / _VACUUM
+        broad *= math.sqrt(min(max(transmission, 0.05), 1.0))
+        height = max(height, _SPLIT_BROAD_SIGMAS * broad)
     peaks = h_maxima(score, height).view(np.bool_) & inner  # type: ignore[no-untyped-call]
     n_peaks, markers = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8)
     if n_peaks <= 2:
