@@ -13,8 +13,9 @@ Two small classes in trackpy's ``Linker`` mould, each with one ``update`` and an
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -23,6 +24,11 @@ __all__ = ["DriftEstimator", "ParticleTracker", "drift_image", "drift_iter", "tr
 
 _DOUBTFUL_WEIGHT = 0.3
 """How far a doubtful match moves its track towards the detection."""
+_RADIUS_HISTORY = 7
+"""A track's radius is the median of its last this many matches: one frame in which
+the segmentation merged the particle with a neighbour, or bit a piece off it, must not
+become the size the next frames are matched against (at 2 e/A^2/s the particle came
+back 20-40 % smaller than the merged blob and was given a new id)."""
 _VACUUM = 128
 """Level of vacuum in the flattened frames (see ``_segment``)."""
 
@@ -120,7 +126,9 @@ class _Track:
     """Position in specimen coordinates (image position minus cumulative drift)."""
     col: float
     radius: float
+    """Median of ``radii``: what detections are compared with."""
     missed: int = 0
+    radii: deque[float] = field(default_factory=lambda: deque(maxlen=_RADIUS_HISTORY))
 
 
 class ParticleTracker:
@@ -248,6 +256,10 @@ class ParticleTracker:
         for index, (track_id, (row, col), radius) in enumerate(
                 zip(ids.tolist(), specimen, radii, strict=True)):
             track = self._tracks.get(int(track_id))
+            history: deque[float] = track.radii if track is not None else deque(
+                maxlen=_RADIUS_HISTORY)
+            history.append(float(radius))
+            size = float(np.median(history))
             if index in doubtful and track is not None:
                 # Perhaps a mis-segmented frame (half a particle, two merged): it keeps
                 # the id but moves the track only part of the way, so that one bad
@@ -255,9 +267,9 @@ class ParticleTracker:
                 w = _DOUBTFUL_WEIGHT
                 self._tracks[int(track_id)] = _Track(
                     (1 - w) * track.row + w * float(row), (1 - w) * track.col + w * float(col),
-                    (1 - w) * track.radius + w * float(radius))
+                    size, radii=history)
                 continue
-            self._tracks[int(track_id)] = _Track(float(row), float(col), float(radius))
+            self._tracks[int(track_id)] = _Track(float(row), float(col), size, radii=history)
         return ids
 
 

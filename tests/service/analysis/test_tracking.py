@@ -122,3 +122,13 @@ def test_ids_stable_on_simulated_frames_under_drift() -> None:
                 assert seen.setdefault(k, int(particles["track_id"][nearest])) == int(
                     particles["track_id"][nearest])
     assert len(seen) >= 6
+
+
+def test_one_merged_frame_does_not_become_the_particles_size() -> None:
+    """A particle merged with a neighbour for one frame (a blob 1.2x wider), then bitten
+    (0.82x): both within the size gate of the particle's usual radius, so it keeps its
+    id throughout; gated against the merged blob's radius, the bitten frame would not be."""
+    tracker = ParticleTracker()
+    radii = [40.0] * 5 + [48.0, 33.0, 40.0]
+    ids = [int(tracker.update(np.array([[100.0, 100.0]]), np.array([r]))[0]) for r in radii]
+    assert ids == [ids[0]] * len(radii)
