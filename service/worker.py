@@ -181,7 +181,7 @@ class _ArchiveThread:
         """Queue ``call`` (a method of ``session.writer``). A frame needs room in the
         queue: without it, wait for it, or return False at once if not ``wait``."""
         if self._thread is None:
-            self._execute((session, call, False))
+            self._execute((session, call, frame))
             return True
         if frame and not self._slots.acquire(blocking=False):
             if not wait:
@@ -202,7 +202,11 @@ class _ArchiveThread:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            self._execute(job)
+            try:
+                self._execute(job)
+            finally:
+                if job[2]:
+                    self._slots.release()
 
     def _execute(self, job: _Job) -> None:
         session, call, frame = job
@@ -219,9 +223,6 @@ class _ArchiveThread:
             if session is not None:
                 session.write_failed = True
             self._error = exc
-        finally:
-            if frame:
-                self._slots.release()
 
     def maybe_raise(self) -> None:
         if self._error is not None:

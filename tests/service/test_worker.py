@@ -33,10 +33,11 @@ QUEUE_FRAMES = 2
 
 
 def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
+    settings: dict[str, Any] = {"archive_queue_frames": QUEUE_FRAMES, "frame_hwm": 2,
+                                **overrides}
     return ServiceConfig(frames_endpoint=f"ipc://{tmp_path}/frames",
                          results_endpoint=f"ipc://{tmp_path}/results",
-                         sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.1,
-                         archive_queue_frames=QUEUE_FRAMES, frame_hwm=2, **overrides)
+                         sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.1, **settings)
 
 
 @pytest.fixture
@@ -204,3 +205,16 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
     assert not (path / "frame_log.jsonl").exists()
     np.testing.assert_array_equal(reader.frames[:], frames[:received])
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(received))
+
+
+def test_inline_archive_writes_without_the_thread_still_count_every_frame(
+        tmp_path: Path) -> None:
+    frames = noisy_frames(12, shape=(32, 32))
+    with WorkerThread(Worker(config(tmp_path, archive_queue_frames=0))) as thread:
+        worker = thread.worker
+        with Publisher(worker.frames_endpoint or "", results_endpoint=worker.results_endpoint,
+                       ack_timeout_s=DEADLINE_S) as pub:
+            report = pub.publish(ArraySource(frames), speed=None, live=False)
+    assert report.closed is not None
+    assert report.closed.frames_archived == len(frames)
+    np.testing.assert_array_equal(ArchiveReader(report.closed.archive_path).frames[:], frames)
