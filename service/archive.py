@@ -156,10 +156,16 @@ def _write_all(writes: list[tuple[zarr.Array[Any], Any, np.ndarray]]) -> None:
 
 def directory_size(path: str | Path) -> int:
     """Bytes on disk under ``path`` (the archive size shown to users)."""
-    root = Path(path)
-    if not root.exists():
-        return 0
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                # A chunk's temporary file, renamed into place since it was listed: the
+                # archive is being written by another thread while we count.
+                continue
+    return total
 
 
 class _Table:
@@ -359,15 +365,26 @@ class ArchiveWriter:
             raise ArchiveError(f"Cannot write frame {index} to {self.path}: "
                                f"{exc.strerror or exc}.") from None
         self.frame_count = position + 1
-        if time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
+        self.flush_if_due()
         return position
 
     def append_rows(self, table: str, rows: Mapping[str, Any]) -> None:
         """Buffer measurement rows (``cluster``, ``particles`` or ``events``)."""
         self.tables[table].append(rows)
-        if table == "events" or time.monotonic() - self._last_flush >= self.flush_interval_s:
+        if table == "events":
             self.flush()
+        else:
+            self.flush_if_due()
+
+    def flush_if_due(self) -> bool:
+        """Flush if the last flush is ``flush_interval_s`` old; True if it flushed.
+
+        The owner calls it when no frame arrives, so rows do not wait for the next one.
+        """
+        if time.monotonic() - self._last_flush < self.flush_interval_s:
+            return False
+        self.flush()
+        return True
 
     def flush(self) -> None:
         try:

@@ -88,6 +88,13 @@ class ServiceConfig:
     frame_hwm: int = 64
     """ZeroMQ high-water mark of the frames socket, in frames: the buffer that absorbs
     short stalls before a lossless publisher is made to wait."""
+    archive_queue_frames: int = 8
+    """Frames that may wait for the archive writer thread while the worker analyses the
+    next ones. When it is full the worker stops reading frames until the writer catches
+    up, so the frames socket fills to ``frame_hwm`` and a lossless publisher waits: no
+    frame is dropped. Costs up to this many frames of memory (32 MiB each at 4096²
+    uint16) on top of ``frame_hwm``. 0 writes inline, in the worker's thread, without
+    overlap (how the worker ran before the writer thread; for comparison)."""
     results_hwm: int = 1000
     """High-water mark of the results socket; a slow subscriber loses updates beyond it."""
     measurement_flush_s: float = 1.0
@@ -122,6 +129,9 @@ class ServiceConfig:
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise ConfigError(f"Expected {name} to be a positive integer. "
                                   f"Got {getattr(self, name)!r}.")
+        if not (isinstance(self.archive_queue_frames, int) and self.archive_queue_frames >= 0):
+            raise ConfigError("Expected archive_queue_frames to be an integer >= 0. "
+                              f"Got {self.archive_queue_frames!r} instead.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServiceConfig:

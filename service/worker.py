@@ -9,6 +9,12 @@ Sockets:
 * results: PUB, bound; results, events and heartbeats for any number of subscribers.
   A slow subscriber loses updates at its high-water mark; the worker never waits for it.
 
+Archive writes run in a writer thread behind a bounded queue (``archive_queue_frames``),
+so writing frame *n* overlaps analysing frame *n + 1*. When the queue is full the worker
+stops reading frames: the frames socket fills to its high-water mark and the publisher
+waits, as it did when writing was inline. A session's ``session_closed`` is sent only
+once the queue has drained and the archive is closed.
+
 Live policy: a camera does not wait, so in a live session the worker drains every
 frame that has arrived, archives all of them, and analyses only the newest; the
 frames it did not analyse are counted as ``skipped`` (heartbeat) and announced with an
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
+import queue
 import re
 import threading
 import time
@@ -66,6 +74,10 @@ _SKIP_EVENT_INTERVAL_S = 60.0
 the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
 _CLOSE_RETRY_S = 5.0
 """How often an archive that could not be closed (disk full) is tried again."""
+_DRAIN_TIMEOUT_S = 120.0
+"""Longest wait for the queued archive writes at a session's end or at shutdown; past
+it (a hung disk) the archive is left to the next start's recovery, never closed under
+the writer thread's feet."""
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -127,11 +139,102 @@ class _Session:
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
     archive_failed: bool = False
     archive_error: str | None = None
+    write_failed: bool = False
+    """Set by the archive thread at its first failed write; it skips the rest of this
+    session's queued writes (the worker learns of it, and alerts, a moment later)."""
     stalled: bool = False
     last_t_s: float = 0.0
     last_index: int = 0
     """Index of the newest frame; events not caused by a frame are filed under it, since
     the archive's events table reads a frame of -1 as an unwritten row."""
+
+
+_Job = tuple[_Session | None, Callable[[], object], bool]
+
+
+class _ArchiveThread:
+    """Runs the worker's ArchiveWriter calls in order, in one background thread.
+
+    At most ``max_frames`` frames wait: beyond that :meth:`submit` blocks (the worker
+    then stops reading its socket, and ZeroMQ makes the publisher wait). A failed write
+    (:class:`ArchiveError`) stops that session's writes; the failure, and each frame
+    written, is handed back through ``outcomes`` for the worker's thread, which owns
+    the sockets, to count and announce. Any other exception is a bug, re-raised in the
+    worker's thread by :meth:`maybe_raise`. ``max_frames = 0`` runs every call inline,
+    in the caller's thread (no overlap; for comparison and for debugging).
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(max(max_frames, 1))
+        self.outcomes: collections.deque[tuple[_Session, ArchiveError | None]] = (
+            collections.deque())
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if max_frames > 0:
+            self._thread = threading.Thread(target=self._run, name="lithoscope-archive",
+                                            daemon=True)
+            self._thread.start()
+
+    def submit(self, session: _Session, call: Callable[[], object], *, frame: bool = False,
+               wait: bool = True) -> bool:
+        """Queue ``call`` (a method of ``session.writer``). A frame needs room in the
+        queue: without it, wait for it, or return False at once if not ``wait``."""
+        if self._thread is None:
+            self._execute((session, call, False))
+            return True
+        if frame and not self._slots.acquire(blocking=False):
+            if not wait:
+                return False
+            while not self._slots.acquire(timeout=1.0):
+                if not self._thread.is_alive():
+                    raise LithoscopeError("The archive writer thread has stopped.")
+        self._jobs.put((session, call, frame))
+        return True
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every call queued so far has run; False past the deadline."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._jobs.put((None, done.set, False))
+        return done.wait(timeout_s)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._execute(job)
+
+    def _execute(self, job: _Job) -> None:
+        session, call, frame = job
+        try:
+            if session is None or not session.write_failed:
+                call()
+                if session is not None and frame:
+                    self.outcomes.append((session, None))
+        except ArchiveError as exc:
+            assert session is not None
+            session.write_failed = True
+            self.outcomes.append((session, exc))
+        except BaseException as exc:  # a bug: handed to the worker in maybe_raise()
+            if session is not None:
+                session.write_failed = True
+            self._error = exc
+        finally:
+            if frame:
+                self._slots.release()
+
+    def maybe_raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def stop(self, timeout_s: float) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise LithoscopeError(f"The archive writer did not finish within {timeout_s:.0f} s.")
 
 
 class Worker:
@@ -163,7 +266,7 @@ class Worker:
         self.closed_sessions: dict[str, SessionClosed] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "analysed", "archived", "dropped", "skipped", "archive_errors",
-             "analysis_errors", "late"), 0)
+             "analysis_errors", "late", "archive_queue_full"), 0)
         self._results_seq = 0
         self._frames: zmq.Socket[Any] | None = None
         self._results: zmq.Socket[Any] | None = None
@@ -178,6 +281,7 @@ class Worker:
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
         self._unclosed: list[tuple[ArchiveWriter, dict[str, Any]]] = []
         self._last_close_retry = time.monotonic()
+        self._archive = _ArchiveThread(self.config.archive_queue_frames)
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -227,6 +331,7 @@ class Worker:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
+        self._archive.stop(_DRAIN_TIMEOUT_S)  # idle: each close above drained it
         self._retry_closing()
         for sock in (self._frames, self._results):
             if sock is not None:
@@ -270,6 +375,7 @@ class Worker:
             msg = self.decoder(parts)
             if msg is not None:
                 self._dispatch(msg)
+        self._collect()
         for session in list(self.sessions.values()):
             if session.pending is not None:
                 frame, session.pending = session.pending, None
@@ -291,7 +397,30 @@ class Worker:
         else:
             self.decoder.rejected["wrong_channel"] += 1
 
+    def _collect(self) -> None:
+        """Count the frames the archive thread wrote; announce its failures."""
+        outcomes = self._archive.outcomes
+        while outcomes:
+            session, error = outcomes.popleft()
+            if error is None:
+                session.archived += 1
+                self.counters["archived"] += 1
+            else:
+                self._archive_failed(session, error)
+        self._archive.maybe_raise()
+
+    def _settle(self, session: _Session) -> bool:
+        """Wait for the archive thread to finish this session's writes."""
+        if self._archive.drain(_DRAIN_TIMEOUT_S):
+            self._collect()
+            return True
+        self._collect()
+        self._archive_failed(session, ArchiveError(
+            f"Archive writes did not finish within {_DRAIN_TIMEOUT_S:.0f} s (disk hung?)."))
+        return False
+
     def _tick(self) -> None:
+        self._collect()
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.heartbeat_s:
             self._heartbeat(now)
@@ -300,11 +429,7 @@ class Worker:
             self._retry_closing()
         for session in self.sessions.values():
             if session.writer is not None and not session.archive_failed:
-                try:
-                    if now - session.writer._last_flush >= self.config.measurement_flush_s:
-                        session.writer.flush()
-                except ArchiveError as exc:
-                    self._archive_failed(session, exc)
+                self._archive.submit(session, session.writer.flush_if_due)
             if (not session.stalled
                     and now - session.last_frame_monotonic > self.config.stall_timeout_s):
                 session.stalled = True
@@ -362,26 +487,32 @@ class Worker:
             self._unclosed.remove((writer, summary))
             log.warning("Archive %s closed after all (%s).", writer.path, summary["status"])
 
+    def _close_archive(self, session: _Session, writer: ArchiveWriter, *, reason: str) -> None:
+        complete = reason == "end_of_source" and not session.archive_failed
+        extra = {"archive_error": session.archive_error} if session.archive_error else {}
+        summary: dict[str, Any] = dict(
+            status="complete" if complete else "interrupted", **extra,
+            stop_reason=reason, frames_analysed=session.analysed,
+            frames_skipped=session.skipped, frames_dropped=session.dropped)
+        try:
+            writer.close(**summary)
+        except ArchiveError as exc:
+            self._archive_failed(session, exc)
+            # Closing needs a little room (last rows, metadata): retried from _tick
+            # and at shutdown, so once space is freed the archive still records how
+            # the session ended rather than looking like a killed worker's.
+            summary.update(status="interrupted", archive_error=session.archive_error)
+            self._unclosed.append((writer, summary))
+
     def _close_session(self, session_id: str, *, reason: str) -> None:
         session = self.sessions.pop(session_id)
         path = ""
+        # Every queued write first: session_closed promises the frames are on disk. Past
+        # the deadline the archive thread may still hold the writer: left recording.
         if session.writer is not None:
             path = str(session.writer.path)
-            complete = reason == "end_of_source" and not session.archive_failed
-            extra = {"archive_error": session.archive_error} if session.archive_error else {}
-            summary: dict[str, Any] = dict(
-                status="complete" if complete else "interrupted", **extra,
-                stop_reason=reason, frames_analysed=session.analysed,
-                frames_skipped=session.skipped, frames_dropped=session.dropped)
-            try:
-                session.writer.close(**summary)
-            except ArchiveError as exc:
-                self._archive_failed(session, exc)
-                # Closing needs a little room (last rows, metadata): retried from _tick
-                # and at shutdown, so once space is freed the archive still records how
-                # the session ended rather than looking like a killed worker's.
-                summary.update(status="interrupted", archive_error=session.archive_error)
-                self._unclosed.append((session.writer, summary))
+            if self._settle(session):
+                self._close_archive(session, session.writer, reason=reason)
         closed = SessionClosed(session_id=session_id, archive_path=path,
                                frames_archived=session.archived,
                                frames_analysed=session.analysed,
@@ -418,15 +549,17 @@ class Worker:
         session.last_seq = frame.seq
         if session.writer is not None and not session.archive_failed:
             assert frame.image is not None
-            try:
-                session.writer.append_frame(
-                    frame.image, seq=frame.seq, index=frame.index, t_s=frame.t_s,
-                    acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
-                    metadata=_frame_metadata(frame))
-                session.archived += 1
-                self.counters["archived"] += 1
-            except ArchiveError as exc:
-                self._archive_failed(session, exc)
+            # The image is a view of the received message, which the job keeps alive;
+            # analysis only reads it, so both threads share it without a copy.
+            write = functools.partial(
+                session.writer.append_frame, frame.image, seq=frame.seq, index=frame.index,
+                t_s=frame.t_s, acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
+                metadata=_frame_metadata(frame))
+            if not self._archive.submit(session, write, frame=True, wait=False):
+                # The archive is the slowest stage right now: wait, and let ZeroMQ's
+                # high-water mark hold the publisher back.
+                self.counters["archive_queue_full"] += 1
+                self._archive.submit(session, write, frame=True)
         if session.start.live:
             if session.pending is not None:
                 self._skip(session, session.pending)
@@ -476,14 +609,14 @@ class Worker:
                           particles={k: v.tolist() for k, v in particles.items()}))
         if session.writer is not None and not session.archive_failed:
             n = len(particles["label"])
-            try:
-                session.writer.append_rows("cluster", {
+            self._archive.submit(session, functools.partial(
+                session.writer.append_rows, "cluster", {
                     **{k: cluster[k] for k in CLUSTER_COLUMNS},
-                    "frame": frame.index, "t_s": frame.t_s, "latency_s": latency})
-                session.writer.append_rows("particles", {
-                    **particles, "frame": np.full(n, frame.index), "t_s": np.full(n, frame.t_s)})
-            except ArchiveError as exc:
-                self._archive_failed(session, exc)
+                    "frame": frame.index, "t_s": frame.t_s, "latency_s": latency}))
+            self._archive.submit(session, functools.partial(
+                session.writer.append_rows, "particles", {
+                    **particles, "frame": np.full(n, frame.index),
+                    "t_s": np.full(n, frame.t_s)}))
         for alert in alerts:
             self._emit(session, alert)
 
@@ -496,13 +629,11 @@ class Worker:
         log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
                  event.message)
         if session.writer is not None and not session.archive_failed:
-            try:
-                session.writer.append_rows("events", {
+            self._archive.submit(session, functools.partial(
+                session.writer.append_rows, "events", {
                     "frame": event.frame, "t_s": event.t_s, "kind": event.kind,
                     "magnitude": event.magnitude, "confidence": event.confidence,
-                    "particle_ids": str(event.particle_ids), "message": event.message})
-            except ArchiveError as exc:
-                self._archive_failed(session, exc)
+                    "particle_ids": str(event.particle_ids), "message": event.message}))
         self._send(event)
 
     def _archive_failed(self, session: _Session, exc: ArchiveError) -> None:

@@ -1,0 +1,206 @@
+"""The worker's archive thread, over real sockets into real zarr stores: a full queue
+makes the publisher wait and loses nothing, a failed write is announced while the
+service goes on, and stopping drains the queue before the archive is closed.
+
+The writer is held back by a gate around ``ArchiveWriter.append_frame`` (a disk that
+stalls), so the queue fills for certain; every wait is for a counter or a message, with
+a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from lithoscope.service.archive import ArchiveReader, ArchiveWriter
+from lithoscope.service.config import ServiceConfig
+from lithoscope.service.errors import ArchiveError
+from lithoscope.service.protocol import Event, decode
+from lithoscope.service.publisher import Publisher, PublishReport
+from lithoscope.service.worker import Worker, WorkerThread
+
+from support.arrays import ArraySource, noisy_frames
+
+DEADLINE_S = 60.0
+QUEUE_FRAMES = 2
+
+
+def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
+    return ServiceConfig(frames_endpoint=f"ipc://{tmp_path}/frames",
+                         results_endpoint=f"ipc://{tmp_path}/results",
+                         sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.1,
+                         archive_queue_frames=QUEUE_FRAMES, frame_hwm=2, **overrides)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Frames reach the disk only while the gate is open."""
+    opened = threading.Event()
+    append_frame = ArchiveWriter.append_frame
+
+    def held(self: ArchiveWriter, *args: Any, **kwargs: Any) -> int:
+        if not opened.wait(DEADLINE_S):
+            raise AssertionError("the test never opened the gate")
+        return append_frame(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArchiveWriter, "append_frame", held)
+    yield opened
+    opened.set()
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def publish_in_thread(worker: Worker, frames: np.ndarray, *, stop: threading.Event | None = None,
+                      ack_timeout_s: float = DEADLINE_S) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with Publisher(worker.frames_endpoint or "", sndhwm=2,
+                           results_endpoint=worker.results_endpoint,
+                           ack_timeout_s=ack_timeout_s) as pub:
+                out["report"] = pub.publish(ArraySource(frames), speed=None, live=False,
+                                            stop=stop)
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def joined(thread: threading.Thread, out: dict[str, Any]) -> PublishReport:
+    thread.join(DEADLINE_S)
+    assert not thread.is_alive(), "the publisher did not finish"
+    if "error" in out:
+        raise out["error"]
+    report: PublishReport = out["report"]
+    return report
+
+
+def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
+        tmp_path: Path, gate: threading.Event) -> None:
+    frames = noisy_frames(60, shape=(128, 128))
+    with WorkerThread(Worker(config(tmp_path))) as thread:
+        worker = thread.worker
+        publisher, out = publish_in_thread(worker, frames)
+        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+        # The writer is stalled and the queue full: the worker stops reading, so frames
+        # pile up in ZeroMQ's queues and the publisher waits instead of dropping.
+        assert worker.counters["received"] < len(frames)
+        assert publisher.is_alive()
+        gate.set()
+        report = joined(publisher, out)
+    assert report.closed is not None
+    assert report.frames_sent == report.closed.frames_archived == len(frames)
+    assert report.closed.frames_dropped == 0
+    assert report.closed.frames_analysed == len(frames)
+    reader = ArchiveReader(report.closed.archive_path)
+    assert reader.status == "complete"  # the ack came after the last frame was on disk
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(len(frames)))
+    np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
+
+
+def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_at = 5
+    append_frame = ArchiveWriter.append_frame
+
+    def disk_full_at_frame_5(self: ArchiveWriter, image: np.ndarray, **kwargs: Any) -> int:
+        if self.path.name.startswith("failing") and kwargs["index"] == fail_at:
+            raise ArchiveError(f"Cannot write frame {fail_at} to {self.path}: "
+                               "No space left on device.")
+        return append_frame(self, image, **kwargs)
+
+    monkeypatch.setattr(ArchiveWriter, "append_frame", disk_full_at_frame_5)
+    frames = noisy_frames(20, shape=(64, 64))
+    with WorkerThread(Worker(config(tmp_path))) as thread:
+        worker = thread.worker
+        context = zmq.Context()
+        watch = context.socket(zmq.SUB)
+        watch.setsockopt(zmq.SUBSCRIBE, b"")
+        watch.connect(worker.results_endpoint or "")
+        try:
+            assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+            reports = []
+            for name in ("failing", "next"):
+                with Publisher(worker.frames_endpoint or "",
+                               results_endpoint=worker.results_endpoint,
+                               ack_timeout_s=DEADLINE_S) as pub:
+                    source = ArraySource(frames)
+                    reports.append(pub.publish(source, speed=None, live=False,
+                                               archive_name=name))
+            errors = []
+            while watch.poll(0):
+                msg = decode(watch.recv_multipart())
+                if isinstance(msg, Event) and msg.kind == "archive_error":
+                    errors.append(msg)
+        finally:
+            watch.close(linger=0)
+            context.term()
+        assert worker.counters["archive_errors"] >= 1
+    failing, after = (r.closed for r in reports)
+    assert failing is not None
+    assert after is not None
+    assert len(errors) == 1  # one alert, however many frames were queued behind it
+    assert "No space left on device" in errors[0].message
+    assert failing.frames_archived == fail_at
+    assert failing.frames_analysed == len(frames)  # analysis and results carried on
+    reader = ArchiveReader(failing.archive_path)
+    assert reader.status == "interrupted"
+    assert "No space left on device" in reader.meta["archive_error"]
+    assert reader.frame_count == fail_at  # nothing queued behind the failure was written
+    np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:fail_at])
+    assert after.frames_archived == len(frames)
+    following = ArchiveReader(after.archive_path)
+    assert following.status == "complete"
+    np.testing.assert_array_equal(following.frames[:], frames)
+
+
+def test_stopping_drains_the_queue_before_closing_the_archive(
+        tmp_path: Path, gate: threading.Event) -> None:
+    frames = noisy_frames(200, shape=(128, 128))
+    worker = Worker(config(tmp_path))
+    worker.bind()
+    stop_worker, stop_publisher = threading.Event(), threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
+    runner.start()
+    try:
+        publisher, out = publish_in_thread(worker, frames, stop=stop_publisher,
+                                        ack_timeout_s=1.0)
+        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+        # SIGTERM while the queue is full and frames wait for the disk: the worker
+        # finishes the frames it has taken from the socket, then closing drains them.
+        stop_worker.set()
+        gate.set()
+        runner.join(DEADLINE_S)
+        assert not runner.is_alive()
+        received = worker.counters["received"]
+        assert QUEUE_FRAMES < received < len(frames)
+    finally:
+        worker.close()
+        stop_publisher.set()
+    joined(publisher, out)
+    (path,) = (tmp_path / "sessions").glob("*.zarr")
+    reader = ArchiveReader(path)
+    assert reader.status == "interrupted"
+    assert reader.meta["stop_reason"] == "shutdown"
+    assert reader.frame_count == reader.meta["frame_count"] == received
+    assert worker.counters["archived"] == received
+    assert not (path / "frame_log.jsonl").exists()
+    np.testing.assert_array_equal(reader.frames[:], frames[:received])
+    np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(received))
