@@ -389,6 +389,11 @@ class Worker:
         elif isinstance(msg, SessionStop):
             session = self.sessions.get(msg.session_id)
             if session is None:
+                # A repeated stop: the publisher missed our acknowledgement (its results
+                # socket was reconnecting, e.g. after this worker restarted). Say it again.
+                closed = self.closed_sessions.get(msg.session_id)
+                if closed is not None:
+                    self._send(closed)
                 return
             if session.pending is not None:
                 frame, session.pending = session.pending, None
