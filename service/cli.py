@@ -245,6 +245,15 @@ def serve(
         "on CURVE encryption and authentication.")] = None,
     client_keys: Annotated[Path | None, typer.Option(
         help="Folder of the public keys (*.key) of the clients allowed to connect.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Measuring processes: frames are segmented in N processes and joined up in "
+        "order here (0: in this process). Others may join with `lithoscope measure`.",
+        min=0)] = None,
+    measure_jobs: Annotated[str | None, typer.Option(
+        help="Endpoint where measuring processes fetch frames (default: a local ipc "
+        "socket); a tcp address lets other hosts join.")] = None,
+    measure_results: Annotated[str | None, typer.Option(
+        help="Endpoint where measuring processes send measurements back.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the analysis worker as a service until Ctrl-C or SIGTERM.
@@ -261,7 +270,9 @@ def serve(
             sessions_dir=str(sessions) if sessions else None,
             allow_remote=allow_remote or None,
             server_key=str(server_key) if server_key else None,
-            client_keys=str(client_keys) if client_keys else None)
+            client_keys=str(client_keys) if client_keys else None,
+            workers=workers, measure_jobs_endpoint=measure_jobs,
+            measure_results_endpoint=measure_results)
         stop = _stop_on_signals()
         with Worker(settings) as worker:
             frames_at, results_at = worker.bind()
@@ -274,6 +285,35 @@ def serve(
                           f"{Path(settings.sessions_dir).resolve()}", highlight=False)
             worker.run(stop)
         console.print("lithoscope serve: stopped; open archives were closed.")
+
+
+@app.command()
+def measure(
+    jobs: Annotated[str, typer.Option(
+        help="The service's measure-jobs endpoint (serve --measure-jobs).")],
+    results: Annotated[str, typer.Option(
+        help="The service's measure-results endpoint (serve --measure-results).")],
+    server_key: ServerPublicKey = None,
+    key: ClientSecretKey = None,
+    verbose: Verbose = False,
+) -> None:
+    """Measure frames for a service on another host, until Ctrl-C.
+
+    Joins `lithoscope serve --measure-jobs tcp://HOST:PORT --measure-results
+    tcp://HOST:PORT2`: takes frames, segments and measures them, sends the
+    measurements back; the service joins them up in order. Start as many as there
+    are spare cores; they may come and go during a session.
+    """
+    from .fanout import run_measurer
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        curve = _client_curve(server_key, key)
+        stop = _stop_on_signals()
+        console.print(f"lithoscope measure: taking frames from {jobs}, answering to {results}",
+                      highlight=False)
+        done = run_measurer(jobs, results, stop=stop, curve=curve)
+        console.print(f"lithoscope measure: stopped after {done} frames.")
 
 
 @app.command()

@@ -95,6 +95,20 @@ class ServiceConfig:
     frame is dropped. Costs up to this many frames of memory (32 MiB each at 4096²
     uint16) on top of ``frame_hwm``. 0 writes inline, in the worker's thread, without
     overlap (how the worker ran before the writer thread; for comparison)."""
+    workers: int = 0
+    """Measuring processes (``serve --workers N``): frames are segmented and measured in N
+    processes and joined up in order in the worker (tracks, alerts, archive tables).
+    0 measures in the worker's own thread. Processes on other hosts can join through
+    ``measure_jobs_endpoint`` (see ``lithoscope measure``)."""
+    measure_jobs_endpoint: str | None = None
+    """Where measuring processes fetch frames (the worker binds). Default: an ipc
+    socket of this machine. A tcp address lets other hosts' ``lithoscope measure``
+    join; off loopback it needs ``allow_remote`` and CURVE keys like the others."""
+    measure_results_endpoint: str | None = None
+    """Where measuring processes send their measurements back (the worker binds)."""
+    measure_timeout_s: float = 30.0
+    """A frame out for measuring longer than this is given up (its process died or
+    left): counted as an analysis error, the frame stays archived."""
     results_hwm: int = 1000
     """High-water mark of the results socket; a slow subscriber loses updates beyond it."""
     measurement_flush_s: float = 1.0
@@ -112,11 +126,23 @@ class ServiceConfig:
                        allow_remote=self.allow_remote)
         parse_endpoint(self.results_endpoint, what="results endpoint",
                        allow_remote=self.allow_remote)
+        measure = [e for e in (self.measure_jobs_endpoint, self.measure_results_endpoint)
+                   if e is not None]
+        for endpoint in measure:
+            parse_endpoint(endpoint, what="measuring endpoint", allow_remote=self.allow_remote)
+        if len(measure) == 1:
+            raise ConfigError("Expected both measure_jobs_endpoint and "
+                              "measure_results_endpoint, or neither.")
+        if not (isinstance(self.workers, int) and self.workers >= 0):
+            raise ConfigError(f"Expected workers to be an integer >= 0. Got {self.workers!r}.")
+        if not self.measure_timeout_s > 0:
+            raise ConfigError(
+                f"Expected measure_timeout_s > 0. Got {self.measure_timeout_s!r}.")
         if (self.server_key is None) != (self.client_keys is None):
             raise ConfigError("Expected both server_key and client_keys (CURVE needs the "
                               "service's key pair and the accepted client keys), or neither.")
         if self.server_key is None:
-            for endpoint in (self.frames_endpoint, self.results_endpoint):
+            for endpoint in (self.frames_endpoint, self.results_endpoint, *measure):
                 if not is_loopback(endpoint):
                     raise ConfigError(
                         f"Listening on {endpoint} needs CURVE authentication: give "

@@ -286,6 +286,15 @@ class AnalysisPool:
                 return done
             self._measurements.poll(max(1, int(1000 * min(remaining, 0.1))))
 
+    def abandon(self) -> list[Any]:
+        """Give up every job still out; returns their tags."""
+        tags = [tag for _, tag, _ in self._order]
+        self.counters["timed_out"] += len(tags)
+        self._order.clear()
+        self._backlog.clear()
+        self._done.clear()
+        return tags
+
     def close(self) -> None:
         """Stop the local measuring processes and close the sockets."""
         for child in self._children:
@@ -368,7 +377,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Ctrl-C on `lithoscope serve` reaches the whole process group: the worker, not
+    # this process, decides when measuring stops (it waits for frames still out).
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.parent else lambda *_: stop.set())
     logging.basicConfig(level=logging.WARNING)
     run_measurer(args.jobs, args.measurements, stop=stop, parent_pid=args.parent)
     return 0

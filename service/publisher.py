@@ -39,6 +39,10 @@ def new_session_id(kind: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
 
 
+_STOP_REPEAT_S = 3.0
+"""How often ``session_stop`` is repeated while its acknowledgement is awaited."""
+
+
 @dataclass(frozen=True)
 class PublishReport:
     """What happened to one published session."""
@@ -266,10 +270,17 @@ class Publisher:
         if self._sub is None:
             return None
         deadline = time.monotonic() + self.ack_timeout_s
+        repeat_at = time.monotonic() + _STOP_REPEAT_S
         while (remaining := deadline - time.monotonic()) > 0:
             closed = self._poll_results(session_id, int(min(remaining, 0.5) * 1000))
             if closed is not None:
                 return closed
+            if time.monotonic() >= repeat_at:
+                # PUB/SUB drops what is published while a subscriber reconnects (a
+                # restarted worker): ask again; the worker repeats its acknowledgement.
+                repeat_at = time.monotonic() + _STOP_REPEAT_S
+                self._send(SessionStop(session_id=session_id, frames_sent=sent, reason=reason),
+                           None, deadline=deadline)
         log.warning("The worker did not confirm the end of session %s within %.0f s.",
                     session_id, self.ack_timeout_s)
         return None

@@ -29,6 +29,8 @@ import functools
 import logging
 import queue
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
 from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
+from .fanout import AnalysisPool, Outcome
 from .protocol import (
     Decoder,
     Event,
@@ -74,6 +77,9 @@ _SKIP_EVENT_INTERVAL_S = 60.0
 the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
 _CLOSE_RETRY_S = 5.0
 """How often an archive that could not be closed (disk full) is tried again."""
+_SHUTDOWN_MEASURE_S = 5.0
+"""At shutdown, how long frames out for measuring are waited for (they are archived
+already; only their measurements are lost past it)."""
 _DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the queued archive writes at a session's end or at shutdown; past
 it (a hung disk) the archive is left to the next start's recovery, never closed under
@@ -283,6 +289,10 @@ class Worker:
         self._unclosed: list[tuple[ArchiveWriter, dict[str, Any]]] = []
         self._last_close_retry = time.monotonic()
         self._archive = _ArchiveThread(self.config.archive_queue_frames)
+        self._pool: AnalysisPool | None = None
+        """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
+        frames are measured in this thread."""
+        self._pool_dir: str | None = None
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -310,6 +320,18 @@ class Worker:
             raise LithoscopeError(f"Cannot listen on {self.config.frames_endpoint} / "
                                   f"{self.config.results_endpoint}: {exc}.") from None
         self._frames, self._results = frames, results
+        c = self.config
+        if c.workers > 0 or c.measure_jobs_endpoint is not None:
+            jobs, measured = c.measure_jobs_endpoint, c.measure_results_endpoint
+            if jobs is None or measured is None:
+                self._pool_dir = tempfile.mkdtemp(prefix="lithoscope-measure-")
+                jobs = f"ipc://{self._pool_dir}/jobs"
+                measured = f"ipc://{self._pool_dir}/measurements"
+            self._pool = AnalysisPool(self.context, jobs_endpoint=jobs,
+                                      measurements_endpoint=measured, processes=c.workers,
+                                      job_timeout_s=c.measure_timeout_s, curve=curve)
+            log.info("Measuring in %d local process(es); others may join at %s and %s.",
+                     c.workers, self._pool.jobs_endpoint, self._pool.measurements_endpoint)
         self.frames_endpoint = frames.getsockopt_string(zmq.LAST_ENDPOINT)
         self.results_endpoint = results.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.frames_endpoint, self.results_endpoint
@@ -330,10 +352,17 @@ class Worker:
 
     def close(self) -> None:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
+        self._finish_measuring(limit_s=_SHUTDOWN_MEASURE_S)
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
         self._archive.stop(_DRAIN_TIMEOUT_S)  # idle: each close above drained it
         self._retry_closing()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._pool_dir is not None:
+            shutil.rmtree(self._pool_dir, ignore_errors=True)
+            self._pool_dir = None
         for sock in (self._frames, self._results):
             if sock is not None:
                 sock.close(linger=0)
@@ -358,10 +387,23 @@ class Worker:
             self.bind()
         assert self._frames is not None
         poller = zmq.Poller()
-        poller.register(self._frames, zmq.POLLIN)
+        if self._pool is not None:
+            poller.register(self._pool.socket, zmq.POLLIN)
         while not stop.is_set():
-            if poller.poll(100):
+            # With measuring processes, frames are taken only while there is room to
+            # measure them (replay: backpressure) or the session is live (newest wins).
+            taking = self._pool is None or self._pool.has_room() or self._any_live()
+            if taking:
+                poller.register(self._frames, zmq.POLLIN)
+            elif self._frames in dict(poller.sockets):
+                poller.unregister(self._frames)
+            ready = dict(poller.poll(100))
+            if self._pool is not None:
+                self._join_measured()
+            if self._frames in ready:
                 self._drain()
+            elif self._pool is not None:
+                self._analyse_pending()
             self._tick()
 
     def _drain(self) -> None:
@@ -377,8 +419,14 @@ class Worker:
             if msg is not None:
                 self._dispatch(msg)
         self._collect()
+        self._analyse_pending()
+
+    def _any_live(self) -> bool:
+        return any(session.start.live for session in self.sessions.values())
+
+    def _analyse_pending(self) -> None:
         for session in list(self.sessions.values()):
-            if session.pending is not None:
+            if session.pending is not None and (self._pool is None or self._pool.has_room()):
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
 
@@ -390,10 +438,16 @@ class Worker:
         elif isinstance(msg, SessionStop):
             session = self.sessions.get(msg.session_id)
             if session is None:
+                # A repeated stop: the publisher missed our acknowledgement (its results
+                # socket was reconnecting, e.g. after this worker restarted). Say it again.
+                closed = self.closed_sessions.get(msg.session_id)
+                if closed is not None:
+                    self._send(closed)
                 return
             if session.pending is not None:
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
+            self._finish_measuring()
             self._close_session(msg.session_id, reason=msg.reason)
         else:
             self.decoder.rejected["wrong_channel"] += 1
@@ -589,15 +643,64 @@ class Worker:
         pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
         if session.analyzer is None:
             session.analyzer = SessionAnalyzer(self.config.analysis, self.config.alerts)
+        if self._pool is not None:
+            while not self._pool.has_room():  # replay: wait rather than skip
+                self._join_measured(wait_s=1.0)
+            self._pool.submit((session, frame), frame.image, pixel_size_nm=pixel_size,
+                              config=self.config.analysis)
+            return
         try:
             cluster, particles, alerts = session.analyzer.update(
                 frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=pixel_size)
         except Exception:  # a bug in analysis must not cost the archive
-            if not self.counters["analysis_errors"]:
+            self._analysis_failed(frame, None)
+            return
+        self._analysed(session, frame, cluster, particles, alerts)
+
+    def _analysis_failed(self, frame: Frame, reason: str | None) -> None:
+        if not self.counters["analysis_errors"]:
+            if reason is None:
                 log.exception("Analysis failed on frame %d; further failures only counted.",
                               frame.index)
-            self.counters["analysis_errors"] += 1
-            return
+            else:
+                log.error("Analysis failed on frame %d (%s); further failures only counted.",
+                          frame.index, reason)
+        self.counters["analysis_errors"] += 1
+
+    def _join_measured(self, wait_s: float = 0.0) -> None:
+        """Feed measurements back from the pool, in frame order, to their sessions."""
+        assert self._pool is not None
+        outcomes: list[Outcome] = (self._pool.wait(wait_s) if wait_s > 0
+                                   else (self._pool.receive(), self._pool.ready())[1])
+        for outcome in outcomes:
+            session, frame = outcome.tag
+            if outcome.measurement is None:
+                self._analysis_failed(frame, outcome.error)
+                continue
+            assert session.analyzer is not None
+            pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
+            try:
+                cluster, particles, alerts = session.analyzer.update_measured(
+                    outcome.measurement, t_s=frame.t_s, index=frame.index,
+                    pixel_size_nm=pixel_size)
+            except Exception:
+                self._analysis_failed(frame, None)
+                continue
+            self._analysed(session, frame, cluster, particles, alerts)
+
+    def _finish_measuring(self, limit_s: float | None = None) -> None:
+        """Wait for every frame out for measuring (a session's end, shutdown); past
+        ``limit_s`` the rest are given up (counted as analysis errors)."""
+        deadline = None if limit_s is None else time.monotonic() + limit_s
+        while self._pool is not None and self._pool.in_flight:
+            if deadline is not None and time.monotonic() > deadline:
+                for _, frame in self._pool.abandon():
+                    self._analysis_failed(frame, "not measured before shutdown")
+                return
+            self._join_measured(wait_s=0.2)
+
+    def _analysed(self, session: _Session, frame: Frame, cluster: dict[str, Any],
+                  particles: dict[str, np.ndarray], alerts: list[Alert]) -> None:
         latency = time.time() - frame.acquired_at
         session.analysed += 1
         self.counters["analysed"] += 1

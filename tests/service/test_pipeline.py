@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,34 @@ class TestSkipRate:
         after = [rate.update(50.0 + 0.5 * i, skipped=False) for i in range(21)]
         assert after == sorted(after, reverse=True)
         assert after[-1] == 0.0
+
+
+def test_a_repeated_session_stop_is_acknowledged_again(worker: Worker) -> None:
+    """The acknowledgement went out while nobody listened (a publisher's results socket
+    reconnecting to a restarted worker): the publisher repeats session_stop, the worker
+    repeats session_closed."""
+    from lithoscope.service.protocol import SessionClosed, SessionStop
+
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(worker.frames_endpoint)
+    start = SessionStart(session_id="deaf", source="test", source_kind="test", t0_unix=0.0,
+                         live=False)
+    raw.send_multipart(encode(start))
+    raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=2)))
+    deadline = time.monotonic() + 30
+    while "deaf" not in worker.closed_sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "deaf" in worker.closed_sessions  # closed, acknowledged to no one
+    with Subscriber(worker.results_endpoint, topics=["heartbeat", "session_closed"]) as sub:
+        next(sub.messages(Heartbeat, timeout_s=30))  # subscribed for sure now
+        raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=3)))
+        ack = None
+        deadline = time.monotonic() + 30
+        for msg in sub.iter(timeout_s=10):
+            if isinstance(msg, SessionClosed) or time.monotonic() > deadline:
+                ack = msg
+                break
+    raw.close(linger=0)
+    assert isinstance(ack, SessionClosed)
+    assert ack.session_id == "deaf"
