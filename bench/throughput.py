@@ -1,7 +1,7 @@
 """Throughput at camera frame sizes: end to end through the real path, and its references.
 
     .venv/bin/python bench/throughput.py [--sizes 1024 2048 4096] [--frames N]
-                                         [--variants thread inline malloc]
+                                         [--variants inline malloc workers1 workers2]
                                          [--json bench/results/throughput.json]
 
 For each frame size (uint16, simulated operando frames):
@@ -15,7 +15,8 @@ For each frame size (uint16, simulated operando frames):
   (``archive_queue_frames = 0``, the worker before the writer thread) or with
   ``malloc`` (glibc told to keep freed memory instead of unmapping it:
   ``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_`` 1 GiB, in the service's
-  environment), one after the other on the same frames.
+  environment), or ``workers1``/``workers2`` (``serve --workers N``: frames measured in
+  N separate processes and joined up in order), one after the other on the same frames.
 * ``latency``: the shipped service with frames offered at 25 frames/s as a live camera
   would; acquisition-to-result latency p50/p99 from the published results.
 * references, each on the same frames: ``zmq`` raw PUSH/PULL transport between two
@@ -60,6 +61,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "thread": ("", {}),
     "inline": ("archive_queue_frames = 0\n", {}),
     "malloc": ("", {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}),
+    "workers1": ("workers = 1\n", {}),
+    "workers2": ("workers = 2\n", {}),
 }
 """Service settings (TOML) and environment of each end-to-end variant."""
 """Frames rendered per size and cycled: enough that nothing is cached between frames."""
