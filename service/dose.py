@@ -6,9 +6,10 @@ every particle's accumulated dose is known at every event. Two ways to a rate:
 
 * the microscope says it (frame metadata ``dose_rate_e_per_a2_s``); or
 * from the frame's counts: in bright field vacuum is the brightest thing in view, so
-  its level, taken as a high percentile of the frame (robust to a few hot pixels),
-  over the camera's counts per electron, the exposure and the pixel area, is the
-  incident rate ``(L - dark) / (g t a)`` in e/A^2/s.
+  its level ``L``, over the camera's counts per electron ``g``, the exposure ``t``
+  and the pixel area ``a``, is the incident rate ``(L - dark) / (g t a)`` in e/A^2/s.
+  ``L`` is a high percentile of the frame averaged in 8x8 blocks: a percentile of
+  single pixels would read the shot noise (at 25 e/pixel, +25 % at the 90th).
 
 Regions are a fixed grid of tiles in the field; each tile's rate is the field's rate
 scaled by its own level over the field's (the illumination is never flat). A tile
@@ -27,9 +28,18 @@ import numpy as np
 
 __all__ = ["VACUUM_PERCENTILE", "DoseAccumulator", "dose_rate_from_counts", "region_levels"]
 
-VACUUM_PERCENTILE = 90.0
-"""Percentile of a frame read as its vacuum level: vacuum fills most operando fields
-(a cluster on a needle), and hot pixels are far rarer than one in ten."""
+VACUUM_PERCENTILE = 75.0
+"""Percentile of a frame's 8x8 block means read as its vacuum level: vacuum fills most
+operando fields (a cluster on a needle), and hot pixels are far rarer than one in four."""
+_BLOCK = 8
+
+
+def _block_means(image: np.ndarray) -> np.ndarray:
+    rows, cols = (image.shape[0] // _BLOCK) * _BLOCK, (image.shape[1] // _BLOCK) * _BLOCK
+    if rows == 0 or cols == 0:
+        return np.asarray(image, dtype=np.float64)
+    view = image[:rows, :cols].reshape(rows // _BLOCK, _BLOCK, cols // _BLOCK, _BLOCK)
+    return view.mean(axis=(1, 3), dtype=np.float64)
 
 
 def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, exposure_s: float,
@@ -57,15 +67,14 @@ def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, expo
     area_a2 = (10.0 * pixel_size_nm) ** 2
     if not (counts_per_electron > 0 and exposure_s > 0 and area_a2 > 0):
         return math.nan
-    # A strided sample: the percentile of 1/16 of the pixels is as good and 16x cheaper.
-    level = float(np.percentile(image[::4, ::4], VACUUM_PERCENTILE)) - dark_level_counts
+    level = float(np.percentile(_block_means(image), VACUUM_PERCENTILE)) - dark_level_counts
     return max(level, 0.0) / counts_per_electron / exposure_s / area_a2
 
 
 def region_levels(image: np.ndarray, grid: int) -> np.ndarray:
     """(grid, grid) vacuum levels of the tiles over the field's: relative illumination."""
     rows, cols = image.shape
-    sample = image[::2, ::2]
+    sample = _block_means(image)
     edges_r = np.linspace(0, sample.shape[0], grid + 1).astype(int)
     edges_c = np.linspace(0, sample.shape[1], grid + 1).astype(int)
     field = float(np.percentile(sample, VACUUM_PERCENTILE))

@@ -307,6 +307,9 @@ class EchemPublisher(Publisher):
     sessions, and usually starts before the first one (the worker keeps a backlog).
     """
 
+    def __enter__(self) -> EchemPublisher:
+        return self
+
     def publish_echem(
         self,
         source: EchemSourceBase,

@@ -882,14 +882,16 @@ class SimulatedSource(SourceBase):
         times = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
         fraction = _lithiation(self.config, self.scenario, scene.adjacency, scene.source,
                                times, scene.rate_per_s)
-        return fraction * self._atoms_per_fraction()
+        atoms: np.ndarray = fraction * self._atoms_per_fraction()
+        return atoms
 
     def _atoms_per_fraction(self) -> np.ndarray:
         from lithoscope.service.echem import silicon_atoms
 
         scene = self._scene
         x_full = scene.volume_swelling / _SWELLING_PER_X
-        return np.asarray(silicon_atoms(scene.radii_px * self.config.pixel_size_nm)) * x_full
+        atoms: np.ndarray = np.asarray(silicon_atoms(scene.radii_px * self.config.pixel_size_nm))
+        return atoms * x_full
 
     def lithiation_current_a(self, t_s: np.ndarray) -> np.ndarray:
         """The current that carries the lithium entering the cluster: ``I = -e dN/dt``.
