@@ -39,7 +39,8 @@ def _block_means(image: np.ndarray) -> np.ndarray:
     if rows == 0 or cols == 0:
         return np.asarray(image, dtype=np.float64)
     view = image[:rows, :cols].reshape(rows // _BLOCK, _BLOCK, cols // _BLOCK, _BLOCK)
-    return view.mean(axis=(1, 3), dtype=np.float64)
+    means: np.ndarray = view.mean(axis=(1, 3), dtype=np.float64)
+    return means
 
 
 def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, exposure_s: float,

@@ -891,7 +891,8 @@ class SimulatedSource(SourceBase):
         scene = self._scene
         x_full = scene.volume_swelling / _SWELLING_PER_X
         atoms: np.ndarray = np.asarray(silicon_atoms(scene.radii_px * self.config.pixel_size_nm))
-        return atoms * x_full
+        scaled: np.ndarray = atoms * x_full
+        return scaled
 
     def lithiation_current_a(self, t_s: np.ndarray) -> np.ndarray:
         """The current that carries the lithium entering the cluster: ``I = -e dN/dt``.
