@@ -313,6 +313,8 @@ def _experiment(state: MonitorState, width: int) -> RenderableType:
                    Text.assemble(("none", "bold"), f" since t = {since:.1f} s{held}"))
     grid.add_row("needle contact", contact)
     grid.add_row("bias", _fmt(state.bias_v, ".2f", " V", missing="not reported"))
+    for label, text in _operando_rows(state.cluster):
+        grid.add_row(label, text)
     history = [a for _, a in state.area_history]
     unit = state.area_unit
     if history:
@@ -329,6 +331,37 @@ def _experiment(state: MonitorState, width: int) -> RenderableType:
     title = ("experiment" if t_now is None
              else f"experiment   t = {t_now:.1f} s, frame {state.frame}")
     return Panel(grid, title=title, title_align="left")
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value / 1e-15:.3g} f{unit}"
+
+
+def _operando_rows(cluster: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Current, charge, dose and the lithium bookkeeping, when the results carry them
+    (a session with an echem side stream, a dose rate): absent rows are not shown."""
+    rows = []
+    current, charge = _number(cluster.get("current_a")), _number(cluster.get("charge_c"))
+    if current is not None or charge is not None:
+        age = _number(cluster.get("echem_age_s"))
+        stale = f"  (echem {age:.0f} s old)" if age is not None and age >= 2 else ""
+        rows.append(("current, charge",
+                     f"{_si(current, 'A') if current is not None else '—'}, "
+                     f"{_si(charge, 'C') if charge is not None else '—'} passed{stale}"))
+    rate, dose = _number(cluster.get("dose_rate_e_per_a2_s")), _number(
+        cluster.get("dose_e_per_a2"))
+    if rate is not None:
+        rows.append(("electron dose", f"{rate:.1f} e/Å²/s, {dose or 0:.0f} e/Å² so far"))
+    from_charge = _number(cluster.get("lithium_from_charge"))
+    visible = _number(cluster.get("lithium_visible"))
+    if from_charge is not None and visible is not None:
+        sigma = _number(cluster.get("lithium_visible_sigma")) or 0.0
+        rows.append(("lithium", f"{from_charge:.3g} Li passed, {visible:.3g} ± {sigma:.2g} in "
+                                f"view, {from_charge - visible:.3g} out of view"))
+    return rows
 
 
 def _particles(state: MonitorState, max_rows: int) -> RenderableType:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,9 @@ class Alert:
     """Particles concerned; empty for the whole cluster."""
     message: str
     """One line for a person."""
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """What held at that moment (bias, charge, particle doses): see
+    :class:`lithoscope.service.operando.OperandoContext`."""
 
 
 @dataclass(slots=True)

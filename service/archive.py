@@ -60,7 +60,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ARCHIVE_FORMAT_VERSION",
     "CLUSTER_COLUMNS",
+    "ECHEM_COLUMNS",
     "EVENT_COLUMNS",
+    "OPERANDO_COLUMNS",
+    "PARTICLE_DOSE_COLUMNS",
+    "REGION_DOSE_COLUMNS",
     "FRAME_TABLE_COLUMNS",
     "PARTICLE_COLUMNS",
     "ArchiveReader",
@@ -130,9 +134,58 @@ EVENT_COLUMNS: dict[str, Any] = {
     "confidence": np.float64,
     "particle_ids": str,
     "message": str,
+    "context_json": str,
     "frame": np.int64,
 }
 _KEYS = {"frame_table": "seq", "cluster": "frame", "particles": "frame", "events": "frame"}
+
+# Operando tables: created on first use, so a session without echem or dose has none.
+ECHEM_COLUMNS: dict[str, Any] = {
+    "t_s": np.float64,
+    "t_unix": np.float64,
+    "bias_v": np.float64,
+    "current_a": np.float64,
+    "clock_offset_s": np.float64,
+    "source": str,
+    "seq": np.int64,  # key column: sample number within the session, from 0
+}
+OPERANDO_COLUMNS: dict[str, Any] = {
+    "t_s": np.float64,
+    "bias_v": np.float64,
+    "current_a": np.float64,
+    "charge_c": np.float64,
+    "echem_age_s": np.float64,
+    "dose_rate_e_per_a2_s": np.float64,
+    "dose_rate_source": str,
+    "dose_e_per_a2": np.float64,
+    "lithium_from_charge": np.float64,
+    "lithium_visible": np.float64,
+    "lithium_visible_sigma": np.float64,
+    "lithium_out_of_view": np.float64,
+    "frame": np.int64,
+}
+PARTICLE_DOSE_COLUMNS: dict[str, Any] = {
+    "t_s": np.float64,
+    "track_id": np.int64,
+    "dose_e_per_a2": np.float64,
+    "lithium_atoms": np.float64,
+    "frame": np.int64,
+}
+REGION_DOSE_COLUMNS: dict[str, Any] = {
+    "t_s": np.float64,
+    "region_row": np.int32,
+    "region_col": np.int32,
+    "dose_rate_e_per_a2_s": np.float64,
+    "dose_e_per_a2": np.float64,
+    "frame": np.int64,
+}
+_LAZY_TABLES: dict[str, tuple[dict[str, Any], int]] = {
+    "echem": (ECHEM_COLUMNS, 4096),
+    "operando": (OPERANDO_COLUMNS, 1024),
+    "particle_dose": (PARTICLE_DOSE_COLUMNS, 8192),
+    "region_dose": (REGION_DOSE_COLUMNS, 8192),
+}
+_KEYS.update({name: "seq" if name == "echem" else "frame" for name in _LAZY_TABLES})
 
 
 def _fill_value(dtype: Any) -> Any:
@@ -369,7 +422,15 @@ class ArchiveWriter:
         return position
 
     def append_rows(self, table: str, rows: Mapping[str, Any]) -> None:
-        """Buffer measurement rows (``cluster``, ``particles`` or ``events``)."""
+        """Buffer measurement rows (``cluster``, ``particles``, ``events``, or an operando
+        table: ``echem``, ``operando``, ``particle_dose``, ``region_dose``)."""
+        if table not in self.tables and table in _LAZY_TABLES:
+            columns, chunk_rows = _LAZY_TABLES[table]
+            try:
+                self.tables[table] = _Table(self.group, table, columns, chunk_rows=chunk_rows)
+            except OSError as exc:
+                raise ArchiveError(f"Cannot create table {table} in {self.path}: "
+                                   f"{exc.strerror or exc}.") from None
         self.tables[table].append(rows)
         if table == "events":
             self.flush()
@@ -388,7 +449,7 @@ class ArchiveWriter:
 
     def flush(self) -> None:
         try:
-            for name in ("frame_table", "cluster", "particles", "events"):
+            for name in list(self.tables):  # frame_table first: insertion order
                 self.tables[name].flush()
         except OSError as exc:
             raise ArchiveError(f"Cannot write measurements to {self.path}: "
@@ -543,6 +604,8 @@ class ArchiveReader:
                 "confidence": float(table["confidence"][i]),
                 "particle_ids": json.loads(str(table["particle_ids"][i]) or "[]"),
                 "message": str(table["message"][i]),
+                "context": (json.loads(str(table["context_json"][i]) or "{}")
+                            if "context_json" in table else {}),
             }
             for i in range(len(table.get("frame", [])))
         ]

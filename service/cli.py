@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -145,6 +146,7 @@ def demo(
     from .config import ServiceConfig
     from .protocol import Event
     from .session import run_local_session
+    from .sources.echem import SimulatedEchem
     from .sources.sim import SimulatedSource
 
     _setup_logging(verbose)
@@ -166,8 +168,10 @@ def demo(
 
         started = time.monotonic()
         with _demo_display(monitor, show) as (on_message, on_frame):
+            echem = SimulatedEchem(source.config, scenario=scenario.value)
             report = run_local_session(source, config=config, speed=speed, live=True,
-                                       on_message=on_message, on_frame=on_frame, stop=stop)
+                                       on_message=on_message, on_frame=on_frame, stop=stop,
+                                       echem=echem)
         wall = time.monotonic() - started
         if report.closed is None:
             raise LithoscopeError("The worker did not confirm the end of the session.")
@@ -225,6 +229,57 @@ def publish(
                                   f"{report.session_id} was archived.")
         console.print(f"Archived {report.closed.frames_archived} frames to "
                       f"{report.closed.archive_path}.")
+
+
+@app.command("publish-echem")
+def publish_echem(
+    source: Annotated[str, typer.Argument(
+        help="A CSV log with a header row and a time column (t_unix/timestamp: Unix s; "
+        "t_s/time/s/time: s since --t0-unix), tailed as it is written; a BioLogic EC-Lab "
+        ".mpr or .mpt file (needs lithoscope[echem]), re-read as it grows; or 'sim' / "
+        "'sim:SCENARIO', the simulated experiment's potentiostat.")],
+    connect: Annotated[str, typer.Option(help="The service's frames endpoint.")] = (
+        DEFAULT_FRAMES_ENDPOINT),
+    clock_offset: Annotated[float, typer.Option(
+        "--clock-offset", help="Seconds added to the instrument's times to put them on the "
+        "camera's clock (camera minus instrument); archived with every sample.")] = 0.0,
+    t0_unix: Annotated[float | None, typer.Option(
+        "--t0-unix", help="Unix time of t = 0 for a log with relative times (default: the "
+        "start recorded in an EC-Lab file, else now).")] = None,
+    session: Annotated[str | None, typer.Option(
+        help="Session to file the samples under (default: the one the service has open).")
+    ] = None,
+    time_column: Annotated[str | None, typer.Option(help="CSV time column name.")] = None,
+    bias_column: Annotated[str | None, typer.Option(help="CSV bias column name (V).")] = None,
+    current_column: Annotated[str | None, typer.Option(
+        help="CSV current column name (A; a name ending /mA, _ma, ... is scaled).")] = None,
+    idle_timeout: Annotated[float, typer.Option(
+        min=0.1, help="End after the log has not grown for this many seconds.")] = 60.0,
+    speed: Annotated[str, typer.Option(
+        help="Pace of 'sim': a factor of real time, or 'max'.")] = "1",
+    server_key: ServerPublicKey = None,
+    key: ClientSecretKey = None,
+    verbose: Verbose = False,
+) -> None:
+    """Stream bias and current beside the frames: a potentiostat or biasing-holder log."""
+    from .publisher import EchemPublisher
+    from .sources.echem import open_echem_source
+
+    _setup_logging(verbose)
+    with _friendly_errors():
+        parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+        pace = parse_speed(speed)
+        stop = _stop_on_signals()
+        curve = _client_curve(server_key, key)
+        with open_echem_source(source, t0_unix=t0_unix, time_column=time_column,
+                               bias_column=bias_column, current_column=current_column,
+                               idle_timeout_s=idle_timeout, stop=stop) as src, \
+                EchemPublisher(connect, curve=curve, ack_timeout_s=5.0) as publisher:
+            console.print(f"Publishing {src.name} to {connect} ...")
+            report = publisher.publish_echem(src, speed=pace, clock_offset_s=clock_offset,
+                                             session_id=session, stop=stop)
+        console.print(f"Sent {report.samples} samples in {report.batches} batches"
+                      f"{' (interrupted)' if report.interrupted else ''}.")
 
 
 @app.command()
@@ -445,6 +500,7 @@ def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
         areas = [c["area_px"] for c in cluster]
         table.add_row("cluster area", f"{areas[0]} px at start, {max(areas)} px at most, "
                                       f"{areas[-1]} px at end")
+    _add_operando_rows(table, path)
     console.print(table)
     events = Table(title="Events", title_justify="left")
     for column in ("t_s", "frame", "kind", "message"):
@@ -452,6 +508,35 @@ def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
     for e in s["events"]:
         events.add_row(f"{e['t_s']:.2f}", str(e["frame"]), e["kind"], e["message"])
     console.print(events if s["events"] else "No events.")
+
+
+def _add_operando_rows(table: Table, path: Path) -> None:
+    """Dose and the lithium bookkeeping, when the session recorded them."""
+    from .archive import ArchiveReader
+    from .errors import ArchiveError
+    from .operando import bookkeeping_summary
+
+    try:
+        operando = ArchiveReader(path).table("operando")
+    except ArchiveError:
+        return
+    if not operando or not len(operando.get("frame", [])):
+        return
+    dose = operando["dose_e_per_a2"]
+    if len(dose) and dose[-1] > 0:
+        rate = operando["dose_rate_e_per_a2_s"]
+        table.add_row("electron dose", f"{dose[-1]:.0f} e/Å² in total, "
+                      f"{float(np.nanmax(rate)):.1f} e/Å²/s at most")
+    book = bookkeeping_summary(operando)
+    if book is None:
+        return
+    table.add_row("charge passed", f"{book['charge_c']:.3g} C = {book['lithium_from_charge']:.3g}"
+                  " Li")
+    table.add_row("Li in view, peak", f"{book['peak_visible']:.3g} ± {book['peak_sigma']:.2g} at "
+                  f"t = {book['peak_t_s']:.1f} s ({100 * book['uptake_fraction']:.0f} % of the "
+                  f"{book['peak_from_charge']:.3g} passed by then)")
+    table.add_row("Li in view, end", f"{book['end_visible']:.3g} ± {book['end_sigma']:.2g}; "
+                  f"out of view {book['out_of_view_end']:.3g}")
 
 
 def _how_it_ended(stop_reason: Any) -> str:

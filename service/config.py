@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from .alerts import AlertConfig
 from .analysis import AnalysisConfig
 from .errors import ConfigError
+from .operando import OperandoConfig
 from .protocol import FrameLimits
 
 __all__ = [
@@ -120,6 +121,8 @@ class ServiceConfig:
     limits: FrameLimits = field(default_factory=FrameLimits)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    operando: OperandoConfig = field(default_factory=OperandoConfig)
+    """Electrochemistry alignment, dose and lithium bookkeeping (docs/analysis.md)."""
 
     def __post_init__(self) -> None:
         parse_endpoint(self.frames_endpoint, what="frames endpoint",
@@ -173,6 +176,8 @@ class ServiceConfig:
             values["analysis"] = AnalysisConfig.from_dict(values["analysis"])
         if "alerts" in values:
             values["alerts"] = AlertConfig.from_dict(values["alerts"])
+        if "operando" in values:
+            values["operando"] = OperandoConfig.from_dict(values["operando"])
         try:
             return cls(**values)
         except TypeError as exc:
@@ -182,7 +187,7 @@ class ServiceConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("analysis", "alerts"):
+            if f.name in ("analysis", "alerts", "operando"):
                 value = value.to_dict()
             elif f.name == "limits":
                 value = dataclasses.asdict(value)

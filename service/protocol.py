@@ -41,6 +41,7 @@ __all__ = [
     "ALLOWED_DTYPES",
     "PROTOCOL_VERSION",
     "Decoder",
+    "Echem",
     "Event",
     "EventKind",
     "Frame",
@@ -80,6 +81,7 @@ class MessageType(StrEnum):
     EVENT = "event"
     HEARTBEAT = "heartbeat"
     SESSION_CLOSED = "session_closed"
+    ECHEM = "echem"
 
 
 class EventKind(StrEnum):
@@ -91,7 +93,10 @@ class EventKind(StrEnum):
     EXPANSION_SLOWING = "expansion_slowing"
     CONTRACTION_ONSET = "contraction_onset"
     CONTRACTION_SETTLED = "contraction_settled"
+    BIAS_WITHOUT_EXPANSION = "bias_without_expansion"
+    LITHIUM_REDISTRIBUTED = "lithium_redistributed"
     DRIFT_WARNING = "drift_warning"
+    DOSE_RATE_HIGH = "dose_rate_high"
     FRAMES_DROPPED = "frames_dropped"
     ANALYSIS_SKIPPED = "analysis_skipped"
     SOURCE_STALLED = "source_stalled"
@@ -198,14 +203,18 @@ class Result:
         "`needle_contact`, `needle_area_px`, `grid_area_px`, `needle_tip_row`, "
         "`needle_tip_col`, `drift_row_px`, `drift_col_px`, `drift_step_px`, "
         "`relative_area_change`, `volume_ratio`, `lithium_x`, `area_rate_nm2_per_s`, "
-        "`diffusion_coefficient_cm2_per_s` (docs/analysis.md)."
+        "`diffusion_coefficient_cm2_per_s` (docs/analysis.md); with operando context "
+        "`bias_v`, `current_a`, `charge_c`, `echem_age_s`, `dose_rate_e_per_a2_s`, "
+        "`dose_e_per_a2`, `lithium_from_charge`, `lithium_visible`, "
+        "`lithium_visible_sigma`, `lithium_out_of_view` (docs/analysis.md, operando)."
     )
     particles: dict[str, list[Any]] = _doc(
         "Per-particle columns of equal length: `label`, `area_px`, `area_nm2`, "
         "`centroid_row`, `centroid_col`, `equivalent_diameter_nm`, `mean_intensity`, "
         "`touches_needle`, `track_id` (stable across frames), `neighbour_ids` (track ids "
         "of touching particles, space-separated), `relative_area_change`, `volume_ratio`, "
-        "`lithium_x`, `area_rate_nm2_per_s`, `diffusion_coefficient_cm2_per_s`."
+        "`lithium_x`, `area_rate_nm2_per_s`, `diffusion_coefficient_cm2_per_s`, "
+        "`dose_e_per_a2` (cumulative electron dose while in view), `lithium_atoms`."
     )
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
@@ -226,8 +235,49 @@ class Event:
     particle_ids: list[int] = _doc("Particles concerned (empty: the whole cluster).",
                                    default_factory=list)
     message: str = _doc("One line for a person.", default="")
+    context: dict[str, Any] = _doc(
+        "What else held at that moment: `bias_v`, `current_a`, `charge_c` (at the event's "
+        "`t_s`), `dose_e_per_a2` (field), `particle_dose_e_per_a2` (cumulative dose of each "
+        "particle concerned, by track id), `lithium_from_charge`, `lithium_visible`.",
+        default_factory=dict)
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Echem:
+    """A batch of electrochemistry samples (bias, current) from a potentiostat or holder.
+
+    Sent by ``lithoscope publish-echem`` to the frames endpoint beside the camera's
+    publisher, on its own stream (its own ``seq``), and forwarded by the worker on the
+    results stream with ``session_id`` filled in. Columns are parallel lists.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.ECHEM
+    source: str = _doc("Where the samples come from, e.g. `csv:/data/bias.csv`, `sim:lithiation`.")
+    t_unix: list[float] = _doc("Sample times on the instrument's clock, seconds since the "
+                               "Unix epoch.")
+    bias_v: list[float | None] = _doc("Bias (working electrode potential), V; null if not "
+                                      "recorded.")
+    current_a: list[float | None] = _doc("Current, A (EC-Lab sign: negative is cathodic); null "
+                                         "if not recorded.")
+    clock_offset_s: float = _doc("Added to `t_unix` to put it on the camera's clock "
+                                 "(camera minus instrument); archived with every sample.",
+                                 default=0.0)
+    session_id: str | None = _doc("Session the samples belong to; null: the session the worker "
+                                  "has open (an instrument knows nothing of camera sessions).",
+                                  default=None)
+    seq: int = _doc("Per-stream sequence number; a gap means batches were lost.", default=0)
+    sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
+
+    def __post_init__(self) -> None:
+        if not len(self.t_unix) == len(self.bias_v) == len(self.current_a):
+            raise ProtocolError(
+                f"Expected echem columns of equal length. Got t_unix {len(self.t_unix)}, "
+                f"bias_v {len(self.bias_v)}, current_a {len(self.current_a)}.",
+                reason="bad_field")
+        if not all(math.isfinite(t) for t in self.t_unix):
+            raise ProtocolError("Echem sample times must be finite.", reason="bad_field")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +315,12 @@ class SessionClosed:
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 
 
-Message = SessionStart | Frame | SessionStop | Result | Event | Heartbeat | SessionClosed
+Message = (SessionStart | Frame | SessionStop | Result | Event | Heartbeat | SessionClosed
+           | Echem)
 _CLASSES: dict[MessageType, type[Any]] = {
     cls.TYPE: cls
-    for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed)
+    for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed,
+                Echem)
 }
 
 

@@ -15,21 +15,34 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from .errors import LithoscopeError, SourceError
-from .protocol import Frame, Message, SessionClosed, SessionStart, SessionStop, decode, encode
+from .protocol import (
+    Echem,
+    Frame,
+    Message,
+    SessionClosed,
+    SessionStart,
+    SessionStop,
+    decode,
+    encode,
+)
 from .security import ClientCurve
 from .sources.base import Source, SourceFrame
 
-__all__ = ["PublishReport", "Publisher", "new_session_id"]
+if TYPE_CHECKING:
+    from .sources.echem import EchemSourceBase
+
+__all__ = ["EchemPublisher", "EchemReport", "PublishReport", "Publisher", "new_session_id"]
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +297,76 @@ class Publisher:
         log.warning("The worker did not confirm the end of session %s within %.0f s.",
                     session_id, self.ack_timeout_s)
         return None
+
+
+@dataclass(frozen=True)
+class EchemReport:
+    """What one ``publish-echem`` run sent."""
+
+    source: str
+    batches: int
+    samples: int
+    interrupted: bool
+
+
+class EchemPublisher(Publisher):
+    """Publishes an electrochemistry side stream (bias, current) to a worker.
+
+    Same socket as the camera's publisher (PUSH to the frames endpoint, never dropping),
+    its own stream and ``seq``. The worker files the samples under ``session_id``, or
+    under whichever session it has open: the potentiostat knows nothing of camera
+    sessions, and usually starts before the first one (the worker keeps a backlog).
+    """
+
+    def __enter__(self) -> EchemPublisher:
+        return self
+
+    def publish_echem(
+        self,
+        source: EchemSourceBase,
+        *,
+        speed: float | None = 1.0,
+        clock_offset_s: float = 0.0,
+        session_id: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> EchemReport:
+        """Send every batch ``source`` yields until it ends or ``stop`` is set.
+
+        ``speed`` paces a simulated source (``source.paced``) at that multiple of its
+        own clock; tailers of real logs are paced by the instrument writing them.
+        """
+        batches = samples = 0
+        interrupted = False
+        wall0 = time.monotonic()
+        t_first: float | None = None
+        for batch in source:
+            if stop is not None and stop.is_set():
+                interrupted = True
+                break
+            if not len(batch):
+                continue
+            if source.paced and speed is not None:
+                t_last = float(batch.t_unix[-1])
+                t_first = float(batch.t_unix[0]) if t_first is None else t_first
+                delay = wall0 + (t_last - t_first) / speed - time.monotonic()
+                if delay > 0:
+                    if stop is not None:
+                        if stop.wait(delay):
+                            interrupted = True
+                            break
+                    else:
+                        time.sleep(delay)
+            msg = Echem(source=source.name, t_unix=batch.t_unix.tolist(),
+                        bias_v=_nullable(batch.bias_v), current_a=_nullable(batch.current_a),
+                        clock_offset_s=clock_offset_s, session_id=session_id)
+            if not self._send(msg, stop):
+                interrupted = True
+                break
+            batches += 1
+            samples += len(batch)
+        return EchemReport(source=source.name, batches=batches, samples=samples,
+                           interrupted=interrupted)
+
+
+def _nullable(values: Any) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values.tolist()]

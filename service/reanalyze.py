@@ -39,6 +39,8 @@ from .analysis import CLUSTER_COLUMNS as ANALYSIS_CLUSTER_KEYS
 from .analysis import AnalysisConfig, SessionAnalyzer
 from .archive import CLUSTER_COLUMNS, EVENT_COLUMNS, PARTICLE_COLUMNS, ArchiveReader
 from .errors import ArchiveError, ConfigError
+from .operando import OperandoConfig, OperandoContext
+from .protocol import _to_json_value as _json_safe
 from .xr import REANALYSIS_GROUP
 
 __all__ = ["ReanalysisResult", "analyze_archive", "reanalyze"]
@@ -90,10 +92,27 @@ def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str,
     cluster_rows: list[Mapping[str, Any]] = []
     particle_rows: list[Mapping[str, Any]] = []
     event_rows: list[Mapping[str, Any]] = []
+    # The operando context as the worker ran it: its recorded options, the archived
+    # echem samples (already on the session's clock), each frame's metadata.
+    recorded = reader.meta.get("config", {}).get("operando")
+    operando = OperandoContext(OperandoConfig.from_dict(recorded) if isinstance(recorded, dict)
+                               else None)
+    echem = reader.table("echem")
+    if echem:
+        operando.add_echem(echem["t_s"], echem["bias_v"], echem["current_a"])
+    fps = reader.meta.get("fps")
     for position in range(reader.frame_count):
         index, t_s = int(table["index"][position]), float(table["t_s"][position])
-        cluster, particles, found = analyzer.update(reader.frame(position), t_s=t_s,
+        image = reader.frame(position)
+        cluster, particles, found = analyzer.update(image, t_s=t_s,
                                                     index=index, pixel_size_nm=pixel_size_nm)
+        metadata = json.loads(str(table["metadata_json"][position]) or "{}")
+        exposure = float(table["exposure_s"][position])
+        cluster, particles, found, _ = operando.update(
+            image=image, t_s=t_s, index=index,
+            pixel_size_nm=metadata.get("pixel_size_nm", pixel_size_nm),
+            exposure_s=exposure if math.isfinite(exposure) else (1.0 / fps if fps else None),
+            metadata=metadata, cluster=cluster, particles=particles, alerts=found)
         # The rows the worker's _analyse and _emit write, minus the latency.
         cluster_rows.append({**{k: cluster[k] for k in ANALYSIS_CLUSTER_KEYS if k in cluster},
                              "frame": index, "t_s": t_s, "latency_s": math.nan})
@@ -104,6 +123,7 @@ def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str,
             "frame": alert.frame, "t_s": alert.t_s, "kind": alert.kind.value,
             "magnitude": alert.magnitude, "confidence": alert.confidence,
             "particle_ids": str(list(alert.particle_ids)), "message": alert.message,
+            "context_json": json.dumps(_json_safe(dict(alert.context))),
         } for alert in found)
     return {"cluster": _concatenate(cluster_rows, CLUSTER_COLUMNS),
             "particles": _concatenate(particle_rows, PARTICLE_COLUMNS),

@@ -26,7 +26,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import logging
+import math
 import queue
 import re
 import shutil
@@ -49,8 +51,10 @@ from .archive import ArchiveWriter, directory_size, recover_abandoned, update_ar
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
+from .operando import OperandoContext
 from .protocol import (
     Decoder,
+    Echem,
     Event,
     EventKind,
     Frame,
@@ -76,6 +80,10 @@ _SKIP_EVENT_INTERVAL_S = 60.0
 10 s went unanalysed, and then at most once a minute: a single frame skipped while
 the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
 _CLOSE_RETRY_S = 5.0
+_ECHEM_BACKLOG = 4096
+"""Echem batches kept while no session is open (the potentiostat usually starts first)."""
+_ECHEM_PREROLL_S = 60.0
+"""Of those, samples up to this long before a session's t0 go into its archive."""
 """How often an archive that could not be closed (disk full) is tried again."""
 _SHUTDOWN_MEASURE_S = 5.0
 """At shutdown, how long frames out for measuring are waited for (they are archived
@@ -153,6 +161,9 @@ class _Session:
     last_index: int = 0
     """Index of the newest frame; events not caused by a frame are filed under it, since
     the archive's events table reads a frame of -1 as an unwritten row."""
+    operando: OperandoContext | None = None
+    """Echem samples, dose and lithium bookkeeping (created with the session)."""
+    echem_samples: int = 0
 
 
 _Job = tuple[_Session | None, Callable[[], object], bool]
@@ -293,6 +304,8 @@ class Worker:
         """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
         frames are measured in this thread."""
         self._pool_dir: str | None = None
+        self._echem_unattached: collections.deque[Echem] = collections.deque(
+            maxlen=_ECHEM_BACKLOG)
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -435,6 +448,8 @@ class Worker:
             self._on_frame(msg)
         elif isinstance(msg, SessionStart):
             self._open_session(msg)
+        elif isinstance(msg, Echem):
+            self._on_echem(msg)
         elif isinstance(msg, SessionStop):
             session = self.sessions.get(msg.session_id)
             if session is None:
@@ -531,6 +546,7 @@ class Worker:
         self._last_session_id = start.session_id
         log.info("Session %s from %s -> %s", start.session_id, start.source, path)
         self._send(start)
+        self._attach_unattached_echem(session)
         return session
 
     def _retry_closing(self) -> None:
@@ -701,6 +717,7 @@ class Worker:
 
     def _analysed(self, session: _Session, frame: Frame, cluster: dict[str, Any],
                   particles: dict[str, np.ndarray], alerts: list[Alert]) -> None:
+        cluster, particles, alerts = self._operando(session, frame, cluster, particles, alerts)
         latency = time.time() - frame.acquired_at
         session.analysed += 1
         self.counters["analysed"] += 1
@@ -724,12 +741,96 @@ class Worker:
         for alert in alerts:
             self._emit(session, alert)
 
+    # -- operando context (electrochemistry, dose, lithium) ---------------------------
+    def _operando_for(self, session: _Session) -> OperandoContext:
+        if session.operando is None:
+            session.operando = OperandoContext(self.config.operando)
+        return session.operando
+
+    def _on_echem(self, msg: Echem) -> None:
+        """File a batch of echem samples under its session (named, or the open one)."""
+        session_id = msg.session_id
+        if session_id is None:
+            session_id = (self._last_session_id if self._last_session_id in self.sessions
+                          else next(reversed(self.sessions), None))
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None:
+            self._echem_unattached.append(msg)
+            return
+        self._file_echem(session, msg)
+
+    def _attach_unattached_echem(self, session: _Session) -> None:
+        keep: list[Echem] = []
+        for msg in self._echem_unattached:
+            if msg.session_id not in (None, session.start.session_id):
+                keep.append(msg)
+                continue
+            self._file_echem(session, msg, not_before_s=-_ECHEM_PREROLL_S)
+        self._echem_unattached.clear()
+        self._echem_unattached.extend(keep)
+
+    def _file_echem(self, session: _Session, msg: Echem, *,
+                    not_before_s: float = -math.inf) -> None:
+        offset = msg.clock_offset_s or self.config.operando.clock_offset_s
+        t_unix = np.asarray(msg.t_unix, dtype=np.float64)
+        t_s = t_unix + offset - session.start.t0_unix
+        keep = t_s >= not_before_s
+        if not keep.any():
+            return
+        bias = np.array([math.nan if v is None else v for v in msg.bias_v], dtype=np.float64)
+        current = np.array([math.nan if v is None else v for v in msg.current_a],
+                           dtype=np.float64)
+        t_s, t_unix, bias, current = t_s[keep], t_unix[keep], bias[keep], current[keep]
+        self._operando_for(session).add_echem(t_s, bias, current)
+        n = int(t_s.size)
+        if session.writer is not None and not session.archive_failed:
+            self._archive.submit(session, functools.partial(
+                session.writer.append_rows, "echem", {
+                    "t_s": t_s, "t_unix": t_unix, "bias_v": bias, "current_a": current,
+                    "clock_offset_s": np.full(n, offset), "source": np.full(n, msg.source),
+                    "seq": np.arange(session.echem_samples, session.echem_samples + n)}))
+        session.echem_samples += n
+        self._send(dataclasses.replace(
+            msg, session_id=session.start.session_id, clock_offset_s=offset,
+            t_unix=t_unix.tolist(), bias_v=_nullable(bias), current_a=_nullable(current)))
+
+    def _operando(self, session: _Session, frame: Frame, cluster: dict[str, Any],
+                  particles: dict[str, np.ndarray], alerts: list[Alert],
+                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]:
+        """Bias, current, charge, dose and lithium bookkeeping for an analysed frame;
+        its rows go to the operando tables. Never costs the frame its results."""
+        context = self._operando_for(session)
+        exposure = frame.exposure_s or (1.0 / session.start.fps if session.start.fps else None)
+        try:
+            cluster, particles, alerts, rows = context.update(
+                image=frame.image, t_s=frame.t_s, index=frame.index,
+                pixel_size_nm=frame.pixel_size_nm or session.start.pixel_size_nm,
+                exposure_s=exposure, metadata=frame.metadata, cluster=cluster,
+                particles=particles, alerts=alerts)
+        except Exception:
+            if not self.counters["analysis_errors"]:
+                log.exception("Operando context failed on frame %d.", frame.index)
+            self.counters["analysis_errors"] += 1
+            return cluster, particles, alerts
+        if session.writer is not None and not session.archive_failed:
+            n = len(rows.particle_rows["track_id"])
+            m = len(rows.region_rows["region_row"])
+            write = session.writer.append_rows
+            self._archive.submit(session, functools.partial(write, "operando", rows.row))
+            self._archive.submit(session, functools.partial(write, "particle_dose", {
+                **rows.particle_rows, "frame": np.full(n, frame.index),
+                "t_s": np.full(n, frame.t_s)}))
+            self._archive.submit(session, functools.partial(write, "region_dose", {
+                **rows.region_rows, "frame": np.full(m, frame.index),
+                "t_s": np.full(m, frame.t_s)}))
+        return cluster, particles, alerts
+
     # -- output ----------------------------------------------------------------------
     def _emit(self, session: _Session, alert: Alert) -> None:
         event = Event(session_id=session.start.session_id, kind=alert.kind.value,
                       t_s=alert.t_s, frame=alert.frame, magnitude=alert.magnitude,
                       confidence=alert.confidence, particle_ids=list(alert.particle_ids),
-                      message=alert.message)
+                      message=alert.message, context=dict(alert.context))
         log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
                  event.message)
         if session.writer is not None and not session.archive_failed:
@@ -737,7 +838,8 @@ class Worker:
                 session.writer.append_rows, "events", {
                     "frame": event.frame, "t_s": event.t_s, "kind": event.kind,
                     "magnitude": event.magnitude, "confidence": event.confidence,
-                    "particle_ids": str(event.particle_ids), "message": event.message}))
+                    "particle_ids": str(event.particle_ids), "message": event.message,
+                    "context_json": json.dumps(_json_safe(event.context))}))
         self._send(event)
 
     def _archive_failed(self, session: _Session, exc: ArchiveError) -> None:
@@ -788,6 +890,22 @@ class Worker:
         self._interval_received = self._interval_analysed = 0
         self._interval_latencies.clear()
         self._last_heartbeat = now
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _frame_metadata(frame: Frame) -> dict[str, Any]:

@@ -871,6 +871,72 @@ class SimulatedSource(SourceBase):
         return sorted(((kind, t_s) for kind, t_s in events if t_s < c.duration_s),
                       key=lambda e: e[1])
 
+    def lithium_atoms(self, t_s: np.ndarray) -> np.ndarray:
+        """Lithium atoms in each particle at times ``t_s``, shape (len(t_s), n).
+
+        A particle's Si atoms are those of a sphere of its pristine radius at
+        49.94 atoms/nm^3 (:data:`lithoscope.service.echem.SILICON_ATOMS_PER_NM3`), and
+        it holds ``x`` Li per Si (the truth's ``particle_lithium_x``).
+        """
+        scene = self._scene
+        times = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
+        fraction = _lithiation(self.config, self.scenario, scene.adjacency, scene.source,
+                               times, scene.rate_per_s)
+        atoms: np.ndarray = fraction * self._atoms_per_fraction()
+        return atoms
+
+    def _atoms_per_fraction(self) -> np.ndarray:
+        from lithoscope.service.echem import silicon_atoms
+
+        scene = self._scene
+        x_full = scene.volume_swelling / _SWELLING_PER_X
+        atoms: np.ndarray = np.asarray(silicon_atoms(scene.radii_px * self.config.pixel_size_nm))
+        scaled: np.ndarray = atoms * x_full
+        return scaled
+
+    def lithiation_current_a(self, t_s: np.ndarray) -> np.ndarray:
+        """The current that carries the lithium entering the cluster: ``I = -e dN/dt``.
+
+        Exact, from the lithiation model's own rate equation ``dx/dt = M x + b`` while
+        the needle feeds the cluster, and zero otherwise (after withdrawal the lithium
+        drains into particles out of view without any current: it only moves).
+        Negative: cathodic, lithiating, as EC-Lab signs a reduction.
+
+        The particles exchange lithium *fractions* on the contact graph, so between
+        particles of unequal size the exchange itself changes the atom count a little;
+        the current is defined from the atom count, so it is the lithium the cluster
+        gained, whatever the exchange did.
+        """
+        from lithoscope.service.echem import ELEMENTARY_CHARGE_C
+
+        c = self.config
+        scene = self._scene
+        times = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
+        out = np.zeros(times.size)
+        start = scene.lithium_start_s
+        if start is None:
+            return out
+        charging = (times >= start) & (times < c.withdraw_s)
+        if not charging.any():
+            return out
+        n = scene.adjacency.shape[0]
+        laplacian = np.diag(scene.adjacency.sum(axis=1)).astype(float) - scene.adjacency
+        matrix = -c.diffusion_rate_per_s * laplacian
+        matrix[scene.source, scene.source] -= scene.rate_per_s
+        feed = np.zeros(n)
+        feed[scene.source] = scene.rate_per_s
+        x = _evolve(matrix, feed, np.zeros(n), times[charging] - start)
+        rate = x @ matrix.T + feed
+        out[charging] = -ELEMENTARY_CHARGE_C * (rate @ self._atoms_per_fraction())
+        return out
+
+    def bias_at(self, t_s: np.ndarray) -> np.ndarray:
+        """The needle's bias at any times (not only frame times), V."""
+        c = self.config
+        times = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
+        on = self.scenario.bias_applied & (times >= c.bias_on_s) & (times < c.withdraw_s)
+        return np.where(on, float(c.bias_v), 0.0)
+
     def close(self) -> None:
         """Mark the source closed; rendering afterwards raises SourceError."""
         self._closed = True

@@ -259,3 +259,21 @@ def test_a_new_alert_is_highlighted_for_a_few_seconds() -> None:
     line = next(x for x in styled(130.0).splitlines() if "contact_lost" in x)
     assert "\x1b[1;33m" in line
     assert "7;" not in line
+
+
+def test_monitor_shows_current_charge_dose_and_lithium() -> None:
+    from lithoscope.clients.monitor import MonitorState, render
+    from lithoscope.service.protocol import Result
+
+    state = MonitorState(endpoint="tcp://127.0.0.1:1")
+    state.update(Result(session_id="s", index=3, t_s=30.0, latency_s=0.1, cluster={
+        "area_px": 1000, "bias_v": -2.0, "current_a": -4.2e-14, "charge_c": -1.3e-12,
+        "echem_age_s": 0.3, "dose_rate_e_per_a2_s": 10.0, "dose_e_per_a2": 300.0,
+        "lithium_from_charge": 8.1e6, "lithium_visible": 6.5e6,
+        "lithium_visible_sigma": 9e5}, particles={}))
+    console = Console(width=120, record=True, color_system=None)
+    console.print(render(state, now=0.0, width=120))
+    text = console.export_text()
+    assert "-42 fA, -1.3 pC passed" in text
+    assert "10.0 e/Å²/s, 300 e/Å² so far" in text
+    assert "8.1e+06 Li passed, 6.5e+06 ± 9e+05 in view, 1.6e+06 out of view" in text
