@@ -165,8 +165,8 @@ class AnalysisPool:
         self.processes = int(processes)
         self.max_in_flight = max_in_flight or max(2, 2 * self.processes)
         self.job_timeout_s = float(job_timeout_s)
-        self._jobs = context.socket(zmq.PUSH)
-        self._measurements = context.socket(zmq.PULL)
+        self._jobs: zmq.Socket[Any] = context.socket(zmq.PUSH)
+        self._measurements: zmq.Socket[Any] = context.socket(zmq.PULL)
         for sock in (self._jobs, self._measurements):
             sock.setsockopt(zmq.LINGER, 0)
             if curve is not None:

@@ -686,8 +686,11 @@ class Worker:
     def _join_measured(self, wait_s: float = 0.0) -> None:
         """Feed measurements back from the pool, in frame order, to their sessions."""
         assert self._pool is not None
-        outcomes: list[Outcome] = (self._pool.wait(wait_s) if wait_s > 0
-                                   else (self._pool.receive(), self._pool.ready())[1])
+        if wait_s > 0:
+            outcomes: list[Outcome] = self._pool.wait(wait_s)
+        else:
+            self._pool.receive()
+            outcomes = self._pool.ready()
         for outcome in outcomes:
             session, frame = outcome.tag
             if outcome.measurement is None:
