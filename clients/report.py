@@ -31,7 +31,7 @@ from lithoscope.service import physics
 from lithoscope.service.errors import ArchiveError, ConfigError
 
 from ._linking import CentroidLinker
-from .plots import draw_cluster, draw_particles, running_median, save_figure
+from .plots import draw_cluster, draw_particles, mark_events, running_median, save_figure
 
 __all__ = ["ParticleRates", "ReportFiles", "apparent_diffusion_cm2_per_s", "make_report"]
 
@@ -228,6 +228,41 @@ def _rates_figure(rates: Sequence[ParticleRates], unit: str, label: str) -> Figu
 _TILE_WIDTH = 360
 
 
+def _operando_figure(t: np.ndarray, area: np.ndarray, unit: str, contact: Any,
+                     operando: Mapping[str, np.ndarray],
+                     events: Sequence[Mapping[str, Any]]) -> Figure:
+    """Area above bias, current, lithium and dose on one time axis: what was done to the
+    cell and the sample, under what the particles did (as a current trace is shown
+    under the areas of a lithiation at fixed bias)."""
+    fig = Figure(figsize=(9, 10), layout="constrained")
+    axes = fig.subplots(5, 1, sharex=True)
+    draw_cluster(axes[0], t, area, unit=unit, contact=contact, events=events)
+    axes[0].set_xlabel("")
+    ot = np.asarray(operando["t_s"], float)
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(operando.get(name, np.full(ot.size, np.nan)), float)
+
+    axes[1].plot(ot, column("bias_v"), color="tab:red")
+    axes[1].set_ylabel("bias (V)")
+    axes[2].plot(ot, 1e9 * column("current_a"), color="tab:blue")
+    axes[2].set_ylabel("current (nA)")
+    from_charge, visible = column("lithium_from_charge"), column("lithium_visible")
+    sigma = column("lithium_visible_sigma")
+    axes[3].plot(ot, from_charge, color="black", label="Li from charge passed")
+    axes[3].plot(ot, visible, color="tab:orange", label="Li in view (volume)")
+    axes[3].fill_between(ot, visible - sigma, visible + sigma, color="tab:orange", alpha=0.2)
+    axes[3].set_ylabel("Li atoms")
+    axes[3].legend(loc="best", fontsize="small")
+    axes[4].plot(ot, column("dose_e_per_a2"), color="tab:purple")
+    axes[4].set_ylabel("dose (e/Å²)")
+    axes[4].set_xlabel("time (s)")
+    for ax in axes[1:]:
+        mark_events(ax, events)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     low, high = np.percentile(image, (1, 99))
     scaled = (image.astype(np.float32) - low) / max(float(high - low), 1e-6)
@@ -364,6 +399,13 @@ def make_report(archive: str | Path, out_dir: str | Path, *, on_progress: Progre
     step("plotting rates")
     figures["rates"] = save_figure(_rates_figure(rates, unit, label), out / "rates.png")
 
+    operando = reader.table("operando")
+    if operando.get("t_s") is not None and operando["t_s"].size:
+        figures["operando"] = save_figure(
+            _operando_figure(t_cluster, np.asarray(cluster.get(area_column, []), float), unit,
+                             cluster.get("needle_contact"), operando, events),
+            out / "operando.png")
+
     if montage_events:
         import cv2
 
@@ -462,6 +504,13 @@ def _summary_markdown(s: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
               "area before lithiation (lithoscope.service.physics), left out when the "
               "particle was not seen before or x would pass 4.4 (Li22Si5: two particles "
               "segmented as one).", ""]
+    if "operando" in figures:
+        lines += ["## Electrochemistry, lithium and dose", "",
+                  "The cluster area above the bias, the current, the lithium bookkeeping "
+                  "(charge passed as Li atoms against the Li in view from the particles' "
+                  "volume, shaded ±1σ of the boundary uncertainty) and the cumulative electron "
+                  "dose of the field (docs/analysis.md, operando context).", "",
+                  "![operando](operando.png)", ""]
     lines += ["## Events", ""]
     if "montage" in figures:
         lines += ["Each event's frame, with the particle outlines (amber), the needle (blue) "

@@ -28,7 +28,8 @@ def test_report_writes_figures_montage_and_summary(sim_archive: Path, tmp_path: 
     steps: list[tuple[int, int, str]] = []
     files = make_report(sim_archive, tmp_path / "report",
                         on_progress=lambda done, total, what: steps.append((done, total, what)))
-    assert set(files.figures) == {"cluster_area", "particle_areas", "rates", "montage"}
+    assert set(files.figures) == {"cluster_area", "particle_areas", "rates", "montage",
+                                  "operando"}
     for path in files.figures.values():
         rows, cols, _ = png_shape(path)
         assert rows > 200
@@ -47,7 +48,8 @@ def test_report_writes_figures_montage_and_summary(sim_archive: Path, tmp_path: 
     text = files.summary.read_text()
     session_id = ArchiveReader(sim_archive).meta["session_id"]
     assert f"# Session {session_id}" in text
-    for name in ("cluster_area.png", "particle_areas.png", "rates.png", "montage.png"):
+    for name in ("cluster_area.png", "particle_areas.png", "rates.png", "montage.png",
+                 "operando.png"):
         assert f"({name})" in text
     assert "| 120 archived, 120 analysed" in text.replace("frames |", "|")
     assert "needle withdrawn at | t = 8" in text
