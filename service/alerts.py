@@ -190,6 +190,9 @@ class _Cusum:
             self.baseline = float(np.median(self.samples))
             return False
         self.pending.append(sample.area)
+        # Only the latest ``capacity`` ever join the baseline: a small lasting change
+        # that keeps S above zero without alarming must not grow this for hours.
+        del self.pending[:-self.capacity]
         if self.start is None:
             self.start = sample
         self.statistic = value
