@@ -11,8 +11,8 @@ offered and archived so far, the service's resident memory (``/proc/PID/status``
 the acquisition-to-result latency of that interval. At the end it stops the session,
 waits for the service to confirm the archive is closed, re-reads the archive and
 reports frames offered / archived / lost (the exit status is 1 if any was lost), the
-RSS trend (MB per hour, least squares over the second half, so start-up allocations
-do not count) and latency over time.
+RSS trend after warm-up (MB per hour, least squares over the last two thirds, so
+start-up allocations do not count) and latency over time.
 
 The frames are a pool rendered once by the simulator and cycled, so the soak measures
 the service, not the simulator. Not part of ``make test``: it takes as long as asked.
@@ -181,11 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seq = reader.table("frame_table")["seq"][: reader.frame_count]
     contiguous = bool(np.all(np.diff(seq) == 1))
     sent = pub_report.frames_sent if pub_report else offered
-    half = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 2]
+    warm = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 3]
     # Over minutes a trend is allocator noise (collections, chunk caches); it means
     # something only over a long run.
-    slope = (float(np.polyfit([s["t_s"] / 3600 for s in half], [s["rss_mb"] for s in half], 1)[0])
-             if len(half) >= 2 and args.minutes >= 10 else float("nan"))
+    slope = (float(np.polyfit([s["t_s"] / 3600 for s in warm], [s["rss_mb"] for s in warm], 1)[0])
+             if len(warm) >= 2 and args.minutes >= 10 else float("nan"))
     lat = np.asarray(latencies_all) * 1e3
     report = {
         "minutes": args.minutes, "fps": args.fps, "size": args.size, "cpus": os.cpu_count(),
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "late_frames": pub_report.late_frames if pub_report else None,
         "rss_mb_first": samples[0]["rss_mb"], "rss_mb_last": samples[-1]["rss_mb"],
         "rss_mb_max": max(s["rss_mb"] for s in samples),
-        "rss_slope_mb_per_h_second_half": slope if np.isfinite(slope) else None,
+        "rss_slope_mb_per_h_after_warmup": slope if np.isfinite(slope) else None,
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         "samples": samples,
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{report['frames_lost']} (archive {reader.status}, seq contiguous: {contiguous}); "
           f"analysed {closed.frames_analysed}, skipped {report['frames_skipped']}")
     print(f"service RSS {report['rss_mb_first']:.0f} -> {report['rss_mb_last']:.0f} MB "
-          f"(max {report['rss_mb_max']:.0f}; second-half trend "
+          f"(max {report['rss_mb_max']:.0f}; trend over the last two thirds "
           + (f"{slope:+.1f} MB/h)" if np.isfinite(slope) else "needs a run of 10 min or more)"))
     if lat.size:
         print(f"latency p50 {report['latency_p50_ms']:.1f} ms, p99 "
