@@ -67,9 +67,11 @@ def _ms(value: float | None) -> str:
     return f"{value:12.1f}" if value is not None else f"{'-':>12}"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid``: VmRSS, or its RssAnon (heap, arenas, Python's
+    obmalloc, thread stacks) or RssFile (mapped libraries) part."""
     status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    match = re.search(field + r":\s+(\d+) kB", status)
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
@@ -155,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sample = {"t_s": now - t0, "offered": offered,
                           "archived": counters.get("archived", 0),
                           "analysed": counters.get("analysed", 0), "rss_mb": rss_mb(serve.pid),
+                          "rss_anon_mb": rss_mb(serve.pid, "RssAnon"),
+                          "rss_file_mb": rss_mb(serve.pid, "RssFile"),
                           "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
                           "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
                 samples.append(sample)
