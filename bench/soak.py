@@ -11,8 +11,8 @@ offered and archived so far, the service's resident memory (``/proc/PID/status``
 the acquisition-to-result latency of that interval. At the end it stops the session,
 waits for the service to confirm the archive is closed, re-reads the archive and
 reports frames offered / archived / lost (the exit status is 1 if any was lost), the
-RSS trend (MB per hour, least squares over the second half, so start-up allocations
-do not count) and latency over time.
+RSS trend after warm-up (MB per hour, least squares over the last two thirds, so
+start-up allocations do not count) and latency over time.
 
 The frames are a pool rendered once by the simulator and cycled, so the soak measures
 the service, not the simulator. Not part of ``make test``: it takes as long as asked.
@@ -67,9 +67,11 @@ def _ms(value: float | None) -> str:
     return f"{value:12.1f}" if value is not None else f"{'-':>12}"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid``: VmRSS, or its RssAnon (heap, arenas, Python's
+    obmalloc, thread stacks) or RssFile (mapped libraries) part."""
     status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    match = re.search(field + r":\s+(\d+) kB", status)
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
@@ -155,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sample = {"t_s": now - t0, "offered": offered,
                           "archived": counters.get("archived", 0),
                           "analysed": counters.get("analysed", 0), "rss_mb": rss_mb(serve.pid),
+                          "rss_anon_mb": rss_mb(serve.pid, "RssAnon"),
+                          "rss_file_mb": rss_mb(serve.pid, "RssFile"),
                           "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
                           "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
                 samples.append(sample)
@@ -181,11 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seq = reader.table("frame_table")["seq"][: reader.frame_count]
     contiguous = bool(np.all(np.diff(seq) == 1))
     sent = pub_report.frames_sent if pub_report else offered
-    half = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 2]
+    warm = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] / 3]
     # Over minutes a trend is allocator noise (collections, chunk caches); it means
     # something only over a long run.
-    slope = (float(np.polyfit([s["t_s"] / 3600 for s in half], [s["rss_mb"] for s in half], 1)[0])
-             if len(half) >= 2 and args.minutes >= 10 else float("nan"))
+    slope = (float(np.polyfit([s["t_s"] / 3600 for s in warm], [s["rss_mb"] for s in warm], 1)[0])
+             if len(warm) >= 2 and args.minutes >= 10 else float("nan"))
     lat = np.asarray(latencies_all) * 1e3
     report = {
         "minutes": args.minutes, "fps": args.fps, "size": args.size, "cpus": os.cpu_count(),
@@ -197,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "late_frames": pub_report.late_frames if pub_report else None,
         "rss_mb_first": samples[0]["rss_mb"], "rss_mb_last": samples[-1]["rss_mb"],
         "rss_mb_max": max(s["rss_mb"] for s in samples),
-        "rss_slope_mb_per_h_second_half": slope if np.isfinite(slope) else None,
+        "rss_slope_mb_per_h_after_warmup": slope if np.isfinite(slope) else None,
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         "samples": samples,
@@ -206,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{report['frames_lost']} (archive {reader.status}, seq contiguous: {contiguous}); "
           f"analysed {closed.frames_analysed}, skipped {report['frames_skipped']}")
     print(f"service RSS {report['rss_mb_first']:.0f} -> {report['rss_mb_last']:.0f} MB "
-          f"(max {report['rss_mb_max']:.0f}; second-half trend "
+          f"(max {report['rss_mb_max']:.0f}; trend over the last two thirds "
           + (f"{slope:+.1f} MB/h)" if np.isfinite(slope) else "needs a run of 10 min or more)"))
     if lat.size:
         print(f"latency p50 {report['latency_p50_ms']:.1f} ms, p99 "

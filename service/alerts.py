@@ -196,6 +196,9 @@ class _Cusum:
             self.baseline = float(np.median(self.samples))
             return False
         self.pending.append(sample.area)
+        # Only the latest ``capacity`` ever join the baseline: a small lasting change
+        # that keeps S above zero without alarming must not grow this for hours.
+        del self.pending[:-self.capacity]
         if self.start is None:
             self.start = sample
         self.statistic = value
@@ -282,6 +285,22 @@ class AlertDetector:
         d = np.fromiter(self._differences, float)
         mad = float(np.median(np.abs(d - np.median(d))))
         return max(self.config.noise_floor, 1.4826 * mad / math.sqrt(2.0))
+
+    @property
+    def onset_not_before_s(self) -> float:
+        """No ``expansion_onset`` this detector has still to raise can be dated earlier.
+
+        An onset is dated to the first frame of its CUSUM's current excursion; with no
+        excursion under way, to a frame not yet watched (``inf``), or to the earliest
+        frame held back while a contact change is confirmed. The session analyser
+        keeps the samples the diffusion fit may need from here on, and no more.
+        """
+        cusum = self._expansion
+        if cusum is not None and cusum.start is not None:
+            return cusum.start.t_s
+        if self._run and self._history:
+            return self._history[-min(self._run, len(self._history))].t_s
+        return math.inf
 
     def update(
         self, *, t_s: float, frame: int, area_px: float, needle_contact: bool,

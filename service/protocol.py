@@ -295,7 +295,8 @@ class Heartbeat:
     latency_p50_s: float | None = _doc("Median acquisition-to-result latency, last interval.")
     latency_p99_s: float | None = _doc("99th percentile latency, last interval.")
     archive_path: str | None = _doc("Archive of the current session.", default=None)
-    archive_bytes: int | None = _doc("Size of that archive on disk.", default=None)
+    archive_bytes: int | None = _doc("Size of that archive on disk (recounted at most every 30 s).",
+                                     default=None)
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 

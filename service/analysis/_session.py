@@ -97,7 +97,9 @@ CLUSTER_COLUMNS: tuple[str, ...] = (
 """Keys of the cluster dict of :meth:`SessionAnalyzer.update`."""
 
 _HISTORY = 4096
-"""Samples kept per track: the fit of D needs the whole swelling, minutes at most."""
+"""Most samples kept per track: the fit of D needs the whole swelling, minutes at most.
+Outside a swelling (before contact, once it is lost, and in contact until an onset
+could be dated) only the rate window is kept."""
 _FORGET_S = 120.0
 """A track's history is dropped once unseen this long: the tracker has retired its id
 long before, and a session of hours must not keep every id it ever gave out."""
@@ -115,7 +117,7 @@ class _Series:
     """Area when lithiation could begin (the needle's contact)."""
     samples: deque[tuple[float, float]] = field(
         default_factory=lambda: deque(maxlen=_HISTORY))
-    """(t_s, area_px) since the reference."""
+    """(t_s, area_px) since the reference, those the rate and the fit of D may still use."""
     diffusion_cm2_per_s: float = math.nan
     fitted_at_s: float = -math.inf
     last_seen_s: float = -math.inf
@@ -172,6 +174,8 @@ class SessionAnalyzer:
         self._contact_started_s: float | None = None
         self._onset_s: float | None = None
         self._contact_lost = False
+        self._keep_from_s = -math.inf
+        """Samples older than this are of no further use (see :meth:`_keep_from`)."""
         self._last_touching: list[int] = []
         self._growing: list[int] = []
         self._fed: tuple[int, ...] = ()
@@ -251,6 +255,7 @@ class SessionAnalyzer:
                 self._onset_s = alert.t_s
             elif alert.kind is EventKind.CONTACT_LOST:
                 self._contact_lost = True
+        self._keep_from_s = self._keep_from(t_s)
 
         size = pixel_size_nm if pixel_size_nm is not None and math.isfinite(pixel_size_nm) \
             else math.nan
@@ -286,6 +291,25 @@ class SessionAnalyzer:
                 series.before.clear()
             return
         series.samples.append((t_s, area_px))
+        while series.samples[0][0] < self._keep_from_s:
+            series.samples.popleft()
+
+    def _keep_from(self, t_s: float) -> float:
+        """The oldest sample time the rate or the fit of D can still use.
+
+        The rate needs the last ``rate_window_s``; the fit, every sample since the
+        expansion onset while the contact lasts, and before the onset is found, every
+        sample since the earliest time a detector could still date it to. Everything
+        older would only grow with the session (a track seen for an hour after the
+        contact was lost kept 4096 samples it never read).
+        """
+        keep_from = t_s - self.alert_config.rate_window_s
+        if self._contact_started_s is None or self._contact_lost:
+            return keep_from
+        if self._onset_s is not None:
+            return min(keep_from, self._onset_s)
+        detectors = [d for d in (self.detector, self._fed_detector) if d is not None]
+        return min([keep_from, *(d.onset_not_before_s for d in detectors)])
 
     # -- physics ---------------------------------------------------------------------
     def _kinetics(self, series: _Series, t_s: float, area_px: float, size_nm: float,

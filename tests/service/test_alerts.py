@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lithoscope.service.alerts import Alert, AlertConfig, AlertDetector, alerts_iter
+from lithoscope.service.alerts import (
+    Alert,
+    AlertConfig,
+    AlertDetector,
+    _Cusum,
+    _Sample,
+    alerts_iter,
+)
 from lithoscope.service.analysis import analyze_frame
 from lithoscope.service.errors import ConfigError
 from lithoscope.service.protocol import EventKind
@@ -260,3 +267,14 @@ def test_control_scenario_raises_no_change(control: tuple) -> None:
     for alert, (kind, t_s) in zip(alerts, truth, strict=True):
         assert alert.kind == kind
         assert abs(alert.t_s - t_s) <= 1.0
+
+
+def test_cusum_holds_no_more_pending_frames_than_its_baseline_takes() -> None:
+    """A small lasting change keeps S above zero without alarming, for hours perhaps."""
+    cusum = _Cusum([1000.0] * 8, +1, capacity=40)
+    cusum.sigma = 0.002
+    config = AlertConfig()  # k ~ 0.38 %, min_relative_change 0.5 %: +0.45 % never alarms
+    for i in range(1000):
+        assert not cusum.update(_Sample(float(i), i, 1004.5, True), config=config)
+    assert cusum.statistic > 0
+    assert len(cusum.pending) == 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -25,12 +26,18 @@ MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0, duration_s=100.0
 
 
 @pytest.fixture(scope="module")
-def session() -> tuple[SimulatedSource, list]:
+def analysed() -> tuple[SimulatedSource, list, SessionAnalyzer]:
     source = SimulatedSource(MOVIE)
     frames = list(source)
-    results = list(session_iter(SessionAnalyzer(), (
-        (f.image, f.t_s, f.index, 1.0) for f in frames)))
-    return source, list(zip(frames, results, strict=True))
+    analyzer = SessionAnalyzer()
+    results = list(session_iter(analyzer, ((f.image, f.t_s, f.index, 1.0) for f in frames)))
+    return source, list(zip(frames, results, strict=True)), analyzer
+
+
+@pytest.fixture(scope="module")
+def session(analysed: tuple) -> tuple[SimulatedSource, list]:
+    source, rows, _ = analysed
+    return source, rows
 
 
 def test_columns_and_dtypes(session: tuple) -> None:
@@ -158,3 +165,38 @@ def test_measured_elsewhere_gives_the_same_session() -> None:
         assert a[2] == b[2]
     assert whole.drift.drift_px != (0.0, 0.0)
     assert measurements[0].drift_image.nbytes * 2 <= frames[0].image.nbytes
+
+
+def _samples(analyzer: SessionAnalyzer) -> list[int]:
+    return [len(s.samples) for s in (analyzer._cluster, *analyzer._tracks.values())]
+
+
+def test_histories_stop_growing_once_the_contact_is_lost(analysed: tuple) -> None:
+    """A session goes on for hours after the needle left: the rate needs the last
+    ``rate_window_s`` of each track, and nothing else may grow with every frame."""
+    _, rows, done = analysed
+    analyzer = copy.deepcopy(done)  # the module's other tests read its results only
+    assert analyzer._contact_lost
+    last = rows[-1][0]
+    window = analyzer.alert_config.rate_window_s
+    counts = []
+    for k in range(1, 121):  # 2 min more of the settled cluster at 1 frame/s
+        analyzer.update(last.image, t_s=last.t_s + k, index=last.index + k, pixel_size_nm=1.0)
+        if k in (20, 120):
+            counts.append(_samples(analyzer))
+    assert max(counts[-1]) <= window + 1
+    assert sum(counts[-1]) == sum(counts[0])
+
+
+def test_histories_in_contact_without_an_onset_keep_the_rate_window() -> None:
+    """The needle resting on a cluster that does not change: no onset to fit from."""
+    frame = SimulatedSource(MOVIE).render(18)  # touching, before the bias
+    analyzer = SessionAnalyzer()
+    counts = []
+    for k in range(150):
+        analyzer.update(frame.image, t_s=float(k), index=k, pixel_size_nm=1.0)
+        if k in (50, 149):
+            counts.append(_samples(analyzer))
+    assert analyzer._contact_started_s is not None
+    assert analyzer._onset_s is None
+    assert sum(counts[-1]) == sum(counts[0])
