@@ -331,13 +331,6 @@ class ArchiveWriter:
         self.path = Path(path)
         if self.path.exists():
             raise ArchiveError(f"Archive {self.path} already exists; refusing to overwrite it.")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w-",
-                                         zarr_format=3)
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise ArchiveError(f"Cannot create archive {self.path}: {reason}.") from None
         self._meta: dict[str, Any] = {
             "format_version": ARCHIVE_FORMAT_VERSION,
             "software_version": software_version,
@@ -346,17 +339,27 @@ class ArchiveWriter:
             **{k: v for k, v in session.items() if k not in ("seq", "sent_at")},
             "config": dict(config or {}),
         }
-        self._write_meta()
         self._compressor = zarr.codecs.BloscCodec(cname="lz4", clevel=compression_level,
                                                   shuffle="bitshuffle")
         self.frames: zarr.Array[Any] | None = None
         self.frame_count = 0
-        self.tables = {
-            "frame_table": _Table(self.group, "frame_table", FRAME_TABLE_COLUMNS, chunk_rows=256),
-            "cluster": _Table(self.group, "cluster", CLUSTER_COLUMNS, chunk_rows=1024),
-            "particles": _Table(self.group, "particles", PARTICLE_COLUMNS, chunk_rows=8192),
-            "events": _Table(self.group, "events", EVENT_COLUMNS, chunk_rows=256),
-        }
+        # Everything that touches the disk: a disk that fills while the tables are being
+        # created must be an ArchiveError too (an OSError there took the service down).
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w-",
+                                         zarr_format=3)
+            self._write_meta()
+            self.tables = {
+                "frame_table": _Table(self.group, "frame_table", FRAME_TABLE_COLUMNS,
+                                      chunk_rows=256),
+                "cluster": _Table(self.group, "cluster", CLUSTER_COLUMNS, chunk_rows=1024),
+                "particles": _Table(self.group, "particles", PARTICLE_COLUMNS, chunk_rows=8192),
+                "events": _Table(self.group, "events", EVENT_COLUMNS, chunk_rows=256),
+            }
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ArchiveError(f"Cannot create archive {self.path}: {reason}.") from None
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.closed = False

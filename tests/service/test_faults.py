@@ -410,6 +410,29 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_a_disk_that_fills_while_an_archive_is_created_is_an_archive_error(
+        tiny_disk: Path) -> None:
+    """Whatever step of creating an archive finds the disk full (the group, its metadata,
+    the tables' arrays), it is an ArchiveError the worker turns into an alert: a bare
+    OSError from zarr while creating the tables once took `lithoscope serve` down."""
+    from lithoscope.service.archive import ArchiveWriter
+    from lithoscope.service.errors import ArchiveError
+
+    ballast = tiny_disk / "ballast"
+    outcomes = set()
+    for free_kib in range(0, 96, 4):
+        for leftover in tiny_disk.iterdir():
+            subprocess.run(["rm", "-rf", str(leftover)], check=True)
+        ballast.write_bytes(bytes(2 * 1024 * 1024 - free_kib * 1024 - 4096))
+        try:
+            ArchiveWriter(tiny_disk / f"s{free_kib}.zarr", session={"session_id": "x"})
+            outcomes.add("created")
+        except ArchiveError as exc:
+            assert "No space left on device" in str(exc)
+            outcomes.add("refused")
+    assert "refused" in outcomes
+
+
 def test_full_disk_alerts_keeps_what_was_archived_and_the_service_stays_up(
         tmp_path: Path, tiny_disk: Path, results_of: Callable[[str], Results]) -> None:
     ballast = tiny_disk / "ballast"  # freed at the end, as an operator would free space
