@@ -316,9 +316,14 @@ def serve(
     It archives every session that a publisher streams to it, and publishes
     per-frame results, alerts and a heartbeat for monitors and other tools.
     """
+    import faulthandler
+
     from .worker import Worker
 
     _setup_logging(verbose)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: a service that seems
+    # stuck at 2 a.m. can say where, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with _friendly_errors():
         settings = load_config(config).replace(
             frames_endpoint=frames, results_endpoint=results,
