@@ -106,6 +106,18 @@ def _client_curve(server_key: Path | None, key: Path | None) -> Any:
     return ClientCurve.load(server_key, key)
 
 
+def _sender_setup(connect: str, speed: str, server_key: Path | None, key: Path | None, *,
+                  results: str | None = None) -> tuple[float | None, threading.Event, Any]:
+    """What every command that sends to a service checks first: its endpoints, the
+    pace, Ctrl-C handling and the CURVE keys."""
+    parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+    if results is not None:
+        parse_endpoint(results, what="results endpoint", allow_remote=True)
+    pace = parse_speed(speed)
+    stop = _stop_on_signals()
+    return pace, stop, _client_curve(server_key, key)
+
+
 def _open_source(spec: str, fps: float | None, pixel_size_nm: float | None,
                  scenario: str | None = None, stop: threading.Event | None = None) -> Any:
     from lithoscope.replay.readers import open_source
@@ -208,11 +220,8 @@ def publish(
 
     _setup_logging(verbose)
     with _friendly_errors():
-        parse_endpoint(connect, what="frames endpoint", allow_remote=True)
-        parse_endpoint(results, what="results endpoint", allow_remote=True)
-        pace = parse_speed(speed)
-        stop = _stop_on_signals()
-        curve = _client_curve(server_key, key)
+        pace, stop, curve = _sender_setup(connect, speed, server_key, key,
+                                          results=results)
         with _open_source(source, fps, pixel_size, stop=stop) as src, \
                 Publisher(connect, results_endpoint=results, curve=curve) as publisher:
             console.print(f"Publishing {src.info.name} to {connect} ...")
@@ -267,10 +276,7 @@ def publish_echem(
 
     _setup_logging(verbose)
     with _friendly_errors():
-        parse_endpoint(connect, what="frames endpoint", allow_remote=True)
-        pace = parse_speed(speed)
-        stop = _stop_on_signals()
-        curve = _client_curve(server_key, key)
+        pace, stop, curve = _sender_setup(connect, speed, server_key, key)
         with open_echem_source(source, t0_unix=t0_unix, time_column=time_column,
                                bias_column=bias_column, current_column=current_column,
                                idle_timeout_s=idle_timeout, stop=stop) as src, \
