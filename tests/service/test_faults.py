@@ -45,6 +45,7 @@ from lithoscope.service.protocol import (
 from lithoscope.service.publisher import Publisher, PublishReport
 from lithoscope.service.worker import Worker, WorkerThread
 
+from support import publishing
 from support.arrays import ArraySource, noisy_frames
 from support.media import write_tiff_stack
 
@@ -141,32 +142,13 @@ def event(kind: str) -> Callable[[Message], bool]:
 
 def publish_in_thread(serve: Serve, frames: np.ndarray, **kwargs: Any
                       ) -> tuple[threading.Thread, dict[str, Any]]:
-    """Publish from a thread; ``out['report']`` (or ``out['error']``) once it returns."""
-    out: dict[str, Any] = {}
-    stop = kwargs.pop("stop", None)
-    ack_timeout_s = kwargs.pop("ack_timeout_s", DEADLINE_S)
-
-    def run() -> None:
-        try:
-            with Publisher(serve.frames, results_endpoint=serve.results,
-                           ack_timeout_s=ack_timeout_s) as pub:
-                out["report"] = pub.publish(ArraySource(frames, fps=kwargs.pop("fps", 20.0)),
-                                            stop=stop, **kwargs)
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
+    """Publish to ``serve`` from a thread (see :mod:`support.publishing`)."""
+    kwargs.setdefault("ack_timeout_s", DEADLINE_S)
+    return publishing.publish_in_thread(serve.frames, serve.results, frames, **kwargs)
 
 
 def joined(thread: threading.Thread, out: dict[str, Any]) -> PublishReport:
-    thread.join(DEADLINE_S * 2)
-    assert not thread.is_alive(), "the publisher did not finish"
-    if "error" in out:
-        raise out["error"]
-    report: PublishReport = out["report"]
-    return report
+    return publishing.joined(thread, out, DEADLINE_S * 2)
 
 
 def inspect(archive: Path) -> tuple[dict[str, Any], str]:

@@ -26,6 +26,7 @@ from lithoscope.service.protocol import Event, decode
 from lithoscope.service.publisher import Publisher, PublishReport
 from lithoscope.service.worker import Worker, WorkerThread
 
+from support import publishing
 from support.arrays import ArraySource, noisy_frames
 
 DEADLINE_S = 60.0
@@ -66,30 +67,14 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 def publish_in_thread(worker: Worker, frames: np.ndarray, *, stop: threading.Event | None = None,
                       ack_timeout_s: float = DEADLINE_S) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            with Publisher(worker.frames_endpoint or "", sndhwm=2,
-                           results_endpoint=worker.results_endpoint,
-                           ack_timeout_s=ack_timeout_s) as pub:
-                out["report"] = pub.publish(ArraySource(frames), speed=None, live=False,
-                                            stop=stop)
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
+    return publishing.publish_in_thread(
+        worker.frames_endpoint or "", worker.results_endpoint or "", frames,
+        fps=10.0, ack_timeout_s=ack_timeout_s, publisher_options={"sndhwm": 2}, speed=None,
+        live=False, stop=stop)
 
 
 def joined(thread: threading.Thread, out: dict[str, Any]) -> PublishReport:
-    thread.join(DEADLINE_S)
-    assert not thread.is_alive(), "the publisher did not finish"
-    if "error" in out:
-        raise out["error"]
-    report: PublishReport = out["report"]
-    return report
+    return publishing.joined(thread, out, DEADLINE_S)
 
 
 def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
