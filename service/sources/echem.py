@@ -207,6 +207,15 @@ class CsvEchemSource(EchemSourceBase):
 
 
 _MPT_START = re.compile(rb"Acquisition started on\s*:\s*([0-9/]+ [0-9:.]+)")
+_MPT_HEADER_LINES = re.compile(rb"Nb header lines\s*:\s*(\d+)")
+
+_ECLAB_BIAS = ("Ewe/V", "<Ewe>/V")
+_ECLAB_CURRENT_MA = ("I/mA", "<I>/mA")
+_ECLAB_CHARGE_STEP_C: dict[str, float] = {"dq/mA.h": 3.6, "dQ/mA.h": 3.6, "dQ/C": 1.0}
+"""Charge passed since the previous record, and its factor to coulombs. A galvanostatic
+(GCPL) file has no current column: the current is this charge over the time step. Its
+setpoint, ``control/V/mA``, is no substitute: V or mA by mode, and it keeps its last
+value through a rest."""
 
 
 def _mpt_start(comments: Sequence[bytes]) -> float | None:
@@ -222,15 +231,48 @@ def _mpt_start(comments: Sequence[bytes]) -> float | None:
     return None
 
 
+def _complete_mpt(data: bytes, path: Path) -> bytes:
+    """An ``.mpt`` up to its last complete line: the last line of a file being written
+    may end mid-number (``-2.0000E-0`` reads as -2)."""
+    data = data[:data.rfind(b"\n") + 1]
+    lines = data.split(b"\n", 2)
+    header = _MPT_HEADER_LINES.match(lines[1]) if len(lines) > 2 else None
+    if len(lines) <= 2 or (header and data.count(b"\n") <= int(header.group(1))):
+        raise SourceError(f"EC-Lab file {path} has no complete data row yet.")
+    return data
+
+
+def _eclab_current_a(array: np.ndarray, t: np.ndarray) -> np.ndarray:
+    names = array.dtype.names or ()
+    for name in _ECLAB_CURRENT_MA:
+        if name in names:
+            return np.asarray(array[name], dtype=np.float64) * 1e-3
+    current = np.full(t.size, math.nan)
+    for name, to_c in _ECLAB_CHARGE_STEP_C.items():
+        if name in names:
+            charge = np.asarray(array[name], dtype=np.float64) * to_c
+            with np.errstate(divide="ignore", invalid="ignore"):
+                current[1:] = charge[1:] / np.diff(t)
+            current[~np.isfinite(current)] = math.nan
+            break
+    return current
+
+
 def read_eclab(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
     """Time (s since start), Ewe (V), I (A) and the start (Unix s, if recorded) of an
     EC-Lab ``.mpr`` or ``.mpt`` file, read with galvani.
+
+    The bias is ``Ewe/V`` (``<Ewe>/V``); the current ``I/mA`` (``<I>/mA``), else the
+    charge passed between records (``dq/mA.h``, ``dQ/C``: a galvanostatic file) over
+    the time step, NaN for the first record; NaN where the file has neither. The start
+    is the acquisition start EC-Lab records (the ``.mpr``'s log module, the ``.mpt``'s
+    header), in the instrument PC's local time, read in this machine's time zone.
 
     Raises
     ------
     SourceError
         If galvani is not installed or cannot parse the file (yet: a file being
-        written may be cut mid-record).
+        written may be cut mid-record), or the file has a column galvani does not know.
     """
     try:
         from galvani import BioLogic
@@ -242,25 +284,29 @@ def read_eclab(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, fl
     try:
         data = path.read_bytes()
         if path.suffix.lower() == ".mpt":
-            array, comments = BioLogic.MPTfile(io.BytesIO(data), encoding="latin1")
+            array, comments = BioLogic.MPTfile(io.BytesIO(_complete_mpt(data, path)),
+                                               encoding="latin1")
             start = _mpt_start(comments)
         else:
             mpr = BioLogic.MPRfile(io.BytesIO(data))
             array = mpr.data
             stamp = getattr(mpr, "timestamp", None)
             start = stamp.timestamp() if isinstance(stamp, _dt.datetime) else None
-    except (OSError, ValueError, KeyError, IndexError, AssertionError, StopIteration) as exc:
+    # galvani's parser says "cut short" and "not understood" with builtins: OSError
+    # (end of file), ValueError, AssertionError, NotImplementedError (a column ID it
+    # does not know), AttributeError (a header line not as expected).
+    except (OSError, ValueError, KeyError, IndexError, AssertionError, StopIteration,
+            NotImplementedError, AttributeError) as exc:
         raise SourceError(f"Cannot read EC-Lab file {path}: {exc}.") from None
+    array = np.atleast_1d(array)  # galvani's .mpt of one row is a 0-d record
     names = array.dtype.names or ()
     if "time/s" not in names:
         raise SourceError(f"EC-Lab file {path} has no time/s column ({', '.join(names)}).")
     n = array.shape[0]
     t = np.asarray(array["time/s"], dtype=np.float64)
-    bias = (np.asarray(array["Ewe/V"], dtype=np.float64) if "Ewe/V" in names
-            else np.full(n, math.nan))
-    current = (np.asarray(array["I/mA"], dtype=np.float64) * 1e-3 if "I/mA" in names
-               else np.full(n, math.nan))
-    return t, bias, current, start
+    bias = next((np.asarray(array[name], dtype=np.float64) for name in _ECLAB_BIAS
+                 if name in names), np.full(n, math.nan))
+    return t, bias, _eclab_current_a(array, t), start
 
 
 class EcLabSource(EchemSourceBase):
@@ -270,6 +316,11 @@ class EcLabSource(EchemSourceBase):
     kilobytes to megabytes of a biasing experiment. A read that fails while the file is
     being written (cut mid-record) is retried at the next poll; only the rows past those
     already yielded are new.
+
+    Times are ``time/s`` plus one base, fixed by the first read with rows: ``t0_unix``,
+    else the start the file records, else the moment the tailer opened it. An ``.mpr``
+    keeps its start in a log module after the data, which a file read mid-write may
+    not have yet; a base that changed when it appeared would move every later sample.
     """
 
     def __init__(self, path: str | Path, *, t0_unix: float | None = None,
@@ -288,6 +339,7 @@ class EcLabSource(EchemSourceBase):
         seen: tuple[int, int] | None = None
         last_growth = time.monotonic()
         failure: SourceError | None = None
+        base: float | None = None
         while not self._stop.is_set():
             try:
                 stat = self.path.stat()
@@ -303,8 +355,9 @@ class EcLabSource(EchemSourceBase):
                 else:
                     seen, failure = signature, None
                     if t.size > sent:
-                        base = (self.t0_unix if self.t0_unix is not None
-                                else start if start is not None else opened)
+                        if base is None:
+                            base = (self.t0_unix if self.t0_unix is not None
+                                    else start if start is not None else opened)
                         yield EchemBatch(t[sent:] + base, bias[sent:], current[sent:])
                         sent = int(t.size)
             elif time.monotonic() - last_growth > self.idle_timeout_s:
