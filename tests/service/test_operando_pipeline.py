@@ -21,6 +21,8 @@ from lithoscope.service.sources.echem import CsvEchemSource, SimulatedEchem
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 from lithoscope.service.worker import Worker, WorkerThread
 
+from support.eclab import GCPL, MB, OCV
+
 SHORT = SimConfig(shape=(384, 384), fps=2.0, duration_s=40.0, contact_s=5.0, bias_on_s=8.0,
                   withdraw_s=28.0, particle_count=5, particle_diameter_nm=(30.0, 45.0))
 
@@ -126,3 +128,49 @@ def test_publish_echem_command_tails_a_csv(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert "Unknown echem source" in bad.stderr
+
+
+def _eclab_truth(path: Path) -> tuple[list[float], list[float], list[float | None]]:
+    """Times (Unix s), Ewe (V) and current (A, None where not recorded) read with
+    galvani directly, the units converted here from the column names."""
+    from galvani import BioLogic
+
+    with open(path, "rb") as f:
+        mpr = BioLogic.MPRfile(f)
+    data = mpr.data
+    t = data["time/s"]
+    if "I/mA" in data.dtype.names:
+        current: list[float | None] = [float(i) * 1e-3 for i in data["I/mA"]]
+    elif "dq/mA.h" in data.dtype.names:  # mA h -> C, over the step
+        steps = data["dq/mA.h"][1:] * 3.6 / np.diff(t)
+        current = [None, *(float(i) for i in steps)]
+    else:
+        current = [None] * len(t)
+    return ((t + mpr.timestamp.timestamp()).tolist(),
+            [float(v) for v in data["Ewe/V"]], current)
+
+
+@pytest.mark.parametrize("path", [MB, OCV, GCPL], ids=["potentiostatic", "open-circuit",
+                                                        "galvanostatic"])
+def test_publish_echem_command_sends_a_real_eclab_file(tmp_path: Path, path: Path) -> None:
+    pytest.importorskip("galvani")
+    t_unix, bias_v, current_a = _eclab_truth(path)
+    config = ServiceConfig(sessions_dir=str(tmp_path), frames_endpoint="tcp://127.0.0.1:*",
+                           results_endpoint="tcp://127.0.0.1:*")
+    with WorkerThread(Worker(config)) as thread:
+        worker = thread.worker
+        assert worker.frames_endpoint
+        done = subprocess.run(
+            [sys.executable, "-m", "lithoscope.service", "publish-echem", str(path),
+             "--connect", worker.frames_endpoint, "--idle-timeout", "0.5"],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"Sent {len(t_unix)} samples in 1 batches" in done.stdout
+        _wait_for(lambda: len(worker._echem_unattached) == 1)
+        (msg,) = worker._echem_unattached
+    assert msg.source == f"eclab:{path}"
+    np.testing.assert_allclose(msg.t_unix, t_unix, rtol=0, atol=1e-6)  # the file's start
+    assert msg.bias_v == bias_v
+    assert [i is None for i in msg.current_a] == [i is None for i in current_a]
+    np.testing.assert_allclose([np.nan if i is None else i for i in msg.current_a],
+                               [np.nan if i is None else i for i in current_a], rtol=1e-12)
