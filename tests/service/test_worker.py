@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import zmq
 
+from lithoscope.service import worker as worker_module
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ArchiveError
-from lithoscope.service.protocol import Event, decode
+from lithoscope.service.protocol import Event, Heartbeat, decode
 from lithoscope.service.publisher import Publisher, PublishReport
 from lithoscope.service.worker import Worker, WorkerThread
 
@@ -99,6 +100,44 @@ def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
     np.testing.assert_array_equal(reader.frames[:], frames)
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(len(frames)))
     np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
+
+
+def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
+        tmp_path: Path, gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the worker waits for room in the archive queue, a monitor must still hear
+    it (a slow disk is not a dead worker), and a disk stuck for long is an alert."""
+    monkeypatch.setattr(worker_module, "_ARCHIVE_STALL_S", 0.5)
+    frames = noisy_frames(30, shape=(64, 64))
+    with WorkerThread(Worker(config(tmp_path))) as thread:
+        worker = thread.worker
+        context = zmq.Context()
+        watch = context.socket(zmq.SUB)
+        watch.setsockopt(zmq.SUBSCRIBE, b"")
+        watch.connect(worker.results_endpoint or "")
+        try:
+            assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+            publisher, out = publish_in_thread(worker, frames)
+            wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+            heartbeats, stalled = 0, []
+            deadline = time.monotonic() + DEADLINE_S
+            while (heartbeats < 5 or not stalled) and time.monotonic() < deadline:
+                if watch.poll(100):
+                    msg = decode(watch.recv_multipart())
+                    heartbeats += isinstance(msg, Heartbeat)
+                    if isinstance(msg, Event) and msg.kind == "archive_stalled":
+                        stalled.append(msg)
+            received = worker.counters["received"]
+            gate.set()
+            report = joined(publisher, out)
+        finally:
+            watch.close(linger=0)
+            context.term()
+    assert heartbeats >= 5
+    assert len(stalled) == 1
+    assert "nothing is lost yet" in stalled[0].message
+    assert received < len(frames)  # it was still waiting when the alert came
+    assert report.closed is not None
+    assert report.closed.frames_archived == len(frames)
 
 
 def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_on(

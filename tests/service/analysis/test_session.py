@@ -250,10 +250,12 @@ def test_a_second_contact_is_a_new_lithiation() -> None:
     assert kinds.count(EventKind.CONTACT_LOST) == 2
     onsets = [a.t_s for _, a in alerts if a.kind is EventKind.EXPANSION_ONSET]
     assert len(onsets) == 2
-    assert 15 <= onsets[0] <= 17 and 65 <= onsets[1] <= 67
+    assert 15 <= onsets[0] <= 17
+    assert 65 <= onsets[1] <= 67
     fitted = {t: c["diffusion_coefficient_cm2_per_s"] for t, (c, _, _) in rows}
     first, second = fitted[39.75], fitted[89.75]
-    assert math.isfinite(first) and math.isfinite(second)
+    assert math.isfinite(first)
+    assert math.isfinite(second)
     assert 1.5 < second / first < 3.0  # fitted again on a swelling twice as fast
     change = {t: c["relative_area_change"] for t, (c, _, _) in rows}
     rest = 0.3 * (1 - math.exp(-25 / 8)) * math.exp(-25 / 6)
