@@ -314,6 +314,8 @@ class Worker:
         self._echem_unattached: collections.deque[Echem] = collections.deque(
             maxlen=_ECHEM_BACKLOG)
         self._size_cache: tuple[Path | None, float, int] = (None, -math.inf, 0)
+        self._stopping = threading.Event()
+        """The stop event of :meth:`run`."""
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -407,6 +409,7 @@ class Worker:
         if self._frames is None:
             self.bind()
         assert self._frames is not None
+        self._stopping = stop
         poller = zmq.Poller()
         if self._pool is not None:
             poller.register(self._pool.socket, zmq.POLLIN)
@@ -652,6 +655,13 @@ class Worker:
         since = time.monotonic()
         alerted = False
         while not self._archive.submit(session, write, frame=True, timeout_s=0.25):
+            if self._stopping.is_set():
+                # Stopped (Ctrl-C, SIGTERM) while the disk takes nothing: this frame
+                # cannot be kept; say so and let the shutdown close what it can.
+                self._archive_failed(session, ArchiveError(
+                    f"frame {frame.index} and later not archived: the service was stopped "
+                    "while the disk was not taking data"))
+                return
             self._collect()
             now = time.monotonic()
             if now - self._last_heartbeat >= self.config.heartbeat_s:

@@ -231,6 +231,37 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(received))
 
 
+def test_stopping_while_the_disk_takes_nothing_returns_and_says_what_was_not_kept(
+        tmp_path: Path, gate: threading.Event) -> None:
+    frames = noisy_frames(50, shape=(64, 64))
+    worker = Worker(config(tmp_path))
+    worker.bind()
+    stop_worker, stop_publisher = threading.Event(), threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
+    runner.start()
+    try:
+        publisher, out = publish_in_thread(worker, frames, stop=stop_publisher,
+                                           ack_timeout_s=1.0)
+        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+        stop_worker.set()  # Ctrl-C with the disk still stuck (the gate closed)
+        runner.join(10.0)
+        stopped = not runner.is_alive()
+        gate.set()  # the disk comes back: what was queued is written at closing
+        runner.join(DEADLINE_S)
+    finally:
+        worker.close()
+        stop_publisher.set()
+    joined(publisher, out)
+    assert stopped, "the worker did not stop while waiting for the disk"
+    (path,) = (tmp_path / "sessions").glob("*.zarr")
+    reader = ArchiveReader(path)
+    assert reader.status == "interrupted"
+    assert "stopped while the disk was not taking data" in reader.meta["archive_error"]
+    assert reader.frame_count == worker.counters["archived"]
+    assert worker.counters["archived"] < worker.counters["received"]  # the one not kept
+    np.testing.assert_array_equal(reader.frames[:], frames[: reader.frame_count])
+
+
 def test_inline_archive_writes_without_the_thread_still_count_every_frame(
         tmp_path: Path) -> None:
     frames = noisy_frames(12, shape=(32, 32))
