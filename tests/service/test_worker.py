@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import zmq
 
+from lithoscope.service import worker as worker_module
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ArchiveError
-from lithoscope.service.protocol import Event, decode
+from lithoscope.service.protocol import Event, Heartbeat, decode
 from lithoscope.service.publisher import Publisher, PublishReport
 from lithoscope.service.worker import Worker, WorkerThread
 
@@ -99,6 +100,44 @@ def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
     np.testing.assert_array_equal(reader.frames[:], frames)
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(len(frames)))
     np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
+
+
+def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
+        tmp_path: Path, gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the worker waits for room in the archive queue, a monitor must still hear
+    it (a slow disk is not a dead worker), and a disk stuck for long is an alert."""
+    monkeypatch.setattr(worker_module, "_ARCHIVE_STALL_S", 0.5)
+    frames = noisy_frames(30, shape=(64, 64))
+    with WorkerThread(Worker(config(tmp_path))) as thread:
+        worker = thread.worker
+        context = zmq.Context()
+        watch = context.socket(zmq.SUB)
+        watch.setsockopt(zmq.SUBSCRIBE, b"")
+        watch.connect(worker.results_endpoint or "")
+        try:
+            assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+            publisher, out = publish_in_thread(worker, frames)
+            wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+            heartbeats, stalled = 0, []
+            deadline = time.monotonic() + DEADLINE_S
+            while (heartbeats < 5 or not stalled) and time.monotonic() < deadline:
+                if watch.poll(100):
+                    msg = decode(watch.recv_multipart())
+                    heartbeats += isinstance(msg, Heartbeat)
+                    if isinstance(msg, Event) and msg.kind == "archive_stalled":
+                        stalled.append(msg)
+            received = worker.counters["received"]
+            gate.set()
+            report = joined(publisher, out)
+        finally:
+            watch.close(linger=0)
+            context.term()
+    assert heartbeats >= 5
+    assert len(stalled) == 1
+    assert "nothing is lost yet" in stalled[0].message
+    assert received < len(frames)  # it was still waiting when the alert came
+    assert report.closed is not None
+    assert report.closed.frames_archived == len(frames)
 
 
 def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_on(
@@ -190,6 +229,37 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
     assert not (path / "frame_log.jsonl").exists()
     np.testing.assert_array_equal(reader.frames[:], frames[:received])
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(received))
+
+
+def test_stopping_while_the_disk_takes_nothing_returns_and_says_what_was_not_kept(
+        tmp_path: Path, gate: threading.Event) -> None:
+    frames = noisy_frames(50, shape=(64, 64))
+    worker = Worker(config(tmp_path))
+    worker.bind()
+    stop_worker, stop_publisher = threading.Event(), threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
+    runner.start()
+    try:
+        publisher, out = publish_in_thread(worker, frames, stop=stop_publisher,
+                                           ack_timeout_s=1.0)
+        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+        stop_worker.set()  # Ctrl-C with the disk still stuck (the gate closed)
+        runner.join(10.0)
+        stopped = not runner.is_alive()
+        gate.set()  # the disk comes back: what was queued is written at closing
+        runner.join(DEADLINE_S)
+    finally:
+        worker.close()
+        stop_publisher.set()
+    joined(publisher, out)
+    assert stopped, "the worker did not stop while waiting for the disk"
+    (path,) = (tmp_path / "sessions").glob("*.zarr")
+    reader = ArchiveReader(path)
+    assert reader.status == "interrupted"
+    assert "stopped while the disk was not taking data" in reader.meta["archive_error"]
+    assert reader.frame_count == worker.counters["archived"]
+    assert worker.counters["archived"] < worker.counters["received"]  # the one not kept
+    np.testing.assert_array_equal(reader.frames[:], frames[: reader.frame_count])
 
 
 def test_inline_archive_writes_without_the_thread_still_count_every_frame(

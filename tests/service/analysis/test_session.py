@@ -12,6 +12,7 @@ from lithoscope.service.analysis import (
     CLUSTER_COLUMNS,
     SESSION_PARTICLE_COLUMNS,
     FrameAnalysis,
+    FrameMeasurement,
     SessionAnalyzer,
     analyze_frame,
     measure_frame,
@@ -200,3 +201,63 @@ def test_histories_in_contact_without_an_onset_keep_the_rate_window() -> None:
     assert analyzer._contact_started_s is not None
     assert analyzer._onset_s is None
     assert sum(counts[-1]) == sum(counts[0])
+
+
+def _two_contacts() -> tuple[list[tuple[float, list]], SessionAnalyzer]:
+    """A cluster touched twice: swelling under the first contact (10-40 s), shrinking
+    after it, and swelling again, twice as fast, under the second (60-90 s). The measurements are
+    one real frame's, with areas scaled by a known law, so only the state across
+    contacts is under test."""
+    frame = SimulatedSource(MOVIE).render(18)
+    base = measure_frame(frame.image, pixel_size_nm=1.0)
+    touching = base.particles["touches_needle"].copy()
+    assert touching.any()
+
+    def swelling(t: float) -> float:
+        if t <= 40:
+            return 0.3 * (1 - math.exp(-(t - 15) / 8)) if t > 15 else 0.0
+        if t <= 65:
+            return swelling(40) * math.exp(-(t - 40) / 6)
+        rest = swelling(65)  # the second swelling is twice as fast: its own D
+        return rest + (0.4 - rest) * (1 - math.exp(-(min(t, 90) - 65) / 4))
+
+    analyzer = SessionAnalyzer()
+    rows = []
+    for k in range(0, 4 * 110):
+        t = k / 4
+        contact = 10 <= t < 40 or 60 <= t < 90
+        scale = 1.0 + swelling(t)
+        particles = dict(base.particles)
+        particles["area_px"] = np.round(base.particles["area_px"] * scale).astype(np.int64)
+        particles["touches_needle"] = touching & contact
+        cluster = dict(base.cluster, area_px=float(particles["area_px"].sum()),
+                       needle_contact=contact)
+        measurement = FrameMeasurement(particles=particles, cluster=cluster,
+                                       contacts=base.contacts, drift_image=base.drift_image,
+                                       drift_scale=base.drift_scale)
+        rows.append((t, analyzer.update_measured(measurement, t_s=t, index=k,
+                                                 pixel_size_nm=1.0)))
+    return rows, analyzer
+
+
+def test_a_second_contact_is_a_new_lithiation() -> None:
+    """Microscopists withdraw and touch again: the second contact gets its own onset,
+    its own fit of D, and its changes stay relative to the pristine cluster."""
+    rows, _ = _two_contacts()
+    alerts = [(t, a) for t, (_, _, found) in rows for a in found]
+    kinds = [a.kind for _, a in alerts]
+    assert kinds.count(EventKind.CONTACT_MADE) == 2
+    assert kinds.count(EventKind.CONTACT_LOST) == 2
+    onsets = [a.t_s for _, a in alerts if a.kind is EventKind.EXPANSION_ONSET]
+    assert len(onsets) == 2
+    assert 15 <= onsets[0] <= 17
+    assert 65 <= onsets[1] <= 67
+    fitted = {t: c["diffusion_coefficient_cm2_per_s"] for t, (c, _, _) in rows}
+    first, second = fitted[39.75], fitted[89.75]
+    assert math.isfinite(first)
+    assert math.isfinite(second)
+    assert 1.5 < second / first < 3.0  # fitted again on a swelling twice as fast
+    change = {t: c["relative_area_change"] for t, (c, _, _) in rows}
+    rest = 0.3 * (1 - math.exp(-25 / 8)) * math.exp(-25 / 6)
+    assert change[89.75] == pytest.approx(rest + (0.4 - rest) * (1 - math.exp(-24.75 / 4)),
+                                          abs=0.01)
