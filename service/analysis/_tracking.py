@@ -242,6 +242,11 @@ class ParticleTracker:
                 ids[c] = track_ids[r]
                 matched.add(track_ids[r])
                 older.discard(r)
+                # Doubtful or not as a match of the older track, not of the younger.
+                if distance[r, c] > reach[r, c] / 2 or mismatch[r, c] > limit / 2:
+                    doubtful.add(c)
+                else:
+                    doubtful.discard(c)
         for i in np.flatnonzero(ids == 0):
             ids[i] = self._next_id
             self._next_id += 1
