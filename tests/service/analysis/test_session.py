@@ -21,7 +21,7 @@ from lithoscope.service.analysis import (
 from lithoscope.service.protocol import EventKind
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
-from support.tracking import REALISTIC
+from support.benchmark import REALISTIC
 
 # A whole lithiation at 1 frame/s on small frames: contact 15 s, bias 20 s, withdrawal 80 s.
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0, duration_s=100.0)

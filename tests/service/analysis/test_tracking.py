@@ -18,7 +18,7 @@ from lithoscope.service.analysis import (
 )
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
-from support.tracking import id_switches
+from support.benchmark import id_switches
 
 
 def scene(shift: tuple[float, float] = (0.0, 0.0), shape: tuple[int, int] = (128, 160),

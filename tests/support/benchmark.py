@@ -1,4 +1,4 @@
-"""Particle identities on simulated frames, scored as bench/accuracy.py scores them."""
+"""The movies of bench/accuracy.py: its imaging conditions, its ID switches."""
 
 from __future__ import annotations
 
