@@ -292,18 +292,16 @@ class ParticleTracker:
         for index, (track_id, (row, col), radius) in enumerate(
                 zip(ids.tolist(), specimen, radii, strict=True)):
             track = self._tracks.get(int(track_id))
-            history: deque[float] = track.radii if track is not None else deque(
-                maxlen=_RADIUS_HISTORY)
-            history.append(float(radius))
-            size = float(np.median(history))
             matches = track.matches + 1 if track is not None else 1
             if track is not None and self.merged_with[index]:
                 # The particle with a neighbour stuck to it: found, but neither its
                 # size nor its place.
-                history.pop()
-                track.missed = 0
-                track.matches = matches
+                track.missed, track.matches = 0, matches
                 continue
+            history: deque[float] = track.radii if track is not None else deque(
+                maxlen=_RADIUS_HISTORY)
+            history.append(float(radius))
+            size = float(np.median(history))
             if index in doubtful and track is not None:
                 # Perhaps a mis-segmented frame (half a particle, two merged): it keeps
                 # the id but moves the track only part of the way, so that one bad
