@@ -29,6 +29,12 @@ _RADIUS_HISTORY = 7
 the segmentation merged the particle with a neighbour, or bit a piece off it, must not
 become the size the next frames are matched against (at 2 e/A^2/s the particle came
 back 20-40 % smaller than the merged blob and was given a new id)."""
+_MERGE_MIN_MATCHES = 10
+"""A track found in fewer frames may be a fragment: it is not taken for a neighbour
+merged with a particle."""
+_NEIGHBOUR_DISTANCE = 0.75
+"""Touching particles' centres are about the sum of their radii apart; a piece bitten
+off a particle has its centroid well inside it."""
 _VACUUM = 128
 """Level of vacuum in the flattened frames (see ``_segment``)."""
 
@@ -129,6 +135,8 @@ class _Track:
     """Median of ``radii``: what detections are compared with."""
     missed: int = 0
     radii: deque[float] = field(default_factory=lambda: deque(maxlen=_RADIUS_HISTORY))
+    matches: int = 1
+    """Frames it was found in."""
 
 
 class ParticleTracker:
@@ -159,12 +167,29 @@ class ParticleTracker:
     allowed (both 0..1); new
     particles get new ids, counting up from 1. Ids are never reused.
 
+    A match larger than its track is then tested as a merge: the particle and a
+    neighbour the segmentation did not split apart. The neighbour is a track not
+    matched in this frame, found in at least 10 frames (not a passing fragment),
+    overlapping the detection and at least 0.75 of the sum of their radii from the
+    particle (touching particles are about the sum apart; a piece bitten off the
+    particle lies inside it). If the pair's summed area and area-weighted centroid
+    explain the detection (within a quarter of the size gate and half the reach)
+    better than the particle alone, the detection keeps the particle's id but its
+    track keeps its size and place (:attr:`merged_with` names the neighbour). At
+    2 e/A^2/s a particle was merged with a small neighbour in 40 % of the frames:
+    the blob's size became the track's, and the particle, back on its own but
+    bitten, fell outside the size gate and got a new id for a frame. Jaqaman et al.
+    resolve merges the same way, by the intensity (here the area) two particles add
+    up to.
+
     References
     ----------
     H. W. Kuhn, "The Hungarian method for the assignment problem", Naval Res. Logist.
     Q. 2 (1955) 83-97.
     J. C. Crocker and D. G. Grier, "Methods of digital video microscopy for colloidal
     studies", J. Colloid Interface Sci. 179 (1996) 298-310.
+    K. Jaqaman et al., "Robust single-particle tracking in live-cell time-lapse
+    sequences", Nat. Methods 5 (2008) 695-702.
     """
 
     def __init__(self, *, max_step: float = 0.5, max_radius_ratio: float = 1.25,
@@ -174,6 +199,9 @@ class ParticleTracker:
         self.memory_frames = int(memory_frames)
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
+        self.merged_with = np.zeros(0, np.int64)
+        """Per detection of the latest :meth:`update`: the track id of the neighbour it
+        is merged with (see the notes), or 0."""
 
     @property
     def track_count(self) -> int:
@@ -242,6 +270,14 @@ class ParticleTracker:
                 ids[c] = track_ids[r]
                 matched.add(track_ids[r])
                 older.discard(r)
+                # Doubtful or not as a match of the older track, not of the younger.
+                if distance[r, c] > reach[r, c] / 2 or mismatch[r, c] > limit / 2:
+                    doubtful.add(c)
+                else:
+                    doubtful.discard(c)
+        self.merged_with = np.zeros(len(centroids), np.int64)
+        if track_ids and len(centroids):
+            self._merges(ids, matched, specimen, radii, cost, track_ids)
         for i in np.flatnonzero(ids == 0):
             ids[i] = self._next_id
             self._next_id += 1
@@ -256,6 +292,12 @@ class ParticleTracker:
         for index, (track_id, (row, col), radius) in enumerate(
                 zip(ids.tolist(), specimen, radii, strict=True)):
             track = self._tracks.get(int(track_id))
+            matches = track.matches + 1 if track is not None else 1
+            if track is not None and self.merged_with[index]:
+                # The particle with a neighbour stuck to it: found, but neither its
+                # size nor its place.
+                track.missed, track.matches = 0, matches
+                continue
             history: deque[float] = track.radii if track is not None else deque(
                 maxlen=_RADIUS_HISTORY)
             history.append(float(radius))
@@ -267,10 +309,51 @@ class ParticleTracker:
                 w = _DOUBTFUL_WEIGHT
                 self._tracks[int(track_id)] = _Track(
                     (1 - w) * track.row + w * float(row), (1 - w) * track.col + w * float(col),
-                    size, radii=history)
+                    size, radii=history, matches=matches)
                 continue
-            self._tracks[int(track_id)] = _Track(float(row), float(col), size, radii=history)
+            self._tracks[int(track_id)] = _Track(float(row), float(col), size, radii=history,
+                                                 matches=matches)
         return ids
+
+    def _merges(self, ids: np.ndarray, matched: set[int], specimen: np.ndarray,
+                radii: np.ndarray, cost: np.ndarray, track_ids: list[int]) -> None:
+        """Mark in :attr:`merged_with` the detections that are their match merged with
+        a neighbour (see the class notes)."""
+        limit = math.log(max(self.max_radius_ratio, 1.0 + 1e-9))
+        row_of = {t: r for r, t in enumerate(track_ids)}
+        tracks = self._tracks
+        free = [t for t in track_ids if t in tracks and t not in matched
+                and tracks[t].matches >= _MERGE_MIN_MATCHES]
+        for c in range(ids.size):
+            a = int(ids[c])
+            if not a:
+                continue
+            ta = tracks[a]
+            if math.log(max(float(radii[c]), 1e-9) / max(ta.radius, 1e-9)) <= limit / 4:
+                continue  # not larger than the particle by more than its own jitter
+            single = float(cost[row_of[a], c])
+            reach = self.max_step * float(radii[c])
+            best: tuple[float, int] | None = None
+            for b in free:
+                tb = tracks[b]
+                if math.hypot(tb.row - specimen[c, 0], tb.col - specimen[c, 1]) > (
+                        radii[c] + tb.radius):
+                    continue  # nowhere near the detection
+                if math.hypot(tb.row - ta.row, tb.col - ta.col) < _NEIGHBOUR_DISTANCE * (
+                        ta.radius + tb.radius):
+                    continue  # a piece bitten off the particle, not a neighbour
+                wa, wb = ta.radius**2, tb.radius**2
+                distance = math.hypot((wa * ta.row + wb * tb.row) / (wa + wb) - specimen[c, 0],
+                                      (wa * ta.col + wb * tb.col) / (wa + wb) - specimen[c, 1])
+                mismatch = abs(math.log(max(float(radii[c]), 1e-9) / math.sqrt(wa + wb)))
+                if distance > reach / 2 or mismatch > limit / 4:
+                    continue
+                merge = distance / max(reach, 1e-9) + mismatch / limit
+                if merge < single and (best is None or merge < best[0]):
+                    best = (merge, b)
+            if best is not None:
+                self.merged_with[c] = best[1]
+                free.remove(best[1])
 
 
 def track_iter(tracker: ParticleTracker,

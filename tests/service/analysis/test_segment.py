@@ -6,9 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from lithoscope.service.analysis import AnalysisConfig, detect_needle, segment_particles
+from lithoscope.service.analysis import (
+    AnalysisConfig,
+    analyze_frame,
+    detect_needle,
+    segment_particles,
+)
 from lithoscope.service.errors import ConfigError
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+from support.benchmark import REALISTIC
 
 SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
 
@@ -74,7 +81,21 @@ class TestAtPixelSize:
         assert config.background_sigma_px == default.background_sigma_px
         assert config.smoothing_sigma_px == default.smoothing_sigma_px
         assert config.grid_rim_px == default.grid_rim_px
-        assert config.needle_layer_px == default.needle_layer_px
+        # The needle's coating and the contact gap are lengths in the specimen.
+        assert config.needle_layer_px == 2  # 6 / 4, rounded
+        assert config.needle_contact_px == 1  # 2 / 4, but positive stays positive
+
+    @pytest.mark.parametrize("t_s", [14.0, 14.25, 14.5, 15.25, 15.5])
+    def test_contact_not_before_the_needle_touches_at_1_nm_per_px(self, t_s: float) -> None:
+        """The benchmark's lithiation at 256² (1 nm/px): the needle's coating touches the
+        cluster at 15 s, closing the last 2.7 nm from 14 s. With the coating band and the
+        contact gap kept at their 0.5 nm/px pixel counts (6 and 2 pixels), contact was
+        found from 14.25 s on, 2 nm away."""
+        source = SimulatedSource(SimConfig(shape=(256, 256), pixel_size_nm=1.0, seed=0,
+                                           **REALISTIC))
+        frame = source.render(round(t_s * source.config.fps))
+        found = analyze_frame(frame.image, pixel_size_nm=1.0).cluster["needle_contact"]
+        assert found == frame.truth["needle_contact"] == (t_s > 15.0)
 
     def test_positive_integers_stay_positive(self) -> None:
         assert AnalysisConfig(split_min_distance_px=1).at_pixel_size(4.0).split_min_distance_px == 1

@@ -22,6 +22,8 @@ from lithoscope.service.analysis import (
 from lithoscope.service.protocol import EventKind
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
+from support.benchmark import REALISTIC
+
 # A whole lithiation at 1 frame/s on small frames: contact 15 s, bias 20 s, withdrawal 80 s.
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0, duration_s=100.0)
 
@@ -261,3 +263,23 @@ def test_a_second_contact_is_a_new_lithiation() -> None:
     rest = 0.3 * (1 - math.exp(-25 / 8)) * math.exp(-25 / 6)
     assert change[89.75] == pytest.approx(rest + (0.4 - rest) * (1 - math.exp(-24.75 / 4)),
                                           abs=0.01)
+
+
+def test_a_merged_fed_particle_raises_no_onset_before_the_bias() -> None:
+    """At 2 e/A^2/s and 1 nm/px the particle at the needle was merged with its neighbour
+    in one frame (+50 % area) 2.5 s before the bias: the CUSUM on the fed particles'
+    area raised an expansion onset. Merged, it has no area for that frame."""
+    source = SimulatedSource(SimConfig(shape=(256, 256), pixel_size_nm=1.0, seed=0,
+                                       **REALISTIC), scenario="low_dose")
+    analyzer = SessionAnalyzer()
+    kinds = []
+    merged = 0
+    for index in range(40, 80):  # 10-20 s: contact at 15 s, the bias at 20 s
+        frame = source.render(index)
+        _, _, alerts = analyzer.update(frame.image, t_s=frame.t_s, index=index,
+                                       pixel_size_nm=1.0)
+        kinds += [a.kind for a in alerts]
+        merged += int(analyzer.tracker.merged_with.any())
+    assert EventKind.CONTACT_MADE in kinds
+    assert EventKind.EXPANSION_ONSET not in kinds
+    assert merged  # the frames that raised it are still there

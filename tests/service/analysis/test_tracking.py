@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,8 @@ from lithoscope.service.analysis import (
     track_iter,
 )
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
+
+from support.benchmark import id_switches
 
 
 def scene(shift: tuple[float, float] = (0.0, 0.0), shape: tuple[int, int] = (128, 160),
@@ -132,3 +136,84 @@ def test_one_merged_frame_does_not_become_the_particles_size() -> None:
     radii = [40.0] * 5 + [48.0, 33.0, 40.0]
     ids = [int(tracker.update(np.array([[100.0, 100.0]]), np.array([r]))[0]) for r in radii]
     assert ids == [ids[0]] * len(radii)
+
+
+def test_an_older_track_reclaiming_a_far_detection_moves_part_of_the_way() -> None:
+    """The older-id rule gives a detection near the edge of an older track's reach (a
+    piece of the particle, first matched to a younger track) back to the older track:
+    as doubtful a match as if the assignment had made it, so the track moves only part
+    of the way. Moved all the way, the particle back on its own the next frame was out
+    of reach and got a new id (256², 2 e/A^2/s)."""
+    tracker = ParticleTracker()
+    for _ in range(3):
+        assert tracker.update(np.array([[100.0, 100.0]]), np.array([40.0])).tolist() == [1]
+    # A second, younger track beside it (a piece split off and counted as a particle).
+    pair = tracker.update(np.array([[100.0, 100.0], [100.0, 122.0]]), np.array([40.0, 33.0]))
+    assert pair.tolist() == [1, 2]
+    # Only the piece is found: nearest the younger track, within reach of the older.
+    assert tracker.update(np.array([[100.0, 119.5]]), np.array([33.0])).tolist() == [1]
+    # The particle is whole again.
+    assert tracker.update(np.array([[100.0, 99.0]]), np.array([40.0])).tolist() == [1]
+
+
+def test_no_id_switches_on_low_dose_frames_at_1_nm_per_px() -> None:
+    """256², 2 e/A^2/s, frames 40-61 of the benchmark's low-dose movie (seed 0): the
+    older-id rule used to move a track all the way to a far piece of its particle."""
+    assert id_switches("low_dose", seed=0, size=256, frames=range(40, 62)) == []
+
+
+# A particle (radius 40) and a small neighbour (radius 22) touching it on the right, as
+# the segmentation finds them at 2 e/A^2/s: apart, merged into one blob (their summed
+# area at their area-weighted centroid), or the particle bitten (a fifth of it split
+# off at its top, the rest's centroid pushed down).
+_PARTICLE = (np.array([100.0, 100.0]), 40.0)
+_NEIGHBOUR = (np.array([100.0, 100.0 + 0.95 * 62.0]), 22.0)
+
+
+def _segmented(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    (a, ra), (b, rb) = _PARTICLE, _NEIGHBOUR
+    if kind == "merged":
+        wa, wb = ra**2, rb**2
+        return ((wa * a + wb * b) / (wa + wb))[None, :], np.array([math.hypot(ra, rb)])
+    if kind == "bitten":
+        piece, rest = a + (-0.7 * ra, 0.0), a + (0.15 * ra, 0.0)
+        return (np.stack([rest, piece, b]),
+                np.array([math.sqrt(0.8) * ra, math.sqrt(0.2) * ra, rb]))
+    return np.stack([a, b]), np.array([ra, rb])
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(kinds=st.lists(st.sampled_from(["apart", "merged", "bitten"]), min_size=1, max_size=30),
+       jitter=st.lists(st.floats(-1.0, 1.0), min_size=30, max_size=30))
+def test_a_particle_merged_with_a_neighbour_keeps_its_size(kinds: list[str],
+                                                           jitter: list[float]) -> None:
+    """Once both are known (10 frames apart), a blob of the particle and its neighbour is
+    the particle with the neighbour stuck to it: it keeps the particle's id but not its
+    size, so that the particle keeps its id whenever it is found on its own, bitten or
+    not. When the blob's size became the particle's, a bitten particle fell outside the
+    size gate (low_dose 512² seed 0: 4 switches)."""
+    tracker = ParticleTracker()
+    for _ in range(10):
+        assert tracker.update(*_segmented("apart")).tolist() == [1, 2]
+    for kind, shake in zip(kinds, jitter, strict=False):
+        centroids, radii = _segmented(kind)
+        ids = tracker.update(centroids + shake, radii * (1 + 0.01 * shake)).tolist()
+        if kind != "merged":
+            assert (ids[0], ids[-1]) == (1, 2)
+
+
+def test_merged_with_names_the_neighbour() -> None:
+    tracker = ParticleTracker()
+    for _ in range(10):
+        tracker.update(*_segmented("apart"))
+    assert tracker.merged_with.tolist() == [0, 0]
+    assert tracker.update(*_segmented("merged")).tolist() == [1]
+    assert tracker.merged_with.tolist() == [2]
+    assert tracker.update(*_segmented("apart")).tolist() == [1, 2]
+    assert tracker.merged_with.tolist() == [0, 0]
+
+
+def test_no_id_switches_on_low_dose_frames() -> None:
+    """512², 2 e/A^2/s, frames 360-399 of the benchmark's low-dose movie (seed 0): the
+    particle merged with a small neighbour in half the frames, then bitten."""
+    assert id_switches("low_dose", seed=0, size=512, frames=range(360, 400)) == []
