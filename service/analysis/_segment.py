@@ -458,7 +458,8 @@ def _upsample(array: np.ndarray, binning: int, shape: tuple[int, int]) -> np.nda
     b = binning
     rows, cols = array.shape
     out = np.zeros(shape, array.dtype)
-    # One pass: each block of the output a broadcast view of its analysis pixel.
+    # One pass, each block written from its analysis pixel (splitting axes gives a view
+    # even of the cropped, non-contiguous region).
     out[: rows * b, : cols * b].reshape(rows, b, cols, b)[...] = array[:, None, :, None]
     return out
 
