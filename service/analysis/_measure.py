@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -34,6 +35,7 @@ def measure_particles(
     needle_mask: np.ndarray | None = None,
     pixel_size_nm: float | None = None,
     contact_px: int = 2,
+    binning: int = 1,
 ) -> dict[str, np.ndarray]:
     """Measure every labelled particle.
 
@@ -46,10 +48,14 @@ def measure_particles(
     needle_mask : (M, N) ndarray of bool, optional
         The needle (from :func:`detect_needle`); without it no particle touches it.
     pixel_size_nm : float, optional
-        Pixel size; without it the nm columns are NaN.
+        Pixel size of the input frame; without it the nm columns are NaN.
     contact_px : int
         A particle touches the needle if it overlaps the needle dilated by this many
-        pixels.
+        input pixels.
+    binning : int
+        The arrays are at analysis resolution: each pixel stands for a ``binning`` x
+        ``binning`` block of input pixels, and ``image`` holds the blocks' means. The
+        table is in input pixels all the same (see Notes).
 
     Returns
     -------
@@ -59,7 +65,18 @@ def measure_particles(
         ``area_nm2``, ``centroid_row``, ``centroid_col``, ``equivalent_diameter_nm``
         (diameter of the disc of the same area), ``mean_intensity`` (float64) and
         ``touches_needle`` (bool). Zero-length columns if there is no particle.
+
+    Notes
+    -----
+    With ``binning`` b, the table is the one the labels and the mask upsampled to input
+    resolution (each pixel repeated over its block) would give, computed b² times
+    cheaper: areas count b² input pixels per pixel, a centroid (r, c) is at input
+    coordinates ((r + 0.5) b - 0.5, (c + 0.5) b - 0.5) (the centre of the blocks),
+    means over blocks' means are means over their pixels, and the needle is dilated
+    by the blocks that hold a pixel within ``contact_px`` of one of its pixels.
     """
+    if binning < 1:
+        raise ValueError(f"Expected binning >= 1. Got {binning}.")
     if labels.shape != image.shape:
         raise ValueError(
             f"Expected labels and image of one shape. Got {labels.shape} and {image.shape}."
@@ -91,13 +108,17 @@ def measure_particles(
             )
         near: np.ndarray = needle_mask.astype(np.uint8)
         if contact_px > 0:
-            size_k = 2 * int(contact_px) + 1
-            near = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                              (size_k, size_k)))
+            near = cv2.dilate(near, _contact_kernel(int(contact_px), binning))
         hit = np.zeros(size, np.bool_)
         hit[labels[near.view(np.bool_)]] = True
         touches = hit[present]
 
+    centroid_row, centroid_col = sum_row / area, sum_col / area
+    mean_intensity = sum_value / area
+    if binning > 1:
+        centroid_row = (centroid_row + 0.5) * binning - 0.5
+        centroid_col = (centroid_col + 0.5) * binning - 0.5
+        area = area * binning * binning
     if pixel_size_nm is None or not math.isfinite(pixel_size_nm):
         area_nm2 = np.full(present.size, np.nan)
     else:
@@ -106,12 +127,36 @@ def measure_particles(
         "label": present.astype(np.int32),
         "area_px": area.astype(np.int64),
         "area_nm2": area_nm2.astype(np.float64),
-        "centroid_row": sum_row / area,
-        "centroid_col": sum_col / area,
+        "centroid_row": centroid_row,
+        "centroid_col": centroid_col,
         "equivalent_diameter_nm": np.sqrt(4.0 * area_nm2 / np.pi),
-        "mean_intensity": sum_value / area,
+        "mean_intensity": mean_intensity,
         "touches_needle": touches,
     }
+
+
+@functools.lru_cache(maxsize=32)
+def _contact_kernel(contact_px: int, binning: int) -> np.ndarray:
+    """The elliptical disc of radius ``contact_px`` at 1/``binning`` resolution: the
+    block offsets (dr, dc) such that some pixel of block (dr, dc) lies on the disc
+    around some pixel of block (0, 0); dilating by it and upsampling is upsampling and
+    dilating by the disc."""
+    size = 2 * contact_px + 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    if binning == 1:
+        disc.flags.writeable = False  # shared by the cache
+        return disc
+    # Input offset d from a pixel at position e (0..b-1) inside its block lands in
+    # block floor((e + d) / b): the two blocks floor(d / b) and ceil(d / b), and only
+    # those.
+    dr, dc = (offsets - contact_px for offsets in np.nonzero(disc))
+    reach = -(-contact_px // binning)
+    kernel = np.zeros((2 * reach + 1, 2 * reach + 1), np.uint8)
+    for rows in (np.floor_divide(dr, binning), -np.floor_divide(-dr, binning)):
+        for cols in (np.floor_divide(dc, binning), -np.floor_divide(-dc, binning)):
+            kernel[rows + reach, cols + reach] = 1
+    kernel.flags.writeable = False  # shared by the cache
+    return kernel
 
 
 def particle_contacts(labels: np.ndarray) -> np.ndarray:
@@ -131,7 +176,9 @@ def particle_contacts(labels: np.ndarray) -> np.ndarray:
     -----
     Split particles share a boundary with no background between them, so
     4-connectivity (one right and one down neighbour per pixel) finds every contact;
-    two particles separated only by a diagonal step are not in contact.
+    two particles separated only by a diagonal step are not in contact. Labels at
+    analysis (binned) resolution give the pairs of their upsampled image: two blocks
+    share an edge exactly when their pixels do.
     """
     flat = labels.ravel()
     if not flat.any():

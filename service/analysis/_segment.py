@@ -62,6 +62,10 @@ class _Prepared:
     binning: int
     shape: tuple[int, int]
     """Shape of the input frame."""
+    image: np.ndarray
+    """The input frame at analysis resolution, what intensities are measured on: each
+    pixel the mean of its ``binning``² block of raw counts (float32), before any
+    correction; the input frame itself when unbinned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,29 +172,34 @@ def _upper_envelope(small: np.ndarray, keep: np.float32) -> np.ndarray:
 def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
     pixels = _as_float(image)
     shape = (int(image.shape[0]), int(image.shape[1]))
+    binning = int(config.binning)
+    rows, cols = shape[0] // binning, shape[1] // binning
+    if rows < 1 or cols < 1:
+        binning = 1
+    raw = image
+    if binning > 1:
+        # Block means of the raw counts, taken before the dark level and the clipping
+        # below change the copy: the particles' mean intensity is read from these.
+        raw = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
+                         interpolation=cv2.INTER_AREA)
     if config.dark_level_counts:
         pixels -= np.float32(config.dark_level_counts)
-    binning = int(config.binning)
     coarse = cv2.resize(pixels, (max(1, shape[1] // 8), max(1, shape[0] // 8)),
                         interpolation=cv2.INTER_AREA)
     ceiling = float(coarse.max()) * _HOT_PIXEL_CEILING
     if math.isfinite(ceiling) and ceiling > 0:
         np.minimum(pixels, np.float32(ceiling), out=pixels)
     if binning > 1:
-        rows, cols = shape[0] // binning, shape[1] // binning
-        if rows < 1 or cols < 1:
-            binning = 1
-        else:
-            pixels = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
-                                interpolation=cv2.INTER_AREA)
+        pixels = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
+                            interpolation=cv2.INTER_AREA)
     if config.smoothing_sigma_px > 0:
         pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
     level = _vacuum_level(pixels, config, binning)
     if level is None:
         blank = np.zeros(pixels.shape, np.uint8)
-        return _Prepared(flat=blank, binning=binning, shape=shape)
+        return _Prepared(flat=blank, binning=binning, shape=shape, image=raw)
     flat = cv2.divide(pixels, level, scale=_VACUUM, dtype=cv2.CV_8U)
-    return _Prepared(flat=flat, binning=binning, shape=shape)
+    return _Prepared(flat=flat, binning=binning, shape=shape, image=raw)
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
@@ -441,15 +450,17 @@ def _split(regions: np.ndarray, count: int, config: AnalysisConfig, binning: int
     return relabelled
 
 
-def _upsample(array: np.ndarray, prepared: _Prepared) -> np.ndarray:
-    """Nearest-neighbour back to input resolution (edge rows/cols lost to binning padded)."""
-    if prepared.binning == 1:
+def _upsample(array: np.ndarray, binning: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour back to input resolution ``shape`` (edge rows/cols lost to
+    binning padded with zeros)."""
+    if binning == 1:
         return array
-    b = prepared.binning
-    big = np.repeat(np.repeat(array, b, axis=0), b, axis=1)
-    rows, cols = prepared.shape
-    out = np.zeros((rows, cols), array.dtype)
-    out[: big.shape[0], : big.shape[1]] = big
+    b = binning
+    rows, cols = array.shape
+    out = np.zeros(shape, array.dtype)
+    # One pass, each block written from its analysis pixel (splitting axes gives a view
+    # even of the cropped, non-contiguous region).
+    out[: rows * b, : cols * b].reshape(rows, b, cols, b)[...] = array[:, None, :, None]
     return out
 
 
@@ -484,7 +495,7 @@ def detect_needle(image: np.ndarray, *, config: AnalysisConfig | None = None,
     """
     config = (config if config is not None else AnalysisConfig()).at_pixel_size(pixel_size_nm)
     prepared = _prepare(image, config)
-    return _upsample(_find_needle(prepared, config).mask, prepared)
+    return _upsample(_find_needle(prepared, config).mask, prepared.binning, prepared.shape)
 
 
 def segment_particles(
@@ -543,7 +554,7 @@ def segment_particles(
         needle = found.mask | found.grid
     else:
         needle = _bin_mask(needle_mask, prepared)
-    return _upsample(_segment(prepared, needle, config), prepared)
+    return _upsample(_segment(prepared, needle, config), prepared.binning, prepared.shape)
 
 
 def _bin_mask(mask: np.ndarray, prepared: _Prepared) -> np.ndarray:

@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops_table
 
-from lithoscope.service.analysis import PARTICLE_COLUMNS, empty_particles, measure_particles
+from lithoscope.service.analysis import (
+    PARTICLE_COLUMNS,
+    empty_particles,
+    measure_particles,
+    particle_contacts,
+)
 
 COLUMNS = ["label", "area_px", "area_nm2", "centroid_row", "centroid_col",
            "equivalent_diameter_nm", "mean_intensity", "touches_needle"]
@@ -122,3 +127,71 @@ def test_matches_regionprops(seed: int, count: int, dtype: type) -> None:
     np.testing.assert_allclose(table["centroid_col"], reference["centroid-1"])
     np.testing.assert_allclose(table["mean_intensity"], reference["intensity_mean"], rtol=1e-6)
     np.testing.assert_allclose(table["area_nm2"], reference["area"] * 4.0)
+
+
+def upsample(array: np.ndarray, binning: int, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, array.dtype)
+    big = np.repeat(np.repeat(array, binning, axis=0), binning, axis=1)
+    out[: big.shape[0], : big.shape[1]] = big
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    binning=st.integers(2, 5),
+    contact_px=st.integers(0, 9),
+    count=st.integers(1, 10),
+)
+def test_binned_measurements_are_those_of_the_upsampled_labels(
+    seed: int, binning: int, contact_px: int, count: int,
+) -> None:
+    """At analysis resolution, the table of the labels upsampled to input resolution:
+    areas, centroids (block centres), means and needle contact."""
+    rng = np.random.default_rng(seed)
+    small_shape = (int(rng.integers(8, 40)), int(rng.integers(8, 40)))
+    # Input frames need not be a multiple of the binning: the rest is never labelled.
+    shape = (small_shape[0] * binning + int(rng.integers(0, binning)),
+             small_shape[1] * binning + int(rng.integers(0, binning)))
+    labels = np.zeros(small_shape, np.int32)
+    for label in range(1, count + 1):
+        row, col = rng.integers(0, small_shape[0]), rng.integers(0, small_shape[1])
+        cv2.circle(labels, (int(col), int(row)), int(rng.integers(1, 6)), label, -1)
+    needle = np.zeros(small_shape, np.bool_)
+    needle[:, : int(rng.integers(1, 4))] = True
+    needle &= labels == 0
+    image = rng.integers(0, 4000, shape).astype(np.uint16)
+    rows, cols = small_shape
+    block_means = image[: rows * binning, : cols * binning].astype(np.float64).reshape(
+        rows, binning, cols, binning).mean(axis=(1, 3))
+
+    binned = measure_particles(labels, block_means, needle_mask=needle, pixel_size_nm=0.25,
+                               contact_px=contact_px, binning=binning)
+    full = measure_particles(upsample(labels, binning, shape), image,
+                             needle_mask=upsample(needle, binning, shape), pixel_size_nm=0.25,
+                             contact_px=contact_px)
+    for name in ("label", "area_px", "touches_needle"):
+        np.testing.assert_array_equal(binned[name], full[name], err_msg=name)
+    for name in ("area_nm2", "centroid_row", "centroid_col", "equivalent_diameter_nm",
+                 "mean_intensity"):
+        np.testing.assert_allclose(binned[name], full[name], rtol=1e-9, err_msg=name)
+    for name, dtype in PARTICLE_COLUMNS.items():
+        assert binned[name].dtype == dtype, name
+
+
+def test_binning_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="binning >= 1"):
+        measure_particles(np.zeros((3, 3), np.int32), np.zeros((3, 3)), binning=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), binning=st.integers(2, 4))
+def test_contacts_of_binned_labels_are_those_of_the_upsampled(seed: int, binning: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((30, 30), np.int32)
+    for label in range(1, 9):
+        row, col = rng.integers(0, 30, 2)
+        cv2.circle(labels, (int(col), int(row)), int(rng.integers(2, 8)), label, -1)
+    shape = (30 * binning + 1, 30 * binning + 2)
+    np.testing.assert_array_equal(particle_contacts(labels),
+                                  particle_contacts(upsample(labels, binning, shape)))
