@@ -41,6 +41,7 @@ __all__ = [
     "EchemTrace",
     "align_samples",
     "cumulative_charge_c",
+    "lithium_terms",
     "silicon_atoms",
     "visible_lithium",
 ]
@@ -181,6 +182,17 @@ def visible_lithium(particles: Mapping[str, Any], *, pixel_size_nm: float,
     sigma : float
         Its 1-sigma boundary uncertainty.
     """
+    atoms, sigma = lithium_terms(particles, pixel_size_nm=pixel_size_nm,
+                                 boundary_uncertainty_px=boundary_uncertainty_px)
+    ok = np.isfinite(atoms) & np.isfinite(sigma)
+    return atoms, float(atoms[ok].sum()), float(sigma[ok].sum())
+
+
+def lithium_terms(particles: Mapping[str, Any], *, pixel_size_nm: float,
+                  boundary_uncertainty_px: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Each particle's lithium atoms and its 1-sigma boundary uncertainty (NaN where
+    the particle has no reference, or no area this frame): the terms
+    :func:`visible_lithium` sums."""
     area = np.asarray(particles.get("area_nm2", []), dtype=np.float64)
     change = np.asarray(particles.get("relative_area_change", []), dtype=np.float64)
     x = np.asarray(particles.get("lithium_x", []), dtype=np.float64)
@@ -195,5 +207,4 @@ def visible_lithium(particles: Mapping[str, Any], *, pixel_size_nm: float,
             / physics.VOLUME_EXPANSION_PER_X
         sigma_n_si = 1.5 * relative_area_error * n_si
         sigma = np.hypot(n_si * sigma_x, x * sigma_n_si)
-    ok = np.isfinite(atoms) & np.isfinite(sigma)
-    return atoms, float(atoms[ok].sum()), float(sigma[ok].sum())
+    return atoms, sigma

@@ -30,7 +30,7 @@ import numpy as np
 from ._options import options_from_dict, options_to_dict
 from .alerts import Alert
 from .dose import DoseAccumulator, dose_rate_from_counts, region_levels
-from .echem import ELEMENTARY_CHARGE_C, EchemTrace, visible_lithium
+from .echem import ELEMENTARY_CHARGE_C, EchemTrace, lithium_terms
 from .errors import ConfigError
 from .protocol import EventKind
 
@@ -72,6 +72,10 @@ class OperandoConfig:
     """The field is divided into this many tiles per side for the per-region dose."""
     boundary_uncertainty_px: float = 0.5
     """Segmentation boundary error (pixels) propagated into the visible lithium."""
+    lithium_hold_s: float = 2.0
+    """A particle missing from a frame's sum (found merged with a neighbour, or not found)
+    counts with its last lithium for this long, so that the visible total does not dip
+    with segmentation flicker; longer gone, it has left the view."""
     redistribution_fraction: float = 0.1
     """After contact is lost, ``lithium_redistributed`` once the visible lithium has
     fallen by this fraction of its peak with the charge explaining under a quarter of it."""
@@ -81,7 +85,8 @@ class OperandoConfig:
             raise ConfigError("Expected lithiation_current_sign -1 or 1. "
                               f"Got {self.lithiation_current_sign!r}.")
         for name in ("bias_on_v", "no_expansion_after_s", "dose_rate_limit_e_per_a2_s",
-                     "boundary_uncertainty_px", "redistribution_fraction"):
+                     "boundary_uncertainty_px", "redistribution_fraction",
+                     "lithium_hold_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"Expected {name} > 0. Got {value!r}.")
@@ -134,6 +139,29 @@ class OperandoContext:
         self._peak_visible = 0.0
         self._redistribution_alerted = False
         self._last: dict[str, float] = {}
+        self._lithium_of: dict[int, tuple[float, float, float]] = {}
+        """track id -> (t_s, atoms, sigma) when last measured: see ``lithium_hold_s``."""
+
+    def _visible_lithium(self, particles: dict[str, np.ndarray], track_ids: list[int],
+                         t_s: float, size: float) -> tuple[np.ndarray, float, float]:
+        """Per-particle atoms, their sum and its sigma, with the particles missing from
+        this frame for less than ``lithium_hold_s`` at their last value. A particle merged
+        with its neighbour has no area of its own and the neighbour is not found at all:
+        left out, both would take their lithium out of the sum for that frame."""
+        if not (math.isfinite(size) and track_ids):
+            return np.full(len(track_ids), np.nan), math.nan, math.nan
+        atoms, sigma = lithium_terms(particles, pixel_size_nm=size,
+                                     boundary_uncertainty_px=self.config.boundary_uncertainty_px)
+        known = self._lithium_of
+        for track, a, s in zip(track_ids, atoms.tolist(), sigma.tolist(), strict=True):
+            if math.isfinite(a) and math.isfinite(s):
+                known[track] = (t_s, a, s)
+        hold = self.config.lithium_hold_s
+        for track in [k for k, (seen, _, _) in known.items() if t_s - seen > hold]:
+            del known[track]
+        total = sum(a for _, a, _ in known.values())
+        total_sigma = sum(s for _, _, s in known.values())
+        return atoms, float(total), float(total_sigma)
 
     def add_echem(self, t_s: np.ndarray, bias_v: np.ndarray, current_a: np.ndarray) -> None:
         """Samples from the side stream, already on the session's clock (s since t0)."""
@@ -172,10 +200,7 @@ class OperandoContext:
         particle_dose = np.array([self.dose.particles[i] for i in track_ids], dtype=np.float64)
 
         # -- lithium
-        atoms, visible, sigma = (visible_lithium(particles, pixel_size_nm=size,
-                                                 boundary_uncertainty_px=c.boundary_uncertainty_px)
-                                 if math.isfinite(size) and track_ids
-                                 else (np.full(len(track_ids), np.nan), math.nan, math.nan))
+        atoms, visible, sigma = self._visible_lithium(particles, track_ids, t_s, size)
         from_charge = (c.lithiation_current_sign * echem["charge_c"] / ELEMENTARY_CHARGE_C
                        if math.isfinite(echem["charge_c"]) else math.nan)
         out_of_view = from_charge - visible if math.isfinite(from_charge) else math.nan

@@ -149,3 +149,37 @@ def test_bookkeeping_summary() -> None:
     assert book is not None
     assert book["uptake_fraction"] == pytest.approx(0.8)
     assert book["out_of_view_end"] == pytest.approx(8.0)
+
+
+def test_a_particle_merged_or_missing_for_a_moment_keeps_its_lithium() -> None:
+    """At low dose a particle is found merged with its neighbour in some frames: the blob
+    has no area of its own (NaN physics) and the neighbour is not found. The visible total
+    must not dip by both particles' lithium in those frames; gone for longer than
+    ``lithium_hold_s``, a particle has left the view."""
+    context = OperandoContext(OperandoConfig(lithium_hold_s=2.0))
+
+    def visible(t: float, tracks: list[int], merged: bool = False) -> float:
+        chosen = {1: (400.0, 0.3), 2: (300.0, 0.2), 3: (500.0, 0.1)}
+        area = np.array([chosen[k][0] for k in tracks])
+        change = np.array([math.nan if merged and k == 1 else chosen[k][1] for k in tracks])
+        x = ((1 + change) ** 1.5 - 1) / (2.8 / 3.75)
+        particles = {"track_id": np.array(tracks), "area_nm2": area,
+                     "relative_area_change": change, "lithium_x": x}
+        cluster, _, _, _ = context.update(
+            image=None, t_s=t, index=int(4 * t), pixel_size_nm=0.5, exposure_s=0.25,
+            metadata={}, cluster={}, particles=particles, alerts=[])
+        return float(cluster["lithium_visible"])
+
+    whole = visible(0.0, [1, 2, 3])
+    assert whole > 0
+    assert visible(0.25, [1, 3], merged=True) == pytest.approx(whole)  # 1 merged with 2
+    assert visible(0.5, [1, 2, 3]) == pytest.approx(whole)
+    only_three = visible(3.0, [3])  # 1 and 2 gone for 2.5 s: out of view
+    alone = OperandoContext()
+    cluster, _, _, _ = alone.update(
+        image=None, t_s=0.0, index=0, pixel_size_nm=0.5, exposure_s=0.25, metadata={},
+        cluster={}, particles={"track_id": np.array([3]), "area_nm2": np.array([500.0]),
+                               "relative_area_change": np.array([0.1]),
+                               "lithium_x": np.array([(1.1 ** 1.5 - 1) / (2.8 / 3.75)])},
+        alerts=[])
+    assert only_three == pytest.approx(cluster["lithium_visible"])
