@@ -196,18 +196,27 @@ def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_
     np.testing.assert_array_equal(following.frames[:], frames)
 
 
-def test_stopping_drains_the_queue_before_closing_the_archive(
-        tmp_path: Path, gate: threading.Event) -> None:
-    frames = noisy_frames(200, shape=(128, 128))
+def _fill_the_queue(tmp_path: Path, frames: np.ndarray) -> tuple[
+        Worker, threading.Thread, threading.Event,
+        tuple[threading.Thread, dict[str, Any], threading.Event]]:
+    """A worker run in a thread (stopped by the returned event, as SIGTERM does), and a
+    publisher streaming ``frames`` to it until the gated disk has filled its queue."""
     worker = Worker(config(tmp_path))
     worker.bind()
     stop_worker, stop_publisher = threading.Event(), threading.Event()
     runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
     runner.start()
+    publisher, out = publish_in_thread(worker, frames, stop=stop_publisher, ack_timeout_s=1.0)
+    wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+    return worker, runner, stop_worker, (publisher, out, stop_publisher)
+
+
+def test_stopping_drains_the_queue_before_closing_the_archive(
+        tmp_path: Path, gate: threading.Event) -> None:
+    frames = noisy_frames(200, shape=(128, 128))
+    worker, runner, stop_worker, (publisher, out, stop_publisher) = _fill_the_queue(
+        tmp_path, frames)
     try:
-        publisher, out = publish_in_thread(worker, frames, stop=stop_publisher,
-                                        ack_timeout_s=1.0)
-        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
         # SIGTERM while the queue is full and frames wait for the disk: the worker
         # finishes the frames it has taken from the socket, then closing drains them.
         stop_worker.set()
@@ -234,15 +243,9 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
 def test_stopping_while_the_disk_takes_nothing_returns_and_says_what_was_not_kept(
         tmp_path: Path, gate: threading.Event) -> None:
     frames = noisy_frames(50, shape=(64, 64))
-    worker = Worker(config(tmp_path))
-    worker.bind()
-    stop_worker, stop_publisher = threading.Event(), threading.Event()
-    runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
-    runner.start()
+    worker, runner, stop_worker, (publisher, out, stop_publisher) = _fill_the_queue(
+        tmp_path, frames)
     try:
-        publisher, out = publish_in_thread(worker, frames, stop=stop_publisher,
-                                           ack_timeout_s=1.0)
-        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
         stop_worker.set()  # Ctrl-C with the disk still stuck (the gate closed)
         runner.join(10.0)
         stopped = not runner.is_alive()
