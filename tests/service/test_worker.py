@@ -9,6 +9,7 @@ a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,21 @@ def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
     np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
 
 
+@contextlib.contextmanager
+def _watching(worker: Worker) -> Iterator[zmq.Socket[Any]]:
+    """A subscriber to everything the worker publishes, connected (a heartbeat heard)."""
+    context = zmq.Context()
+    watch = context.socket(zmq.SUB)
+    watch.setsockopt(zmq.SUBSCRIBE, b"")
+    watch.connect(worker.results_endpoint or "")
+    try:
+        assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+        yield watch
+    finally:
+        watch.close(linger=0)
+        context.term()
+
+
 def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
         tmp_path: Path, gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the worker waits for room in the archive queue, a monitor must still hear
@@ -110,12 +126,7 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
     frames = noisy_frames(30, shape=(64, 64))
     with WorkerThread(Worker(config(tmp_path))) as thread:
         worker = thread.worker
-        context = zmq.Context()
-        watch = context.socket(zmq.SUB)
-        watch.setsockopt(zmq.SUBSCRIBE, b"")
-        watch.connect(worker.results_endpoint or "")
-        try:
-            assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+        with _watching(worker) as watch:
             publisher, out = publish_in_thread(worker, frames)
             wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
             heartbeats, stalled = 0, []
@@ -129,9 +140,6 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
             received = worker.counters["received"]
             gate.set()
             report = joined(publisher, out)
-        finally:
-            watch.close(linger=0)
-            context.term()
     assert heartbeats >= 5
     assert len(stalled) == 1
     assert "nothing is lost yet" in stalled[0].message
@@ -155,12 +163,7 @@ def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_
     frames = noisy_frames(20, shape=(64, 64))
     with WorkerThread(Worker(config(tmp_path))) as thread:
         worker = thread.worker
-        context = zmq.Context()
-        watch = context.socket(zmq.SUB)
-        watch.setsockopt(zmq.SUBSCRIBE, b"")
-        watch.connect(worker.results_endpoint or "")
-        try:
-            assert watch.poll(int(DEADLINE_S * 1000))  # a heartbeat: subscribed
+        with _watching(worker) as watch:
             reports = []
             for name in ("failing", "next"):
                 with Publisher(worker.frames_endpoint or "",
@@ -174,9 +177,6 @@ def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_
                 msg = decode(watch.recv_multipart())
                 if isinstance(msg, Event) and msg.kind == "archive_error":
                     errors.append(msg)
-        finally:
-            watch.close(linger=0)
-            context.term()
         assert worker.counters["archive_errors"] >= 1
     failing, after = (r.closed for r in reports)
     assert failing is not None
