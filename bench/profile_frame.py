@@ -1,11 +1,13 @@
 """Where one frame's analysis time goes, and before/after comparisons of it (issue 8).
 
     .venv/bin/python bench/profile_frame.py [--sizes 1024 2048 4096] [--frames N]
+                                            [--pixel-size NM] [--particles N]
                                             [--rounds R] [--trees PATH ...] [--profile]
                                             [--json OUT.json]
 
-On the frames of ``bench/throughput.py`` (simulated, uint16, a 256 nm field: 1024² is
-binned 2x2 to the 0.5 nm/px reference, 2048² 4x4, 4096² 8x8), times ``measure_frame``,
+On the frames of ``bench/throughput.py`` (simulated, uint16, ``--pixel-size`` nm per
+pixel, 0.4 by default: the field grows with the frame as at the microscope), times
+``measure_frame``,
 the stateless per-frame analysis each worker process runs (``SessionAnalyzer.update``
 is it plus drift, tracking, physics and alerts), in ms per frame.
 
@@ -117,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also a cProfile breakdown")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--pixel-size", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--pixel-size", type=float, default=0.4,
+                        help="nm per pixel of the rendered frames (the field grows with the "
+                             "frame, the particles keep their size in nm)")
+    parser.add_argument("--particles", type=int, default=8, help="particles in the cluster")
     args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(child(args.child, args.pixel_size, args.frames, args.profile)))
@@ -131,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         envs = [link_tree(tree, tmp, k) for k, tree in enumerate(args.trees)]
         for size in args.sizes:
-            frames, pixel_size_nm = render_frames(size)
+            pixel_size_nm = args.pixel_size
+            frames = render_frames(size, pixel_size_nm, args.particles)
             frames_path = tmp / f"frames{size}.npy"
             np.save(frames_path, frames)
             del frames
