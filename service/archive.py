@@ -52,6 +52,7 @@ import zarr
 import zarr.codecs
 from zarr.core.sync import sync as _zarr_sync
 
+from . import schema
 from .errors import ArchiveError
 from .ngff import frames_ngff_metadata
 
@@ -77,115 +78,19 @@ __all__ = [
 ARCHIVE_FORMAT_VERSION = 1
 FRAME_LOG = "frame_log.jsonl"
 
-FRAME_TABLE_COLUMNS: dict[str, Any] = {
-    "index": np.int64,
-    "t_s": np.float64,
-    "acquired_at": np.float64,
-    "received_at": np.float64,
-    "exposure_s": np.float64,
-    "metadata_json": str,
-    "seq": np.int64,  # key column: written last
-}
-CLUSTER_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "area_px": np.int64,
-    "area_nm2": np.float64,
-    "particle_count": np.int32,
-    "relative_area": np.float64,
-    "needle_contact": np.bool_,
-    "needle_area_px": np.int64,
-    "grid_area_px": np.int64,
-    "needle_tip_row": np.float64,
-    "needle_tip_col": np.float64,
-    "drift_row_px": np.float64,
-    "drift_col_px": np.float64,
-    "drift_step_px": np.float64,
-    "relative_area_change": np.float64,
-    "volume_ratio": np.float64,
-    "lithium_x": np.float64,
-    "area_rate_nm2_per_s": np.float64,
-    "diffusion_coefficient_cm2_per_s": np.float64,
-    "latency_s": np.float64,
-    "frame": np.int64,
-}
-PARTICLE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "label": np.int32,
-    "area_px": np.int64,
-    "area_nm2": np.float64,
-    "centroid_row": np.float64,
-    "centroid_col": np.float64,
-    "equivalent_diameter_nm": np.float64,
-    "mean_intensity": np.float64,
-    "touches_needle": np.bool_,
-    "track_id": np.int64,
-    "neighbour_ids": str,
-    "relative_area_change": np.float64,
-    "volume_ratio": np.float64,
-    "lithium_x": np.float64,
-    "area_rate_nm2_per_s": np.float64,
-    "diffusion_coefficient_cm2_per_s": np.float64,
-    "frame": np.int64,
-}
-EVENT_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "kind": str,
-    "magnitude": np.float64,
-    "confidence": np.float64,
-    "particle_ids": str,
-    "message": str,
-    "context_json": str,
-    "frame": np.int64,
-}
-_KEYS = {"frame_table": "seq", "cluster": "frame", "particles": "frame", "events": "frame"}
-
-# Operando tables: created on first use, so a session without echem or dose has none.
-ECHEM_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "t_unix": np.float64,
-    "bias_v": np.float64,
-    "current_a": np.float64,
-    "clock_offset_s": np.float64,
-    "source": str,
-    "seq": np.int64,  # key column: sample number within the session, from 0
-}
-OPERANDO_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "bias_v": np.float64,
-    "current_a": np.float64,
-    "charge_c": np.float64,
-    "echem_age_s": np.float64,
-    "dose_rate_e_per_a2_s": np.float64,
-    "dose_rate_source": str,
-    "dose_e_per_a2": np.float64,
-    "lithium_from_charge": np.float64,
-    "lithium_visible": np.float64,
-    "lithium_visible_sigma": np.float64,
-    "lithium_out_of_view": np.float64,
-    "frame": np.int64,
-}
-PARTICLE_DOSE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "track_id": np.int64,
-    "dose_e_per_a2": np.float64,
-    "lithium_atoms": np.float64,
-    "frame": np.int64,
-}
-REGION_DOSE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "region_row": np.int32,
-    "region_col": np.int32,
-    "dose_rate_e_per_a2_s": np.float64,
-    "dose_e_per_a2": np.float64,
-    "frame": np.int64,
-}
+# The columns of every table are declared in .schema; these are the writer's views of them.
+FRAME_TABLE_COLUMNS: dict[str, Any] = schema.FRAME_TABLE.archive_dtypes()
+CLUSTER_COLUMNS: dict[str, Any] = schema.CLUSTER.archive_dtypes()
+PARTICLE_COLUMNS: dict[str, Any] = schema.PARTICLES.archive_dtypes()
+EVENT_COLUMNS: dict[str, Any] = schema.EVENTS.archive_dtypes()
+ECHEM_COLUMNS: dict[str, Any] = schema.ECHEM.archive_dtypes()
+OPERANDO_COLUMNS: dict[str, Any] = schema.OPERANDO.archive_dtypes()
+PARTICLE_DOSE_COLUMNS: dict[str, Any] = schema.PARTICLE_DOSE.archive_dtypes()
+REGION_DOSE_COLUMNS: dict[str, Any] = schema.REGION_DOSE.archive_dtypes()
+_KEYS = {name: table.key for name, table in schema.TABLES.items()}
 _LAZY_TABLES: dict[str, tuple[dict[str, Any], int]] = {
-    "echem": (ECHEM_COLUMNS, 4096),
-    "operando": (OPERANDO_COLUMNS, 1024),
-    "particle_dose": (PARTICLE_DOSE_COLUMNS, 8192),
-    "region_dose": (REGION_DOSE_COLUMNS, 8192),
-}
-_KEYS.update({name: "seq" if name == "echem" else "frame" for name in _LAZY_TABLES})
+    name: (table.archive_dtypes(), table.chunk_rows)
+    for name, table in schema.TABLES.items() if table.lazy}
 
 
 def _fill_value(dtype: Any) -> Any:
@@ -351,11 +256,9 @@ class ArchiveWriter:
                                          zarr_format=3)
             self._write_meta()
             self.tables = {
-                "frame_table": _Table(self.group, "frame_table", FRAME_TABLE_COLUMNS,
-                                      chunk_rows=256),
-                "cluster": _Table(self.group, "cluster", CLUSTER_COLUMNS, chunk_rows=1024),
-                "particles": _Table(self.group, "particles", PARTICLE_COLUMNS, chunk_rows=8192),
-                "events": _Table(self.group, "events", EVENT_COLUMNS, chunk_rows=256),
+                name: _Table(self.group, name, table.archive_dtypes(),
+                             chunk_rows=table.chunk_rows)
+                for name, table in schema.TABLES.items() if not table.lazy
             }
         except OSError as exc:
             reason = exc.strerror or exc
