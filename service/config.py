@@ -15,19 +15,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from . import settings
 from .alerts import AlertConfig
 from .analysis import AnalysisConfig
 from .errors import ConfigError
 from .operando import OperandoConfig
 from .protocol import FrameLimits
+from .settings import options_to_dict, parse_options
 
 __all__ = [
     "DEFAULT_FRAMES_ENDPOINT",
     "DEFAULT_RESULTS_ENDPOINT",
     "ServiceConfig",
+    "defaults_toml",
     "is_loopback",
     "load_config",
     "parse_endpoint",
+    "settings_markdown",
 ]
 
 DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -119,8 +123,11 @@ class ServiceConfig:
     stall_timeout_s: float = 10.0
     """A session with no frame for this long raises ``source_stalled``."""
     limits: FrameLimits = field(default_factory=FrameLimits)
+    """Bounds on received frames, checked before a header is believed (docs/security.md)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    """How frames are segmented and measured (docs/analysis.md)."""
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    """When alerts are raised (docs/analysis.md)."""
     operando: OperandoConfig = field(default_factory=OperandoConfig)
     """Electrochemistry alignment, dose and lithium bookkeeping (docs/analysis.md)."""
 
@@ -163,36 +170,14 @@ class ServiceConfig:
                               f"Got {self.archive_queue_frames!r} instead.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ServiceConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"Unknown service option(s) {sorted(unknown)}. "
-                              f"Expected some of {sorted(known)}.")
-        values = dict(data)
-        if "limits" in values:
-            values["limits"] = FrameLimits(**values["limits"])
-        if "analysis" in values:
-            values["analysis"] = AnalysisConfig.from_dict(values["analysis"])
-        if "alerts" in values:
-            values["alerts"] = AlertConfig.from_dict(values["alerts"])
-        if "operando" in values:
-            values["operando"] = OperandoConfig.from_dict(values["operando"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> ServiceConfig:
+        """Build from plain values (a TOML file's tables); ``where`` (the file) heads
+        any error, which names the key, what was expected and what was given."""
+        return parse_options(cls, data, where=where)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("analysis", "alerts", "operando"):
-                value = value.to_dict()
-            elif f.name == "limits":
-                value = dataclasses.asdict(value)
-            out[f.name] = value
-        return out
+        """Plain, JSON-ready values, nested options as tables; inverse of :meth:`from_dict`."""
+        return options_to_dict(self)
 
     def replace(self, **changes: Any) -> ServiceConfig:
         """A copy with ``changes`` applied; ``None`` values (unset CLI flags) are ignored."""
@@ -210,4 +195,21 @@ def load_config(path: str | Path | None) -> ServiceConfig:
         raise ConfigError(f"Cannot read config {path}: {exc.strerror or exc}.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Config {path} is not valid TOML: {exc}.") from None
-    return ServiceConfig.from_dict(data)
+    return ServiceConfig.from_dict(data, where=str(path))
+
+
+def defaults_toml() -> str:
+    """``lithoscope config --defaults``: every setting at its default, each with its
+    documentation as a comment; :func:`load_config` reads it back to the defaults."""
+    return settings.defaults_toml(
+        ServiceConfig, header="lithoscope service settings (lithoscope serve --config FILE). "
+        "Every key is optional; a key left out keeps the default shown here.")
+
+
+def settings_markdown() -> str:
+    """The settings reference of docs/configuration.md (generated; a test compares)."""
+    return settings.settings_markdown(ServiceConfig)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(settings_markdown(), end="")
