@@ -379,7 +379,7 @@ class MrcSource(_StackSource):
             raise
 
 
-def _read_one_frame(cls: type[_StackSource]) -> Callable[[Path], np.ndarray]:
+def _read_one_frame(cls: Callable[[Path], SourceBase]) -> Callable[[Path], np.ndarray]:
     """The first frame of a file: how a watched folder reads a DM or MRC frame file."""
 
     def read(path: Path) -> np.ndarray:

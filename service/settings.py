@@ -169,7 +169,7 @@ def _convert(annotation: Any, value: Any, where: str, key: str) -> Any:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -208,7 +208,7 @@ def parse_options(cls: type[T], data: Mapping[str, Any], *, where: str = "",
         raise ConfigError(f"{head}Expected a table of options. Got {data!r} "
                           f"({_kind(data)}) instead.")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = _hints(cls)
+    hints = _hints(typing.cast(Any, cls))
     name = what or section or "service"
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -284,7 +284,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _nested(cls: type) -> list[tuple[str, type]]:
     hints = _hints(cls)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)
             if f.init and dataclasses.is_dataclass(hints[f.name])]
 
 
@@ -321,7 +321,7 @@ def defaults_toml(cls: type, *, section: str = "", header: str = "") -> str:
     docs = field_docs(cls)
     if section:
         lines += [f"[{section}]"]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if not f.init or f.name in nested:
             continue
         lines += _comment(docs.get(f.name, ""))
@@ -347,7 +347,7 @@ def settings_markdown(cls: type, *, section: str = "") -> str:
     summary = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
     lines = [f"### {title}", "", summary, "", "| key | type | default | meaning |",
              "|---|---|---|---|"]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if not f.init or f.name in nested:
             continue
         value = _plain(getattr(defaults, f.name))
