@@ -24,8 +24,8 @@ are flushed, so the rows a reader may trust are exactly the leading rows whose k
 >= 0.
 
 Tables are flushed in batches (every ``flush_interval_s``): a zarr write of one row
-into a partial chunk costs ~1-3 ms per column (read, decode, modify, encode, rename),
-which made a frame_table row cost more than the frame itself. What must not wait for
+into a partial chunk rewrites that chunk (read, decode, modify, encode, rename) for
+every column, more work than writing the frame itself. What must not wait for
 a batch is the frame's own row, so after its pixels are written each frame's row is
 appended to ``frame_log.jsonl`` (one short line, no zarr): a reader of an archive cut
 short takes the zarr rows, then the log's rows after them. A torn last line is
@@ -196,7 +196,7 @@ class _Table:
         selection = slice(start, stop)
         first = [(self.arrays[c], selection, v) for c, v in values.items() if c != self.key]
         # One gathered round for the data, then the key column: a reader trusts a row
-        # only once its key is written. Sequential writes cost ~1.8 ms per column.
+        # only once its key is written. Gathered, the columns' writes overlap.
         _write_all([*(also or []), *first])
         _write_all([(self.arrays[self.key], selection, values[self.key])])
         # Only now: after a failed write (disk full) the rows stay pending, so closing
@@ -249,7 +249,8 @@ class ArchiveWriter:
         self.frames: zarr.Array[Any] | None = None
         self.frame_count = 0
         # Everything that touches the disk: a disk that fills while the tables are being
-        # created must be an ArchiveError too (an OSError there took the service down).
+        # created must be an ArchiveError too, which the worker handles like any
+        # archive failure (a bare OSError would escape it).
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w-",
@@ -272,7 +273,7 @@ class ArchiveWriter:
 
     def _create_frames(self, shape: tuple[int, int], dtype: np.dtype[Any]) -> zarr.Array[Any]:
         # write_empty_chunks=True: the default compares every chunk with the fill value
-        # before writing, ~20 ms per 2048² frame, and a dark frame must be kept anyway.
+        # before writing, a full pass over each frame, and a dark frame must be kept anyway.
         frames = self.group.create_array(
             "frames", shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0,
             compressors=self._compressor, config={"write_empty_chunks": True},
@@ -383,7 +384,7 @@ class ArchiveWriter:
 def _append_line(path: Path, line: str) -> None:
     """One ``write`` on an O_APPEND descriptor: the line reaches the OS whole (it then
     survives a kill of this process), and no descriptor stays open for a writer that
-    is abandoned; opening per line costs ~20 us against milliseconds per frame."""
+    is abandoned; opening per line costs little next to writing a frame."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

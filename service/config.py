@@ -67,7 +67,7 @@ class ServiceConfig:
     up, so the frames socket fills to ``frame_hwm`` and a lossless publisher waits: no
     frame is dropped. Costs up to this many frames of memory (32 MiB each at 4096²
     uint16) on top of ``frame_hwm``. 0 writes inline, in the worker's thread, without
-    overlap (how the worker ran before the writer thread; for comparison)."""
+    overlap."""
     workers: int = 0
     """Measuring processes (``serve --workers N``): frames are segmented and measured in N
     processes and joined up in order in the worker (tracks, alerts, archive tables).
