@@ -185,7 +185,7 @@ class MonitorState:
     def area_rate(self) -> float | None:
         """Cluster area per second now: the service's value if it sends one, else a
         least-squares slope over the last :data:`RATE_WINDOW_S` of experiment time."""
-        given = _number(self.cluster.get("rate_nm2_per_s"))
+        given = _number(self.cluster.get("area_rate_nm2_per_s"))
         if given is not None and self.area_unit == "nm²":
             return given
         if len(self.area_history) < 3:
@@ -375,8 +375,9 @@ def _particles(state: MonitorState, max_rows: int) -> RenderableType:
     table.add_column("Li x (LiₓSi)", justify="right")
     table.add_column("touches needle", justify="center")
     areas = state._particle_areas()
-    rates = p.get("rate_nm2_per_s") or []
-    li = p.get("li_content_x") or []
+    # The service's rates are in nm²/s: shown only when areas are too (pixel size known).
+    rates = (p.get("area_rate_nm2_per_s") or []) if state.area_unit == "nm²" else []
+    li = p.get("lithium_x") or []
     touches = p.get("touches_needle") or []
     rows = sorted(range(len(ids)), key=lambda i: -(areas[i] or 0) if i < len(areas) else 0)
     def by_id(i: int) -> int:

@@ -53,7 +53,7 @@ class ParticleRates:
     """Area per second after contraction began (Theil-Sen slope)."""
     diffusion_cm2_per_s: float | None
     """Apparent diffusion coefficient from the relaxation time of the swelling."""
-    li_content_x: float | None
+    lithium_x: float | None
     """Largest x in LixSi: the service's value if archived, else from the area."""
 
 
@@ -143,7 +143,7 @@ def _tracks(particles: Mapping[str, np.ndarray], area: np.ndarray, max_step_px: 
 def _rates(tracks: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
            phases: _Phases, particles: Mapping[str, np.ndarray], *, nm: bool
            ) -> list[ParticleRates]:
-    li = particles.get("li_content_x")
+    li = particles.get("lithium_x")
     out = []
     for pid, (t, a, rows) in tracks.items():
         start = phases.lithiation_t_s if phases.lithiation_t_s is not None else t[0]
@@ -160,7 +160,7 @@ def _rates(tracks: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
             particle=pid, area_start=float(a[0]), area_max=float(a.max()), area_end=float(a[-1]),
             expansion_rate=_slope(t[grow], a[grow]),
             contraction_rate=None if shrink is None else _slope(t[shrink], a[shrink]),
-            diffusion_cm2_per_s=diffusion, li_content_x=li_x))
+            diffusion_cm2_per_s=diffusion, lithium_x=li_x))
     return out
 
 
@@ -493,7 +493,7 @@ def _summary_markdown(s: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
         lines.append(f"| {r.particle} | {_fmt(r.area_start, ',.0f')} | {_fmt(r.area_max, ',.0f')} "
                      f"| {_fmt(r.area_end, ',.0f')} | {_fmt(r.expansion_rate, '+.2f')} "
                      f"| {_fmt(r.contraction_rate, '+.2f')} | {_fmt(d_cm, '.2e')} "
-                     f"| {_fmt(r.li_content_x, '.2f')} |")
+                     f"| {_fmt(r.lithium_x, '.2f')} |")
     lines += ["",
               "Rates are Theil-Sen slopes (robust to a mis-segmented frame) of the area "
               "during lithiation (from expansion onset, or contact, to withdrawal) and after "

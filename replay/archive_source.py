@@ -9,6 +9,7 @@ from pathlib import Path
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import ArchiveError, SourceError
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
+from lithoscope.service.sources.registry import SourceKind, file_opener, register
 
 __all__ = ["ArchiveSource"]
 
@@ -66,3 +67,7 @@ class ArchiveSource(SourceBase):
             index = int(self._index[position]) if self._index is not None else position
             t_s = index / self._fps if self._fps else float(self._t[position])  # type: ignore[index]
             yield SourceFrame(image=image, t_s=t_s, index=index, metadata=metadata, truth=truth)
+
+
+register(SourceKind("archive", "lithoscope archive", file_opener(ArchiveSource),
+                    claims_directory=lambda path: (path / "zarr.json").is_file()))

@@ -30,16 +30,17 @@ import numpy as np
 
 from lithoscope.service.errors import SourceError
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
+from lithoscope.service.sources.registry import SourceKind, file_opener, register
 
-from .readers import (
-    _TIME_UNIT_S,
-    _choose,
-    _decode_unicode_escapes,
-    _existing_file,
-    _frame_time_s,
-    _length_unit_nm,
-    _one_line,
-    _parse_optional_positive,
+from ._common import (
+    TIME_UNIT_S,
+    choose,
+    decode_unicode_escapes,
+    existing_file,
+    frame_time_s,
+    length_unit_nm,
+    one_line,
+    parse_optional_positive,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ _ENERGY_UNITS: Final = frozenset({"ev", "kev", "mev"})
 def _time_scale_s(unit: object) -> float | None:
     if not isinstance(unit, str):
         return None
-    return _TIME_UNIT_S.get(_decode_unicode_escapes(unit).strip().casefold())
+    return TIME_UNIT_S.get(decode_unicode_escapes(unit).strip().casefold())
 
 
 class _StackSource(SourceBase):
@@ -119,8 +120,8 @@ class _StackSource(SourceBase):
             shape=(shape[-2], shape[-1]),
             dtype=self._dtype.name,
             frame_count=self._count,
-            fps=_choose(fps, file_fps, "fps", metadata),
-            pixel_size_nm=_choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata),
+            fps=choose(fps, file_fps, "fps", metadata),
+            pixel_size_nm=choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata),
             live=False,
             metadata=metadata,
         )
@@ -137,7 +138,7 @@ class _StackSource(SourceBase):
         except Exception as exc:
             # A truncated stack surfaces as whatever the library's decoder raises.
             raise SourceError(
-                f"Cannot read {self._path} (frame {index}): {_one_line(exc)}."
+                f"Cannot read {self._path} (frame {index}): {one_line(exc)}."
             ) from exc
 
     def _frames(self) -> Generator[SourceFrame, None, None]:
@@ -145,7 +146,7 @@ class _StackSource(SourceBase):
         for index in range(self._count):
             if self._closed:
                 raise SourceError(f"Cannot read {self._path}: the source is closed.")
-            yield SourceFrame(self._read(index), _frame_time_s(index, fps), index)
+            yield SourceFrame(self._read(index), frame_time_s(index, fps), index)
 
     def close(self) -> None:
         """Release the file. Safe to call more than once."""
@@ -186,7 +187,7 @@ def _pick_image_signal(path: Path, signals: Sequence[Mapping[str, Any]]) -> Mapp
 def _axis_pixel_size_nm(axes: Sequence[Mapping[str, Any]]) -> float | None:
     """Pixel width from the last (x) signal axis, when its unit is a length."""
     x_axis = axes[-1]
-    unit_nm = _length_unit_nm(x_axis.get("units"))
+    unit_nm = length_unit_nm(x_axis.get("units"))
     scale = x_axis.get("scale")
     if unit_nm is None or not isinstance(scale, int | float) or not scale > 0:
         return None
@@ -252,9 +253,9 @@ class RsciioSource(_StackSource):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
     ) -> None:
-        fps = _parse_optional_positive(fps, "fps")
-        pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-        resolved = _existing_file(path)
+        fps = parse_optional_positive(fps, "fps")
+        pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+        resolved = existing_file(path)
         suffix = resolved.suffix.casefold()
         kind = "dm" if suffix in DM_SUFFIXES else "emd"
         try:
@@ -273,7 +274,7 @@ class RsciioSource(_StackSource):
             # struct.error ...) for files that are not what the suffix says.
             raise SourceError(
                 f"Cannot read {resolved}: not a readable {suffix[1:].upper()} file "
-                f"({_one_line(exc)})."
+                f"({one_line(exc)})."
             ) from exc
         signal = _pick_image_signal(resolved, signals)
         axes = list(signal.get("axes", []))
@@ -337,9 +338,9 @@ class MrcSource(_StackSource):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
     ) -> None:
-        fps = _parse_optional_positive(fps, "fps")
-        pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-        resolved = _existing_file(path)
+        fps = parse_optional_positive(fps, "fps")
+        pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+        resolved = existing_file(path)
         try:
             import mrcfile
         except ImportError as exc:
@@ -350,7 +351,7 @@ class MrcSource(_StackSource):
             mrc = mrcfile.mmap(str(resolved), mode="r")
         except Exception as exc:
             raise SourceError(
-                f"Cannot read {resolved}: not a readable MRC file ({_one_line(exc)})."
+                f"Cannot read {resolved}: not a readable MRC file ({one_line(exc)})."
             ) from exc
         try:
             voxel_x = float(mrc.voxel_size.x)
@@ -376,3 +377,20 @@ class MrcSource(_StackSource):
         except BaseException:
             mrc.close()
             raise
+
+
+def _read_one_frame(cls: Callable[[Path], SourceBase]) -> Callable[[Path], np.ndarray]:
+    """The first frame of a file: how a watched folder reads a DM or MRC frame file."""
+
+    def read(path: Path) -> np.ndarray:
+        with cls(path) as source:
+            return next(iter(source)).image
+
+    return read
+
+
+register(SourceKind("dm", "DM3/DM4", file_opener(RsciioSource), suffixes=DM_SUFFIXES,
+                    read_frame=_read_one_frame(RsciioSource)))
+register(SourceKind("emd", "EMD", file_opener(RsciioSource), suffixes=EMD_SUFFIXES))
+register(SourceKind("mrc", "MRC file", file_opener(MrcSource), suffixes=MRC_SUFFIXES,
+                    read_frame=_read_one_frame(MrcSource)))

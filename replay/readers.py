@@ -21,7 +21,9 @@ names the file: at open for what the headers already show (missing, empty, not a
 TIFF, colour frames), and during iteration for damage found later (a truncated page
 mid-stack), after every good frame before it has been yielded.
 
-`open_source` picks the reader for a path or a ``sim`` spec.
+Each reader registers itself with the service's source registry
+(:mod:`lithoscope.service.sources.registry`), whose `open_source` picks the reader for
+a path; ``open_source`` is re-exported here for convenience.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import logging
 import math
 import os
 import re
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -39,13 +40,29 @@ import cv2
 import numpy as np
 import tifffile
 
-from lithoscope.service.errors import ConfigError, SourceError
+from lithoscope.service.errors import SourceError
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
+from lithoscope.service.sources.registry import (
+    SourceKind,
+    file_opener,
+    open_source,
+    parse_optional_positive,
+    register,
+)
+
+from ._common import (
+    TIME_UNIT_S,
+    choose,
+    decode_unicode_escapes,
+    existing_file,
+    frame_time_s,
+    length_unit_nm,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from lithoscope.service.sources.base import Source
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -66,63 +83,6 @@ IMAGE_SUFFIXES: Final = TIFF_SUFFIXES | frozenset({".png", ".jpg", ".jpeg", ".bm
 
 _TIFF_MAGIC: Final = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-# Length units as ImageJ and TIFF writers spell them, after str.casefold() (which maps
-# the micro sign U+00B5 to the Greek mu and the angstrom sign to 'å'), in nanometres.
-_LENGTH_UNIT_NM: Final[Mapping[str, float]] = {
-    "pm": 1e-3,
-    "picometer": 1e-3,
-    "picometre": 1e-3,
-    "å": 0.1,
-    "angstrom": 0.1,
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometre": 1.0,
-    "nanometers": 1.0,
-    "nanometres": 1.0,
-    "μm": 1e3,
-    "um": 1e3,
-    "micron": 1e3,
-    "microns": 1e3,
-    "micrometer": 1e3,
-    "micrometre": 1e3,
-    "micrometers": 1e3,
-    "micrometres": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-    "millimetre": 1e6,
-    "cm": 1e7,
-    "centimeter": 1e7,
-    "centimetre": 1e7,
-    "m": 1e9,
-    "meter": 1e9,
-    "metre": 1e9,
-}
-
-# ImageJ's time units (Calibration.getTimeUnit, written as ``tunit``), in seconds.
-_TIME_UNIT_S: Final[Mapping[str, float]] = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "ms": 1e-3,
-    "msec": 1e-3,
-    "millisecond": 1e-3,
-    "milliseconds": 1e-3,
-    "μs": 1e-6,
-    "us": 1e-6,
-    "µsec": 1e-6,
-    "usec": 1e-6,
-    "microsecond": 1e-6,
-    "microseconds": 1e-6,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-}
-
 # TIFF ResolutionUnit values that are lengths. INCH (2) is deliberately absent: writers
 # that know nothing about the pixel size (PIL, Photoshop, most exporters) stamp 72 dpi,
 # which would read as a confident, absurd 353 µm pixel.
@@ -141,40 +101,9 @@ _DAMAGE_MARKERS: Final = ("invalid page offset", "corrupted file", "corrupted IF
 _OBJECT_PREFIX: Final = re.compile(r"^<[^>]*>\s*")
 
 _DIGITS: Final = re.compile(r"(\d+)")
-_UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _parse_optional_positive(value: object, name: str) -> float | None:
-    """Return ``value`` as a float, or ``None``; reject zero, negatives, NaN and bools."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(
-            f"Expected {name} to be a positive number or None. Got {value!r} instead."
-        )
-    number = float(value)
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigError(f"Expected {name} to be a positive finite number. Got {value!r} instead.")
-    return number
-
-
-def _existing_file(path: str | os.PathLike[str]) -> Path:
-    """Resolve ``path`` and check it is a non-empty regular file, with one-line errors."""
-    resolved = Path(path).expanduser().absolute()
-    if not resolved.exists():
-        raise SourceError(f"Cannot read {resolved}: no such file or directory.")
-    if not resolved.is_file():
-        raise SourceError(f"Cannot read {resolved}: not a regular file.")
-    try:
-        size = resolved.stat().st_size
-    except OSError as exc:
-        raise SourceError(f"Cannot read {resolved}: {exc.strerror or exc}.") from exc
-    if size == 0:
-        raise SourceError(f"Cannot read {resolved}: the file is empty (0 bytes).")
-    return resolved
 
 
 def _existing_directory(path: str | os.PathLike[str]) -> Path:
@@ -184,12 +113,6 @@ def _existing_directory(path: str | os.PathLike[str]) -> Path:
     if not resolved.is_dir():
         raise SourceError(f"Cannot read {resolved}: not a directory.")
     return resolved
-
-
-def _frame_time_s(index: int, fps: float | None) -> float:
-    # Without a frame rate the time axis counts frames; SourceInfo.fps is None so
-    # callers can tell (module docstring).
-    return index / fps if fps is not None else float(index)
 
 
 def _to_grayscale(image: np.ndarray, *, sample_axis: int | None, where: str) -> np.ndarray:
@@ -215,23 +138,6 @@ def _to_grayscale(image: np.ndarray, *, sample_axis: int | None, where: str) -> 
                 "lithoscope analyses grayscale frames, convert the movie to grayscale first."
             )
     return np.ascontiguousarray(first)
-
-
-def _one_line(exc: BaseException) -> str:
-    """A library's exception text, shortened to its first line for a one-line error."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _decode_unicode_escapes(text: str) -> str:
-    # ImageJ writes non-ASCII units as Java escapes, e.g. "\u00B5m" for µm.
-    return _UNICODE_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), text)
-
-
-def _length_unit_nm(unit: object) -> float | None:
-    if not isinstance(unit, str):
-        return None
-    return _LENGTH_UNIT_NM.get(_decode_unicode_escapes(unit).strip().casefold())
 
 
 def _natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
@@ -322,7 +228,7 @@ class _TiffStack:
             # IndexError ...) for damaged headers; all mean the same to the user.
             raise SourceError(
                 f"Cannot read {path}: not a readable TIFF file "
-                f"(truncated or corrupt: {_one_line(exc)})."
+                f"(truncated or corrupt: {one_line(exc)})."
             ) from exc
 
     def _inspect(self, log: _TifffileLog) -> None:
@@ -428,7 +334,7 @@ class _TiffStack:
         ome = self._ome_pixels()
         if "PhysicalSizeX" in ome:
             # OME's default unit is the micrometre (schema 2016-06).
-            unit_nm = _length_unit_nm(ome.get("PhysicalSizeXUnit", "µm"))
+            unit_nm = length_unit_nm(ome.get("PhysicalSizeXUnit", "µm"))
             try:
                 size = float(ome["PhysicalSizeX"])
             except ValueError:
@@ -442,7 +348,7 @@ class _TiffStack:
         metadata = self._tif.imagej_metadata or {}
         if "unit" in metadata:
             # ImageJ keeps the unit in its description and ResolutionUnit at NONE.
-            unit_nm = _length_unit_nm(metadata["unit"])
+            unit_nm = length_unit_nm(metadata["unit"])
         else:
             unit_nm = _RESOLUTION_UNIT_NM.get(int(page.resolutionunit))
         return unit_nm / x_resolution if unit_nm is not None else None
@@ -452,7 +358,7 @@ class _TiffStack:
         their units (seconds by default)."""
         ome = self._ome_pixels()
         if "TimeIncrement" in ome:
-            scale = _TIME_UNIT_S.get(ome.get("TimeIncrementUnit", "s").strip().casefold())
+            scale = TIME_UNIT_S.get(ome.get("TimeIncrementUnit", "s").strip().casefold())
             try:
                 increment = float(ome["TimeIncrement"])
             except ValueError:
@@ -464,7 +370,7 @@ class _TiffStack:
         if isinstance(interval, bool) or not isinstance(interval, int | float):
             return None
         unit = str(metadata.get("tunit", "sec"))
-        scale = _TIME_UNIT_S.get(_decode_unicode_escapes(unit).strip().casefold())
+        scale = TIME_UNIT_S.get(decode_unicode_escapes(unit).strip().casefold())
         if scale is None or not (math.isfinite(interval) and interval > 0):
             return None
         return float(interval) * scale
@@ -487,7 +393,7 @@ class _TiffStack:
                 with handle.lock:
                     flat = handle.read_array(self._typecode, count, offset)
             except (OSError, ValueError) as exc:
-                raise SourceError(f"Cannot read {where}: {_one_line(exc)}.") from exc
+                raise SourceError(f"Cannot read {where}: {one_line(exc)}.") from exc
             image = flat.reshape(self._frame_shape)
         else:
             page = self._pages[index]
@@ -499,7 +405,7 @@ class _TiffStack:
                 # Decoder errors (zlib, LZW, short reads) or a stray page of another
                 # shape: the page is not a frame of this stack.
                 raise SourceError(
-                    f"Cannot read {where}: the page is damaged or truncated ({_one_line(exc)})."
+                    f"Cannot read {where}: the page is damaged or truncated ({one_line(exc)})."
                 ) from exc
         if image.dtype != self.dtype:
             raise SourceError(
@@ -570,9 +476,9 @@ class TiffSource(SourceBase):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
     ) -> None:
-        fps = _parse_optional_positive(fps, "fps")
-        pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-        self._path = _existing_file(path)
+        fps = parse_optional_positive(fps, "fps")
+        pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+        self._path = existing_file(path)
         self._stack = _TiffStack(self._path)
         try:
             # Refuse colour now rather than after the user has started a session.
@@ -585,8 +491,8 @@ class TiffSource(SourceBase):
             file_pixel_size_nm = self._stack.pixel_size_nm()
             interval_s = self._stack.frame_interval_s()
             file_fps = 1.0 / interval_s if interval_s is not None else None
-            fps = _choose(fps, file_fps, "fps", metadata)
-            pixel_size_nm = _choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata)
+            fps = choose(fps, file_fps, "fps", metadata)
+            pixel_size_nm = choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata)
         except BaseException:
             self._stack.close()
             raise
@@ -611,26 +517,12 @@ class TiffSource(SourceBase):
     def _frames(self) -> Generator[SourceFrame, None, None]:
         fps = self._info.fps
         for index in range(self._stack.frame_count):
-            yield SourceFrame(self._stack.read(index), _frame_time_s(index, fps), index)
+            yield SourceFrame(self._stack.read(index), frame_time_s(index, fps), index)
         self._stack.check_complete()
 
     def close(self) -> None:
         """Close the file. Safe to call more than once."""
         self._stack.close()
-
-
-def _choose(
-    argument: float | None, from_file: float | None, name: str, metadata: dict[str, Any]
-) -> float | None:
-    """Prefer the explicit argument, keep the file's value for the record."""
-    if from_file is not None:
-        metadata[f"file_{name}"] = from_file
-    if argument is not None:
-        metadata[f"{name}_origin"] = "argument"
-        return argument
-    if from_file is not None:
-        metadata[f"{name}_origin"] = "file"
-    return from_file
 
 
 # --------------------------------------------------------------------------- video
@@ -697,9 +589,9 @@ class VideoSource(SourceBase):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
     ) -> None:
-        fps = _parse_optional_positive(fps, "fps")
-        pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-        self._path = _existing_file(path)
+        fps = parse_optional_positive(fps, "fps")
+        pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+        self._path = existing_file(path)
         self._closed = False
         self._captures: list[cv2.VideoCapture] = []
         capture = _open_capture(self._path)
@@ -728,8 +620,8 @@ class VideoSource(SourceBase):
             shape=(int(first_gray.shape[0]), int(first_gray.shape[1])),
             dtype=first_gray.dtype.name,
             frame_count=frame_count,
-            fps=_choose(fps, file_fps, "fps", metadata),
-            pixel_size_nm=_choose(pixel_size_nm, None, "pixel_size_nm", metadata),
+            fps=choose(fps, file_fps, "fps", metadata),
+            pixel_size_nm=choose(pixel_size_nm, None, "pixel_size_nm", metadata),
             live=False,
             metadata=metadata,
         )
@@ -757,7 +649,7 @@ class VideoSource(SourceBase):
                         f"{frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
                         f"{self._frame_shape[1]}x{self._frame_shape[0]}."
                     )
-                yield SourceFrame(_video_grayscale(frame), _frame_time_s(index, fps), index)
+                yield SourceFrame(_video_grayscale(frame), frame_time_s(index, fps), index)
                 index += 1
         finally:
             capture.release()
@@ -784,7 +676,7 @@ class VideoSource(SourceBase):
 def _read_image_file(path: Path) -> tuple[np.ndarray, float | None]:
     """Read one image file as a 2-D frame, with the pixel size a TIFF states."""
     if path.suffix.casefold() in TIFF_SUFFIXES:
-        stack = _TiffStack(_existing_file(path))
+        stack = _TiffStack(existing_file(path))
         try:
             if stack.frame_count != 1:
                 raise SourceError(
@@ -851,8 +743,8 @@ class FolderSource(SourceBase):
         fps: float | None = None,
         pixel_size_nm: float | None = None,
     ) -> None:
-        fps = _parse_optional_positive(fps, "fps")
-        pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
+        fps = parse_optional_positive(fps, "fps")
+        pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
         self._path = _existing_directory(path)
         self._closed = False
         try:
@@ -884,8 +776,8 @@ class FolderSource(SourceBase):
             shape=(int(first.shape[0]), int(first.shape[1])),
             dtype=first.dtype.name,
             frame_count=len(self._files),
-            fps=_choose(fps, None, "fps", metadata),
-            pixel_size_nm=_choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata),
+            fps=choose(fps, None, "fps", metadata),
+            pixel_size_nm=choose(pixel_size_nm, file_pixel_size_nm, "pixel_size_nm", metadata),
             live=False,
             metadata=metadata,
         )
@@ -908,7 +800,7 @@ class FolderSource(SourceBase):
                     f"{_describe(self._first)}; all images in a folder must match."
                 )
             yield SourceFrame(
-                image, _frame_time_s(index, fps), index, metadata={"file_name": file.name}
+                image, frame_time_s(index, fps), index, metadata={"file_name": file.name}
             )
 
     def close(self) -> None:
@@ -920,136 +812,10 @@ def _describe(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]} {image.dtype.name}"
 
 
-# --------------------------------------------------------------------------- dispatch
+# --------------------------------------------------------------------------- registry
 
 
-def open_source(
-    spec: str | os.PathLike[str],
-    *,
-    fps: float | None = None,
-    pixel_size_nm: float | None = None,
-    stop: threading.Event | None = None,
-    **sim_options: Any,
-) -> Source:
-    """Open the source a command-line argument names.
-
-    Dispatch, in order: ``watch:DIR`` -> `WatchFolderSource` (frames as the camera
-    software writes them; TIFF, PNG, JPEG, BMP, DM3/DM4 and MRC files);
-    ``imagezmq://ENDPOINT`` -> `ImagezmqSource` (an imagezmq hub); ``sim`` or
-    ``sim:SCENARIO`` -> the simulator (``sim_options`` build its ``SimConfig``);
-    ``.tif`` / ``.tiff`` -> `TiffSource`; ``.avi`` / ``.mp4`` / ``.mov`` / ``.mkv`` ->
-    `VideoSource`; ``.dm3`` / ``.dm4`` / ``.emd`` -> `RsciioSource`; ``.mrc`` /
-    ``.mrcs`` / ``.st`` / ``.ali`` -> `MrcSource`; a directory containing
-    ``zarr.json`` -> the archive reader; any other directory -> `FolderSource`.
-    Suffixes compare case-insensitively. A file literally named ``sim`` is reached as
-    ``./sim``.
-
-    Parameters
-    ----------
-    spec : str or os.PathLike
-        A path or a ``sim`` spec.
-    fps, pixel_size_nm : float, optional
-        Override what the file records (or supply what it lacks).
-    stop : threading.Event, optional
-        Ends a live source's stream (``watch:``, ``imagezmq://``) when set; files
-        ignore it (the publisher checks it between frames).
-    **sim_options
-        ``SimConfig`` fields; only valid with a ``sim`` spec.
-
-    Returns
-    -------
-    Source
-        An open source; use it as a context manager.
-
-    Raises
-    ------
-    SourceError
-        Missing path, empty or damaged file, empty folder or unknown file type.
-    ConfigError
-        Invalid ``fps`` / ``pixel_size_nm``, or ``sim_options`` with a path.
-    """
-    text = os.fspath(spec)
-    if text.startswith("watch:"):
-        return _open_watch(text.removeprefix("watch:"), fps=fps, pixel_size_nm=pixel_size_nm,
-                           stop=stop)
-    if text.startswith("imagezmq://"):
-        from lithoscope.service.sources.imagezmq import IMAGEZMQ_PREFIX, ImagezmqSource
-
-        hub: Source = ImagezmqSource(text.removeprefix(IMAGEZMQ_PREFIX), fps=fps,
-                                     pixel_size_nm=pixel_size_nm, stop=stop)
-        return hub
-    if text == "sim" or text.startswith("sim:"):
-        from lithoscope.service.sources.sim import SimConfig, SimulatedSource
-
-        scenario = text.partition(":")[2] or None
-        config = SimConfig.from_dict(sim_options) if sim_options else SimConfig()
-        simulated: Source = (
-            SimulatedSource(config, scenario=scenario) if scenario else SimulatedSource(config)
-        )
-        return simulated
-    if sim_options:
-        raise ConfigError(
-            f"Expected simulator options only with a 'sim' source. Got "
-            f"{', '.join(sorted(sim_options))} for {text}."
-        )
-    path = Path(text).expanduser().absolute()
-    if not path.exists():
-        raise SourceError(f"Cannot read {path}: no such file or directory.")
-    if path.is_dir():
-        if (path / "zarr.json").is_file():
-            from lithoscope.replay.archive_source import ArchiveSource
-
-            archive: Source = ArchiveSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-            return archive
-        return FolderSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-    suffix = path.suffix.casefold()
-    if suffix in TIFF_SUFFIXES:
-        return TiffSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-    if suffix in VIDEO_SUFFIXES:
-        return VideoSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-    from lithoscope.replay.formats import DM_SUFFIXES, EMD_SUFFIXES, MRC_SUFFIXES
-
-    if suffix in DM_SUFFIXES | EMD_SUFFIXES:
-        from lithoscope.replay.formats import RsciioSource
-
-        return RsciioSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-    if suffix in MRC_SUFFIXES:
-        from lithoscope.replay.formats import MrcSource
-
-        return MrcSource(path, fps=fps, pixel_size_nm=pixel_size_nm)
-    kind = f"'{path.suffix}'" if path.suffix else "(no file extension)"
-    raise SourceError(
-        f"Unknown source type {kind} for {path}; expected a TIFF stack, AVI/MP4 movie, "
-        "DM3/DM4, EMD or MRC file, image folder, lithoscope archive, 'watch:DIR', "
-        "'imagezmq://ENDPOINT' or 'sim'."
-    )
-
-
-def _read_watched_frame(path: Path) -> np.ndarray:
-    """One frame file of a watched folder, in any format a reader here understands."""
-    from lithoscope.replay.formats import DM_SUFFIXES, MRC_SUFFIXES, MrcSource, RsciioSource
-    from lithoscope.service.sources.watch import read_image_file
-
-    suffix = path.suffix.casefold()
-    if suffix in DM_SUFFIXES or suffix in MRC_SUFFIXES:
-        single: SourceBase = (RsciioSource(path) if suffix in DM_SUFFIXES
-                              else MrcSource(path))
-        with single:
-            return next(iter(single)).image
-    return read_image_file(path)
-
-
-def _open_watch(folder: str, *, fps: float | None, pixel_size_nm: float | None,
-                stop: threading.Event | None) -> Source:
-    """``watch:DIR``: a folder the camera software writes frames into (see WatchFolderSource)."""
-    from lithoscope.replay.formats import DM_SUFFIXES, MRC_SUFFIXES
-    from lithoscope.service.sources.watch import WATCH_SUFFIXES, WatchFolderSource
-
-    if not folder:
-        raise SourceError("Expected a folder after 'watch:' (watch:DIR).")
-    fps = _parse_optional_positive(fps, "fps")
-    pixel_size_nm = _parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-    watched: Source = WatchFolderSource(
-        folder, suffixes=WATCH_SUFFIXES | DM_SUFFIXES | MRC_SUFFIXES,
-        reader=_read_watched_frame, fps=fps, pixel_size_nm=pixel_size_nm, stop=stop)
-    return watched
+register(SourceKind("tiff", "TIFF stack", file_opener(TiffSource), suffixes=TIFF_SUFFIXES))
+register(SourceKind("video", "AVI/MP4 movie", file_opener(VideoSource), suffixes=VIDEO_SUFFIXES))
+register(SourceKind("folder", "image folder", file_opener(FolderSource),
+                    claims_directory=lambda path: True, priority=100))

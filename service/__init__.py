@@ -1,9 +1,18 @@
 """lithoscope.service: what runs beside the microscope.
 
-Stages, one module each: ``protocol`` (the wire), ``sources`` (frames in),
-``publisher`` (frames onto ZeroMQ), ``worker`` (analysis, results, archive),
-``analysis`` (per-frame image analysis), ``alerts`` (change detection),
-``archive`` (zarr v3 sessions), ``config`` and ``cli``.
+The rooms (docs/architecture.md, enforced by tests/test_architecture.py):
+
+* ground floor: ``errors``, ``schema`` (every table's columns), ``protocol`` (the
+  wire), ``settings`` (options parsed from their annotations), ``physics``;
+* ``sources`` (frames in; ``sources.registry`` opens any spec, live or file);
+* analysis: ``analysis`` (per frame and across frames), ``alerts``, ``operando``,
+  ``dose``, ``echem``;
+* archive: ``archive`` (zarr v3 sessions), ``ngff``;
+* live I/O: ``publisher`` (frames onto ZeroMQ), ``worker`` (receive, analyse, archive,
+  publish), ``fanout`` (measuring processes), ``session``, ``security``, ``config``,
+  ``endpoints``;
+* offline tools: ``reanalyze``, ``export``, ``xr`` (``open_archive``);
+* ``cli`` (the ``lithoscope`` command, split by audience).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ are flushed, so the rows a reader may trust are exactly the leading rows whose k
 >= 0.
 
 Tables are flushed in batches (every ``flush_interval_s``): a zarr write of one row
-into a partial chunk costs ~1-3 ms per column (read, decode, modify, encode, rename),
-which made a frame_table row cost more than the frame itself. What must not wait for
+into a partial chunk rewrites that chunk (read, decode, modify, encode, rename) for
+every column, more work than writing the frame itself. What must not wait for
 a batch is the frame's own row, so after its pixels are written each frame's row is
 appended to ``frame_log.jsonl`` (one short line, no zarr): a reader of an archive cut
 short takes the zarr rows, then the log's rows after them. A torn last line is
@@ -52,6 +52,7 @@ import zarr
 import zarr.codecs
 from zarr.core.sync import sync as _zarr_sync
 
+from . import schema
 from .errors import ArchiveError
 from .ngff import frames_ngff_metadata
 
@@ -77,115 +78,19 @@ __all__ = [
 ARCHIVE_FORMAT_VERSION = 1
 FRAME_LOG = "frame_log.jsonl"
 
-FRAME_TABLE_COLUMNS: dict[str, Any] = {
-    "index": np.int64,
-    "t_s": np.float64,
-    "acquired_at": np.float64,
-    "received_at": np.float64,
-    "exposure_s": np.float64,
-    "metadata_json": str,
-    "seq": np.int64,  # key column: written last
-}
-CLUSTER_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "area_px": np.int64,
-    "area_nm2": np.float64,
-    "particle_count": np.int32,
-    "relative_area": np.float64,
-    "needle_contact": np.bool_,
-    "needle_area_px": np.int64,
-    "grid_area_px": np.int64,
-    "needle_tip_row": np.float64,
-    "needle_tip_col": np.float64,
-    "drift_row_px": np.float64,
-    "drift_col_px": np.float64,
-    "drift_step_px": np.float64,
-    "relative_area_change": np.float64,
-    "volume_ratio": np.float64,
-    "lithium_x": np.float64,
-    "area_rate_nm2_per_s": np.float64,
-    "diffusion_coefficient_cm2_per_s": np.float64,
-    "latency_s": np.float64,
-    "frame": np.int64,
-}
-PARTICLE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "label": np.int32,
-    "area_px": np.int64,
-    "area_nm2": np.float64,
-    "centroid_row": np.float64,
-    "centroid_col": np.float64,
-    "equivalent_diameter_nm": np.float64,
-    "mean_intensity": np.float64,
-    "touches_needle": np.bool_,
-    "track_id": np.int64,
-    "neighbour_ids": str,
-    "relative_area_change": np.float64,
-    "volume_ratio": np.float64,
-    "lithium_x": np.float64,
-    "area_rate_nm2_per_s": np.float64,
-    "diffusion_coefficient_cm2_per_s": np.float64,
-    "frame": np.int64,
-}
-EVENT_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "kind": str,
-    "magnitude": np.float64,
-    "confidence": np.float64,
-    "particle_ids": str,
-    "message": str,
-    "context_json": str,
-    "frame": np.int64,
-}
-_KEYS = {"frame_table": "seq", "cluster": "frame", "particles": "frame", "events": "frame"}
-
-# Operando tables: created on first use, so a session without echem or dose has none.
-ECHEM_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "t_unix": np.float64,
-    "bias_v": np.float64,
-    "current_a": np.float64,
-    "clock_offset_s": np.float64,
-    "source": str,
-    "seq": np.int64,  # key column: sample number within the session, from 0
-}
-OPERANDO_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "bias_v": np.float64,
-    "current_a": np.float64,
-    "charge_c": np.float64,
-    "echem_age_s": np.float64,
-    "dose_rate_e_per_a2_s": np.float64,
-    "dose_rate_source": str,
-    "dose_e_per_a2": np.float64,
-    "lithium_from_charge": np.float64,
-    "lithium_visible": np.float64,
-    "lithium_visible_sigma": np.float64,
-    "lithium_out_of_view": np.float64,
-    "frame": np.int64,
-}
-PARTICLE_DOSE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "track_id": np.int64,
-    "dose_e_per_a2": np.float64,
-    "lithium_atoms": np.float64,
-    "frame": np.int64,
-}
-REGION_DOSE_COLUMNS: dict[str, Any] = {
-    "t_s": np.float64,
-    "region_row": np.int32,
-    "region_col": np.int32,
-    "dose_rate_e_per_a2_s": np.float64,
-    "dose_e_per_a2": np.float64,
-    "frame": np.int64,
-}
+# The columns of every table are declared in .schema; these are the writer's views of them.
+FRAME_TABLE_COLUMNS: dict[str, Any] = schema.FRAME_TABLE.archive_dtypes()
+CLUSTER_COLUMNS: dict[str, Any] = schema.CLUSTER.archive_dtypes()
+PARTICLE_COLUMNS: dict[str, Any] = schema.PARTICLES.archive_dtypes()
+EVENT_COLUMNS: dict[str, Any] = schema.EVENTS.archive_dtypes()
+ECHEM_COLUMNS: dict[str, Any] = schema.ECHEM.archive_dtypes()
+OPERANDO_COLUMNS: dict[str, Any] = schema.OPERANDO.archive_dtypes()
+PARTICLE_DOSE_COLUMNS: dict[str, Any] = schema.PARTICLE_DOSE.archive_dtypes()
+REGION_DOSE_COLUMNS: dict[str, Any] = schema.REGION_DOSE.archive_dtypes()
+_KEYS = {name: table.key for name, table in schema.TABLES.items()}
 _LAZY_TABLES: dict[str, tuple[dict[str, Any], int]] = {
-    "echem": (ECHEM_COLUMNS, 4096),
-    "operando": (OPERANDO_COLUMNS, 1024),
-    "particle_dose": (PARTICLE_DOSE_COLUMNS, 8192),
-    "region_dose": (REGION_DOSE_COLUMNS, 8192),
-}
-_KEYS.update({name: "seq" if name == "echem" else "frame" for name in _LAZY_TABLES})
+    name: (table.archive_dtypes(), table.chunk_rows)
+    for name, table in schema.TABLES.items() if table.lazy}
 
 
 def _fill_value(dtype: Any) -> Any:
@@ -291,7 +196,7 @@ class _Table:
         selection = slice(start, stop)
         first = [(self.arrays[c], selection, v) for c, v in values.items() if c != self.key]
         # One gathered round for the data, then the key column: a reader trusts a row
-        # only once its key is written. Sequential writes cost ~1.8 ms per column.
+        # only once its key is written. Gathered, the columns' writes overlap.
         _write_all([*(also or []), *first])
         _write_all([(self.arrays[self.key], selection, values[self.key])])
         # Only now: after a failed write (disk full) the rows stay pending, so closing
@@ -344,18 +249,17 @@ class ArchiveWriter:
         self.frames: zarr.Array[Any] | None = None
         self.frame_count = 0
         # Everything that touches the disk: a disk that fills while the tables are being
-        # created must be an ArchiveError too (an OSError there took the service down).
+        # created must be an ArchiveError too, which the worker handles like any
+        # archive failure (a bare OSError would escape it).
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w-",
                                          zarr_format=3)
             self._write_meta()
             self.tables = {
-                "frame_table": _Table(self.group, "frame_table", FRAME_TABLE_COLUMNS,
-                                      chunk_rows=256),
-                "cluster": _Table(self.group, "cluster", CLUSTER_COLUMNS, chunk_rows=1024),
-                "particles": _Table(self.group, "particles", PARTICLE_COLUMNS, chunk_rows=8192),
-                "events": _Table(self.group, "events", EVENT_COLUMNS, chunk_rows=256),
+                name: _Table(self.group, name, table.archive_dtypes(),
+                             chunk_rows=table.chunk_rows)
+                for name, table in schema.TABLES.items() if not table.lazy
             }
         except OSError as exc:
             reason = exc.strerror or exc
@@ -369,7 +273,7 @@ class ArchiveWriter:
 
     def _create_frames(self, shape: tuple[int, int], dtype: np.dtype[Any]) -> zarr.Array[Any]:
         # write_empty_chunks=True: the default compares every chunk with the fill value
-        # before writing, ~20 ms per 2048² frame, and a dark frame must be kept anyway.
+        # before writing, a full pass over each frame, and a dark frame must be kept anyway.
         frames = self.group.create_array(
             "frames", shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0,
             compressors=self._compressor, config={"write_empty_chunks": True},
@@ -480,7 +384,7 @@ class ArchiveWriter:
 def _append_line(path: Path, line: str) -> None:
     """One ``write`` on an O_APPEND descriptor: the line reaches the OS whole (it then
     survives a kill of this process), and no descriptor stays open for a writer that
-    is abandoned; opening per line costs ~20 us against milliseconds per frame."""
+    is abandoned; opening per line costs little next to writing a frame."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

@@ -13,59 +13,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from . import settings
 from .alerts import AlertConfig
 from .analysis import AnalysisConfig
+from .endpoints import (
+    DEFAULT_FRAMES_ENDPOINT,
+    DEFAULT_RESULTS_ENDPOINT,
+    is_loopback,
+    parse_endpoint,
+)
 from .errors import ConfigError
 from .operando import OperandoConfig
 from .protocol import FrameLimits
+from .settings import options_to_dict, parse_options
 
 __all__ = [
     "DEFAULT_FRAMES_ENDPOINT",
     "DEFAULT_RESULTS_ENDPOINT",
     "ServiceConfig",
+    "defaults_toml",
     "is_loopback",
     "load_config",
     "parse_endpoint",
+    "settings_markdown",
 ]
-
-DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_RESULTS_ENDPOINT = "tcp://127.0.0.1:5556"
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-def parse_endpoint(value: str, *, what: str = "endpoint", allow_remote: bool = False) -> str:
-    """Check a ZeroMQ endpoint; refuse non-loopback tcp unless explicitly allowed.
-
-    Frames and results carry unpublished data and the frames port accepts input
-    from anyone who can reach it, so the service listens on loopback unless told
-    otherwise (docs/security.md).
-    """
-    if not isinstance(value, str) or "://" not in value:
-        raise ConfigError(f"Expected a ZeroMQ {what} like tcp://127.0.0.1:5555 or "
-                          f"ipc:///tmp/lithoscope-frames. Got {value!r} instead.")
-    scheme = value.split("://", 1)[0]
-    if scheme not in ("tcp", "ipc", "inproc"):
-        raise ConfigError(f"Expected a tcp://, ipc:// or inproc:// {what}. Got {value!r}.")
-    if scheme == "tcp":
-        host = urlparse(value).hostname or value.split("://", 1)[1].rsplit(":", 1)[0]
-        if host not in _LOOPBACK and not allow_remote:
-            raise ConfigError(
-                f"The {what} {value} is not on loopback. lithoscope listens on 127.0.0.1 "
-                "unless --allow-remote is given."
-            )
-    return value
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp on a loopback address: nothing off this machine
-    can connect."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = urlparse(endpoint).hostname or endpoint.split("://", 1)[1].rsplit(":", 1)[0]
-    return host in _LOOPBACK
-
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -95,7 +67,7 @@ class ServiceConfig:
     up, so the frames socket fills to ``frame_hwm`` and a lossless publisher waits: no
     frame is dropped. Costs up to this many frames of memory (32 MiB each at 4096²
     uint16) on top of ``frame_hwm``. 0 writes inline, in the worker's thread, without
-    overlap (how the worker ran before the writer thread; for comparison)."""
+    overlap."""
     workers: int = 0
     """Measuring processes (``serve --workers N``): frames are segmented and measured in N
     processes and joined up in order in the worker (tracks, alerts, archive tables).
@@ -119,8 +91,11 @@ class ServiceConfig:
     stall_timeout_s: float = 10.0
     """A session with no frame for this long raises ``source_stalled``."""
     limits: FrameLimits = field(default_factory=FrameLimits)
+    """Bounds on received frames, checked before a header is believed (docs/security.md)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    """How frames are segmented and measured (docs/analysis.md)."""
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    """When alerts are raised (docs/analysis.md)."""
     operando: OperandoConfig = field(default_factory=OperandoConfig)
     """Electrochemistry alignment, dose and lithium bookkeeping (docs/analysis.md)."""
 
@@ -163,36 +138,14 @@ class ServiceConfig:
                               f"Got {self.archive_queue_frames!r} instead.")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ServiceConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"Unknown service option(s) {sorted(unknown)}. "
-                              f"Expected some of {sorted(known)}.")
-        values = dict(data)
-        if "limits" in values:
-            values["limits"] = FrameLimits(**values["limits"])
-        if "analysis" in values:
-            values["analysis"] = AnalysisConfig.from_dict(values["analysis"])
-        if "alerts" in values:
-            values["alerts"] = AlertConfig.from_dict(values["alerts"])
-        if "operando" in values:
-            values["operando"] = OperandoConfig.from_dict(values["operando"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> ServiceConfig:
+        """Build from plain values (a TOML file's tables); ``where`` (the file) heads
+        any error, which names the key, what was expected and what was given."""
+        return parse_options(cls, data, where=where)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("analysis", "alerts", "operando"):
-                value = value.to_dict()
-            elif f.name == "limits":
-                value = dataclasses.asdict(value)
-            out[f.name] = value
-        return out
+        """Plain, JSON-ready values, nested options as tables; inverse of :meth:`from_dict`."""
+        return options_to_dict(self)
 
     def replace(self, **changes: Any) -> ServiceConfig:
         """A copy with ``changes`` applied; ``None`` values (unset CLI flags) are ignored."""
@@ -210,4 +163,21 @@ def load_config(path: str | Path | None) -> ServiceConfig:
         raise ConfigError(f"Cannot read config {path}: {exc.strerror or exc}.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Config {path} is not valid TOML: {exc}.") from None
-    return ServiceConfig.from_dict(data)
+    return ServiceConfig.from_dict(data, where=str(path))
+
+
+def defaults_toml() -> str:
+    """``lithoscope config --defaults``: every setting at its default, each with its
+    documentation as a comment; :func:`load_config` reads it back to the defaults."""
+    return settings.defaults_toml(
+        ServiceConfig, header="lithoscope service settings (lithoscope serve --config FILE). "
+        "Every key is optional; a key left out keeps the default shown here.")
+
+
+def settings_markdown() -> str:
+    """The settings reference of docs/configuration.md (generated; a test compares)."""
+    return settings.settings_markdown(ServiceConfig)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(settings_markdown(), end="")

@@ -33,16 +33,13 @@ from .dose import DoseAccumulator, dose_rate_from_counts, region_levels
 from .echem import ELEMENTARY_CHARGE_C, EchemTrace, lithium_terms
 from .errors import ConfigError
 from .protocol import EventKind
+from .schema import OPERANDO_VALUES
 
 __all__ = ["OPERANDO_COLUMNS", "FrameContext", "OperandoConfig", "OperandoContext"]
 
-OPERANDO_COLUMNS: tuple[str, ...] = (
-    "bias_v", "current_a", "charge_c", "echem_age_s", "dose_rate_e_per_a2_s",
-    "dose_e_per_a2", "lithium_from_charge", "lithium_visible", "lithium_visible_sigma",
-    "lithium_out_of_view",
-)
+OPERANDO_COLUMNS: tuple[str, ...] = OPERANDO_VALUES
 """Keys :meth:`OperandoContext.update` adds to the cluster values (and the ``operando``
-archive table's columns besides ``frame``, ``t_s`` and ``dose_rate_source``)."""
+archive table's ``operando`` columns, declared in :mod:`.schema`)."""
 
 
 @dataclass(frozen=True, slots=True)

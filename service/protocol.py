@@ -35,7 +35,9 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
+from . import schema
 from .errors import ProtocolError
+from .schema import names_markdown
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -118,7 +120,9 @@ class FrameLimits:
     """
 
     max_side: int = 16384
+    """Longest frame side accepted, pixels."""
     max_pixels: int = 8192 * 8192
+    """Most pixels in one frame accepted."""
 
     @property
     def max_message_bytes(self) -> int:
@@ -200,22 +204,16 @@ class Result:
     t_s: float = _doc("Acquisition time of the frame, seconds since t0.")
     latency_s: float = _doc("From acquisition (`acquired_at`) to this result, seconds.")
     cluster: dict[str, Any] = _doc(
-        "Cluster values: `area_px`, `area_nm2`, `particle_count`, `relative_area`, "
-        "`needle_contact`, `needle_area_px`, `grid_area_px`, `needle_tip_row`, "
-        "`needle_tip_col`, `drift_row_px`, `drift_col_px`, `drift_step_px`, "
-        "`relative_area_change`, `volume_ratio`, `lithium_x`, `area_rate_nm2_per_s`, "
-        "`diffusion_coefficient_cm2_per_s` (docs/analysis.md); with operando context "
-        "`bias_v`, `current_a`, `charge_c`, `echem_age_s`, `dose_rate_e_per_a2_s`, "
-        "`dose_e_per_a2`, `lithium_from_charge`, `lithium_visible`, "
-        "`lithium_visible_sigma`, `lithium_out_of_view` (docs/analysis.md, operando)."
+        "Cluster values: " + names_markdown(schema.CLUSTER_VALUES) + " (docs/analysis.md); "
+        "with operando context " + names_markdown(schema.OPERANDO_VALUES)
+        + " (docs/analysis.md, operando). Columns of the archive's `cluster` and `operando` "
+        "tables (docs/archive.md)."
     )
     particles: dict[str, list[Any]] = _doc(
-        "Per-particle columns of equal length: `label`, `area_px`, `area_nm2`, "
-        "`centroid_row`, `centroid_col`, `equivalent_diameter_nm`, `mean_intensity`, "
-        "`touches_needle`, `track_id` (stable across frames), `neighbour_ids` (track ids "
-        "of touching particles, space-separated), `relative_area_change`, `volume_ratio`, "
-        "`lithium_x`, `area_rate_nm2_per_s`, `diffusion_coefficient_cm2_per_s`, "
-        "`dose_e_per_a2` (cumulative electron dose while in view), `lithium_atoms`."
+        "Per-particle columns of equal length: "
+        + names_markdown(schema.SESSION_PARTICLE_COLUMNS) + "; with operando context "
+        + names_markdown(schema.PARTICLE_DOSE.names("operando")) + ". Columns of the "
+        "archive's `particles` and `particle_dose` tables (docs/archive.md)."
     )
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)

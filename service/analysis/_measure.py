@@ -8,19 +8,13 @@ import math
 import cv2
 import numpy as np
 
+from lithoscope.service.schema import MEASURED_PARTICLE_COLUMNS
+
 __all__ = ["PARTICLE_COLUMNS", "empty_particles", "measure_particles", "particle_contacts"]
 
-PARTICLE_COLUMNS: dict[str, np.dtype[np.generic]] = {
-    "label": np.dtype(np.int32),
-    "area_px": np.dtype(np.int64),
-    "area_nm2": np.dtype(np.float64),
-    "centroid_row": np.dtype(np.float64),
-    "centroid_col": np.dtype(np.float64),
-    "equivalent_diameter_nm": np.dtype(np.float64),
-    "mean_intensity": np.dtype(np.float64),
-    "touches_needle": np.dtype(np.bool_),
-}
-"""The columns of :func:`measure_particles`, in order, with their dtypes."""
+PARTICLE_COLUMNS: dict[str, np.dtype[np.generic]] = MEASURED_PARTICLE_COLUMNS
+"""The columns of :func:`measure_particles`, in order, with their dtypes (declared in
+:mod:`lithoscope.service.schema`, the ``measured`` columns of the ``particles`` table)."""
 
 
 def empty_particles() -> dict[str, np.ndarray]:

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from lithoscope.service import physics
+from lithoscope.service import physics, schema
 from lithoscope.service.alerts import Alert, AlertConfig, AlertDetector
 from lithoscope.service.protocol import EventKind
 
 from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, _analyze
-from ._measure import PARTICLE_COLUMNS
 from ._tracking import DriftEstimator, ParticleTracker, drift_image
 
 __all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
@@ -74,27 +73,14 @@ def _measure(image: np.ndarray, config: AnalysisConfig | None, pixel_size_nm: fl
         contacts=analysis.contacts, drift_image=drift,
         drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE))
 
-SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = {
-    **PARTICLE_COLUMNS,
-    "track_id": np.dtype(np.int64),
-    "neighbour_ids": np.dtype(object),
-    "relative_area_change": np.dtype(np.float64),
-    "volume_ratio": np.dtype(np.float64),
-    "lithium_x": np.dtype(np.float64),
-    "area_rate_nm2_per_s": np.dtype(np.float64),
-    "diffusion_coefficient_cm2_per_s": np.dtype(np.float64),
-}
+SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = schema.SESSION_PARTICLE_COLUMNS
 """Per-particle columns of :meth:`SessionAnalyzer.update`: those of
 :func:`measure_particles` plus the particle's stable ``track_id``, the track ids of
 the particles it touches (``neighbour_ids``, space-separated str), and its physics."""
 
-CLUSTER_COLUMNS: tuple[str, ...] = (
-    "area_px", "area_nm2", "particle_count", "relative_area", "needle_contact",
-    "needle_area_px", "grid_area_px", "needle_tip_row", "needle_tip_col", "drift_row_px",
-    "drift_col_px", "drift_step_px", "relative_area_change", "volume_ratio", "lithium_x",
-    "area_rate_nm2_per_s", "diffusion_coefficient_cm2_per_s",
-)
-"""Keys of the cluster dict of :meth:`SessionAnalyzer.update`."""
+CLUSTER_COLUMNS: tuple[str, ...] = schema.CLUSTER_VALUES
+"""Keys of the cluster dict of :meth:`SessionAnalyzer.update` (the ``tracked`` columns of
+the ``cluster`` table in :mod:`lithoscope.service.schema`)."""
 
 _HISTORY = 4096
 """Most samples kept per track: the fit of D needs the whole swelling, minutes at most.

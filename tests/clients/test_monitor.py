@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from rich.console import Console
 
 from lithoscope.clients import ConnectionState
 from lithoscope.clients.monitor import MonitorState, render, sparkline
+from lithoscope.service import schema
 from lithoscope.service.protocol import (
     Event,
     Heartbeat,
@@ -136,7 +138,7 @@ def test_particles_with_tracking_li_content_and_rates_from_the_analysis() -> Non
     def particles(i: int) -> dict[str, list[Any]]:
         return {"label": [2, 1], "track_id": [17, 4], "area_px": [400, 800 + 80 * i],
                 "area_nm2": [100.0, (800 + 80 * i) * 0.25], "touches_needle": [False, True],
-                "li_content_x": [None, 0.4 * i], "rate_nm2_per_s": [None, 40.0]}
+                "lithium_x": [None, 0.4 * i], "area_rate_nm2_per_s": [None, 40.0]}
 
     state.update(result(0, contact=False, particles=particles(0)))
     state.update(Event(session_id=SESSION, kind="contact_made", t_s=0.5, frame=1,
@@ -277,3 +279,27 @@ def test_monitor_shows_current_charge_dose_and_lithium() -> None:
     assert "-42 fA, -1.3 pC passed" in text
     assert "10.0 e/Å²/s, 300 e/Å² so far" in text
     assert "8.1e+06 Li passed, 6.5e+06 ± 9e+05 in view, 1.6e+06 out of view" in text
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)  # NaN travels as JSON null
+
+
+def test_particle_rate_and_lithium_columns_show_a_real_results_numbers(sim_run: Any) -> None:
+    """The particle table reads the columns the worker sends (names from the schema)."""
+    assert {"area_rate_nm2_per_s", "lithium_x"} <= set(schema.RESULT_PARTICLE_VALUES)
+    swelling = [(r, i) for r in sim_run.results for i in range(len(r.particles["track_id"]))
+                if _finite(r.particles["area_rate_nm2_per_s"][i])
+                and _finite(r.particles["lithium_x"][i])]
+    assert swelling, "the simulated lithiation produced no particle with a rate and Li x"
+    msg, i = swelling[-1]
+    state = connected()
+    state.update(start())
+    state.update(msg)
+    text = screen(state, width=120, height=60)
+    track = msg.particles["track_id"][i]
+    row = next(line for line in text.splitlines()
+               if line.strip("│ ").startswith(f"{track} "))
+    rate, li = msg.particles["area_rate_nm2_per_s"][i], msg.particles["lithium_x"][i]
+    assert f"{rate:+,.1f}" in row.split(), row
+    assert f"{li:.2f}" in row.split(), row

@@ -30,7 +30,7 @@ def result(i: int, *, track_ids: bool = False) -> Result:
         "touches_needle": [i > 2, False]}
     if track_ids:
         particles["track_id"] = [5, 6]
-        particles["li_content_x"] = [0.1 * i, None]
+        particles["lithium_x"] = [0.1 * i, None]
     return Result(session_id=SESSION, index=i, t_s=0.5 * i, latency_s=0.01,
                   cluster={"area_px": 300 + 3 * i, "area_nm2": 75.0 + i, "needle_contact": i > 2,
                            "relative_area": None},
@@ -64,7 +64,7 @@ def test_csv_logger_writes_one_file_per_table_per_session(tmp_path: Path) -> Non
     with (tmp_path / f"{SESSION}-particles.csv").open() as f:
         particles = list(csv.DictReader(f))
     assert len(particles) == 12
-    assert {"track_id", "li_content_x", "touches_needle"} <= set(particles[0])
+    assert {"track_id", "lithium_x", "touches_needle"} <= set(particles[0])
     with (tmp_path / f"{SESSION}-events.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert row["kind"] == "contact_made"

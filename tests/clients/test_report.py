@@ -61,6 +61,14 @@ def test_report_writes_figures_montage_and_summary(sim_archive: Path, tmp_path: 
     assert files.rates
     grew = [r for r in files.rates if r.expansion_rate is not None and r.expansion_rate > 0]
     assert grew, files.rates
+    # Li x is the service's archived lithium_x wherever the archive has it
+    particles = ArchiveReader(sim_archive).table("particles")
+    archived = {r.particle: particles["lithium_x"][particles["track_id"] == r.particle]
+                for r in files.rates}
+    assert any(np.isfinite(x).any() for x in archived.values())
+    for r in files.rates:
+        if np.isfinite(archived[r.particle]).any():
+            assert r.lithium_x == pytest.approx(float(np.nanmax(archived[r.particle])))
 
 
 def test_apparent_diffusion_from_the_relaxation_of_the_swelling() -> None:

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from lithoscope.replay.archive_source import ArchiveSource
 from lithoscope.replay.readers import FolderSource, TiffSource, VideoSource, open_source
+from lithoscope.service.archive import ArchiveWriter
 from lithoscope.service.errors import ConfigError, SourceError
 from lithoscope.service.sources import Source, SourceBase, SourceInfo
 
@@ -333,18 +335,14 @@ class _Recorder(SourceBase):
         self._info = SourceInfo(name="fake:", kind="fake")
 
 
-def test_open_source_reads_zarr_directories_as_archives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    module = types.ModuleType("lithoscope.replay.archive_source")
-    module.ArchiveSource = _Recorder  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lithoscope.replay.archive_source", module)
-    (tmp_path / "run.zarr").mkdir()
-    (tmp_path / "run.zarr" / "zarr.json").write_text("{}")
-    source = open_source(tmp_path / "run.zarr", pixel_size_nm=0.3)
-    assert isinstance(source, _Recorder)
-    assert source.args == (tmp_path / "run.zarr",)
-    assert source.kwargs == {"fps": None, "pixel_size_nm": 0.3}
+def test_open_source_reads_zarr_directories_as_archives(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path / "run.zarr", session={"session_id": "s"})
+    writer.append_frame(FRAMES_U8[0], seq=0, index=0, t_s=0.0, acquired_at=0.0)
+    writer.close()
+    with open_source(tmp_path / "run.zarr", pixel_size_nm=0.3) as source:
+        assert isinstance(source, ArchiveSource)
+        assert source.info.pixel_size_nm == 0.3
+        assert np.array_equal(next(iter(source)).image, FRAMES_U8[0])
 
 
 def test_open_source_builds_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -467,8 +465,8 @@ def test_unknown_extension(tmp_path: Path) -> None:
     path = tmp_path / "data.xyz"
     path.write_text("?")
     message = (
-        f"Unknown source type '.xyz' for {path}; expected a TIFF stack, AVI/MP4 movie, "
-        "DM3/DM4, EMD or MRC file, image folder, lithoscope archive, 'watch:DIR', "
+        f"Unknown source type '.xyz' for {path}; expected one of: DM3/DM4, EMD, MRC file, "
+        "TIFF stack, AVI/MP4 movie, lithoscope archive, image folder, 'watch:DIR', "
         "'imagezmq://ENDPOINT' or 'sim'."
     )
     with pytest.raises(SourceError, match=f"^{re.escape(message)}$"):

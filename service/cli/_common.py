@@ -1,0 +1,135 @@
+"""What every command shares: the app, the consoles, errors as one line, logging,
+signals, CURVE keys and the option types.
+
+Imports nothing heavy: ``lithoscope --help`` and the client commands load this, the
+command modules, typer and rich, and no analysis (no OpenCV, no zarr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..endpoints import parse_endpoint
+from ..errors import ConfigError, LithoscopeError
+
+__all__ = [
+    "ClientSecretKey",
+    "Fps",
+    "PixelSize",
+    "ServerPublicKey",
+    "Verbose",
+    "app",
+    "client_curve",
+    "console",
+    "err_console",
+    "friendly_errors",
+    "parse_speed",
+    "sender_setup",
+    "setup_logging",
+    "stop_on_signals",
+]
+
+app = typer.Typer(
+    name="lithoscope",
+    help="Real-time analysis of operando TEM lithiation experiments: stream camera frames "
+    "over ZeroMQ, measure particles and the needle as they come, archive every frame to zarr.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Errors lithoscope raises on purpose become one line on stderr and exit status 1."""
+    try:
+        yield
+    except LithoscopeError as exc:
+        err_console.print(f"[bold red]lithoscope: error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # tifffile logs its own ERROR line before raising; our one-line error already
+        # quotes it, and a second line reads like a crash.
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+def parse_speed(value: str | None) -> float | None:
+    """``max`` -> None (as fast as the worker takes frames); otherwise a factor > 0."""
+    if value is None or value.strip().lower() == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise ConfigError(f"Expected --speed to be a number > 0 or 'max'. Got {value!r}.") from None
+    if not speed > 0:
+        raise ConfigError(f"Expected --speed to be a number > 0 or 'max'. Got {value!r}.")
+    return speed
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM set an event instead of killing us mid-write: archives get closed."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C means it
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def client_curve(server_key: Path | None, key: Path | None) -> Any:
+    """The CURVE keys of a client of a service that requires them (None: no CURVE)."""
+    if server_key is None and key is None:
+        return None
+    if server_key is None or key is None:
+        raise ConfigError("A CURVE service needs both --server-key (its public key) and "
+                          "--key (this client's secret key).")
+    from ..security import ClientCurve
+
+    return ClientCurve.load(server_key, key)
+
+
+def sender_setup(connect: str, speed: str, server_key: Path | None, key: Path | None, *,
+                 results: str | None = None) -> tuple[float | None, threading.Event, Any]:
+    """What every command that sends to a service checks first: its endpoints, the
+    pace, Ctrl-C handling and the CURVE keys."""
+    parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+    if results is not None:
+        parse_endpoint(results, what="results endpoint", allow_remote=True)
+    pace = parse_speed(speed)
+    stop = stop_on_signals()
+    return pace, stop, client_curve(server_key, key)
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log sessions and events.")]
+Fps = Annotated[float | None, typer.Option(
+    "--fps", min=1e-6, help="Frame rate of the recording, when the file does not say.")]
+ServerPublicKey = Annotated[Path | None, typer.Option(
+    "--server-key", help="The service's public key file (server.key), for a CURVE service.")]
+ClientSecretKey = Annotated[Path | None, typer.Option(
+    "--key", help="This client's secret key file (NAME.key_secret), for a CURVE service.")]
+PixelSize = Annotated[float | None, typer.Option(
+    "--pixel-size", min=1e-6, help="Pixel size in nm, when the file does not say (overrides it).")]
