@@ -65,10 +65,10 @@ PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 """A header is metadata, not data: a megabyte is far beyond any honest header."""
 MAX_JSON_DEPTH = 16
-"""Deepest nesting of arrays and objects in a header (the header object is level 1), so
-``metadata`` may nest 14 levels. Honest metadata nests two or three; the bound keeps
-``dataclasses.asdict``, ``json.dumps`` and zarr's attribute writes far from Python's
-recursion limit."""
+"""Deepest nesting of arrays and objects in a header: the header object is level 1,
+``metadata`` level 2, and no array or object may sit below level 16. Honest metadata
+nests two or three; the bound keeps ``dataclasses.asdict``, ``json.dumps`` and zarr's
+attribute writes far from Python's recursion limit."""
 MAX_JSON_ITEMS = 262_144
 """Most values (numbers, strings, list items, object members) in one header."""
 MAX_STRING_CHARS = 4096
@@ -494,7 +494,7 @@ def _check_values(header: dict[str, Any]) -> None:
             if problem is not None:
                 raise ProtocolError(f"Header holds {problem}.", reason="bad_string")
         elif isinstance(value, (list, dict)):
-            if depth >= MAX_JSON_DEPTH:
+            if depth > MAX_JSON_DEPTH:
                 raise ProtocolError(f"Header nests deeper than {MAX_JSON_DEPTH} levels.",
                                     reason="too_deep")
             if isinstance(value, dict):

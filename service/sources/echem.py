@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SourceError
+from ..protocol import MAX_ECHEM_SAMPLES
 from .sim import SimConfig, SimulatedSource
 
 __all__ = ["CsvEchemSource", "EcLabSource", "EchemBatch", "EchemSourceBase", "SimulatedEchem",
@@ -66,6 +67,13 @@ class EchemBatch:
 
     def __len__(self) -> int:
         return int(self.t_unix.size)
+
+    def pieces(self, size: int = MAX_ECHEM_SAMPLES) -> Iterator[EchemBatch]:
+        """This batch in consecutive pieces of at most ``size`` samples: one echem
+        message may carry no more (a whole EC-Lab file is read as one batch)."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            yield EchemBatch(self.t_unix[part], self.bias_v[part], self.current_a[part])
 
 
 class EchemSourceBase:
@@ -186,7 +194,7 @@ class CsvEchemSource(EchemSourceBase):
                 if lines and header is None:
                     header = self._header(lines.pop(0))
                 if lines and header is not None:
-                    yield self._batch(lines, header, opened)
+                    yield from self._batch(lines, header, opened).pieces()
             elif time.monotonic() - last_growth > self.idle_timeout_s:
                 return
             self._stop.wait(self.poll_s)
@@ -358,7 +366,8 @@ class EcLabSource(EchemSourceBase):
                         if base is None:
                             base = (self.t0_unix if self.t0_unix is not None
                                     else start if start is not None else opened)
-                        yield EchemBatch(t[sent:] + base, bias[sent:], current[sent:])
+                        yield from EchemBatch(t[sent:] + base, bias[sent:],
+                                              current[sent:]).pieces()
                         sent = int(t.size)
             elif time.monotonic() - last_growth > self.idle_timeout_s:
                 if failure is not None:
@@ -414,7 +423,7 @@ class SimulatedEchem(EchemSourceBase):
             if self._stop.is_set():
                 return
             part = slice(start, start + per_batch)
-            yield EchemBatch(t[part] + base, bias[part], current[part])
+            yield from EchemBatch(t[part] + base, bias[part], current[part]).pieces()
 
 
 def open_echem_source(spec: str, *, t0_unix: float | None = None,
