@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one linea
                 if rng.random() < 0.05:
                     for parts in odd_session(rng):
                         send(attacker, parts)
-            attacker.close(linger=5000)  # delivered, then closed
+            attacker.close(linger=30_000)  # delivered, then closed
             if r % max(1, rounds // 3) == 0:
                 for parts in oversized(limit, int(args.big_mib * 2**20)):
                     big = ctx.socket(zmq.PUSH)  # a peer of its own: ZeroMQ drops it
@@ -363,7 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one linea
         deadline = time.monotonic() + DEADLINE_S
         while set(valid) - set(closed) and time.monotonic() < deadline and service.alive():
             read_results(1.0)
-        read_results(1.0)
+        # The service drains what is queued: wait until its rejection count settles.
+        settled, previous = time.monotonic(), -1
+        while time.monotonic() - settled < 3.0 and time.monotonic() < deadline + DEADLINE_S:
+            read_results(0.5)
+            count = last_beat.counters.get("rejected", 0) if last_beat is not None else 0
+            if count != previous:
+                settled, previous = time.monotonic(), count
     finally:
         watch.close(linger=0)
         ctx.term()

@@ -533,3 +533,17 @@ def test_every_message_type_with_a_hostile_value_decodes_storable_or_is_refused(
             assert -(2**63) <= item < 2**63
         elif isinstance(item, float):
             assert math.isfinite(item)
+
+
+def test_a_long_echem_run_is_sent_in_pieces_the_decoder_accepts() -> None:
+    from lithoscope.service.sources.echem import EchemBatch
+
+    n = 2 * protocol.MAX_ECHEM_SAMPLES + 5
+    batch = EchemBatch(np.arange(n, dtype=float), np.zeros(n), np.full(n, np.nan))
+    pieces = list(batch.pieces())
+    assert [len(p) for p in pieces] == [protocol.MAX_ECHEM_SAMPLES] * 2 + [5]
+    np.testing.assert_array_equal(np.concatenate([p.t_unix for p in pieces]), batch.t_unix)
+    for piece in pieces:
+        msg = Echem(source="csv:x", t_unix=piece.t_unix.tolist(), bias_v=[0.0] * len(piece),
+                    current_a=[None] * len(piece))
+        assert decode(encode(msg)) == msg
