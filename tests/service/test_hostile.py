@@ -50,6 +50,7 @@ from lithoscope.service.protocol import (
     decode,
     encode,
 )
+from lithoscope.service.sources.echem import EchemBatch
 from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
 
 from support.arrays import noisy_frames
@@ -536,8 +537,6 @@ def test_every_message_type_with_a_hostile_value_decodes_storable_or_is_refused(
 
 
 def test_a_long_echem_run_is_sent_in_pieces_the_decoder_accepts() -> None:
-    from lithoscope.service.sources.echem import EchemBatch
-
     n = 2 * protocol.MAX_ECHEM_SAMPLES + 5
     batch = EchemBatch(np.arange(n, dtype=float), np.zeros(n), np.full(n, np.nan))
     pieces = list(batch.pieces())
