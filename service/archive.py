@@ -594,9 +594,10 @@ class ArchiveReader:
             row = _journal_row(line)
             if row is None:
                 self.skipped_log_lines = len(lines) - number
-                log.warning("%s line %d is torn or holds values a frame_table cannot "
-                            "store; reading the %d frame(s) before it.",
-                            self.path / FRAME_LOG, number + 1, first + len(rows))
+                if number < len(lines) - 1:  # a torn last line is a kill, not news
+                    log.warning("%s line %d holds values a frame_table cannot store; "
+                                "reading the %d frame(s) before it.",
+                                self.path / FRAME_LOG, number + 1, first + len(rows))
                 break
             if row["position"] < first + len(rows):
                 continue  # already in the zarr table
