@@ -40,6 +40,12 @@ from .errors import ConfigError, ProtocolError
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "MAX_ECHEM_SAMPLES",
+    "MAX_ECHEM_SOURCE_CHARS",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_ITEMS",
+    "MAX_STRING_CHARS",
     "PROTOCOL_VERSION",
     "Decoder",
     "Echem",
