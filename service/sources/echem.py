@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SourceError
-from ..protocol import MAX_ECHEM_SAMPLES
+from ..protocol import MAX_ECHEM_SAMPLES, MAX_ECHEM_SOURCE_CHARS
 from .sim import SimConfig, SimulatedSource
 
 __all__ = ["CsvEchemSource", "EcLabSource", "EchemBatch", "EchemSourceBase", "SimulatedEchem",
@@ -100,6 +100,15 @@ class EchemSourceBase:
         self.close()
 
 
+def _source_name(kind: str, path: Path) -> str:
+    """``kind:path``, shortened to what an echem message may carry (its ``source`` is
+    archived with every sample): a long path keeps its end, where the file name is."""
+    name = f"{kind}:{path}"
+    if len(name) <= MAX_ECHEM_SOURCE_CHARS:
+        return name
+    return f"{kind}:...{str(path)[-(MAX_ECHEM_SOURCE_CHARS - len(kind) - 4):]}"
+
+
 def _pick(names: Sequence[str], wanted: str | None, known: Sequence[str], what: str,
           path: Path) -> int | None:
     lowered = [n.strip().lower() for n in names]
@@ -145,7 +154,7 @@ class CsvEchemSource(EchemSourceBase):
                  stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
         self.path = Path(path)
-        self.name = f"csv:{self.path}"
+        self.name = _source_name("csv", self.path)
         self._columns = (time_column, bias_column, current_column)
         self.t0_unix = t0_unix
         self.delimiter = delimiter
@@ -336,7 +345,7 @@ class EcLabSource(EchemSourceBase):
                  stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
         self.path = Path(path)
-        self.name = f"eclab:{self.path}"
+        self.name = _source_name("eclab", self.path)
         self.t0_unix = t0_unix
         self.poll_s = poll_s
         self.idle_timeout_s = idle_timeout_s

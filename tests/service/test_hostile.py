@@ -50,7 +50,7 @@ from lithoscope.service.protocol import (
     decode,
     encode,
 )
-from lithoscope.service.sources.echem import EchemBatch
+from lithoscope.service.sources.echem import CsvEchemSource, EchemBatch
 from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
 
 from support.arrays import noisy_frames
@@ -546,3 +546,15 @@ def test_a_long_echem_run_is_sent_in_pieces_the_decoder_accepts() -> None:
         msg = Echem(source="csv:x", t_unix=piece.t_unix.tolist(), bias_v=[0.0] * len(piece),
                     current_a=[None] * len(piece))
         assert decode(encode(msg)) == msg
+
+
+def test_an_echem_log_on_a_long_path_still_makes_a_message_the_service_accepts(
+        tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["d" * 200] * 3)
+    deep.mkdir(parents=True)
+    source = CsvEchemSource(deep / "bias.csv")
+    assert len(source.name) == protocol.MAX_ECHEM_SOURCE_CHARS
+    assert source.name.startswith("csv:...")
+    assert source.name.endswith("/bias.csv")
+    msg = Echem(source=source.name, t_unix=[1.0], bias_v=[0.0], current_a=[None])
+    assert decode(encode(msg)) == msg
