@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +74,7 @@ __all__ = [
     "ArchiveWriter",
     "directory_size",
     "recover_abandoned",
+    "safe_archive_name",
     "update_archive_meta",
 ]
 
@@ -124,6 +127,29 @@ def directory_size(path: str | Path) -> int:
                 # archive is being written by another thread while we count.
                 continue
     return total
+
+
+MAX_NAME_CHARS = 120
+"""Longest archive name (before ``-N.zarr``): far below the 255 bytes most file systems
+allow, so a suffix, a temporary-file prefix or a copy's ``-2`` still fits."""
+
+
+def safe_archive_name(requested: str) -> str:
+    """A flat, bounded file name for an archive asked for by a publisher.
+
+    The last path component only, reduced to ``[A-Za-z0-9._-]`` (a remote publisher must
+    not choose where we write), without a ``.zarr`` suffix. A name longer than
+    ``MAX_NAME_CHARS`` keeps its first characters plus a short hash of the whole
+    request, so two long ids that share a prefix still get different archives and no
+    name can fail with ENAMETOOLONG.
+    """
+    name = Path(requested).name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "session"
+    name = name.removesuffix(".zarr")
+    if len(name) > MAX_NAME_CHARS:
+        digest = hashlib.sha256(requested.encode("utf-8", "replace")).hexdigest()[:12]
+        name = f"{name[:MAX_NAME_CHARS - 13].rstrip('._-') or 'session'}-{digest}"
+    return name
 
 
 class _Table:
@@ -192,7 +218,10 @@ class _Table:
         values = {}
         for column, parts in self._pending.items():
             value = np.concatenate(parts)
-            values[column] = value.astype(str) if self.dtypes[column] is str else value
+            # Variable-length strings, as zarr stores them: a fixed-width "<U" array
+            # would pad every row to the longest string of the batch.
+            values[column] = (value.astype(np.dtypes.StringDType()) if self.dtypes[column] is str
+                              else value)
         selection = slice(start, stop)
         first = [(self.arrays[c], selection, v) for c, v in values.items() if c != self.key]
         # One gathered round for the data, then the key column: a reader trusts a row
@@ -400,6 +429,29 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _journal_row(line: str) -> dict[str, Any] | None:
+    """One frame_log line as a row, or None if it is torn or any value does not fit its
+    frame_table column (an int64 out of range, a non-number, a non-finite time)."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):  # torn JSON, or an int past Python's digit limit
+        return None
+    if not isinstance(row, dict) or type(row.get("position")) is not int or row["position"] < 0:
+        return None
+    for column, dtype in FRAME_TABLE_COLUMNS.items():
+        value = row.get(column)
+        if dtype is str:
+            ok = value is None or isinstance(value, str)
+        elif dtype is np.int64:
+            ok = type(value) is int and -(2**63) <= value < 2**63
+        else:
+            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                                   and abs(value) < 2**1023 and math.isfinite(float(value)))
+        if not ok:
+            return None
+    return row
+
+
 class ArchiveReader:
     """Reads a session archive, complete or cut short by a crash.
 
@@ -415,11 +467,13 @@ class ArchiveReader:
             self.group = zarr.open_group(zarr.storage.LocalStore(self.path, read_only=True),
                                          mode="r")
             meta = self.group.attrs.get("lithoscope")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ArchiveError(f"Cannot open archive {self.path}: {exc}.") from None
         if not isinstance(meta, dict):
             raise ArchiveError(f"{self.path} is a zarr group but not a lithoscope archive.")
         self.meta: dict[str, Any] = meta
+        self.skipped_log_lines = 0
+        """Journal lines not read (torn, or values out of range) and every one after."""
         self._valid = {name: self._valid_rows(name) for name in _KEYS}
         frames = self.group.get("frames")
         self._frames = frames if isinstance(frames, zarr.Array) else None
@@ -430,8 +484,9 @@ class ArchiveReader:
         """frame_table rows of an archive cut short, journalled but not yet in zarr."""
 
     def _read_frame_log(self, first: int) -> list[dict[str, Any]]:
-        """Journal rows for positions ``first, first + 1, ...``, stopping at a gap or at
-        a torn line (the writer was killed while writing it)."""
+        """Journal rows for positions ``first, first + 1, ...``, stopping at a gap, at
+        a torn line (the writer was killed while writing it) or at a line whose values
+        the frame_table could not hold (``skipped_log_lines`` counts what was left)."""
         try:
             lines = (self.path / FRAME_LOG).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -439,12 +494,14 @@ class ArchiveReader:
         except (OSError, UnicodeDecodeError) as exc:
             raise ArchiveError(f"Cannot read {self.path / FRAME_LOG}: {exc}.") from None
         rows: list[dict[str, Any]] = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if not isinstance(row, dict) or not isinstance(row.get("position"), int):
+        for number, line in enumerate(lines):
+            row = _journal_row(line)
+            if row is None:
+                self.skipped_log_lines = len(lines) - number
+                if number < len(lines) - 1:  # a torn last line is a kill, not news
+                    log.warning("%s line %d holds values a frame_table cannot store; "
+                                "reading the %d frame(s) before it.",
+                                self.path / FRAME_LOG, number + 1, first + len(rows))
                 break
             if row["position"] < first + len(rows):
                 continue  # already in the zarr table
@@ -468,7 +525,9 @@ class ArchiveReader:
     @property
     def pixel_size_nm(self) -> float | None:
         value = self.meta.get("pixel_size_nm")
-        return float(value) if value is not None else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return _finite_or_none(value)
 
     @property
     def frames(self) -> zarr.Array[Any]:
@@ -558,7 +617,10 @@ class ArchiveReader:
 
 
 def _finite_or_none(value: Any) -> float | None:
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int past float64: not a value this archive can hold
+        return None
     return value if math.isfinite(value) else None
 
 
@@ -591,20 +653,28 @@ def recover_abandoned(sessions_dir: str | Path) -> list[tuple[Path, dict[str, An
     root = Path(sessions_dir)
     for path in sorted(root.glob("*.zarr")) if root.is_dir() else []:
         try:
-            reader = ArchiveReader(path)
-        except (ArchiveError, OSError, ValueError):
-            continue
-        if reader.status != "recording":
-            continue
-        try:
-            meta = update_archive_meta(
-                path, status="interrupted", stop_reason="worker_died",
-                frame_count=reader.frame_count,
-                recovered_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-        except ArchiveError as exc:  # e.g. a read-only copy: the service must still start
-            log.warning("Left %s as it is: %s", path, exc)
-            continue
-        seq = reader.table("frame_table").get("seq", np.zeros(0, np.int64))[:reader.frame_count]
-        # Not stored: lets the next worker count the frames lost across the restart.
-        recovered.append((path, {**meta, "last_seq": int(seq[-1]) if len(seq) else None}))
+            recovered += _recover_one(path)
+        except Exception as exc:  # noqa: BLE001 - one bad archive must not stop the service
+            log.warning("Left %s as it is: cannot recover it (%s: %s).", path,
+                        type(exc).__name__, exc)
     return recovered
+
+
+def _recover_one(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    try:
+        reader = ArchiveReader(path)
+    except (ArchiveError, OSError, ValueError):
+        return []
+    if reader.status != "recording":
+        return []
+    try:
+        meta = update_archive_meta(
+            path, status="interrupted", stop_reason="worker_died",
+            frame_count=reader.frame_count,
+            recovered_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    except ArchiveError as exc:  # e.g. a read-only copy: the service must still start
+        log.warning("Left %s as it is: %s", path, exc)
+        return []
+    seq = reader.table("frame_table").get("seq", np.zeros(0, np.int64))[:reader.frame_count]
+    # Not stored: lets the next worker count the frames lost across the restart.
+    return [(path, {**meta, "last_seq": int(seq[-1]) if len(seq) else None})]

@@ -6,6 +6,7 @@ Pure functions and one small stateful trace, no I/O:
   interpolation; the instrument's clock mapped to the camera's by a configured offset,
   done by the caller);
 * :func:`cumulative_charge_c` integrates the current (trapezoids);
+* :class:`EchemBacklog` holds batches for sessions not open yet, within a byte budget;
 * :class:`EchemTrace` keeps a session's samples as they arrive (out of order batches
   allowed) and answers "bias, current and charge at t";
 * :func:`silicon_atoms` and :func:`visible_lithium` turn the analysis' per-particle
@@ -27,20 +28,24 @@ CODATA 2018: elementary charge 1.602176634e-19 C (exact). Silicon: 2.329 g/cm^3,
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from . import physics
+from .protocol import Echem
 
 __all__ = [
     "ELEMENTARY_CHARGE_C",
+    "EchemBacklog",
     "SILICON_ATOMS_PER_NM3",
     "EchemTrace",
     "align_samples",
     "cumulative_charge_c",
+    "echem_message_bytes",
     "lithium_terms",
     "silicon_atoms",
     "visible_lithium",
@@ -92,6 +97,55 @@ def cumulative_charge_c(t_s: np.ndarray, current_a: np.ndarray) -> np.ndarray:
         return np.zeros(t.size)
     steps = np.diff(t) * (i[1:] + i[:-1]) / 2.0
     return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def echem_message_bytes(msg: Echem) -> int:
+    """Memory a decoded echem batch holds, bytes (an upper estimate): each of its three
+    columns is a list of Python floats, 8 bytes of list slot plus a 24-byte float
+    object per sample, beside its strings."""
+    text = len(msg.source) + len(msg.session_id or "")
+    return 32 * (len(msg.t_unix) + len(msg.bias_v) + len(msg.current_a)) + 4 * text + 256
+
+
+class EchemBacklog:
+    """Echem batches that arrived before their session was open, oldest first.
+
+    A potentiostat is usually started before the camera, so its first batches wait
+    here for the session they belong to. The backlog is bounded in bytes (estimated by
+    :func:`echem_message_bytes`), not in batches: a sender of a few huge batches must
+    not hold the memory that a count bound sized for small ones would allow. Past
+    ``max_bytes`` the oldest batches are dropped and counted in ``dropped``.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.dropped = 0
+        self._batches: collections.deque[tuple[Echem, int]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[Echem]:
+        return (msg for msg, _ in self._batches)
+
+    def append(self, msg: Echem) -> None:
+        size = echem_message_bytes(msg)
+        self._batches.append((msg, size))
+        self.nbytes += size
+        while self.nbytes > self.max_bytes and self._batches:
+            _, gone = self._batches.popleft()
+            self.nbytes -= gone
+            self.dropped += 1
+
+    def take(self, session_id: str) -> list[Echem]:
+        """Remove and return the batches for ``session_id`` and those naming no session."""
+        taken = [msg for msg, _ in self._batches if msg.session_id in (None, session_id)]
+        kept = [(msg, size) for msg, size in self._batches
+                if msg.session_id not in (None, session_id)]
+        self._batches = collections.deque(kept)
+        self.nbytes = sum(size for _, size in kept)
+        return taken
 
 
 class EchemTrace:

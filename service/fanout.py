@@ -41,7 +41,9 @@ import zmq
 
 from .analysis import PARTICLE_COLUMNS, AnalysisConfig, FrameMeasurement, measure_frame
 from .errors import LithoscopeError
+from .protocol import FrameLimits
 from .security import ClientCurve, ServerCurve
+from .sockets import harden_socket
 
 __all__ = ["AnalysisPool", "Outcome", "decode_job", "decode_measurement", "encode_job",
            "encode_measurement", "run_measurer"]
@@ -168,7 +170,7 @@ class AnalysisPool:
         self._jobs: zmq.Socket[Any] = context.socket(zmq.PUSH)
         self._measurements: zmq.Socket[Any] = context.socket(zmq.PULL)
         for sock in (self._jobs, self._measurements):
-            sock.setsockopt(zmq.LINGER, 0)
+            harden_socket(sock, max_part_bytes=FrameLimits().max_message_bytes)
             if curve is not None:
                 curve.apply(sock)
         try:

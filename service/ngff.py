@@ -32,7 +32,10 @@ NGFF_VERSION = "0.5"
 def _positive(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float64 (the wire refuses them; old archives)
+        return None
     return number if math.isfinite(number) and number > 0 else None
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import types
 import typing
 from collections import Counter
@@ -36,11 +37,17 @@ from typing import Any, ClassVar, Union
 import numpy as np
 
 from . import schema
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 from .schema import names_markdown
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "MAX_ECHEM_SAMPLES",
+    "MAX_ECHEM_SOURCE_CHARS",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_ITEMS",
+    "MAX_STRING_CHARS",
     "PROTOCOL_VERSION",
     "Decoder",
     "Echem",
@@ -65,6 +72,25 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 """A header is metadata, not data: a megabyte is far beyond any honest header."""
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of arrays and objects in a header: the header object is level 1,
+``metadata`` level 2, and no array or object may sit below level 16. Honest metadata
+nests two or three; the bound keeps ``dataclasses.asdict``, ``json.dumps`` and zarr's
+attribute writes far from Python's recursion limit."""
+MAX_JSON_ITEMS = 262_144
+"""Most values (numbers, strings, list items, object members) in one header."""
+MAX_STRING_CHARS = 4096
+"""Longest string anywhere in a header, object keys included."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Every integer in a header must fit the archive's int64 columns."""
+MAX_ECHEM_SAMPLES = 8192
+"""Most samples in one echem batch (a sender splits longer runs): the archive stores
+each sample's row, so a batch's cost is bounded by samples, not by header bytes."""
+MAX_ECHEM_SOURCE_CHARS = 512
+"""Longest echem ``source``: it is stored with every sample of the batch."""
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0, DEL and C1: no name field may hold them (a newline in a session id would write
+a second line into the service's log; an escape sequence would drive the terminal)."""
 
 ALLOWED_DTYPES = frozenset(
     {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -123,10 +149,30 @@ class FrameLimits:
     """Longest frame side accepted, pixels."""
     max_pixels: int = 8192 * 8192
     """Most pixels in one frame accepted."""
+    echem_backlog_bytes: int = 64 << 20
+    """Memory for echem batches waiting for a session that is not open yet (the oldest
+    go first past it); 64 MiB is some hours of a potentiostat at 10 Hz."""
+    subscription_bytes: int = 1024
+    """Largest message a results subscriber may send (a subscription is a topic
+    prefix, a few bytes)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_side", "max_pixels", "echem_backlog_bytes", "subscription_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"Expected limits.{name} to be a positive integer. "
+                                  f"Got {value!r}.")
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest frame payload: the most pixels at 8 bytes each."""
+        return self.max_pixels * 8
 
     @property
     def max_message_bytes(self) -> int:
-        return self.max_pixels * 8 + MAX_HEADER_BYTES + 4096
+        """Largest whole message ``[topic, header, payload]``; ZeroMQ's ``MAXMSGSIZE``
+        bounds each part to it, :func:`decode` the parts' total."""
+        return self.max_payload_bytes + MAX_HEADER_BYTES + 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,29 +451,108 @@ _HINTS: dict[type[Any], dict[str, Any]] = {
 }
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"Header holds {name}; JSON numbers must be finite.",
+                        reason="bad_number")
+
+
+def _string_problem(text: str) -> str | None:
+    if len(text) > MAX_STRING_CHARS:
+        return f"a string of {len(text)} characters (at most {MAX_STRING_CHARS})"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"a string that is not valid Unicode ({text!r:.40})"
+    return None
+
+
+def _check_values(header: dict[str, Any]) -> None:
+    """Bounds on every value of a parsed header, however deep: nesting, count, int64
+    integers, finite floats, strings of bounded length that UTF-8 can encode.
+
+    Iterative (an explicit stack), so a header that passed ``json.loads`` cannot make
+    this check recurse either. What passes can be stored as it is: JSON text, zarr
+    attributes and int64 / float64 columns.
+    """
+    stack: list[tuple[Any, int]] = [(header, 1)]
+    items = 0
+    while stack:
+        value, depth = stack.pop()
+        items += 1
+        if items > MAX_JSON_ITEMS:
+            raise ProtocolError(f"Header holds more than {MAX_JSON_ITEMS} values.",
+                                reason="too_large")
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise ProtocolError(f"Integer {value!r:.40} is outside int64.",
+                                    reason="bad_number")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ProtocolError(f"Number {value!r} is not a finite float64.",
+                                    reason="bad_number")
+        elif isinstance(value, str):
+            problem = _string_problem(value)
+            if problem is not None:
+                raise ProtocolError(f"Header holds {problem}.", reason="bad_string")
+        elif isinstance(value, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise ProtocolError(f"Header nests deeper than {MAX_JSON_DEPTH} levels.",
+                                    reason="too_deep")
+            if isinstance(value, dict):
+                for key in value:
+                    problem = _string_problem(key)
+                    if problem is not None:
+                        raise ProtocolError(f"Header key: {problem}.", reason="bad_string")
+                children: Any = value.values()
+            else:
+                children = value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _loads(raw: bytes | memoryview) -> Any:
+    """``json.loads`` with every way it can fail turned into a ProtocolError."""
+    try:
+        return json.loads(bytes(raw), parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        # The C scanner recurses once per level and raises cleanly at the limit.
+        raise ProtocolError(f"Header nests deeper than {MAX_JSON_DEPTH} levels.",
+                            reason="too_deep") from None
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"Header is not UTF-8: {exc}.", reason="bad_header") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"Header is not JSON: {exc}.", reason="bad_header") from None
+    except ValueError as exc:
+        # Python refuses int literals past sys.get_int_max_str_digits() (4300 digits).
+        raise ProtocolError(f"Header number cannot be read: {exc}.",
+                            reason="bad_number") from None
+
+
 def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dict[str, Any]]:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"Header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}.",
                             reason="bad_header")
-    try:
-        header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"Header is not JSON: {exc}.", reason="bad_header") from None
+    header = _loads(raw)
     if not isinstance(header, dict):
         raise ProtocolError(f"Expected a JSON object header. Got {type(header).__name__}.",
                             reason="bad_header")
+    _check_values(header)
     version = header.get("version")
     # type() check: JSON true and 1.0 compare equal to 1 in Python, and are not version 1.
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r}.",
+        raise ProtocolError(f"Expected protocol version {PROTOCOL_VERSION}. Got {version!r:.40}.",
                             reason="unknown_version")
     try:
         kind = MessageType(str(header.get("type")))
     except ValueError:
-        raise ProtocolError(f"Unknown message type {header.get('type')!r}.",
+        raise ProtocolError(f"Unknown message type {header.get('type')!r:.40}.",
                             reason="unknown_type") from None
     if topic != kind.value.encode():
-        raise ProtocolError(f"Topic {topic!r} does not match type {kind.value!r}.",
+        raise ProtocolError(f"Topic {topic!r:.40} does not match type {kind.value!r}.",
                             reason="topic_mismatch")
     cls = _CLASSES[kind]
     hints = _HINTS[cls]
@@ -440,10 +565,20 @@ def _parse_header(raw: bytes | memoryview, topic: bytes) -> tuple[type[Any], dic
                     f"Field {kind.value}.{f.name}: expected {hints[f.name]}. Got {value!r:.80}.",
                     reason="bad_field",
                 )
+            if (isinstance(value, str) and f.name not in _FREE_TEXT_FIELDS
+                    and _CONTROL_CHARACTERS.search(value)):
+                raise ProtocolError(
+                    f"Field {kind.value}.{f.name} holds control characters: {value!r:.80}.",
+                    reason="bad_string")
             values[f.name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ProtocolError(f"Field {kind.value}.{f.name} is missing.", reason="bad_field")
     return cls, values
+
+
+_FREE_TEXT_FIELDS = frozenset({"message"})
+"""Top-level string fields that are prose, not names: only these may hold control
+characters (every other one is a name that ends up in a log line or a file name)."""
 
 
 def _parse_frame_payload(values: dict[str, Any], payload: Any, limits: FrameLimits) -> np.ndarray:
@@ -477,6 +612,16 @@ def _parse_frame_payload(values: dict[str, Any], payload: Any, limits: FrameLimi
     return image
 
 
+def _check_echem(values: dict[str, Any]) -> None:
+    samples = len(values["t_unix"])
+    if samples > MAX_ECHEM_SAMPLES:
+        raise ProtocolError(f"Echem batch of {samples} samples exceeds {MAX_ECHEM_SAMPLES}; "
+                            "split it.", reason="too_large")
+    if len(values["source"]) > MAX_ECHEM_SOURCE_CHARS:
+        raise ProtocolError(f"Echem source of {len(values['source'])} characters exceeds "
+                            f"{MAX_ECHEM_SOURCE_CHARS}.", reason="bad_string")
+
+
 def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Message:
     """Inverse of :func:`encode`: validate three ZeroMQ frames and build the message.
 
@@ -491,11 +636,17 @@ def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Messag
     limits = limits or FrameLimits()
     if len(parts) != 3:
         raise ProtocolError(f"Expected 3 message parts. Got {len(parts)}.", reason="bad_parts")
+    total = sum(memoryview(getattr(p, "buffer", p)).nbytes for p in parts)
+    if total > limits.max_message_bytes:
+        raise ProtocolError(f"Message of {total} bytes exceeds {limits.max_message_bytes}.",
+                            reason="too_large")
     topic, raw_header, payload = (getattr(p, "bytes", None) if i < 2 else p
                                   for i, p in enumerate(parts))
     topic = topic if topic is not None else bytes(parts[0])
     raw_header = raw_header if raw_header is not None else bytes(parts[1])
     cls, values = _parse_header(raw_header, topic)
+    if cls is Echem:
+        _check_echem(values)
     if cls is Frame:
         values["image"] = _parse_frame_payload(values, payload, limits)
     else:
@@ -505,8 +656,11 @@ def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Messag
                                 reason="unexpected_payload")
     try:
         return typing.cast(Message, cls(**values))
-    except TypeError as exc:  # pragma: no cover - _parse_header checked every field
-        raise ProtocolError(str(exc), reason="bad_field") from None
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # A dataclass's own checks (``__post_init__``) belong to decoding too.
+        raise ProtocolError(f"{cls.TYPE.value}: {exc}", reason="bad_field") from None
 
 
 class Decoder:

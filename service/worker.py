@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import queue
-import re
 import shutil
 import tempfile
 import threading
@@ -47,8 +46,15 @@ from zmq.auth.thread import ThreadAuthenticator
 from . import __version__
 from .alerts import Alert
 from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
-from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
+from .archive import (
+    ArchiveWriter,
+    directory_size,
+    recover_abandoned,
+    safe_archive_name,
+    update_archive_meta,
+)
 from .config import ServiceConfig
+from .echem import EchemBacklog
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
 from .operando import OperandoContext
@@ -67,6 +73,7 @@ from .protocol import (
     encode,
 )
 from .security import ServerCurve
+from .sockets import harden_socket
 
 __all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 
@@ -80,8 +87,6 @@ _SKIP_EVENT_INTERVAL_S = 60.0
 10 s went unanalysed, and then at most once a minute: a single frame skipped while
 the archive opened is in the heartbeat's counters, not worth an alert at 2 a.m."""
 _CLOSE_RETRY_S = 5.0
-_ECHEM_BACKLOG = 4096
-"""Echem batches kept while no session is open (the potentiostat usually starts first)."""
 _ECHEM_PREROLL_S = 60.0
 """Of those, samples up to this long before a session's t0 go into its archive."""
 """How often an archive that could not be closed (disk full) is tried again."""
@@ -104,9 +109,7 @@ def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
     The name comes from the publisher (``archive_name`` or the session id), so it is
     reduced to safe characters: a remote publisher must not choose where we write.
     """
-    name = Path(start.archive_name or start.session_id).name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "session"
-    name = name.removesuffix(".zarr")
+    name = safe_archive_name(start.archive_name or start.session_id)
     root = Path(sessions_dir)
     path = root / f"{name}.zarr"
     n = 2
@@ -311,8 +314,7 @@ class Worker:
         """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
         frames are measured in this thread."""
         self._pool_dir: str | None = None
-        self._echem_unattached: collections.deque[Echem] = collections.deque(
-            maxlen=_ECHEM_BACKLOG)
+        self._echem_unattached = EchemBacklog(self.config.limits.echem_backlog_bytes)
         self._size_cache: tuple[Path | None, float, int] = (None, -math.inf, 0)
         self._stopping = threading.Event()
         """The stop event of :meth:`run`."""
@@ -325,12 +327,12 @@ class Worker:
             curve = ServerCurve.load(self.config.server_key, self.config.client_keys)
             self._auth = curve.start_authenticator(self.context)
         frames = self.context.socket(zmq.PULL)
-        frames.setsockopt(zmq.RCVHWM, self.config.frame_hwm)
-        frames.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
-        frames.setsockopt(zmq.LINGER, 0)
+        harden_socket(frames, max_part_bytes=self.config.limits.max_message_bytes,
+                      receive_hwm=self.config.frame_hwm)
         results = self.context.socket(zmq.PUB)
         results.setsockopt(zmq.SNDHWM, self.config.results_hwm)
-        results.setsockopt(zmq.LINGER, 0)
+        # What arrives on the results socket is subscriptions: a few bytes each.
+        harden_socket(results, max_part_bytes=self.config.limits.subscription_bytes)
         if curve is not None:
             curve.apply(frames)
             curve.apply(results)
@@ -801,14 +803,8 @@ class Worker:
         self._file_echem(session, msg)
 
     def _attach_unattached_echem(self, session: _Session) -> None:
-        keep: list[Echem] = []
-        for msg in self._echem_unattached:
-            if msg.session_id not in (None, session.start.session_id):
-                keep.append(msg)
-                continue
+        for msg in self._echem_unattached.take(session.start.session_id):
             self._file_echem(session, msg, not_before_s=-_ECHEM_PREROLL_S)
-        self._echem_unattached.clear()
-        self._echem_unattached.extend(keep)
 
     def _file_echem(self, session: _Session, msg: Echem, *,
                     not_before_s: float = -math.inf) -> None:
@@ -828,7 +824,9 @@ class Worker:
             self._archive.submit(session, functools.partial(
                 session.writer.append_rows, "echem", {
                     "t_s": t_s, "t_unix": t_unix, "bias_v": bias, "current_a": current,
-                    "clock_offset_s": np.full(n, offset), "source": np.full(n, msg.source),
+                    "clock_offset_s": np.full(n, offset),
+                    # One string object shared by n rows, not n copies of it.
+                    "source": np.full(n, msg.source, dtype=object),
                     "seq": np.arange(session.echem_samples, session.echem_samples + n)}))
         session.echem_samples += n
         self._send(dataclasses.replace(

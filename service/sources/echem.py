@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SourceError
+from ..protocol import MAX_ECHEM_SAMPLES, MAX_ECHEM_SOURCE_CHARS
 from .sim import SimConfig, SimulatedSource
 
 __all__ = ["CsvEchemSource", "EcLabSource", "EchemBatch", "EchemSourceBase", "SimulatedEchem",
@@ -67,6 +68,13 @@ class EchemBatch:
     def __len__(self) -> int:
         return int(self.t_unix.size)
 
+    def pieces(self, size: int = MAX_ECHEM_SAMPLES) -> Iterator[EchemBatch]:
+        """This batch in consecutive pieces of at most ``size`` samples: one echem
+        message may carry no more (a whole EC-Lab file is read as one batch)."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            yield EchemBatch(self.t_unix[part], self.bias_v[part], self.current_a[part])
+
 
 class EchemSourceBase:
     """Iterate batches, ``close()``, context manager; ``paced`` sources (the simulator)
@@ -90,6 +98,15 @@ class EchemSourceBase:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _source_name(kind: str, path: Path) -> str:
+    """``kind:path``, shortened to what an echem message may carry (its ``source`` is
+    archived with every sample): a long path keeps its end, where the file name is."""
+    name = f"{kind}:{path}"
+    if len(name) <= MAX_ECHEM_SOURCE_CHARS:
+        return name
+    return f"{kind}:...{str(path)[-(MAX_ECHEM_SOURCE_CHARS - len(kind) - 4):]}"
 
 
 def _pick(names: Sequence[str], wanted: str | None, known: Sequence[str], what: str,
@@ -137,7 +154,7 @@ class CsvEchemSource(EchemSourceBase):
                  stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
         self.path = Path(path)
-        self.name = f"csv:{self.path}"
+        self.name = _source_name("csv", self.path)
         self._columns = (time_column, bias_column, current_column)
         self.t0_unix = t0_unix
         self.delimiter = delimiter
@@ -186,7 +203,7 @@ class CsvEchemSource(EchemSourceBase):
                 if lines and header is None:
                     header = self._header(lines.pop(0))
                 if lines and header is not None:
-                    yield self._batch(lines, header, opened)
+                    yield from self._batch(lines, header, opened).pieces()
             elif time.monotonic() - last_growth > self.idle_timeout_s:
                 return
             self._stop.wait(self.poll_s)
@@ -328,7 +345,7 @@ class EcLabSource(EchemSourceBase):
                  stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
         self.path = Path(path)
-        self.name = f"eclab:{self.path}"
+        self.name = _source_name("eclab", self.path)
         self.t0_unix = t0_unix
         self.poll_s = poll_s
         self.idle_timeout_s = idle_timeout_s
@@ -358,7 +375,8 @@ class EcLabSource(EchemSourceBase):
                         if base is None:
                             base = (self.t0_unix if self.t0_unix is not None
                                     else start if start is not None else opened)
-                        yield EchemBatch(t[sent:] + base, bias[sent:], current[sent:])
+                        yield from EchemBatch(t[sent:] + base, bias[sent:],
+                                              current[sent:]).pieces()
                         sent = int(t.size)
             elif time.monotonic() - last_growth > self.idle_timeout_s:
                 if failure is not None:
@@ -414,7 +432,7 @@ class SimulatedEchem(EchemSourceBase):
             if self._stop.is_set():
                 return
             part = slice(start, start + per_batch)
-            yield EchemBatch(t[part] + base, bias[part], current[part])
+            yield from EchemBatch(t[part] + base, bias[part], current[part]).pieces()
 
 
 def open_echem_source(spec: str, *, t0_unix: float | None = None,

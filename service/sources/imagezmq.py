@@ -40,6 +40,8 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError, SourceError
+from ..protocol import FrameLimits
+from ..sockets import harden_socket
 from .base import SourceBase, SourceFrame, SourceInfo
 
 __all__ = ["IMAGEZMQ_PREFIX", "ImagezmqSource", "decode_imagezmq"]
@@ -160,7 +162,7 @@ class ImagezmqSource(SourceBase):
         self._closed = threading.Event()
         self._stop = stop
         self._socket = (context or zmq.Context.instance()).socket(zmq.REP)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        harden_socket(self._socket, max_part_bytes=FrameLimits().max_message_bytes)
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:

@@ -590,7 +590,7 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
 # -- the decoder, fuzzed from valid messages outwards ------------------------------------
 REASONS = {"bad_header", "unknown_version", "unknown_type", "topic_mismatch", "bad_field",
            "bad_shape", "bad_dtype", "size_mismatch", "non_finite", "bad_parts",
-           "unexpected_payload"}
+           "unexpected_payload", "bad_number", "bad_string", "too_deep", "too_large"}
 FUZZ_LIMITS = FrameLimits(max_side=64, max_pixels=2048)
 _VALID = json.loads(_frame_parts("fuzz", 0, np.zeros((4, 4), np.uint16))[1])
 
