@@ -102,7 +102,7 @@ def _matches(module: str, patterns: Iterable[str]) -> bool:
 PACKAGE = ("service",)
 """The package's front door: its ``open_archive`` loads the offline tools on first use."""
 GROUND = ("service.errors", "service.schema", "service.protocol",
-          "service.settings", "service._options", "service.physics")
+          "service.settings", "service._options", "service.physics", "service.sockets")
 """Imported by everyone; import only each other (and numpy)."""
 SOURCES = ("service.sources*",)
 ANALYSIS = ("service.analysis*", "service.alerts", "service.operando", "service.dose",
