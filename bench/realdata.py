@@ -235,13 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="particle diameter told to the scikit-image script "
                              "(default: the median of the masks)")
     parser.add_argument("--per-image", action="store_true", help="print per-image F1")
+    parser.add_argument("--ours-only", action="store_true", help="skip the script")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)
     pairs = load_pairs(args.data)
     diameter = args.diameter_px or median_diameter_px(pairs)
     print(f"{len(pairs)} images from {args.data}; script told diameter {diameter:.1f} px")
-    results = run(pairs, {"lithoscope defaults": ours,
-                          "scikit-image script": skimage_script(diameter)})
+    methods = {"lithoscope defaults": ours}
+    if not args.ours_only:
+        methods["scikit-image script"] = skimage_script(diameter)
+    results = run(pairs, methods)
     print_table(results)
     if args.per_image:
         names = [name for name, _, _ in pairs]

@@ -97,6 +97,7 @@ CLUSTER_COLUMNS: dict[str, Any] = {
     "grid_area_px": np.int64,
     "needle_tip_row": np.float64,
     "needle_tip_col": np.float64,
+    "particle_diameter_px": np.float64,
     "drift_row_px": np.float64,
     "drift_col_px": np.float64,
     "drift_step_px": np.float64,

@@ -202,7 +202,8 @@ class Result:
     cluster: dict[str, Any] = _doc(
         "Cluster values: `area_px`, `area_nm2`, `particle_count`, `relative_area`, "
         "`needle_contact`, `needle_area_px`, `grid_area_px`, `needle_tip_row`, "
-        "`needle_tip_col`, `drift_row_px`, `drift_col_px`, `drift_step_px`, "
+        "`needle_tip_col`, `particle_diameter_px`, `drift_row_px`, `drift_col_px`, "
+        "`drift_step_px`, "
         "`relative_area_change`, `volume_ratio`, `lithium_x`, `area_rate_nm2_per_s`, "
         "`diffusion_coefficient_cm2_per_s` (docs/analysis.md); with operando context "
         "`bias_v`, `current_a`, `charge_c`, `echem_age_s`, `dose_rate_e_per_a2_s`, "

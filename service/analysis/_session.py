@@ -90,7 +90,8 @@ the particles it touches (``neighbour_ids``, space-separated str), and its physi
 
 CLUSTER_COLUMNS: tuple[str, ...] = (
     "area_px", "area_nm2", "particle_count", "relative_area", "needle_contact",
-    "needle_area_px", "grid_area_px", "needle_tip_row", "needle_tip_col", "drift_row_px",
+    "needle_area_px", "grid_area_px", "needle_tip_row", "needle_tip_col",
+    "particle_diameter_px", "drift_row_px",
     "drift_col_px", "drift_step_px", "relative_area_change", "volume_ratio", "lithium_x",
     "area_rate_nm2_per_s", "diffusion_coefficient_cm2_per_s",
 )
