@@ -39,7 +39,7 @@ _SPLIT_DISTANCE_WEIGHT = 0.25
 """Flattened grey levels per pixel of distance to the background in the splitting
 landscape: enough to separate uniformly grey particles at their neck, too little to
 fill the bright rim-to-rim ridge between two particles of a clump (10-20 levels)."""
-_SPLIT_SHAPE_WEIGHT = 0.5
+_SPLIT_SHAPE_WEIGHT = 1.0
 """The same weight without a pixel size: particles of unknown size and material
 have diffraction contrast (bend contours, dark facets) as strong as their
 thickness contrast, so the outline's shape (the distance transform) leads and the
@@ -56,6 +56,10 @@ off by -1 to +2 (half the frames exact), and by 0/+-1 at the default dose; at 3.
 sigmas under-split by 1-3 at both doses."""
 _SMOOTHING_PER_RADIUS = 5.0
 """Without a pixel size, particles are smoothed at their radius over this."""
+_SCALE_ROUNDS = 4
+_SCALE_GROWTH = 1.25
+"""Without a pixel size, the frame is smoothed again at the scale measured after
+smoothing while that grew by more than this factor, at most ``_SCALE_ROUNDS`` times."""
 _MIN_AREA_FLOOR_PX = 6
 """Without a pixel size, no region under this many analysis pixels is a particle: a
 blob of smoothed noise at 4 sigmas is about this big at the smallest smoothing."""
@@ -448,30 +452,45 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     b = prepared.binning
     if not flat.any():
         return np.zeros(flat.shape, np.int32), 0.0
-    threshold = _particle_threshold(flat, needle, config)
-    otsu = _particle_threshold(flat, needle, config, capped=False)
-    # The scale from Otsu's threshold alone: at the configured smoothing, a noisy
-    # frame's noise cap keeps only fragments of faint particles.
-    radius = _particle_radius((flat < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
-    scale = _sizes(radius, config, b, from_image)
+    base = flat
+    otsu = _particle_threshold(base, needle, config, capped=False)
+    # The first scale from Otsu's threshold alone: at the configured smoothing, a
+    # noisy frame's noise cap keeps only fragments of faint particles.
+    radius = _particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
     base_sigma = config.smoothing_sigma_px / b
-    if scale.smoothing_sigma_px > base_sigma + 0.25:
-        extra = math.sqrt(scale.smoothing_sigma_px ** 2 - base_sigma ** 2)
-        # Normalized convolution leaving out the opaque objects: smoothed with the
-        # rest, their darkness would spill past their rim and be taken for particles
-        # hugging them.
-        weight = (~needle).astype(np.float32)
-        total = cv2.GaussianBlur(flat.astype(np.float32) * weight, (0, 0), extra)
-        norm = cv2.GaussianBlur(weight, (0, 0), extra)
-        flat = np.where(needle | (norm < 1e-3), flat,
-                        np.clip(total / np.maximum(norm, 1e-3) + 0.5, 0, 255)).astype(np.uint8)
-        # Otsu's threshold stays the one between the two classes' levels (at the
-        # configured smoothing); only the noise cap is the smoother frame's, lower.
-        threshold = min(otsu, _particle_threshold(flat, needle, config))
-    foreground = (flat < threshold) & ~needle
-    if from_image:
-        radius = _particle_radius(foreground, round(scale.min_area_px))
+    weight = (~needle).astype(np.float32)
+    for _ in range(_SCALE_ROUNDS):
         scale = _sizes(radius, config, b, from_image)
+        if scale.smoothing_sigma_px > base_sigma + 0.25:
+            extra = math.sqrt(scale.smoothing_sigma_px ** 2 - base_sigma ** 2)
+            # Normalized convolution leaving out the opaque objects: smoothed with
+            # the rest, their darkness would spill past their rim and be taken for
+            # particles hugging them.
+            total = cv2.GaussianBlur(base.astype(np.float32) * weight, (0, 0), extra)
+            norm = cv2.GaussianBlur(weight, (0, 0), extra)
+            flat = np.where(needle | (norm < 1e-3), base, np.clip(
+                total / np.maximum(norm, 1e-3) + 0.5, 0, 255)).astype(np.uint8)
+            # Otsu's threshold stays the one between the two classes' levels (at the
+            # configured smoothing); only the noise cap is the smoother frame's.
+            threshold = min(otsu, _particle_threshold(flat, needle, config))
+        else:
+            flat = base
+            threshold = _particle_threshold(flat, needle, config)
+        foreground = (flat < threshold) & ~needle
+        if not from_image:
+            break
+        # Smoothed at the particles' scale, fragments of a faint particle join up:
+        # measured again, the scale grows, and the frame is smoothed again.
+        # (Measured, like the first, on Otsu's regions of the smoothed frame: the
+        # noise cap would cut faint particles into pieces.)
+        measured = _particle_radius(
+            (flat < _particle_threshold(flat, needle, config, capped=False)) & ~needle,
+            round(scale.min_area_px))
+        grew = measured > _SCALE_GROWTH * radius
+        radius = measured
+        if not grew:
+            break
+    scale = _sizes(radius, config, b, from_image)
     if radius > 0:
         foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
     count, components, stats, _ = _components(foreground.view(np.uint8))
@@ -491,12 +510,18 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     labels: np.ndarray = lookup[components]
     if not config.split_touching:
         return labels, radius
-    weight = _SPLIT_SHAPE_WEIGHT if from_image else _SPLIT_DISTANCE_WEIGHT
-    return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat, weight), radius
+    if not from_image:
+        return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat), radius
+    # Without a pixel size the marker spacing is half the typical radius, and the
+    # grid finer for it (a tenth: at a fifth, whether two discs of radius 40 and 30
+    # px were split hung on the spacing's rounding).
+    return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
+                  _SPLIT_SHAPE_WEIGHT, cells_per_spacing=10.0, flood_on_shape=True), radius
 
 
 def _split(regions: np.ndarray, count: int, spacing: float,
-           flat: np.ndarray, distance_weight: float = _SPLIT_DISTANCE_WEIGHT) -> np.ndarray:
+           flat: np.ndarray, distance_weight: float = _SPLIT_DISTANCE_WEIGHT,
+           cells_per_spacing: float = 5.0, flood_on_shape: bool = False) -> np.ndarray:
     """Split touching particles: one marker per particle, then a watershed.
 
     A sphere is thickest, hence darkest in bright field, at its centre, whoever its
@@ -530,7 +555,7 @@ def _split(regions: np.ndarray, count: int, spacing: float,
     window = regions[r0:r1, c0:c1]
     # Markers and flooding on a grid reduced to a fifth of the marker spacing: a
     # particle is still many cells across, and h-maxima costs a quarter.
-    f = max(1, int(spacing // 5))
+    f = max(1, int(spacing // cells_per_spacing))
     height_px, width_px = window.shape
     pad_r, pad_c = -height_px % f, -width_px % f
     small_size = ((width_px + pad_c) // f, (height_px + pad_r) // f)
@@ -602,8 +627,11 @@ def _split(regions: np.ndarray, count: int, spacing: float,
     # Flood every cell that holds any pixel of a crowded region, so that scaled back
     # up, the pieces cover the region.
     reach = reduce(inside.astype(np.float32), 0.0) > 0
-    flooded_small: np.ndarray = watershed(  # type: ignore[no-untyped-call]
+    flooded_small = watershed(  # type: ignore[no-untyped-call]
         -score, markers, mask=reach)
+    if flood_on_shape:
+        flooded_small = _deepest_disc(flooded_small, distance, reach, small_window,
+                                      region_of)
     flooded = np.repeat(np.repeat(flooded_small, f, axis=0), f, axis=1)[:height_px, :width_px]
     # Consecutive labels: uncrowded regions keep theirs, split pieces follow.
     out = window.copy()
@@ -619,6 +647,45 @@ def _split(regions: np.ndarray, count: int, spacing: float,
     relabel[used] = np.arange(used.size, dtype=np.int32)
     relabelled: np.ndarray = relabel[result]
     return relabelled
+
+
+def _deepest_disc(pieces: np.ndarray, distance: np.ndarray, reach: np.ndarray,
+                  small_regions: np.ndarray, region_of: np.ndarray) -> np.ndarray:
+    """Each cell of ``reach`` to the piece whose disc it lies deepest inside.
+
+    A piece (of a first, marker-driven watershed) stands for one particle, a disc: its
+    centre the piece's deepest point (largest distance to the background), its radius
+    that distance. A cell goes to the disc maximizing radius minus distance to the
+    centre, among the discs of its own region (an additively weighted Voronoi
+    partition): the exact split of overlapping discs, whose boundary runs through the
+    points where their outlines cross, wherever the intensity inside them put its
+    bends and facets.
+
+    References
+    ----------
+    F. Aurenhammer, "Voronoi diagrams - a survey of a fundamental geometric data
+    structure", ACM Comput. Surv. 23 (1991) 345-405.
+    """
+    ids = np.flatnonzero(np.bincount(pieces.ravel()))
+    ids = ids[ids > 0]
+    rows, cols = np.nonzero(reach)
+    region = small_regions[rows, cols]
+    best = np.full(rows.size, -np.inf, np.float32)
+    label = np.zeros(rows.size, np.int32)
+    for piece in ids:
+        r, c = np.nonzero(pieces == piece)
+        depth_in = distance[r, c]
+        deepest = depth_in >= depth_in.max() - 0.5
+        centre_r, centre_c = float(r[deepest].mean()), float(c[deepest].mean())
+        radius = float(depth_in.max())
+        depth = radius - np.hypot(rows - centre_r, cols - centre_c).astype(np.float32)
+        depth[(region > 0) & (region != region_of[piece])] = -np.inf
+        better = depth > best
+        best[better] = depth[better]
+        label[better] = piece
+    out = np.zeros(pieces.shape, np.int32)
+    out[rows, cols] = label
+    return out
 
 
 def _is_convex(mask: np.ndarray) -> bool:
