@@ -311,7 +311,8 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
 
 
 def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
-                        config: AnalysisConfig, *, capped: bool = True) -> int:
+                        config: AnalysisConfig, *, capped: bool = True,
+                        noise_led: bool = False) -> int:
     """Otsu between particles and vacuum (opaque pixels left out), capped by the noise.
 
     The cap keeps the threshold at least ``particle_noise_sigmas`` standard deviations
@@ -350,6 +351,8 @@ def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
         level, noise = _VACUUM, 0.0
     margin = max(config.particle_noise_sigmas * noise, config.particle_min_contrast * level)
     cap = math.floor(level - margin)
+    if noise_led:  # the cap alone: the level nearest the vacuum that noise never reaches
+        return max(floor + 1, cap)
     return max(floor + 1, min(otsu, cap))
 
 
@@ -374,11 +377,53 @@ def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     distance = cv2.distanceTransform(
         cv2.copyMakeBorder(foreground.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE),
         cv2.DIST_L2, 5)[1:-1, 1:-1]
-    peaks = np.asarray(ndimage.maximum(distance, components, keep), np.float64)
+    inside = components > 0  # (only the regions' pixels: the sort is the cost)
+    peaks = np.asarray(ndimage.maximum(distance[inside], components[inside], keep),
+                       np.float64)
     weights = areas[keep - 1]
     order = np.argsort(peaks)
     cumulative = np.cumsum(weights[order])
     return float(peaks[order][int(np.searchsorted(cumulative, cumulative[-1] / 2))])
+
+
+def _grow_to_own_contrast(flat: np.ndarray, foreground: np.ndarray, needle: np.ndarray,
+                          threshold: int, config: AnalysisConfig, *,
+                          reach_px: float) -> np.ndarray:
+    """Each region grown to half its own contrast, within ``reach_px`` of it.
+
+    One threshold for the frame (Otsu's) sits half-way between the vacuum and the
+    particles' typical darkness, so a fainter particle (diffraction contrast: each
+    crystal its own darkness; a light amorphous shell) is cut inside its outline.
+    Each region's own level is the median of its pixels; its outline is where the
+    frame crosses half-way from there to the vacuum, never nearer the vacuum than the
+    noise cap and never inside the frame's threshold.
+    """
+    from scipy import ndimage
+
+    count, components = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8)
+    if count <= 1:
+        return foreground
+    cap = _particle_threshold(flat, needle, config, capped=True, noise_led=True)
+    inside = components > 0
+    levels = np.asarray(ndimage.median(flat[inside], components[inside], np.arange(1, count)),
+                        np.float64)
+    own = np.clip(np.round((levels + _VACUUM) / 2), threshold, max(threshold, cap))
+    lookup = np.zeros(count, np.float32)
+    lookup[1:] = own
+    # Each pixel within reach of a region takes the nearest region's threshold.
+    distance, nearest = cv2.distanceTransformWithLabels(
+        (~foreground).view(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP)
+    region_of = np.zeros(int(nearest.max()) + 1, np.int32)
+    region_of[nearest[foreground]] = components[foreground]
+    local = lookup[region_of[nearest]]
+    grown = (flat < local) & (distance <= reach_px) & ~needle
+    # Keep only what connects to a region.
+    joined = cv2.connectedComponents((grown | foreground).view(np.uint8), connectivity=8)[1]
+    touched = np.zeros(int(joined.max()) + 1, np.bool_)
+    touched[joined[foreground]] = True
+    touched[0] = False
+    result: np.ndarray = touched[joined]
+    return result
 
 
 def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
@@ -491,6 +536,9 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         if not grew:
             break
     scale = _sizes(radius, config, b, from_image)
+    if from_image and radius > 0:
+        foreground = _grow_to_own_contrast(flat, foreground, needle, threshold, config,
+                                           reach_px=2 * scale.smoothing_sigma_px)
     if radius > 0:
         foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
     count, components, stats, _ = _components(foreground.view(np.uint8))
@@ -512,11 +560,11 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         return labels, radius
     if not from_image:
         return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat), radius
-    # Without a pixel size the marker spacing is half the typical radius, and the
-    # grid finer for it (a tenth: at a fifth, whether two discs of radius 40 and 30
-    # px were split hung on the spacing's rounding).
+    # Without a pixel size the marker spacing is half the typical radius and the grid
+    # a seventh of it (at a fifth, whether two discs of radius 40 and 30 px were split
+    # hung on the rounding of the spacing).
     return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
-                  _SPLIT_SHAPE_WEIGHT, cells_per_spacing=10.0, flood_on_shape=True), radius
+                  _SPLIT_SHAPE_WEIGHT, cells_per_spacing=7.0, flood_on_shape=True), radius
 
 
 def _split(regions: np.ndarray, count: int, spacing: float,
