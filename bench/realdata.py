@@ -214,6 +214,48 @@ def run(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
     return results
 
 
+def outlines(image: np.ndarray, found: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """The frame in grey, the true outline green, the found particles' boundaries red."""
+    out = cv2.cvtColor(cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX)
+                       .astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    if truth is not None:
+        edge = cv2.morphologyEx((truth > 0).astype(np.uint8), cv2.MORPH_GRADIENT,
+                                np.ones((3, 3), np.uint8)) > 0
+        out[edge] = (0, 200, 0)
+    boundary = np.zeros(found.shape, np.bool_)
+    boundary[:, 1:] |= found[:, 1:] != found[:, :-1]
+    boundary[1:, :] |= found[1:, :] != found[:-1, :]
+    out[boundary] = (0, 0, 255)
+    return out
+
+
+def draw_pictures(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], folder: Path) -> None:
+    """The pictures of docs/analysis.md (JPEG: noise does not compress): the worst and a typical real image, and frames
+    of the simulator's particle field at 8, 60 and 150 px, each segmented with the
+    defaults and no pixel size."""
+    from lithoscope.service.sources.particles import ParticleFieldConfig, render_particle_field
+
+    folder.mkdir(parents=True, exist_ok=True)
+    by_name = {name: (image, mask) for name, image, mask in pairs}
+    for name in ("train_4", "test_0"):
+        if name in by_name:
+            image, mask = by_name[name]
+            picture = np.hstack([cv2.cvtColor(image, cv2.COLOR_GRAY2BGR),
+                                 outlines(image, ours(image), mask)])
+            picture = cv2.resize(picture, (768, 384), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(folder / f"realdata_{name}.jpg"), picture,
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+    tiles = []
+    for diameter, shape, count in ((8.0, (192, 192), 40), (60.0, (384, 384), 8),
+                                   (150.0, (640, 640), 5)):
+        config = ParticleFieldConfig(shape=shape, diameter_px=diameter, count=count, seed=2)
+        image, truth = render_particle_field(config, 7)
+        tile = outlines(image, ours(image), truth)
+        tiles.append(cv2.resize(tile, (320, 320), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(folder / "particle_field.jpg"), np.hstack(tiles),
+                [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+
 COLUMNS = ("f1", "precision", "recall", "pixel_iou", "count_ratio", "median_area_error",
            "splits", "merges", "worst_f1", "worst_image", "ms_per_image")
 
@@ -237,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-image", action="store_true", help="print per-image F1")
     parser.add_argument("--ours-only", action="store_true", help="skip the script")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--images", type=Path,
+                        help="also draw the docs' pictures into this folder (JPEG)")
     args = parser.parse_args(argv)
     pairs = load_pairs(args.data)
     diameter = args.diameter_px or median_diameter_px(pairs)
@@ -252,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             print(f"{name:9}" + " ".join(f"{results[m]['per_image'][name]['f1']:11.3f}"
                                           for m in results))
+    if args.images:
+        draw_pictures(pairs, args.images)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"diameter_px": diameter, "results": results},
