@@ -230,9 +230,9 @@ def outlines(image: np.ndarray, found: np.ndarray, truth: np.ndarray | None) -> 
 
 
 def draw_pictures(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], folder: Path) -> None:
-    """The pictures of docs/analysis.md (JPEG: noise does not compress): the worst and a typical real image, and frames
-    of the simulator's particle field at 8, 60 and 150 px, each segmented with the
-    defaults and no pixel size."""
+    """The pictures of docs/analysis.md (JPEG: noise does not compress): the worst
+    and a typical real image, and frames of the simulator's particle field at 8, 60
+    and 150 px, each segmented with the defaults and no pixel size."""
     from lithoscope.service.sources.particles import ParticleFieldConfig, render_particle_field
 
     folder.mkdir(parents=True, exist_ok=True)

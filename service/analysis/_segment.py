@@ -748,7 +748,7 @@ def _is_convex(mask: np.ndarray) -> bool:
     hull_mask = np.zeros(mask.shape, np.uint8)
     cv2.fillConvexPoly(hull_mask, hull, 1)
     hull_area = int(np.count_nonzero(hull_mask))
-    return hull_area == 0 or np.count_nonzero(mask) >= _CONVEX_SOLIDITY * hull_area
+    return bool(hull_area == 0 or np.count_nonzero(mask) >= _CONVEX_SOLIDITY * hull_area)
 
 
 def _upsample(array: np.ndarray, binning: int, shape: tuple[int, int]) -> np.ndarray:

@@ -544,6 +544,7 @@ def rejoin_split_particles(
     keep = np.flatnonzero(target == np.arange(labels.size))
     out: dict[str, np.ndarray] = {}
     weights = area
+    joined: np.ndarray
     for name, column in table.items():
         if name in ("area_px", "area_nm2"):
             joined = np.bincount(target, weights=column.astype(np.float64),

@@ -134,9 +134,9 @@ def _particles(config: ParticleFieldConfig) -> list[_Particle]:
             side = int(rng.integers(4))
             along = rng.uniform(radius, (cols if side < 2 else rows) - radius)
             across = rng.uniform(-0.5, 0.5) * radius
-            centre = {0: (across, along), 1: (rows - 1 - across, along),
-                      2: (along, across), 3: (along, cols - 1 - across)}[side]
-            centre = np.asarray(centre, np.float64)
+            point = {0: (across, along), 1: (rows - 1 - across, along),
+                     2: (along, across), 3: (along, cols - 1 - across)}[side]
+            centre: np.ndarray = np.asarray(point, np.float64)
         else:
             centre = rng.uniform([radius, radius], [rows - radius, cols - radius])
         # Apart by a quarter of the larger diameter: separated, as on a support.
@@ -195,8 +195,8 @@ def render_particle_field(config: ParticleFieldConfig, index: int = 0,
         transmission[inside] = np.clip(crystal, 0.03, 0.97)
     rng = np.random.default_rng(config.seed)
     grain = cv2.GaussianBlur(rng.standard_normal(config.shape).astype(np.float32), (0, 0), 1.0)
-    grain *= config.support_texture / max(float(grain.std()), 1e-6)
-    transmission *= 1.0 + grain
+    grain = grain * np.float32(config.support_texture / max(float(grain.std()), 1e-6))
+    transmission = transmission * (np.float32(1.0) + grain)
     expected = config.dose_counts * cv2.GaussianBlur(transmission, (0, 0), _PSF_SIGMA_PX)
     noise = np.random.default_rng([config.seed, index])
     counts = noise.poisson(np.maximum(expected, 0.0).astype(np.float64))
