@@ -511,6 +511,13 @@ def _print_summary(path: Path, *, summary: dict[str, Any] | None = None,
         areas = [c["area_px"] for c in cluster]
         table.add_row("cluster area", f"{areas[0]} px at start, {max(areas)} px at most, "
                                       f"{areas[-1]} px at end")
+        diameters = [c.get("particle_diameter_px") or 0.0 for c in cluster]
+        found = [d for d in diameters if d > 0]
+        if found:  # the scale read from the frames (the one used without a pixel size)
+            typical = float(np.median(found))
+            nm = f" = {typical * s['pixel_size_nm']:.1f} nm" if s["pixel_size_nm"] else ""
+            table.add_row("particle size", f"{typical:.1f} px across{nm} (median over "
+                                           "frames, measured on the images)")
     _add_operando_rows(table, path)
     console.print(table)
     events = Table(title="Events", title_justify="left")
