@@ -610,6 +610,9 @@ class ArchiveReader:
                     "area_px": int(cluster["area_px"][i]),
                     "relative_area": _finite_or_none(cluster["relative_area"][i]),
                     "needle_contact": bool(cluster["needle_contact"][i]),
+                    "particle_diameter_px": (
+                        _finite_or_none(cluster["particle_diameter_px"][i])
+                        if "particle_diameter_px" in cluster else None),
                 }
                 for i in range(count)
             ],

@@ -170,6 +170,10 @@ CLUSTER = Table("cluster", "one row per analysed frame: the particles in view ta
     _c("grid_area_px", "int64", "px", "opaque grid-bar area in view", "tracked"),
     _c("needle_tip_row", "float64", "px", "needle tip row (NaN if no needle)", "tracked"),
     _c("needle_tip_col", "float64", "px", "needle tip column (NaN if no needle)", "tracked"),
+    _c("particle_diameter_px", "float64", "px",
+       "typical particle diameter measured on the frame, input px (twice the area-weighted "
+       "median inscribed radius; 0 without particles): the scale the frame was segmented "
+       "at when no pixel size is known", "tracked"),
     _c("drift_row_px", "float64", "px", "cumulative specimen drift since the first frame, rows",
        "tracked"),
     _c("drift_col_px", "float64", "px", "cumulative specimen drift since the first frame, "

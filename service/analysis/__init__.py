@@ -18,6 +18,7 @@ from ._session import (
     FrameMeasurement,
     SessionAnalyzer,
     measure_frame,
+    rejoin_split_particles,
     session_iter,
 )
 from ._tracking import DriftEstimator, ParticleTracker, drift_image, drift_iter, track_iter
@@ -40,6 +41,7 @@ __all__ = [
     "measure_frame",
     "measure_particles",
     "particle_contacts",
+    "rejoin_split_particles",
     "segment_particles",
     "session_iter",
     "track_iter",

@@ -44,9 +44,14 @@ class AnalysisConfig:
     across objects by normalized convolution at this scale."""
     dark_level_counts: float = 0.0
     """Camera offset: what a fully opaque object reads. Subtracted before flattening."""
-    particle_min_contrast: float = 0.15
-    """Particles are at least this much darker than vacuum (relative). Caps the Otsu
-    threshold so that a frame with no particles yields none."""
+    particle_min_contrast: float = 0.05
+    """Particles are at least this much darker than vacuum (relative): a floor under
+    the noise cap below, for frames so clean that a few grey levels would count."""
+    particle_noise_sigmas: float = 4.0
+    """Particles are darker than vacuum by at least this many standard deviations of
+    the vacuum's own fluctuation on the frame (shot noise and the support's texture,
+    after smoothing). Caps the Otsu threshold so that a frame with no particles
+    yields none."""
     needle_threshold_fraction: float = 0.3
     """The opaque needle reads below this fraction of the local vacuum level."""
     needle_min_area_px: int = 400
@@ -80,6 +85,9 @@ class AnalysisConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"Expected {name} >= 0. Got {value!r}.")
+        sigmas = self.particle_noise_sigmas
+        if not (isinstance(sigmas, int | float) and math.isfinite(sigmas) and sigmas >= 0):
+            raise ConfigError(f"Expected particle_noise_sigmas >= 0. Got {sigmas!r}.")
         if not self.background_sigma_px > 0:
             raise ConfigError(
                 f"Expected background_sigma_px > 0. Got {self.background_sigma_px!r}."

@@ -33,7 +33,10 @@ class FrameAnalysis:
     """``area_px`` (int, total particle area), ``area_nm2`` (float, NaN without a pixel
     size), ``particle_count`` (int), ``needle_contact`` (bool, the needle touches a
     particle), ``needle_area_px`` and ``grid_area_px`` (int, the two kinds of opaque
-    object), ``needle_tip_row`` and ``needle_tip_col`` (float, NaN without a needle)."""
+    object), ``needle_tip_row`` and ``needle_tip_col`` (float, NaN without a needle),
+    ``particle_diameter_px`` (float, the typical particle diameter measured on this
+    frame in input pixels: twice the area-weighted median inscribed radius of the
+    particle regions; 0 without particles)."""
     contacts: np.ndarray
     """(K, 2) int32 pairs of touching particle labels, see :func:`particle_contacts`."""
     analysis_labels: np.ndarray
@@ -86,8 +89,11 @@ def analyze_frame(
     config : AnalysisConfig, optional
         Options; defaults to ``AnalysisConfig()``.
     pixel_size_nm : float, optional
-        Pixel size; without it the nm values are NaN and the options' lengths are
-        taken at their reference pixel size (see :meth:`AnalysisConfig.at_pixel_size`).
+        Pixel size; the options' lengths are rescaled to it (see
+        :meth:`AnalysisConfig.at_pixel_size`). Without it the nm values are NaN and
+        the particle sizes are read from the frame: the smoothing, the smallest
+        particle and the splitting distance follow the typical particle diameter
+        measured on it (``cluster["particle_diameter_px"]``).
 
     Returns
     -------
@@ -123,7 +129,10 @@ def _analyze(
     b = prepared.binning
     # Measured at analysis resolution, in input pixels: upsampled to be measured, the
     # labels took 125 of 174 ms per frame at 2048² (4x4 binning), for the same table.
-    labels = _segment(prepared, needle.mask | needle.grid, config)
+    from_image = not (pixel_size_nm is not None and math.isfinite(pixel_size_nm)
+                      and pixel_size_nm > 0)
+    labels, radius = _segment(prepared, needle.mask | needle.grid, config,
+                              from_image=from_image)
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
                                   contact_px=config.needle_contact_px, binning=b)
@@ -139,6 +148,7 @@ def _analyze(
         "grid_area_px": int(np.count_nonzero(needle.grid)) * b * b,
         "needle_tip_row": needle.tip[0],
         "needle_tip_col": needle.tip[1],
+        "particle_diameter_px": 2.0 * radius * b,
     }
     analysis = FrameAnalysis(particles=particles, cluster=cluster,
                              contacts=particle_contacts(labels), analysis_labels=labels,

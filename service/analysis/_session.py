@@ -28,6 +28,7 @@ from ._frame import FrameAnalysis, _analyze
 from ._tracking import DriftEstimator, ParticleTracker, drift_image
 
 __all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
+           "rejoin_split_particles",
            "measure_frame", "session_iter"]
 
 _DRIFT_DOWNSAMPLE = 2
@@ -154,6 +155,9 @@ class SessionAnalyzer:
         self.last: FrameAnalysis | None = None
         """The latest frame's per-frame analysis (labels, masks), for display and tests."""
         self._first_area_px: float | None = None
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        """(drift-compensated centroids, areas, frames joined) of the last frame's
+        particles, see :func:`rejoin_split_particles`."""
         self._cluster = _Series()
         self._tracks: dict[int, _Series] = {}
         self._pruned_at_s = -math.inf
@@ -209,13 +213,22 @@ class SessionAnalyzer:
         set (there is no label image here)."""
         step = self.drift.update_image(measurement.drift_image, scale=measurement.drift_scale)
         drift = self.drift.drift_px
-        table = measurement.particles
+        table, contacts = measurement.particles, measurement.contacts
+        streak = np.zeros(table["label"].size, np.int64)
+        if self._previous is not None and table["label"].size >= 2 and contacts.size:
+            table, contacts, streak = rejoin_split_particles(
+                table, contacts, self._previous[0] + np.asarray(drift), self._previous[1],
+                previous_streak=self._previous[2])
+        positions = np.column_stack([table["centroid_row"], table["centroid_col"]])
+        self._previous = (positions - np.asarray(drift), table["area_px"].astype(np.float64),
+                          streak)
         radii = np.sqrt(table["area_px"] / np.pi)
         ids = self.tracker.update(np.column_stack([table["centroid_row"], table["centroid_col"]]),
                                   radii, drift_px=drift)
         # A particle found merged with a neighbour: its id, but not its area.
         merged = self.tracker.merged_with > 0
         cluster = dict(measurement.cluster)
+        cluster["particle_count"] = int(table["label"].size)
         area = float(cluster["area_px"])
         if self._first_area_px is None and area > 0:
             self._first_area_px = area
@@ -255,7 +268,7 @@ class SessionAnalyzer:
         size = pixel_size_nm if pixel_size_nm is not None and math.isfinite(pixel_size_nm) \
             else math.nan
         columns = self._particle_physics(table, ids, merged, t_s, size)
-        columns["neighbour_ids"] = _neighbours(measurement.contacts, table["label"], ids)
+        columns["neighbour_ids"] = _neighbours(contacts, table["label"], ids)
         self._cluster_physics(cluster, area, t_s, size, table, columns)
         touching = [int(i) for i in ids[table["touches_needle"]]]
         alerts = [self._with_particles(a, touching, columns) for a in alerts]
@@ -442,6 +455,103 @@ class SessionAnalyzer:
         else:
             return alert
         return replace(alert, particle_ids=tuple(sorted(ids)))
+
+
+def rejoin_split_particles(
+    table: dict[str, np.ndarray], contacts: np.ndarray, previous_centroids: np.ndarray,
+    previous_areas: np.ndarray, *, previous_streak: np.ndarray | None = None,
+    area_tolerance: float = 0.25, max_frames: int = 10,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Join touching pieces of this frame that were one particle in the last.
+
+    A group of touching particles (``contacts``) is joined into one row when one
+    particle of the last frame (``previous_centroids``, already moved by this frame's
+    drift, and ``previous_areas``) accounts for it: its centroid lies within the
+    group's equivalent radius of the group's centroid, its area is the group's within
+    ``area_tolerance``, and no other particle of the last frame lies within the group.
+    A particle does not break in two between two frames, so such a split is the
+    segmentation's (diffraction contrast moving inside a crystal), not the
+    specimen's. :func:`measure_frame` stays stateless; this is the session's memory.
+    A split that lasts (``previous_streak``: how many frames in a row each particle
+    of the last frame was joined) more than ``max_frames`` frames is believed: two
+    particles that one frame merged are not kept merged for ever.
+
+    Returns the table (joined rows: summed areas, area-weighted centroids and mean
+    intensities, the lowest label), the contacts relabelled (pairs inside a joined
+    group dropped) and each row's streak of joined frames.
+    """
+    labels = table["label"]
+    none = np.zeros(labels.size, np.int64)
+    if labels.size < 2 or not contacts.size or not previous_areas.size:
+        return table, contacts, none
+    if previous_streak is None:
+        previous_streak = np.zeros(previous_areas.size, np.int64)
+    row_of = {int(label): row for row, label in enumerate(labels.tolist())}
+    parent = list(range(labels.size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in contacts.tolist():
+        if a in row_of and b in row_of:
+            ra, rb = find(row_of[a]), find(row_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for row in range(labels.size):
+        groups.setdefault(find(row), []).append(row)
+    area = table["area_px"].astype(np.float64)
+    rows_c, cols_c = table["centroid_row"], table["centroid_col"]
+    target = np.arange(labels.size)
+    streak = np.zeros(labels.size, np.int64)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        m = np.asarray(members)
+        total = float(area[m].sum())
+        centre = np.array([np.average(rows_c[m], weights=area[m]),
+                           np.average(cols_c[m], weights=area[m])])
+        radius = math.sqrt(total / math.pi)
+        near = np.flatnonzero(np.hypot(*(previous_centroids - centre).T) < radius)
+        if near.size != 1:
+            continue
+        if abs(previous_areas[near[0]] - total) > area_tolerance * total:
+            continue
+        if previous_streak[near[0]] >= max_frames:
+            continue
+        target[m] = m.min()
+        streak[m.min()] = previous_streak[near[0]] + 1
+    if np.array_equal(target, np.arange(labels.size)):
+        return table, contacts, none
+    keep = np.flatnonzero(target == np.arange(labels.size))
+    out: dict[str, np.ndarray] = {}
+    weights = area
+    joined: np.ndarray
+    for name, column in table.items():
+        if name in ("area_px", "area_nm2"):
+            joined = np.bincount(target, weights=column.astype(np.float64),
+                                 minlength=labels.size)
+        elif name in ("centroid_row", "centroid_col", "mean_intensity"):
+            joined = np.bincount(target, weights=column * weights, minlength=labels.size) \
+                / np.maximum(np.bincount(target, weights=weights, minlength=labels.size), 1e-12)
+        elif name == "touches_needle":
+            joined = np.bincount(target, weights=column.astype(np.float64),
+                                 minlength=labels.size) > 0
+        elif name == "equivalent_diameter_nm":
+            nm2 = np.bincount(target, weights=table["area_nm2"].astype(np.float64),
+                              minlength=labels.size)
+            joined = 2.0 * np.sqrt(nm2 / math.pi)
+        else:  # label: the group's first
+            joined = column
+        out[name] = np.asarray(joined[keep]).astype(column.dtype)
+    label_of = {int(labels[row]): int(labels[target[row]]) for row in range(labels.size)}
+    pairs = [(label_of.get(a, a), label_of.get(b, b)) for a, b in contacts.tolist()]
+    pairs = sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b})
+    joined_contacts = np.asarray(pairs, np.int32).reshape(-1, 2)
+    return out, joined_contacts, streak[keep]
 
 
 def _neighbours(contacts: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ read into something a person reads (rich renderables or one line of text).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,6 +98,13 @@ def session_summary(
         areas = [c["area_px"] for c in cluster]
         table.add_row("cluster area", f"{areas[0]} px at start, {max(areas)} px at most, "
                                       f"{areas[-1]} px at end")
+        diameters = [c.get("particle_diameter_px") or 0.0 for c in cluster]
+        found = [d for d in diameters if d > 0]
+        if found:  # the scale read from the frames (the one used without a pixel size)
+            typical = statistics.median(found)
+            nm = f" = {typical * s['pixel_size_nm']:.1f} nm" if s["pixel_size_nm"] else ""
+            table.add_row("particle size", f"{typical:.1f} px across{nm} (median over "
+                                           "frames, measured on the images)")
     _operando_rows(table, operando, bookkeeping)
     if not s["events"]:
         return Group(table, "No events.")

@@ -75,7 +75,7 @@ def test_round_trip_after_clean_close(tmp_path: Path) -> None:
     assert summary["software_version"] == "9.9"
     assert summary["cluster"][1] == {"frame": 1, "t_s": 0.25, "area_px": 1001,
                                      "relative_area": pytest.approx(1.001),
-                                     "needle_contact": False}
+                                     "needle_contact": False, "particle_diameter_px": None}
 
 
 def test_refuses_to_overwrite_and_to_mix_frame_shapes(tmp_path: Path) -> None:

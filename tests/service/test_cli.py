@@ -54,7 +54,8 @@ def test_replay_tiff_then_inspect_json(tmp_path: Path) -> None:
     assert summary["pixel_size_nm"] == 0.8
     assert isinstance(summary["events"], list)
     assert len(summary["cluster"]) == 12
-    assert set(summary["cluster"][0]) >= {"t_s", "area_px", "needle_contact"}
+    assert set(summary["cluster"][0]) >= {"t_s", "area_px", "needle_contact",
+                                          "particle_diameter_px"}
 
     human = run("inspect", "out.zarr", cwd=tmp_path)
     assert "frames archived" in human.stdout
@@ -140,4 +141,5 @@ def test_demo_runs_the_whole_experiment(tmp_path: Path) -> None:
     assert "contact_made" in kinds
     assert "contact_lost" in kinds
     assert "contact_made" in done.stdout
+    assert "particle size" in done.stdout  # the scale read from the frames
     assert str(archive.name) in done.stdout.replace("\n", "")

@@ -22,7 +22,7 @@ SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0)  # whole experiments, quickly
 CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_area_px",
                 "grid_area_px",
-                "needle_tip_row", "needle_tip_col"}
+                "needle_tip_row", "needle_tip_col", "particle_diameter_px"}
 
 
 @pytest.fixture(scope="module", params=["lithiation", "control"])
@@ -90,7 +90,8 @@ def test_blank_frame(dtype: type) -> None:
     assert result.cluster == {"area_px": 0, "area_nm2": 0.0, "particle_count": 0,
                               "needle_contact": False, "needle_area_px": 0, "grid_area_px": 0,
                               "needle_tip_row": pytest.approx(math.nan, nan_ok=True),
-                              "needle_tip_col": pytest.approx(math.nan, nan_ok=True)}
+                              "needle_tip_col": pytest.approx(math.nan, nan_ok=True),
+                              "particle_diameter_px": 0.0}
     for name, column in result.particles.items():
         assert column.shape == (0,)
         assert column.dtype == PARTICLE_COLUMNS[name]
