@@ -118,6 +118,13 @@ class ServiceConfig:
     """Blosc-lz4 level for frames (1: fast; higher levels gain little on noisy frames)."""
     stall_timeout_s: float = 10.0
     """A session with no frame for this long raises ``source_stalled``."""
+    max_sessions: int = 16
+    """Sessions open at once. A ``session_start`` beyond it is rejected
+    (``rejected_too_many_sessions``): every open session holds an archive and analysis
+    state, so the number a sender can make the worker hold is bounded."""
+    idle_session_timeout_s: float = 600.0
+    """A session with no frame, echem or stop for this long is closed (status
+    ``interrupted``, stop reason ``idle``), so abandoned sessions do not pile up."""
     limits: FrameLimits = field(default_factory=FrameLimits)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
@@ -151,7 +158,11 @@ class ServiceConfig:
                         f"Listening on {endpoint} needs CURVE authentication: give "
                         "server_key and client_keys (--server-key, --client-keys; make them "
                         "with `lithoscope keys`). See docs/security.md.")
-        for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s"):
+        if not (isinstance(self.max_sessions, int) and self.max_sessions > 0):
+            raise ConfigError(f"Expected max_sessions to be a positive integer. "
+                              f"Got {self.max_sessions!r} instead.")
+        for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s",
+                     "idle_session_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"Expected {name} > 0. Got {getattr(self, name)!r}.")
         for name in ("frame_hwm", "results_hwm"):

@@ -26,7 +26,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
+import hashlib
+import hmac
 import logging
 import math
 import queue
@@ -46,12 +47,11 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert
-from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
 from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
-from .operando import OperandoContext
+from .pipeline import FrameOutput, SessionPipeline, event_message, event_row
 from .protocol import (
     Decoder,
     Echem,
@@ -60,7 +60,6 @@ from .protocol import (
     Frame,
     Heartbeat,
     Message,
-    Result,
     SessionClosed,
     SessionStart,
     SessionStop,
@@ -96,6 +95,23 @@ it (a hung disk) the archive is left to the next start's recovery, never closed 
 the writer thread's feet."""
 _ARCHIVE_STALL_S = 10.0
 """A frame waiting this long for room in the archive queue raises ``archive_stalled``."""
+_CLOSED_KEPT = 1024
+"""Closed sessions remembered (to repeat their acknowledgement, to count late frames)."""
+_TOKEN_MIN_CHARS = 16
+_TOKEN_MAX_CHARS = 256
+"""Bounds of a ``session_token``: long enough not to be guessed, short enough to hash."""
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 of a session token, hex: what the archive keeps, so that after a restart
+    the worker recognises the sender of an interrupted session without storing its
+    secret where subscribers and archive readers see it."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _token_ok(token: str | None, expected: str) -> bool:
+    return token is not None and hmac.compare_digest(
+        token.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -143,15 +159,25 @@ class SkipRate:
 @dataclasses.dataclass
 class _Session:
     start: SessionStart
+    """As published and archived: without its token."""
     writer: ArchiveWriter | None
+    token: str = ""
+    """The sender's ``session_token``: frames, stop and echem must carry it."""
+    frame_shape: tuple[tuple[int, ...], str] | None = None
+    """Shape and dtype of the first accepted frame; frames of another are rejected."""
+    accepted: int = 0
+    """Frames accepted for archiving (checked against ``frames_sent`` at the stop)."""
+    sent_before: int = 0
+    """Frames in the archive this one continues (a restart mid-session)."""
+    last_activity: float = dataclasses.field(default_factory=time.monotonic)
     last_seq: int | None = None
     last_frame_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     archived: int = 0
     analysed: int = 0
     skipped: int = 0
     dropped: int = 0
-    analyzer: SessionAnalyzer | None = None
-    """Created on the first analysed frame; holds tracks, references and the alerts."""
+    pipeline: SessionPipeline | None = None
+    """Analysis, operando bookkeeping and row shaping (created with the session)."""
     pending: Frame | None = None
     last_skip_event: float = -float("inf")
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
@@ -165,9 +191,6 @@ class _Session:
     last_index: int = 0
     """Index of the newest frame; events not caused by a frame are filed under it, since
     the archive's events table reads a frame of -1 as an unwritten row."""
-    operando: OperandoContext | None = None
-    """Echem samples, dose and lithium bookkeeping (created with the session)."""
-    echem_samples: int = 0
 
 
 _Job = tuple[_Session | None, Callable[[], object], bool]
@@ -243,6 +266,17 @@ class _ArchiveThread:
             assert session is not None
             session.write_failed = True
             self.outcomes.append((session, exc))
+        except Exception as exc:
+            if session is None:  # the thread's own bookkeeping: a bug, for maybe_raise()
+                self._error = exc
+                return
+            # Whatever one session's data did to its writer, it costs that session's
+            # archive, never the service: announced like any failed write.
+            log.exception("Unexpected %s writing session %s's archive.",
+                          type(exc).__name__, _printable(session.start.session_id))
+            session.write_failed = True
+            self.outcomes.append((session, ArchiveError(
+                f"unexpected {type(exc).__name__} while writing: {exc}")))
         except BaseException as exc:  # a bug: handed to the worker in maybe_raise()
             if session is not None:
                 session.write_failed = True
@@ -291,7 +325,11 @@ class Worker:
         self.closed_sessions: dict[str, SessionClosed] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "analysed", "archived", "dropped", "skipped", "archive_errors",
-             "analysis_errors", "late", "archive_queue_full"), 0)
+             "analysis_errors", "late", "archive_queue_full", "message_errors",
+             "sessions_closed_idle"), 0)
+        self._message_errors: collections.Counter[str] = collections.Counter()
+        """Unexpected exceptions while handling one message, by message type and
+        exception type: each logged once, all counted (``message_errors``)."""
         self._results_seq = 0
         self._frames: zmq.Socket[Any] | None = None
         self._results: zmq.Socket[Any] | None = None
@@ -455,28 +493,71 @@ class Worker:
                 self._analyse(session, frame)
 
     def _dispatch(self, msg: Message) -> None:
+        """Handle one decoded message. Whatever it holds, the loop goes on: an
+        unexpected exception is logged once per reason and counted, never fatal."""
+        try:
+            self._handle(msg)
+        except Exception as exc:
+            reason = f"{type(msg).__name__}:{type(exc).__name__}"
+            if not self._message_errors[reason]:
+                log.exception("Unexpected error handling a %s message (%s); further ones "
+                              "only counted.", type(msg).__name__, reason)
+            self._message_errors[reason] += 1
+            self.counters["message_errors"] += 1
+
+    def _reject(self, reason: str, detail: str) -> None:
+        """Count a message refused after decoding (``rejected_<reason>``), log once."""
+        rejected = self.decoder.rejected
+        if not rejected[reason]:
+            log.warning("Rejected a message (%s): %s Further ones are only counted.",
+                        reason, _printable(detail))
+        rejected[reason] += 1
+
+    def _owned(self, session_id: str | None, token: str | None
+               ) -> _Session | None:
+        """The open session ``session_id`` if ``token`` is its token; else counted."""
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None:
+            return None
+        if not _token_ok(token, session.token):
+            self._reject("session_token_mismatch",
+                         f"a message for session {session_id!r} without its session_token.")
+            return None
+        return session
+
+    def _handle(self, msg: Message) -> None:
         if isinstance(msg, Frame):
             self._on_frame(msg)
         elif isinstance(msg, SessionStart):
-            self._open_session(msg)
+            self._on_session_start(msg)
         elif isinstance(msg, Echem):
             self._on_echem(msg)
         elif isinstance(msg, SessionStop):
-            session = self.sessions.get(msg.session_id)
-            if session is None:
-                # A repeated stop: the publisher missed our acknowledgement (its results
-                # socket was reconnecting, e.g. after this worker restarted). Say it again.
-                closed = self.closed_sessions.get(msg.session_id)
-                if closed is not None:
-                    self._send(closed)
-                return
-            if session.pending is not None:
-                frame, session.pending = session.pending, None
-                self._analyse(session, frame)
-            self._finish_measuring()
-            self._close_session(msg.session_id, reason=msg.reason)
+            self._on_session_stop(msg)
         else:
             self.decoder.rejected["wrong_channel"] += 1
+
+    def _on_session_stop(self, msg: SessionStop) -> None:
+        if msg.session_id not in self.sessions:
+            # A repeated stop: the publisher missed our acknowledgement (its results
+            # socket was reconnecting, e.g. after this worker restarted). Say it again.
+            closed = self.closed_sessions.get(msg.session_id)
+            if closed is None and self._continues(msg.session_id, msg.session_token):
+                closed = self._close_abandoned(msg)
+            if closed is not None:
+                self._send(closed)
+            else:
+                self._reject("unknown_session", f"session_stop for {msg.session_id!r}, "
+                             "which is not open.")
+            return
+        session = self._owned(msg.session_id, msg.session_token)
+        if session is None:
+            return
+        if session.pending is not None:
+            frame, session.pending = session.pending, None
+            self._analyse(session, frame)
+        self._finish_measuring()
+        self._close_session(msg.session_id, reason=msg.reason, frames_sent=msg.frames_sent)
 
     def _collect(self) -> None:
         """Count the frames the archive thread wrote; announce its failures."""
@@ -508,6 +589,14 @@ class Worker:
         if self._unclosed and now - self._last_close_retry >= _CLOSE_RETRY_S:
             self._last_close_retry = now
             self._retry_closing()
+        idle = [sid for sid, session in self.sessions.items()
+                if now - max(session.last_activity, session.last_frame_monotonic)
+                > self.config.idle_session_timeout_s]
+        for session_id in idle:
+            log.warning("Session %s idle for %.0f s: closed.", _printable(session_id),
+                        self.config.idle_session_timeout_s)
+            self.counters["sessions_closed_idle"] += 1
+            self._close_session(session_id, reason="idle")
         for session in self.sessions.values():
             if session.writer is not None and not session.archive_failed:
                 self._archive.submit(session, session.writer.flush_if_due)
@@ -522,25 +611,59 @@ class Worker:
                     "from the publisher; waiting (the archive stays open)."))
 
     # -- sessions --------------------------------------------------------------------
-    def _open_session(self, start: SessionStart) -> _Session:
+    def _on_session_start(self, start: SessionStart) -> None:
+        token = start.session_token
+        if token is None or not _TOKEN_MIN_CHARS <= len(token) <= _TOKEN_MAX_CHARS:
+            self._reject(
+                "session_token_missing" if token is None else "session_token_invalid",
+                f"session_start for {start.session_id!r} needs a session_token of "
+                f"{_TOKEN_MIN_CHARS} to {_TOKEN_MAX_CHARS} characters "
+                "(secrets.token_urlsafe(16)).")
+            return
+        existing = self.sessions.get(start.session_id)
+        if existing is not None:
+            if not _token_ok(token, existing.token):
+                self._reject("session_token_mismatch", f"session_start for the open "
+                             f"session {start.session_id!r} with another session_token.")
+            return  # its owner repeating itself
+        if len(self.sessions) >= self.config.max_sessions:
+            self._reject("too_many_sessions", f"session_start for {start.session_id!r} "
+                         f"while {len(self.sessions)} sessions are open (max_sessions).")
+            return
+        self._open_session(start, token)
+
+    def _continues(self, session_id: str, token: str | None) -> bool:
+        """Is ``session_id`` an archive the last run left recording, opened with ``token``?"""
+        _, before = self._abandoned.get(session_id, (None, {}))
+        digest = before.get("session_token_sha256")
+        return (token is not None and isinstance(digest, str)
+                and hmac.compare_digest(digest, token_digest(token)))
+
+    def _open_session(self, start: SessionStart, token: str) -> _Session:
         if start.session_id in self.sessions:
             return self.sessions[start.session_id]
-        previous, before = self._abandoned.pop(start.session_id, (None, {}))
+        start = dataclasses.replace(start, session_token=None)
+        previous, before = (self._abandoned.pop(start.session_id)
+                            if self._continues(start.session_id, token) else (None, {}))
         last_seq = before.get("last_seq")
         if previous is not None and start.source_kind == "unknown":
             # Joined mid-stream after a restart: the session is the one the killed
             # worker was recording, so it keeps that session's name, source and policy.
-            known = {f.name for f in dataclasses.fields(SessionStart)} - {"seq", "sent_at"}
+            known = {f.name for f in dataclasses.fields(SessionStart)} - {
+                "seq", "sent_at", "session_token"}
             start = dataclasses.replace(start, **{k: before[k] for k in known if k in before})
         if previous is not None and start.archive_name is None:
             start = dataclasses.replace(start, archive_name=previous.name)
         path = self.archive_path_for(start)
         writer: ArchiveWriter | None = None
-        session = _Session(start=start, writer=None)
+        session = _Session(start=start, writer=None, token=token, pipeline=SessionPipeline(
+            start, analysis=self.config.analysis, alerts=self.config.alerts,
+            operando=self.config.operando, clock=time.time))
         try:
             links = {"continues": previous.name} if previous is not None else {}
+            meta = {k: v for k, v in dataclasses.asdict(start).items() if k != "session_token"}
             writer = ArchiveWriter(
-                path, session={**dataclasses.asdict(start), **links},
+                path, session={**meta, "session_token_sha256": token_digest(token), **links},
                 config=self.config.to_dict(),
                 software_version=__version__, flush_interval_s=self.config.measurement_flush_s,
                 compression_level=self.config.compression_level)
@@ -553,9 +676,13 @@ class Worker:
                 log.warning("Could not link %s to %s: %s", previous, path, exc)
         session.writer = writer
         session.last_seq = last_seq  # frames lost across a restart show as a sequence gap
+        if previous is not None:
+            frames_before = before.get("frame_count")
+            session.sent_before = frames_before if isinstance(frames_before, int) else 0
         self.sessions[start.session_id] = session
         self._last_session_id = start.session_id
-        log.info("Session %s from %s -> %s", start.session_id, start.source, path)
+        log.info("Session %s from %s -> %s", _printable(start.session_id),
+                 _printable(start.source), path)
         self._send(start)
         self._attach_unattached_echem(session)
         return session
@@ -569,9 +696,17 @@ class Worker:
             self._unclosed.remove((writer, summary))
             log.warning("Archive %s closed after all (%s).", writer.path, summary["status"])
 
-    def _close_archive(self, session: _Session, writer: ArchiveWriter, *, reason: str) -> None:
-        complete = reason == "end_of_source" and not session.archive_failed
-        extra = {"archive_error": session.archive_error} if session.archive_error else {}
+    def _close_archive(self, session: _Session, writer: ArchiveWriter, *, reason: str,
+                       frames_sent: int | None) -> None:
+        # "complete": the publisher ended normally, every frame accepted is in the
+        # archive, and every frame the publisher says it sent is accounted for.
+        complete = (reason == "end_of_source" and not session.archive_failed
+                    and writer.frame_count == session.accepted
+                    and (frames_sent is None or frames_sent == _accounted(session)))
+        extra: dict[str, Any] = (
+            {"archive_error": session.archive_error} if session.archive_error else {})
+        if frames_sent is not None:
+            extra["frames_sent"] = frames_sent
         summary: dict[str, Any] = dict(
             status="complete" if complete else "interrupted", **extra,
             stop_reason=reason, frames_analysed=session.analysed,
@@ -586,37 +721,63 @@ class Worker:
             summary.update(status="interrupted", archive_error=session.archive_error)
             self._unclosed.append((writer, summary))
 
-    def _close_session(self, session_id: str, *, reason: str) -> None:
+    def _close_session(self, session_id: str, *, reason: str,
+                       frames_sent: int | None = None) -> None:
         session = self.sessions.pop(session_id)
         path = ""
         # Every queued write first: session_closed promises the frames are on disk. Past
         # the deadline the archive thread may still hold the writer: left recording.
         if session.writer is not None:
             path = str(session.writer.path)
+            if frames_sent is not None and frames_sent != _accounted(session):
+                self._frames_sent_differ(session, frames_sent)
             if self._settle(session):
-                self._close_archive(session, session.writer, reason=reason)
+                self._close_archive(session, session.writer, reason=reason,
+                                    frames_sent=frames_sent)
         closed = SessionClosed(session_id=session_id, archive_path=path,
                                frames_archived=session.archived,
                                frames_analysed=session.analysed,
                                frames_dropped=session.dropped, reason=reason)
         self.closed_sessions[session_id] = closed
+        while len(self.closed_sessions) > _CLOSED_KEPT:
+            del self.closed_sessions[next(iter(self.closed_sessions))]
         self._send(closed)
+
+    def _close_abandoned(self, msg: SessionStop) -> SessionClosed:
+        """The stop of a session the last run was recording when it was killed, with no
+        frame since: its frames are all in that archive (recovery closed it). Say so."""
+        path, before = self._abandoned.pop(msg.session_id)
+        count = before.get("frame_count")
+        archived = count if isinstance(count, int) else 0
+        closed = SessionClosed(session_id=msg.session_id, archive_path=str(path),
+                               frames_archived=archived, frames_analysed=0,
+                               frames_dropped=max(msg.frames_sent - archived, 0),
+                               reason="worker_died")
+        self.closed_sessions[msg.session_id] = closed
+        return closed
+
+    def _frames_sent_differ(self, session: _Session, frames_sent: int) -> None:
+        missing = frames_sent - session.sent_before - session.accepted
+        log.warning("Session %s: the publisher sent %d frames; %d accepted, %d in the "
+                    "archive it continues, %d lost on the way (sequence gaps).",
+                    _printable(session.start.session_id), frames_sent, session.accepted,
+                    session.sent_before, session.dropped)
+        self._emit(session, Alert(
+            kind=EventKind.FRAMES_DROPPED, t_s=self._last_t(session),
+            frame=session.last_index, magnitude=float(missing), confidence=1.0,
+            particle_ids=(), message=f"The publisher sent {frames_sent} frame(s); "
+            f"{session.sent_before + session.accepted} are archived and {session.dropped} "
+            "counted lost: the others were refused (see the heartbeat's "
+            "rejected_<reason> counters)."))
 
     def _on_frame(self, frame: Frame) -> None:
         self.counters["received"] += 1
         self._interval_received += 1
-        session = self.sessions.get(frame.session_id)
-        if session is None:
-            if frame.session_id in self.closed_sessions:
-                self.counters["late"] += 1
-                return
-            # A worker restarted mid-stream, or a publisher that skipped session_start:
-            # keep the frames rather than refuse them.
-            session = self._open_session(SessionStart(
-                session_id=frame.session_id, source="unknown (joined mid-stream)",
-                source_kind="unknown", t0_unix=frame.acquired_at - frame.t_s, live=True,
-                pixel_size_nm=frame.pixel_size_nm))
-        session.last_frame_monotonic = time.monotonic()
+        session = self._frame_session(frame)
+        if session is None or not self._frame_fits(session, frame):
+            return
+        session.accepted += 1
+        session.last_frame_monotonic = session.last_activity = time.monotonic()
         session.last_t_s = frame.t_s
         session.last_index = frame.index
         session.stalled = False
@@ -646,6 +807,58 @@ class Worker:
             session.pending = frame
         else:
             self._analyse(session, frame)
+
+    def _frame_session(self, frame: Frame) -> _Session | None:
+        """The open session a frame belongs to, if it carries that session's token.
+
+        A frame for a session that is not open opens nothing (sessions are opened by
+        ``session_start`` only, so a sender cannot make sessions by sending frames),
+        with one exception: the worker was restarted mid-session, the archive the last
+        run left recording is that session's, and the frame carries its token (the
+        archive keeps the token's SHA-256): the frames that follow go into a new archive
+        linked to it.
+        """
+        if frame.session_id in self.sessions:
+            return self._owned(frame.session_id, frame.session_token)
+        if frame.session_id in self.closed_sessions:
+            self.counters["late"] += 1
+            return None
+        if frame.session_token is None or not self._continues(frame.session_id,
+                                                              frame.session_token):
+            self._reject("unknown_session", f"a frame for {frame.session_id!r}, which no "
+                         "session_start opened.")
+            return None
+        if len(self.sessions) >= self.config.max_sessions:
+            self._reject("too_many_sessions", f"a frame resuming {frame.session_id!r} while "
+                         f"{len(self.sessions)} sessions are open (max_sessions).")
+            return None
+        return self._open_session(SessionStart(
+            session_id=frame.session_id, source="unknown (joined mid-stream)",
+            source_kind="unknown", t0_unix=frame.acquired_at - frame.t_s, live=True,
+            pixel_size_nm=frame.pixel_size_nm), frame.session_token)
+
+    def _frame_fits(self, session: _Session, frame: Frame) -> bool:
+        """Sequence and shape checks: what is refused is counted and never stored, so
+        the archive holds each frame once, in sequence order, all of one shape."""
+        if frame.seq < 0:
+            self._reject("bad_seq", f"frame {frame.index} of {frame.session_id!r} has "
+                         f"seq {frame.seq} (expected >= 0).")
+            return False
+        if session.last_seq is not None and frame.seq <= session.last_seq:
+            self._reject("seq_not_increasing", f"frame {frame.index} of "
+                         f"{frame.session_id!r} has seq {frame.seq}, not above the last "
+                         f"accepted {session.last_seq} (a duplicate or out of order).")
+            return False
+        assert frame.image is not None
+        shape = (tuple(frame.image.shape), frame.image.dtype.str)
+        if session.frame_shape is None:
+            session.frame_shape = shape
+        elif shape != session.frame_shape:
+            self._reject("frame_shape_mismatch", f"frame {frame.index} of "
+                         f"{frame.session_id!r} is {shape}; the session's frames are "
+                         f"{session.frame_shape}.")
+            return False
+        return True
 
     def _wait_for_archive(self, session: _Session, frame: Frame,
                           write: Callable[[], object]) -> None:
@@ -694,22 +907,24 @@ class Worker:
     # -- analysis --------------------------------------------------------------------
     def _analyse(self, session: _Session, frame: Frame) -> None:
         assert frame.image is not None
-        pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
-        if session.analyzer is None:
-            session.analyzer = SessionAnalyzer(self.config.analysis, self.config.alerts)
+        pipeline = session.pipeline
+        assert pipeline is not None
         if self._pool is not None:
             while not self._pool.has_room():  # replay: wait rather than skip
                 self._join_measured(wait_s=1.0)
-            self._pool.submit((session, frame), frame.image, pixel_size_nm=pixel_size,
+            self._pool.submit((session, frame), frame.image,
+                              pixel_size_nm=pipeline.pixel_size_nm(frame.pixel_size_nm),
                               config=self.config.analysis)
             return
         try:
-            cluster, particles, alerts = session.analyzer.update(
-                frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=pixel_size)
+            output = pipeline.analyse(
+                frame.image, index=frame.index, t_s=frame.t_s,
+                pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                metadata=frame.metadata, acquired_at=frame.acquired_at)
         except Exception:  # a bug in analysis must not cost the archive
             self._analysis_failed(frame, None)
             return
-        self._analysed(session, frame, cluster, particles, alerts)
+        self._analysed(session, frame, output)
 
     def _analysis_failed(self, frame: Frame, reason: str | None) -> None:
         if not self.counters["analysis_errors"]:
@@ -734,16 +949,16 @@ class Worker:
             if outcome.measurement is None:
                 self._analysis_failed(frame, outcome.error)
                 continue
-            assert session.analyzer is not None
-            pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
+            assert session.pipeline is not None
             try:
-                cluster, particles, alerts = session.analyzer.update_measured(
-                    outcome.measurement, t_s=frame.t_s, index=frame.index,
-                    pixel_size_nm=pixel_size)
+                output = session.pipeline.analyse_measured(
+                    outcome.measurement, frame.image, index=frame.index, t_s=frame.t_s,
+                    pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                    metadata=frame.metadata, acquired_at=frame.acquired_at)
             except Exception:
                 self._analysis_failed(frame, None)
                 continue
-            self._analysed(session, frame, cluster, particles, alerts)
+            self._analysed(session, frame, output)
 
     def _finish_measuring(self, limit_s: float | None = None) -> None:
         """Wait for every frame out for measuring (a session's end, shutdown); past
@@ -756,54 +971,58 @@ class Worker:
                 return
             self._join_measured(wait_s=0.2)
 
-    def _analysed(self, session: _Session, frame: Frame, cluster: dict[str, Any],
-                  particles: dict[str, np.ndarray], alerts: list[Alert]) -> None:
-        cluster, particles, alerts = self._operando(session, frame, cluster, particles, alerts)
-        latency = time.time() - frame.acquired_at
+    def _analysed(self, session: _Session, frame: Frame, output: FrameOutput) -> None:
+        """Publish and archive what the pipeline made of a frame."""
+        if output.operando_error is not None:
+            if not self.counters["analysis_errors"]:
+                log.error("Operando context failed on frame %d: %r", frame.index,
+                          output.operando_error)
+            self.counters["analysis_errors"] += 1
+        latency = output.result.latency_s
         session.analysed += 1
         self.counters["analysed"] += 1
         if session.start.live:
             session.skip_rate.update(time.monotonic(), skipped=False)
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
-        self._send(Result(session_id=session.start.session_id, index=frame.index, t_s=frame.t_s,
-                          latency_s=latency, cluster=cluster,
-                          particles={k: v.tolist() for k, v in particles.items()}))
+        self._send(output.result)
         if session.writer is not None and not session.archive_failed:
-            n = len(particles["label"])
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "cluster", {
-                    **{k: cluster[k] for k in CLUSTER_COLUMNS},
-                    "frame": frame.index, "t_s": frame.t_s, "latency_s": latency}))
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "particles", {
-                    **particles, "frame": np.full(n, frame.index),
-                    "t_s": np.full(n, frame.t_s)}))
-        for alert in alerts:
-            self._emit(session, alert)
+            for table, rows in output.rows:
+                self._archive.submit(session, functools.partial(
+                    session.writer.append_rows, table, rows))
+        for event in output.events:
+            self._announce(event)
 
-    # -- operando context (electrochemistry, dose, lithium) ---------------------------
-    def _operando_for(self, session: _Session) -> OperandoContext:
-        if session.operando is None:
-            session.operando = OperandoContext(self.config.operando)
-        return session.operando
-
+    # -- echem side stream ------------------------------------------------------------
     def _on_echem(self, msg: Echem) -> None:
-        """File a batch of echem samples under its session (named, or the open one)."""
-        session_id = msg.session_id
-        if session_id is None:
-            session_id = (self._last_session_id if self._last_session_id in self.sessions
-                          else next(reversed(self.sessions), None))
-        session = self.sessions.get(session_id) if session_id is not None else None
+        """File a batch of echem samples under the session whose token it carries.
+
+        Without a token a batch is filed nowhere (it cannot say whose it is); with a
+        token of no open session it waits in the backlog for that session's start.
+        """
+        if msg.session_token is None:
+            self._reject("session_token_missing", "echem without a session_token is "
+                         "filed under no session.")
+            return
+        if msg.session_id is not None and msg.session_id in self.sessions:
+            session = self._owned(msg.session_id, msg.session_token)
+            if session is None:
+                return
+        else:
+            session = next((s for s in self.sessions.values()
+                            if _token_ok(msg.session_token, s.token)
+                            and msg.session_id in (None, s.start.session_id)), None)
         if session is None:
             self._echem_unattached.append(msg)
             return
+        session.last_activity = time.monotonic()
         self._file_echem(session, msg)
 
     def _attach_unattached_echem(self, session: _Session) -> None:
         keep: list[Echem] = []
         for msg in self._echem_unattached:
-            if msg.session_id not in (None, session.start.session_id):
+            if (msg.session_id not in (None, session.start.session_id)
+                    or not _token_ok(msg.session_token, session.token)):
                 keep.append(msg)
                 continue
             self._file_echem(session, msg, not_before_s=-_ECHEM_PREROLL_S)
@@ -812,75 +1031,33 @@ class Worker:
 
     def _file_echem(self, session: _Session, msg: Echem, *,
                     not_before_s: float = -math.inf) -> None:
-        offset = msg.clock_offset_s or self.config.operando.clock_offset_s
-        t_unix = np.asarray(msg.t_unix, dtype=np.float64)
-        t_s = t_unix + offset - session.start.t0_unix
-        keep = t_s >= not_before_s
-        if not keep.any():
-            return
+        assert session.pipeline is not None
         bias = np.array([math.nan if v is None else v for v in msg.bias_v], dtype=np.float64)
         current = np.array([math.nan if v is None else v for v in msg.current_a],
                            dtype=np.float64)
-        t_s, t_unix, bias, current = t_s[keep], t_unix[keep], bias[keep], current[keep]
-        self._operando_for(session).add_echem(t_s, bias, current)
-        n = int(t_s.size)
+        filed = session.pipeline.add_echem(
+            np.asarray(msg.t_unix, dtype=np.float64), bias, current,
+            clock_offset_s=msg.clock_offset_s or self.config.operando.clock_offset_s,
+            source=msg.source, not_before_s=not_before_s)
+        if filed is None:
+            return
         if session.writer is not None and not session.archive_failed:
             self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "echem", {
-                    "t_s": t_s, "t_unix": t_unix, "bias_v": bias, "current_a": current,
-                    "clock_offset_s": np.full(n, offset), "source": np.full(n, msg.source),
-                    "seq": np.arange(session.echem_samples, session.echem_samples + n)}))
-        session.echem_samples += n
-        self._send(dataclasses.replace(
-            msg, session_id=session.start.session_id, clock_offset_s=offset,
-            t_unix=t_unix.tolist(), bias_v=_nullable(bias), current_a=_nullable(current)))
-
-    def _operando(self, session: _Session, frame: Frame, cluster: dict[str, Any],
-                  particles: dict[str, np.ndarray], alerts: list[Alert],
-                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]:
-        """Bias, current, charge, dose and lithium bookkeeping for an analysed frame;
-        its rows go to the operando tables. Never costs the frame its results."""
-        context = self._operando_for(session)
-        exposure = frame.exposure_s or (1.0 / session.start.fps if session.start.fps else None)
-        try:
-            cluster, particles, alerts, rows = context.update(
-                image=frame.image, t_s=frame.t_s, index=frame.index,
-                pixel_size_nm=frame.pixel_size_nm or session.start.pixel_size_nm,
-                exposure_s=exposure, metadata=frame.metadata, cluster=cluster,
-                particles=particles, alerts=alerts)
-        except Exception:
-            if not self.counters["analysis_errors"]:
-                log.exception("Operando context failed on frame %d.", frame.index)
-            self.counters["analysis_errors"] += 1
-            return cluster, particles, alerts
-        if session.writer is not None and not session.archive_failed:
-            n = len(rows.particle_rows["track_id"])
-            m = len(rows.region_rows["region_row"])
-            write = session.writer.append_rows
-            self._archive.submit(session, functools.partial(write, "operando", rows.row))
-            self._archive.submit(session, functools.partial(write, "particle_dose", {
-                **rows.particle_rows, "frame": np.full(n, frame.index),
-                "t_s": np.full(n, frame.t_s)}))
-            self._archive.submit(session, functools.partial(write, "region_dose", {
-                **rows.region_rows, "frame": np.full(m, frame.index),
-                "t_s": np.full(m, frame.t_s)}))
-        return cluster, particles, alerts
+                session.writer.append_rows, "echem", filed.rows))
+        self._send(filed.message)
 
     # -- output ----------------------------------------------------------------------
     def _emit(self, session: _Session, alert: Alert) -> None:
-        event = Event(session_id=session.start.session_id, kind=alert.kind.value,
-                      t_s=alert.t_s, frame=alert.frame, magnitude=alert.magnitude,
-                      confidence=alert.confidence, particle_ids=list(alert.particle_ids),
-                      message=alert.message, context=dict(alert.context))
-        log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
-                 event.message)
+        """Archive and publish an operational alert (gaps, stalls, skips)."""
+        event = event_message(session.start.session_id, alert)
         if session.writer is not None and not session.archive_failed:
             self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "events", {
-                    "frame": event.frame, "t_s": event.t_s, "kind": event.kind,
-                    "magnitude": event.magnitude, "confidence": event.confidence,
-                    "particle_ids": str(event.particle_ids), "message": event.message,
-                    "context_json": json.dumps(_json_safe(event.context))}))
+                session.writer.append_rows, "events", event_row(event)))
+        self._announce(event)
+
+    def _announce(self, event: Event) -> None:
+        log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
+                 event.message)
         self._send(event)
 
     def _archive_bytes(self, writer: ArchiveWriter, now: float) -> int:
@@ -943,20 +1120,17 @@ class Worker:
         self._last_heartbeat = now
 
 
-def _nullable(values: np.ndarray) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+def _accounted(session: _Session) -> int:
+    """Frames of the session the worker can account for: archived here or in the part
+    it continues, or counted lost (sequence gaps)."""
+    return session.sent_before + session.dropped + session.accepted
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _printable(text: str) -> str:
+    """Text from the wire as one log line: no line breaks or control characters to
+    forge other lines with, and not longer than a line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _frame_metadata(frame: Frame) -> dict[str, Any]:

@@ -516,10 +516,13 @@ def test_signal_mid_session_flushes_and_closes_the_archive(
 
 
 # -- hostile input over a real socket ---------------------------------------------------
+TOKEN = "faults-test-token-0123456789"
+
+
 def _frame_parts(session: str, i: int, image: np.ndarray, **header: Any) -> list[bytes]:
     parts = [bytes(p) for p in encode(Frame(
         session_id=session, index=i, t_s=0.1 * i, acquired_at=0.0, shape=list(image.shape),
-        dtype=image.dtype.name, seq=i + 2, image=image))]
+        dtype=image.dtype.name, seq=i + 2, image=image, session_token=TOKEN))]
     fields = json.loads(parts[1])
     fields.update(header)
     return [parts[0], json.dumps(fields).encode(), parts[2]]
@@ -549,7 +552,8 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
     try:
         baseline_kb = serve.vm_hwm_kb()
         push.send_multipart(encode(SessionStart(session_id="hostile", source="t",
-                                                source_kind="t", t0_unix=0.0, live=False)))
+                                                source_kind="t", t0_unix=0.0, live=False,
+                                                session_token=TOKEN)))
         # Each bad class sits between good frames of an open session.
         for i, parts in enumerate(hostile.values()):
             push.send_multipart(ok[i])
@@ -560,7 +564,8 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
         for _ in range(flood):
             push.send_multipart([b"frame", b"\x00garbage", b""])
         push.send_multipart(ok[7])
-        push.send_multipart(encode(SessionStop(session_id="hostile", frames_sent=8, seq=10)))
+        push.send_multipart(encode(SessionStop(session_id="hostile", frames_sent=8, seq=10,
+                                               session_token=TOKEN)))
         closed = watch.until(lambda m: getattr(m, "TYPE", None) == "session_closed")
         counters = watch.until(lambda m: isinstance(m, Heartbeat) and m.counters.get(
             "rejected", 0) >= flood + len(hostile)).counters  # type: ignore[union-attr]
@@ -710,7 +715,7 @@ def test_heartbeat_follows_the_newest_stream_not_a_stalled_one(tmp_path: Path) -
             for session_id in ("dead-publisher", "new-publisher"):
                 push.send_multipart(encode(SessionStart(
                     session_id=session_id, source="t", source_kind="t", t0_unix=0.0,
-                    live=True)))
+                    live=True, session_token=TOKEN)))
                 watch.until(lambda m, s=session_id: isinstance(m, SessionStart)
                             and m.session_id == s)
             beat = watch.until(lambda m: isinstance(m, Heartbeat))
