@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import logging
 import math
-import queue
 import re
 import shutil
 import tempfile
@@ -47,7 +46,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert
-from .archive import ArchiveWriter, directory_size, recover_abandoned, update_archive_meta
+from .archive import ArchiveWriter, recover_abandoned, update_archive_meta
+from .archiving import ArchiveThread, SessionArchive
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
@@ -87,14 +87,17 @@ _ECHEM_PREROLL_S = 60.0
 _SIZE_INTERVAL_S = 30.0
 """How often the heartbeat's ``archive_bytes`` is recounted (see ``_archive_bytes``)."""
 _SHUTDOWN_MEASURE_S = 5.0
-"""At shutdown, how long frames out for measuring are waited for (they are archived
-already; only their measurements are lost past it)."""
+"""At shutdown, how long frames waiting for analysis or out for measuring are given
+(they are archived already; only their measurements are lost past it)."""
 _DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the queued archive writes at a session's end or at shutdown; past
 it (a hung disk) the archive is left to the next start's recovery, never closed under
 the writer thread's feet."""
 _ARCHIVE_STALL_S = 10.0
 """A frame waiting this long for room in the archive queue raises ``archive_stalled``."""
+_STOP_WAIT_S = 2.0
+"""Stopped while a frame waits for room in the archive queue: how long the disk still
+has to take it before it is given up (and said so)."""
 _CLOSED_KEPT = 1024
 """Closed sessions remembered (to repeat their acknowledgement, to count late frames)."""
 _TOKEN_MIN_CHARS = 16
@@ -160,7 +163,8 @@ class SkipRate:
 class _Session:
     start: SessionStart
     """As published and archived: without its token."""
-    writer: ArchiveWriter | None
+    archive: SessionArchive | None
+    """None when no archive could be even planned (it is created by the archive thread)."""
     token: str = ""
     """The sender's ``session_token``: frames, stop and echem must carry it."""
     frame_shape: tuple[tuple[int, ...], str] | None = None
@@ -183,117 +187,20 @@ class _Session:
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
     archive_failed: bool = False
     archive_error: str | None = None
-    write_failed: bool = False
-    """Set by the archive thread at its first failed write; it skips the rest of this
-    session's queued writes (the worker learns of it, and alerts, a moment later)."""
+    lost: int = 0
+    """Accepted frames the archive could not take (after an archive failure)."""
+    close_reason: str = ""
+    archive_bytes: int | None = None
+    backlog: collections.deque[Frame] = dataclasses.field(default_factory=collections.deque)
+    """Replay frames archived and waiting for analysis, oldest first."""
+    stopping: SessionStop | None = None
+    """The session_stop, once received: the session closes when its backlog is analysed."""
+    acknowledged: bool = False
     stalled: bool = False
     last_t_s: float = 0.0
     last_index: int = 0
     """Index of the newest frame; events not caused by a frame are filed under it, since
     the archive's events table reads a frame of -1 as an unwritten row."""
-
-
-_Job = tuple[_Session | None, Callable[[], object], bool]
-
-
-class _ArchiveThread:
-    """Runs the worker's ArchiveWriter calls in order, in one background thread.
-
-    At most ``max_frames`` frames wait: beyond that :meth:`submit` blocks (the worker
-    then stops reading its socket, and ZeroMQ makes the publisher wait). A failed write
-    (:class:`ArchiveError`) stops that session's writes; the failure, and each frame
-    written, is handed back through ``outcomes`` for the worker's thread, which owns
-    the sockets, to count and announce. Any other exception is a bug, re-raised in the
-    worker's thread by :meth:`maybe_raise`. ``max_frames = 0`` runs every call inline,
-    in the caller's thread (no overlap; for comparison and for debugging).
-    """
-
-    def __init__(self, max_frames: int) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(max(max_frames, 1))
-        self.outcomes: collections.deque[tuple[_Session, ArchiveError | None]] = (
-            collections.deque())
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if max_frames > 0:
-            self._thread = threading.Thread(target=self._run, name="lithoscope-archive",
-                                            daemon=True)
-            self._thread.start()
-
-    def submit(self, session: _Session, call: Callable[[], object], *, frame: bool = False,
-               timeout_s: float | None = None) -> bool:
-        """Queue ``call`` (a method of ``session.writer``). A frame needs room in the
-        queue: wait for it up to ``timeout_s`` (None: as long as it takes); False if
-        there was none by then."""
-        if self._thread is None:
-            self._execute((session, call, frame))
-            return True
-        if frame and not self._slots.acquire(blocking=False):
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while not self._slots.acquire(timeout=1.0 if deadline is None else
-                                          max(0.0, min(1.0, deadline - time.monotonic()))):
-                if not self._thread.is_alive():
-                    raise LithoscopeError("The archive writer thread has stopped.")
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-        self._jobs.put((session, call, frame))
-        return True
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every call queued so far has run; False past the deadline."""
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._jobs.put((None, done.set, False))
-        return done.wait(timeout_s)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._execute(job)
-            finally:
-                if job[2]:
-                    self._slots.release()
-
-    def _execute(self, job: _Job) -> None:
-        session, call, frame = job
-        try:
-            if session is None or not session.write_failed:
-                call()
-                if session is not None and frame:
-                    self.outcomes.append((session, None))
-        except ArchiveError as exc:
-            assert session is not None
-            session.write_failed = True
-            self.outcomes.append((session, exc))
-        except Exception as exc:
-            if session is None:  # the thread's own bookkeeping: a bug, for maybe_raise()
-                self._error = exc
-                return
-            # Whatever one session's data did to its writer, it costs that session's
-            # archive, never the service: announced like any failed write.
-            log.exception("Unexpected %s writing session %s's archive.",
-                          type(exc).__name__, _printable(session.start.session_id))
-            session.write_failed = True
-            self.outcomes.append((session, ArchiveError(
-                f"unexpected {type(exc).__name__} while writing: {exc}")))
-        except BaseException as exc:  # a bug: handed to the worker in maybe_raise()
-            if session is not None:
-                session.write_failed = True
-            self._error = exc
-
-    def maybe_raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def stop(self, timeout_s: float) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            return
-        self._jobs.put(None)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise LithoscopeError(f"The archive writer did not finish within {timeout_s:.0f} s.")
 
 
 class Worker:
@@ -326,7 +233,7 @@ class Worker:
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "analysed", "archived", "dropped", "skipped", "archive_errors",
              "analysis_errors", "late", "archive_queue_full", "message_errors",
-             "sessions_closed_idle"), 0)
+             "sessions_closed_idle", "frames_lost"), 0)
         self._message_errors: collections.Counter[str] = collections.Counter()
         """Unexpected exceptions while handling one message, by message type and
         exception type: each logged once, all counted (``message_errors``)."""
@@ -342,16 +249,20 @@ class Worker:
         self._last_session_id: str | None = None
         self._auth: ThreadAuthenticator | None = None
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
-        self._unclosed: list[tuple[ArchiveWriter, dict[str, Any]]] = []
+        self._unclosed: list[_Session] = []
         self._last_close_retry = time.monotonic()
-        self._archive = _ArchiveThread(self.config.archive_queue_frames)
+        self._archive = ArchiveThread(self.config.archive_queue_frames)
+        self._by_archive: dict[SessionArchive, _Session] = {}
+        self._closing: dict[str, _Session] = {}
+        """Sessions stopped whose archive the archive thread is closing."""
+        self._backlog_bytes = 0
+        self._size_asked = -math.inf
         self._pool: AnalysisPool | None = None
         """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
         frames are measured in this thread."""
         self._pool_dir: str | None = None
         self._echem_unattached: collections.deque[Echem] = collections.deque(
             maxlen=_ECHEM_BACKLOG)
-        self._size_cache: tuple[Path | None, float, int] = (None, -math.inf, 0)
         self._stopping = threading.Event()
         """The stop event of :meth:`run`."""
 
@@ -413,11 +324,23 @@ class Worker:
 
     def close(self) -> None:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
-        self._finish_measuring(limit_s=_SHUTDOWN_MEASURE_S)
+        # Frames received and archived but not analysed yet get the same grace as
+        # frames out for measuring; past it they stay archived, unanalysed.
+        deadline = time.monotonic() + _SHUTDOWN_MEASURE_S
+        while self._analysis_ready() and time.monotonic() < deadline:
+            self._analyse_pending()
+        self._finish_measuring(limit_s=max(deadline - time.monotonic(), 0.0))
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
-        self._archive.stop(_DRAIN_TIMEOUT_S)  # idle: each close above drained it
         self._retry_closing()
+        # One deadline for everything queued: past it (a hung disk) the archives are
+        # left recording, for the next start's recovery, never closed under the writer.
+        if not self._archive.drain(_DRAIN_TIMEOUT_S):
+            log.error("Archive writes did not finish within %.0f s (disk hung?): %s left "
+                      "recording.", _DRAIN_TIMEOUT_S, ", ".join(
+                          str(s.archive.path) for s in self._closing.values() if s.archive))
+        self._collect()
+        self._archive.stop(1.0)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -452,20 +375,19 @@ class Worker:
         if self._pool is not None:
             poller.register(self._pool.socket, zmq.POLLIN)
         while not stop.is_set():
-            # With measuring processes, frames are taken only while there is room to
-            # measure them (replay: backpressure) or the session is live (newest wins).
-            taking = self._pool is None or self._pool.has_room() or self._any_live()
-            if taking:
+            # Frames are taken (and archived at once) while the replay frames waiting
+            # for analysis fit in analysis_backlog_bytes; past it ZeroMQ holds the
+            # publisher back. Live sessions keep only their newest frame.
+            if self._backlog_bytes < self.config.analysis_backlog_bytes:
                 poller.register(self._frames, zmq.POLLIN)
             elif self._frames in dict(poller.sockets):
                 poller.unregister(self._frames)
-            ready = dict(poller.poll(100))
+            ready = dict(poller.poll(0 if self._analysis_ready() else 100))
             if self._pool is not None:
                 self._join_measured()
             if self._frames in ready:
                 self._drain()
-            elif self._pool is not None:
-                self._analyse_pending()
+            self._analyse_pending()
             self._tick()
 
     def _drain(self) -> None:
@@ -481,16 +403,37 @@ class Worker:
             if msg is not None:
                 self._dispatch(msg)
         self._collect()
-        self._analyse_pending()
 
-    def _any_live(self) -> bool:
-        return any(session.start.live for session in self.sessions.values())
+    def _analysis_ready(self) -> bool:
+        if self._pool is not None and not self._pool.has_room():
+            return False
+        return any(session.pending is not None or session.backlog
+                   or session.stopping is not None for session in self.sessions.values())
 
     def _analyse_pending(self) -> None:
+        """Analyse one waiting frame per session, then go back to the socket: frames
+        that arrive meanwhile are archived within one frame's analysis time. Sessions
+        stopped and fully analysed are closed."""
         for session in list(self.sessions.values()):
-            if session.pending is not None and (self._pool is None or self._pool.has_room()):
+            if self._pool is not None and not self._pool.has_room():
+                return
+            if session.pending is not None:
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
+            elif session.backlog:
+                frame = session.backlog.popleft()
+                assert frame.image is not None
+                self._backlog_bytes -= frame.image.nbytes
+                self._analyse(session, frame)
+                if not session.backlog:  # caught up: the stall clock starts now
+                    session.last_frame_monotonic = max(session.last_frame_monotonic,
+                                                       time.monotonic())
+            if (session.stopping is not None and session.pending is None
+                    and not session.backlog):
+                stop = session.stopping
+                self._finish_measuring()
+                self._close_session(stop.session_id, reason=stop.reason,
+                                    frames_sent=stop.frames_sent)
 
     def _dispatch(self, msg: Message) -> None:
         """Handle one decoded message. Whatever it holds, the loop goes on: an
@@ -538,6 +481,8 @@ class Worker:
             self.decoder.rejected["wrong_channel"] += 1
 
     def _on_session_stop(self, msg: SessionStop) -> None:
+        if msg.session_id in self._closing:
+            return  # repeated while its archive is being closed: acknowledged when done
         if msg.session_id not in self.sessions:
             # A repeated stop: the publisher missed our acknowledgement (its results
             # socket was reconnecting, e.g. after this worker restarted). Say it again.
@@ -551,35 +496,31 @@ class Worker:
                              "which is not open.")
             return
         session = self._owned(msg.session_id, msg.session_token)
-        if session is None:
-            return
-        if session.pending is not None:
-            frame, session.pending = session.pending, None
-            self._analyse(session, frame)
-        self._finish_measuring()
-        self._close_session(msg.session_id, reason=msg.reason, frames_sent=msg.frames_sent)
+        if session is not None and session.stopping is None:
+            session.stopping = msg  # closed once its waiting frames are analysed
+            session.last_activity = time.monotonic()
 
     def _collect(self) -> None:
-        """Count the frames the archive thread wrote; announce its failures."""
+        """Count what the archive thread did; announce its failures and closings."""
         outcomes = self._archive.outcomes
         while outcomes:
-            session, error = outcomes.popleft()
-            if error is None:
+            kind, archive, value = outcomes.popleft()
+            session = self._by_archive.get(archive)
+            if session is None:
+                continue
+            if kind == "frame":
                 session.archived += 1
                 self.counters["archived"] += 1
-            else:
-                self._archive_failed(session, error)
+            elif kind == "lost":
+                session.lost += 1
+                self.counters["frames_lost"] += 1
+            elif kind == "error":
+                self._archive_failed(session, value)
+            elif kind == "size":
+                session.archive_bytes = value if value is not None else session.archive_bytes
+            elif kind == "closed":
+                self._archive_closed(session, value)
         self._archive.maybe_raise()
-
-    def _settle(self, session: _Session) -> bool:
-        """Wait for the archive thread to finish this session's writes."""
-        if self._archive.drain(_DRAIN_TIMEOUT_S):
-            self._collect()
-            return True
-        self._collect()
-        self._archive_failed(session, ArchiveError(
-            f"Archive writes did not finish within {_DRAIN_TIMEOUT_S:.0f} s (disk hung?)."))
-        return False
 
     def _tick(self) -> None:
         self._collect()
@@ -598,9 +539,11 @@ class Worker:
             self.counters["sessions_closed_idle"] += 1
             self._close_session(session_id, reason="idle")
         for session in self.sessions.values():
-            if session.writer is not None and not session.archive_failed:
-                self._archive.submit(session, session.writer.flush_if_due)
-            if (not session.stalled
+            if session.archive is not None:
+                self._archive.write(session.archive, ArchiveWriter.flush_if_due)
+            # Frames still waiting for analysis, or a stop: the source is not stalled,
+            # the analysis is behind.
+            if (not session.stalled and not session.backlog and session.stopping is None
                     and now - session.last_frame_monotonic > self.config.stall_timeout_s):
                 session.stalled = True
                 self._emit(session, Alert(
@@ -655,26 +598,17 @@ class Worker:
         if previous is not None and start.archive_name is None:
             start = dataclasses.replace(start, archive_name=previous.name)
         path = self.archive_path_for(start)
-        writer: ArchiveWriter | None = None
-        session = _Session(start=start, writer=None, token=token, pipeline=SessionPipeline(
-            start, analysis=self.config.analysis, alerts=self.config.alerts,
-            operando=self.config.operando, clock=time.time))
-        try:
-            links = {"continues": previous.name} if previous is not None else {}
-            meta = {k: v for k, v in dataclasses.asdict(start).items() if k != "session_token"}
-            writer = ArchiveWriter(
-                path, session={**meta, "session_token_sha256": token_digest(token), **links},
-                config=self.config.to_dict(),
-                software_version=__version__, flush_interval_s=self.config.measurement_flush_s,
-                compression_level=self.config.compression_level)
-        except ArchiveError as exc:
-            self._archive_failed(session, exc)
-        if previous is not None and writer is not None:
-            try:
-                update_archive_meta(previous, continued_in=path.name)
-            except ArchiveError as exc:
-                log.warning("Could not link %s to %s: %s", previous, path, exc)
-        session.writer = writer
+        archive = SessionArchive(session_id=start.session_id, path=path)
+        session = _Session(start=start, archive=archive, token=token,
+                           pipeline=SessionPipeline(
+                               start, analysis=self.config.analysis, alerts=self.config.alerts,
+                               operando=self.config.operando, clock=time.time))
+        self._by_archive[archive] = session
+        links = {"continues": previous.name} if previous is not None else {}
+        meta = {k: v for k, v in dataclasses.asdict(start).items() if k != "session_token"}
+        meta = {**meta, "session_token_sha256": token_digest(token), **links}
+        self._archive.open(archive, functools.partial(self._create_archive, path, meta,
+                                                      previous))
         session.last_seq = last_seq  # frames lost across a restart show as a sequence gap
         if previous is not None:
             frames_before = before.get("frame_count")
@@ -687,57 +621,100 @@ class Worker:
         self._attach_unattached_echem(session)
         return session
 
-    def _retry_closing(self) -> None:
-        for writer, summary in list(self._unclosed):
+    def _create_archive(self, path: Path, meta: dict[str, Any], previous: Path | None
+                        ) -> ArchiveWriter:
+        """Run in the archive thread: create a session's archive, link the one it
+        continues."""
+        writer = ArchiveWriter(
+            path, session=meta, config=self.config.to_dict(), software_version=__version__,
+            flush_interval_s=self.config.measurement_flush_s,
+            compression_level=self.config.compression_level)
+        if previous is not None:
             try:
-                writer.close(**summary)
-            except ArchiveError:
-                continue
-            self._unclosed.remove((writer, summary))
-            log.warning("Archive %s closed after all (%s).", writer.path, summary["status"])
+                update_archive_meta(previous, continued_in=path.name)
+            except ArchiveError as exc:
+                log.warning("Could not link %s to %s: %s", previous, path, exc)
+        return writer
 
-    def _close_archive(self, session: _Session, writer: ArchiveWriter, *, reason: str,
-                       frames_sent: int | None) -> None:
-        # "complete": the publisher ended normally, every frame accepted is in the
-        # archive, and every frame the publisher says it sent is accounted for.
-        complete = (reason == "end_of_source" and not session.archive_failed
+    def _retry_closing(self) -> None:
+        """Closing needs a little room (last rows, metadata): an archive that could not
+        be closed (disk full) is tried again, so once space is freed it still records
+        how the session ended rather than looking like a killed worker's."""
+        for session in self._unclosed:
+            self._queue_close(session, reason=session.close_reason, frames_sent=None)
+
+    def _summary(self, session: _Session, reason: str, frames_sent: int | None,
+                 writer: ArchiveWriter) -> dict[str, Any]:
+        """Run in the archive thread once every earlier write has run: how the session
+        ended, for the archive's metadata.
+
+        "complete": the publisher ended normally, every frame accepted is in the
+        archive, and every frame the publisher says it sent is accounted for.
+        """
+        archive = session.archive
+        assert archive is not None
+        failed = archive.failed or session.archive_failed
+        complete = (reason == "end_of_source" and not failed
                     and writer.frame_count == session.accepted
                     and (frames_sent is None or frames_sent == _accounted(session)))
         extra: dict[str, Any] = (
             {"archive_error": session.archive_error} if session.archive_error else {})
         if frames_sent is not None:
             extra["frames_sent"] = frames_sent
-        summary: dict[str, Any] = dict(
-            status="complete" if complete else "interrupted", **extra,
-            stop_reason=reason, frames_analysed=session.analysed,
-            frames_skipped=session.skipped, frames_dropped=session.dropped)
-        try:
-            writer.close(**summary)
-        except ArchiveError as exc:
-            self._archive_failed(session, exc)
-            # Closing needs a little room (last rows, metadata): retried from _tick
-            # and at shutdown, so once space is freed the archive still records how
-            # the session ended rather than looking like a killed worker's.
-            summary.update(status="interrupted", archive_error=session.archive_error)
-            self._unclosed.append((writer, summary))
+        if failed and "archive_error" not in extra:
+            extra["archive_error"] = "archive writes failed (see the service log)"
+        return dict(status="complete" if complete else "interrupted", **extra,
+                    stop_reason=reason, frames_analysed=session.analysed,
+                    frames_skipped=session.skipped, frames_dropped=session.dropped)
+
+    def _queue_close(self, session: _Session, *, reason: str, frames_sent: int | None
+                     ) -> None:
+        assert session.archive is not None
+        self._archive.close(session.archive, functools.partial(
+            self._summary, session, reason, frames_sent))
 
     def _close_session(self, session_id: str, *, reason: str,
                        frames_sent: int | None = None) -> None:
+        """End a session: its archive is closed by the archive thread after every write
+        queued before, and ``session_closed`` (which promises the frames are on disk)
+        is sent once that is done (see :meth:`_archive_closed`)."""
         session = self.sessions.pop(session_id)
-        path = ""
-        # Every queued write first: session_closed promises the frames are on disk. Past
-        # the deadline the archive thread may still hold the writer: left recording.
-        if session.writer is not None:
-            path = str(session.writer.path)
-            if frames_sent is not None and frames_sent != _accounted(session):
-                self._frames_sent_differ(session, frames_sent)
-            if self._settle(session):
-                self._close_archive(session, session.writer, reason=reason,
-                                    frames_sent=frames_sent)
-        closed = SessionClosed(session_id=session_id, archive_path=path,
-                               frames_archived=session.archived,
-                               frames_analysed=session.analysed,
-                               frames_dropped=session.dropped, reason=reason)
+        for frame in session.backlog:  # shutdown: archived, never to be analysed
+            assert frame.image is not None
+            self._backlog_bytes -= frame.image.nbytes
+        session.backlog.clear()
+        session.close_reason = reason
+        if frames_sent is not None and frames_sent != _accounted(session):
+            self._frames_sent_differ(session, frames_sent)
+        if session.archive is None:
+            self._acknowledge(session)
+            return
+        self._closing[session_id] = session
+        self._queue_close(session, reason=reason, frames_sent=frames_sent)
+
+    def _archive_closed(self, session: _Session, error: ArchiveError | None) -> None:
+        if error is not None:
+            self._archive_failed(session, error)
+            if session not in self._unclosed:
+                self._unclosed.append(session)
+        elif session in self._unclosed:
+            self._unclosed.remove(session)
+            log.warning("Archive %s closed after all.", session.archive.path
+                        if session.archive else "")
+        if not session.acknowledged:
+            self._acknowledge(session)
+        if session not in self._unclosed:
+            self._by_archive.pop(session.archive, None)  # type: ignore[arg-type]
+
+    def _acknowledge(self, session: _Session) -> None:
+        session_id = session.start.session_id
+        session.acknowledged = True
+        self._closing.pop(session_id, None)
+        closed = SessionClosed(
+            session_id=session_id,
+            archive_path=str(session.archive.path) if session.archive else "",
+            frames_archived=session.archived, frames_analysed=session.analysed,
+            frames_dropped=session.dropped, reason=session.close_reason)
         self.closed_sessions[session_id] = closed
         while len(self.closed_sessions) > _CLOSED_KEPT:
             del self.closed_sessions[next(iter(self.closed_sessions))]
@@ -790,15 +767,18 @@ class Worker:
                 magnitude=float(gap), confidence=1.0, particle_ids=(),
                 message=f"{gap} frame(s) lost before the worker (sequence gap)."))
         session.last_seq = frame.seq
-        if session.writer is not None and not session.archive_failed:
-            assert frame.image is not None
+        assert frame.image is not None
+        if self._stopping.is_set() and session.archive_failed:
+            session.lost += 1  # after "frame N and later not archived" (_wait_for_archive)
+            self.counters["frames_lost"] += 1
+        elif session.archive is not None:
             # The image is a view of the received message, which the job keeps alive;
             # analysis only reads it, so both threads share it without a copy.
             write = functools.partial(
-                session.writer.append_frame, frame.image, seq=frame.seq, index=frame.index,
+                _append_frame, frame.image, seq=frame.seq, index=frame.index,
                 t_s=frame.t_s, acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
                 metadata=_frame_metadata(frame))
-            if not self._archive.submit(session, write, frame=True, timeout_s=0.0):
+            if not self._archive.write(session.archive, write, frame=True, timeout_s=0.0):
                 self.counters["archive_queue_full"] += 1
                 self._wait_for_archive(session, frame, write)
         if session.start.live:
@@ -806,7 +786,10 @@ class Worker:
                 self._skip(session, session.pending)
             session.pending = frame
         else:
-            self._analyse(session, frame)
+            # Analysed from the loop, one frame at a time between receiving (see
+            # _analyse_pending): the archive never waits for analysis.
+            session.backlog.append(frame)
+            self._backlog_bytes += frame.image.nbytes
 
     def _frame_session(self, frame: Frame) -> _Session | None:
         """The open session a frame belongs to, if it carries that session's token.
@@ -819,8 +802,12 @@ class Worker:
         linked to it.
         """
         if frame.session_id in self.sessions:
-            return self._owned(frame.session_id, frame.session_token)
-        if frame.session_id in self.closed_sessions:
+            session = self._owned(frame.session_id, frame.session_token)
+            if session is None or session.stopping is None:
+                return session
+            self.counters["late"] += 1  # after its session_stop
+            return None
+        if frame.session_id in self.closed_sessions or frame.session_id in self._closing:
             self.counters["late"] += 1
             return None
         if frame.session_token is None or not self._continues(frame.session_id,
@@ -861,14 +848,18 @@ class Worker:
         return True
 
     def _wait_for_archive(self, session: _Session, frame: Frame,
-                          write: Callable[[], object]) -> None:
+                          write: Callable[[ArchiveWriter], object]) -> None:
         """The archive is the slowest stage right now: wait, and let ZeroMQ's high-water
         mark hold the publisher back. Meanwhile keep the heartbeat going (a monitor must
         tell a slow disk from a dead worker) and say so if the disk is stuck."""
         since = time.monotonic()
         alerted = False
-        while not self._archive.submit(session, write, frame=True, timeout_s=0.25):
-            if self._stopping.is_set():
+        assert session.archive is not None
+        stopped_at: float | None = None
+        while not self._archive.write(session.archive, write, frame=True, timeout_s=0.25):
+            if self._stopping.is_set() and stopped_at is None:
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at >= _STOP_WAIT_S:
                 # Stopped (Ctrl-C, SIGTERM) while the disk takes nothing: this frame
                 # cannot be kept; say so and let the shutdown close what it can.
                 self._archive_failed(session, ArchiveError(
@@ -885,7 +876,7 @@ class Worker:
                     kind=EventKind.ARCHIVE_STALLED, t_s=frame.t_s, frame=frame.index,
                     magnitude=now - since, confidence=1.0, particle_ids=(),
                     message=f"Archive writes blocked for {now - since:.0f} s: the disk "
-                    f"{session.writer.path if session.writer else ''} is not taking data "
+                    f"{session.archive.path} is not taking data "
                     "(full, hung or a stalled network drive?). Frames wait in the queue and "
                     "the publisher is held back; nothing is lost yet."))
 
@@ -986,10 +977,10 @@ class Worker:
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
         self._send(output.result)
-        if session.writer is not None and not session.archive_failed:
+        if session.archive is not None:
             for table, rows in output.rows:
-                self._archive.submit(session, functools.partial(
-                    session.writer.append_rows, table, rows))
+                self._archive.write(session.archive, functools.partial(_append_rows, table,
+                                                                       rows))
         for event in output.events:
             self._announce(event)
 
@@ -1041,34 +1032,24 @@ class Worker:
             source=msg.source, not_before_s=not_before_s)
         if filed is None:
             return
-        if session.writer is not None and not session.archive_failed:
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "echem", filed.rows))
+        if session.archive is not None:
+            self._archive.write(session.archive, functools.partial(_append_rows, "echem",
+                                                                   filed.rows))
         self._send(filed.message)
 
     # -- output ----------------------------------------------------------------------
     def _emit(self, session: _Session, alert: Alert) -> None:
         """Archive and publish an operational alert (gaps, stalls, skips)."""
         event = event_message(session.start.session_id, alert)
-        if session.writer is not None and not session.archive_failed:
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "events", event_row(event)))
+        if session.archive is not None:
+            self._archive.write(session.archive, functools.partial(_append_rows, "events",
+                                                                   event_row(event)))
         self._announce(event)
 
     def _announce(self, event: Event) -> None:
         log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
                  event.message)
         self._send(event)
-
-    def _archive_bytes(self, writer: ArchiveWriter, now: float) -> int:
-        """The archive's size on disk, counted at most every ``_SIZE_INTERVAL_S``: the
-        count walks every chunk file, and a 30-minute session's 7200 frames took 1-2 s
-        a walk on a loaded machine, every heartbeat, in the thread that analyses."""
-        path, counted, size = self._size_cache
-        if path != writer.path or now - counted >= _SIZE_INTERVAL_S:
-            size = directory_size(writer.path)
-            self._size_cache = (writer.path, now, size)
-        return size
 
     def _archive_failed(self, session: _Session, exc: ArchiveError) -> None:
         self.counters["archive_errors"] += 1
@@ -1103,7 +1084,11 @@ class Worker:
         # hide the stream that replaced it.
         session_id = (self._last_session_id if self._last_session_id in self.sessions
                       else next(reversed(self.sessions), None))
-        writer = self.sessions[session_id].writer if session_id else None
+        session = self.sessions[session_id] if session_id else None
+        archive = session.archive if session else None
+        if archive is not None and now - self._size_asked >= _SIZE_INTERVAL_S:
+            self._size_asked = now
+            self._archive.measure_size(archive)  # counted in the archive thread
         counters = dict(self.counters)
         counters["rejected"] = sum(self.decoder.rejected.values())
         counters.update({f"rejected_{k}": v for k, v in self.decoder.rejected.items()})
@@ -1113,11 +1098,19 @@ class Worker:
             fps_analysed=self._interval_analysed / elapsed,
             latency_p50_s=float(np.percentile(latencies, 50)) if latencies.size else None,
             latency_p99_s=float(np.percentile(latencies, 99)) if latencies.size else None,
-            archive_path=str(writer.path) if writer else None,
-            archive_bytes=self._archive_bytes(writer, now) if writer else None))
+            archive_path=str(archive.path) if archive else None,
+            archive_bytes=session.archive_bytes if session else None))
         self._interval_received = self._interval_analysed = 0
         self._interval_latencies.clear()
         self._last_heartbeat = now
+
+
+def _append_frame(image: np.ndarray, writer: ArchiveWriter, **row: Any) -> None:
+    writer.append_frame(image, **row)
+
+
+def _append_rows(table: str, rows: dict[str, Any], writer: ArchiveWriter) -> None:
+    writer.append_rows(table, rows)
 
 
 def _accounted(session: _Session) -> int:

@@ -712,6 +712,7 @@ def test_heartbeat_follows_the_newest_stream_not_a_stalled_one(tmp_path: Path) -
         push = ctx.socket(zmq.PUSH)
         push.connect(worker.frames_endpoint)
         try:
+            watch.until(lambda m: isinstance(m, Heartbeat))  # subscribed for sure now
             for session_id in ("dead-publisher", "new-publisher"):
                 push.send_multipart(encode(SessionStart(
                     session_id=session_id, source="t", source_kind="t", t0_unix=0.0,

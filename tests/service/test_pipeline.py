@@ -125,7 +125,8 @@ def test_sequence_gaps_are_reported_as_dropped_frames(worker: Worker) -> None:
     ctx = zmq.Context.instance()
     raw = ctx.socket(zmq.PUSH)
     raw.connect(worker.frames_endpoint)
-    with Subscriber(worker.results_endpoint, topics=["event"]) as sub:
+    with Subscriber(worker.results_endpoint, topics=["event", "heartbeat"]) as sub:
+        next(sub.messages(Heartbeat, timeout_s=30))  # subscribed for sure now
         raw.send_multipart(encode(SessionStart(session_id="gappy", source="t", source_kind="t",
                                                t0_unix=0.0, live=False, seq=1,
                                                session_token=TOKEN)))
@@ -134,8 +135,15 @@ def test_sequence_gaps_are_reported_as_dropped_frames(worker: Worker) -> None:
                                             acquired_at=0.0, shape=[16, 16], dtype="uint16",
                                             seq=i + 2, image=frames[i],
                                             session_token=TOKEN)))
-        events = [m for m in sub.iter(timeout_s=5) if isinstance(m, Event)
-                  and m.kind == "frames_dropped"]
+        events = []
+        deadline = time.monotonic() + 30
+        for m in sub.iter(timeout_s=5):
+            if isinstance(m, Event) and m.kind == "frames_dropped":
+                events.append(m)
+            # A heartbeat after all four frames: any event they caused came before it.
+            if (isinstance(m, Heartbeat) and m.counters.get("received", 0) >= 4
+                    or time.monotonic() > deadline):
+                break
     raw.close(linger=0)
     assert len(events) == 1
     assert events[0].magnitude == 2
