@@ -9,16 +9,23 @@ Sockets:
 * results: PUB, bound; results, events and heartbeats for any number of subscribers.
   A slow subscriber loses updates at its high-water mark; the worker never waits for it.
 
-Archive writes run in a writer thread behind a bounded queue (``archive_queue_frames``),
-so writing frame *n* overlaps analysing frame *n + 1*. When the queue is full the worker
-stops reading frames: the frames socket fills to its high-water mark and the publisher
-waits, as it did when writing was inline. A session's ``session_closed`` is sent only
-once the queue has drained and the archive is closed.
+The worker binds, receives, dispatches, publishes and hands off. Each session's
+analysis and row shaping is a :class:`~.pipeline.SessionPipeline`; each archive's whole
+life (open, writes, size, close) belongs to the archive thread
+(:class:`~.archiving.ArchiveThread`), behind a bounded queue of frames
+(``archive_queue_frames``). When that queue is full the worker stops reading frames: the
+frames socket fills to its high-water mark and the publisher waits. A session's
+``session_closed`` is sent once the archive thread has closed its archive.
 
-Live policy: a camera does not wait, so in a live session the worker drains every
-frame that has arrived, archives all of them, and analyses only the newest; the
-frames it did not analyse are counted as ``skipped`` (heartbeat) and announced with an
-``analysis_skipped`` event. A replay session (``live = false``) analyses every frame.
+Every frame is handed to the archive thread as it is received, before any analysis.
+Live policy: a camera does not wait, so in a live session the worker analyses only the
+newest frame that has arrived; the frames it did not analyse are counted as
+``skipped`` (heartbeat) and announced with an ``analysis_skipped`` event. A replay
+session (``live = false``) analyses every frame: its frames wait in a backlog
+(``analysis_backlog_bytes``) and the loop analyses one per session between socket reads.
+
+A session belongs to the sender whose ``session_token`` opened it; what arrives
+without it is refused and counted (docs/protocol.md, docs/security.md).
 """
 
 from __future__ import annotations
