@@ -13,8 +13,11 @@ thread, which owns the sockets, to count and announce:
 
 * ``("opened", archive, path)``: the archive exists;
 * ``("frame", archive, None)``: a frame is on disk;
-* ``("error", archive, ArchiveError)``: the archive failed; later writes to it are
-  skipped;
+* ``("fallback", archive, ArchiveError)``: the archive failed and the session goes on
+  in a fallback archive (``archive.path`` now names it; the call that failed is
+  retried there);
+* ``("error", archive, ArchiveError)``: the archive failed (and its fallback, or there
+  is none); later writes to it are skipped;
 * ``("lost", archive, None)``: an accepted frame that could not be written (after
   ``error``): counted, never silent;
 * ``("size", archive, bytes)``: its size on disk, as asked for by :meth:`measure_size`;
@@ -54,6 +57,10 @@ class SessionArchive:
     writer: ArchiveWriter | None = None
     failed: bool = False
     """Set at the first failed write: the thread skips the rest of this archive's calls."""
+    first_path: Path | None = None
+    """Where the session's archive began, once it has moved to a fallback archive."""
+    frames_before: int = 0
+    """Frames in the archive this one took over from (0 unless a fallback)."""
 
 
 Outcome = tuple[str, SessionArchive, Any]
@@ -64,7 +71,10 @@ _Job = tuple[SessionArchive | None, str, Callable[..., object], bool]
 class ArchiveThread:
     """Runs archive calls in order, in one background thread (see the module docstring)."""
 
-    def __init__(self, max_frames: int) -> None:
+    def __init__(self, max_frames: int, *, fallback: Callable[
+            [SessionArchive, ArchiveError], ArchiveWriter] | None = None) -> None:
+        self._fallback = fallback
+        """Opens a session's fallback archive after its archive failed (once)."""
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(max(max_frames, 1))
         self.outcomes: collections.deque[Outcome] = collections.deque()
@@ -156,7 +166,7 @@ class ArchiveThread:
             try:
                 archive.writer = call()  # type: ignore[assignment]
             except Exception as exc:
-                self._failed(archive, exc)
+                self._failed(archive, exc, None)
             else:
                 self.outcomes.append(("opened", archive, archive.path))
             return
@@ -178,11 +188,14 @@ class ArchiveThread:
                 self.outcomes.append(("size", archive, None))
             elif kind == "close":
                 self.outcomes.append(("closed", archive, _as_archive_error(archive, exc)))
-            else:
-                self._failed(archive, exc)
-                if frame:
-                    self.outcomes.append(("lost", archive, None))
+            elif self._failed(archive, exc, (kind, call, frame)):
+                return  # retried in the fallback archive
+            elif frame:
+                self.outcomes.append(("lost", archive, None))
             return
+        self._done(archive, kind, frame, result)
+
+    def _done(self, archive: SessionArchive, kind: str, frame: bool, result: object) -> None:
         if frame:
             self.outcomes.append(("frame", archive, None))
         elif kind == "size":
@@ -190,9 +203,43 @@ class ArchiveThread:
         elif kind == "close":
             self.outcomes.append(("closed", archive, None))
 
-    def _failed(self, archive: SessionArchive, exc: Exception) -> None:
+    def _failed(self, archive: SessionArchive, exc: Exception,
+                retry: tuple[str, Callable[..., object], bool] | None) -> bool:
+        """An archive failed: move the session to its fallback archive and retry the
+        call there (True), or, with no fallback or a second failure, give up (False)."""
+        error = _as_archive_error(archive, exc)
+        if self._fallback is not None and archive.first_path is None:
+            old = archive.writer
+            try:
+                writer = self._fallback(archive, error)
+            except Exception as fallback_exc:  # the fallback disk fails too: give up
+                log.warning("Fallback archive for %s failed too: %s", archive.path,
+                            _as_archive_error(archive, fallback_exc))
+            else:
+                archive.first_path, archive.path = archive.path, writer.path
+                archive.writer = writer
+                archive.frames_before = old.frame_count if old is not None else 0
+                self.outcomes.append(("fallback", archive, error))
+                if old is not None:
+                    try:  # best effort: a full disk may refuse this too (recovery will do)
+                        old.close(status="interrupted", stop_reason="archive_error",
+                                  archive_error=str(error), continued_in=str(writer.path))
+                    except Exception:  # noqa: BLE001 - already reported as the failure
+                        log.debug("Could not close the failed archive %s.", archive.first_path)
+                if retry is None:
+                    self.outcomes.append(("opened", archive, archive.path))
+                    return True
+                kind, call, frame = retry
+                try:
+                    result = call(writer)
+                except Exception as again:
+                    self._failed(archive, again, None)
+                    return False
+                self._done(archive, kind, frame, result)
+                return True
         archive.failed = True
-        self.outcomes.append(("error", archive, _as_archive_error(archive, exc)))
+        self.outcomes.append(("error", archive, error))
+        return False
 
 
 def _as_archive_error(archive: SessionArchive, exc: Exception) -> ArchiveError:

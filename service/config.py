@@ -124,6 +124,10 @@ class ServiceConfig:
     the archive never waits for analysis; past this many bytes waiting the worker stops
     reading frames and ZeroMQ holds the publisher back (256 MiB: 128 frames of
     1024² uint16)."""
+    fallback_dir: str | None = None
+    """Where a session goes on when its archive fails (disk full, folder gone): a new
+    archive ``<name>.zarr`` here, linked both ways to the failed one. Default (None):
+    ``lithoscope-fallback`` in the system's temporary folder (usually another disk)."""
     max_sessions: int = 16
     """Sessions open at once. A ``session_start`` beyond it is rejected
     (``rejected_too_many_sessions``): every open session holds an archive and analysis

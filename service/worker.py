@@ -197,6 +197,8 @@ class _Session:
     lost: int = 0
     """Accepted frames the archive could not take (after an archive failure)."""
     close_reason: str = ""
+    archive_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The session metadata its archive was created with (a fallback archive's too)."""
     archive_bytes: int | None = None
     backlog: collections.deque[Frame] = dataclasses.field(default_factory=collections.deque)
     """Replay frames archived and waiting for analysis, oldest first."""
@@ -258,7 +260,8 @@ class Worker:
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
         self._unclosed: list[_Session] = []
         self._last_close_retry = time.monotonic()
-        self._archive = ArchiveThread(self.config.archive_queue_frames)
+        self._archive = ArchiveThread(self.config.archive_queue_frames,
+                                      fallback=self._open_fallback)
         self._by_archive: dict[SessionArchive, _Session] = {}
         self._closing: dict[str, _Session] = {}
         """Sessions stopped whose archive the archive thread is closing."""
@@ -523,6 +526,8 @@ class Worker:
                 self.counters["frames_lost"] += 1
             elif kind == "error":
                 self._archive_failed(session, value)
+            elif kind == "fallback":
+                self._archive_moved(session, value)
             elif kind == "size":
                 session.archive_bytes = value if value is not None else session.archive_bytes
             elif kind == "closed":
@@ -614,6 +619,7 @@ class Worker:
         links = {"continues": previous.name} if previous is not None else {}
         meta = {k: v for k, v in dataclasses.asdict(start).items() if k != "session_token"}
         meta = {**meta, "session_token_sha256": token_digest(token), **links}
+        session.archive_meta = meta
         self._archive.open(archive, functools.partial(self._create_archive, path, meta,
                                                       previous))
         session.last_seq = last_seq  # frames lost across a restart show as a sequence gap
@@ -643,6 +649,18 @@ class Worker:
                 log.warning("Could not link %s to %s: %s", previous, path, exc)
         return writer
 
+    def _open_fallback(self, archive: SessionArchive, error: ArchiveError) -> ArchiveWriter:
+        """Run in the archive thread when a session's archive failed: the archive the
+        session goes on in (``fallback_dir``), linked to the failed one."""
+        session = self._by_archive[archive]
+        root = Path(self.config.fallback_dir or Path(tempfile.gettempdir()) /
+                    "lithoscope-fallback")
+        name = dataclasses.replace(session.start, archive_name=archive.path.name)
+        path = default_archive_path(root, name)
+        meta = {**session.archive_meta, "continues": str(archive.path),
+                "fallback_after": str(error)}
+        return self._create_archive(path, meta, None)
+
     def _retry_closing(self) -> None:
         """Closing needs a little room (last rows, metadata): an archive that could not
         be closed (disk full) is tried again, so once space is freed it still records
@@ -662,7 +680,7 @@ class Worker:
         assert archive is not None
         failed = archive.failed or session.archive_failed
         complete = (reason == "end_of_source" and not failed
-                    and writer.frame_count == session.accepted
+                    and archive.frames_before + writer.frame_count == session.accepted
                     and (frames_sent is None or frames_sent == _accounted(session)))
         extra: dict[str, Any] = (
             {"archive_error": session.archive_error} if session.archive_error else {})
@@ -719,7 +737,8 @@ class Worker:
         self._closing.pop(session_id, None)
         closed = SessionClosed(
             session_id=session_id,
-            archive_path=str(session.archive.path) if session.archive else "",
+            archive_path=str(session.archive.first_path or session.archive.path)
+            if session.archive else "",
             frames_archived=session.archived, frames_analysed=session.analysed,
             frames_dropped=session.dropped, reason=session.close_reason)
         self.closed_sessions[session_id] = closed
@@ -1057,6 +1076,17 @@ class Worker:
         log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
                  event.message)
         self._send(event)
+
+    def _archive_moved(self, session: _Session, exc: ArchiveError) -> None:
+        self.counters["archive_errors"] += 1
+        assert session.archive is not None
+        log.error("Archive failure for session %s: %s; going on in %s.",
+                  _printable(session.start.session_id), exc, session.archive.path)
+        self._send(Event(session_id=session.start.session_id, kind=EventKind.ARCHIVE_ERROR.value,
+                         t_s=self._last_t(session), frame=session.last_index, magnitude=0.0,
+                         confidence=1.0,
+                         message=f"Archive failed ({exc}); the session goes on in the "
+                         f"fallback archive {session.archive.path}."))
 
     def _archive_failed(self, session: _Session, exc: ArchiveError) -> None:
         self.counters["archive_errors"] += 1

@@ -337,7 +337,10 @@ def _limit_file_size() -> None:
 
 def test_disk_refusing_writes_mid_session_alerts_and_keeps_everything_before(
         tmp_path: Path, results_of: Callable[[str], Results]) -> None:
-    serve = Serve(tmp_path, preexec=_limit_file_size)
+    # The file size limit is the process's: the fallback archive cannot take the frame
+    # either, so the session's later frames are lost (and counted).
+    serve = Serve(tmp_path, preexec=_limit_file_size,
+                  settings=f'fallback_dir = "{tmp_path / "fallback"}"\n')
     watch = results_of(serve.results)
     quiet = np.zeros((10, 256, 256), np.uint16)  # compresses to almost nothing
     noise = np.random.default_rng(0).integers(0, 65535, (10, 256, 256), dtype=np.uint16)
@@ -419,7 +422,8 @@ def test_full_disk_alerts_keeps_what_was_archived_and_the_service_stays_up(
         tmp_path: Path, tiny_disk: Path, results_of: Callable[[str], Results]) -> None:
     ballast = tiny_disk / "ballast"  # freed at the end, as an operator would free space
     ballast.write_bytes(bytes(256 * 1024))
-    serve = Serve(tmp_path, sessions=tiny_disk / "sessions")
+    serve = Serve(tmp_path, sessions=tiny_disk / "sessions",  # the fallback full as well
+                  settings=f'fallback_dir = "{tiny_disk / "fallback"}"\n')
     try:
         watch = results_of(serve.results)
         quiet = np.zeros((10, 128, 128), np.uint16)
@@ -461,7 +465,8 @@ def test_unwritable_sessions_folder_alerts_and_the_service_stays_up(
         tmp_path: Path, results_of: Callable[[str], Results]) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where the sessions folder should be")
-    serve = Serve(tmp_path, sessions=blocker / "sessions")
+    serve = Serve(tmp_path, sessions=blocker / "sessions",  # the fallback as unwritable
+                  settings=f'fallback_dir = "{blocker / "fallback"}"\n')
     watch = results_of(serve.results)
     frames = noisy_frames(5, shape=(16, 16))
     for _ in range(2):
