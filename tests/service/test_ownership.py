@@ -5,6 +5,7 @@ cases 8, 9, 10 and the worker-loop parts of 14)."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,3 +210,61 @@ def test_an_unexpected_error_on_one_message_is_counted_and_the_loop_goes_on(
     assert worker.counters["message_errors"] == 3
     assert ack.frames_archived == 2
     assert ArchiveReader(ack.archive_path).status == "complete"
+
+
+def test_creating_archives_on_a_hung_disk_never_stops_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives are created in the archive thread: while creating one hangs, sessions
+    still open, heartbeats go on, and nothing is lost once the disk comes back."""
+    from lithoscope.service.archive import ArchiveWriter
+
+    disk = threading.Event()
+    create = ArchiveWriter.__init__
+
+    def hung(self: ArchiveWriter, *args: Any, **kwargs: Any) -> None:
+        if not disk.wait(DEADLINE_S):
+            raise AssertionError("the test never released the disk")
+        create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArchiveWriter, "__init__", hung)
+    frames = noisy_frames(3, shape=(8, 8))
+    with _running(tmp_path) as (worker, send):
+        for name in ("one", "two", "three"):
+            send(start(name))
+            for i in range(3):
+                send(frame(name, frames[i], i))
+        wait_for(lambda: len(worker.sessions) == 3, "three sessions open")
+        beats = worker._results_seq
+        wait_for(lambda: worker._results_seq > beats + 5, "heartbeats while the disk hangs")
+        disk.set()
+        for name in ("one", "two", "three"):
+            send(stop(name, 3))
+        for name in ("one", "two", "three"):
+            ack = closed(worker, name)
+            assert ack.frames_archived == 3
+            reader = ArchiveReader(ack.archive_path)
+            assert reader.status == "complete"
+            np.testing.assert_array_equal(reader.frames[:], frames)
+
+
+def test_many_stalled_sessions_do_not_stall_another_sessions_archive(tmp_path: Path) -> None:
+    """Issue 19 case 10: sessions that go quiet raise source_stalled each; their events
+    must not hold up the archive thread for a session that is streaming."""
+    frames = noisy_frames(30, shape=(32, 32))
+    with _running(tmp_path, stall_timeout_s=0.2, max_sessions=16) as (worker, send):
+        image = noisy_frames(1, shape=(8, 8))[0]
+        for n in range(15):
+            send(start(f"quiet-{n}"))
+            send(frame(f"quiet-{n}", image, 0))
+        wait_for(lambda: sum(s.stalled for s in worker.sessions.values()) == 15,
+                 "fifteen sessions stalled")
+        send(start("busy"))
+        for i in range(len(frames)):
+            send(frame("busy", frames[i], i))
+        send(stop("busy", len(frames)))
+        ack = closed(worker, "busy")
+    reader = ArchiveReader(ack.archive_path)
+    assert reader.status == "complete"
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    kinds = {e["kind"] for e in reader.events()}
+    assert "archive_stalled" not in kinds
