@@ -118,7 +118,7 @@ class ArchiveThread:
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every call queued so far has run; False past the deadline."""
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             return True
         done = threading.Event()
         self._jobs.put((None, "control", done.set, False))

@@ -275,6 +275,7 @@ class Worker:
             maxlen=_ECHEM_BACKLOG)
         self._stopping = threading.Event()
         """The stop event of :meth:`run`."""
+        self._closed = False
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -334,6 +335,9 @@ class Worker:
 
     def close(self) -> None:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
+        if self._closed:
+            return
+        self._closed = True
         # Frames received and archived but not analysed yet get the same grace as
         # frames out for measuring; past it they stay archived, unanalysed.
         deadline = time.monotonic() + _SHUTDOWN_MEASURE_S
