@@ -22,7 +22,9 @@ Live policy: a camera does not wait, so in a live session the worker analyses on
 newest frame that has arrived; the frames it did not analyse are counted as
 ``skipped`` (heartbeat) and announced with an ``analysis_skipped`` event. A replay
 session (``live = false``) analyses every frame: its frames wait in a backlog
-(``analysis_backlog_bytes``) and the loop analyses one per session between socket reads.
+(``analysis_backlog_bytes``). The pipelines run in one analysis thread, one frame at a
+time, while the loop goes on receiving and archiving; the loop publishes and archives
+what the analysis thread hands back.
 
 A session belongs to the sender whose ``session_token`` opened it; what arrives
 without it is refused and counted (docs/protocol.md, docs/security.md).
@@ -37,6 +39,7 @@ import hashlib
 import hmac
 import logging
 import math
+import queue
 import re
 import shutil
 import tempfile
@@ -53,12 +56,13 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert
+from .analysis import FrameMeasurement
 from .archive import ArchiveWriter, recover_abandoned, update_archive_meta
 from .archiving import ArchiveThread, SessionArchive
 from .config import ServiceConfig
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
-from .pipeline import FrameOutput, SessionPipeline, event_message, event_row
+from .pipeline import EchemOutput, FrameOutput, SessionPipeline, event_message, event_row
 from .protocol import (
     Decoder,
     Echem,
@@ -212,6 +216,57 @@ class _Session:
     the archive's events table reads a frame of -1 as an unwritten row."""
 
 
+class _AnalysisThread:
+    """Runs the sessions' pipelines (analysis, echem filing) in one background thread,
+    in the order asked, so that receiving and archiving never wait for analysis.
+
+    A job runs in the thread and returns a completion, run later in the worker's
+    thread (which owns the sockets) by :meth:`complete`: publishing and archiving the
+    rows stay with the worker.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None]] | None] = (
+            queue.SimpleQueue())
+        self._done: collections.deque[Callable[[], None]] = collections.deque()
+        self.pending = 0
+        """Jobs submitted whose completion has not run yet (worker's thread only)."""
+        self._thread = threading.Thread(target=self._run, name="lithoscope-analysis",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], Callable[[], None]]) -> None:
+        self.pending += 1
+        self._jobs.put(job)
+
+    def complete(self) -> None:
+        """Run the completions of the jobs done so far, in order."""
+        while self._done:
+            completion = self._done.popleft()
+            self.pending -= 1
+            completion()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Complete every job submitted so far; False past the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending:
+            self.complete()
+            if not self.pending:
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def stop(self, timeout_s: float) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._done.append(job())
+
+
 class Worker:
     """One analysis worker. ``bind()`` then ``run(stop_event)``; always ``close()``.
 
@@ -260,6 +315,8 @@ class Worker:
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
         self._unclosed: list[_Session] = []
         self._last_close_retry = time.monotonic()
+        self._analysis = _AnalysisThread()
+        self._frames_in_analysis = 0
         self._archive = ArchiveThread(self.config.archive_queue_frames,
                                       fallback=self._open_fallback)
         self._by_archive: dict[SessionArchive, _Session] = {}
@@ -341,9 +398,12 @@ class Worker:
         # Frames received and archived but not analysed yet get the same grace as
         # frames out for measuring; past it they stay archived, unanalysed.
         deadline = time.monotonic() + _SHUTDOWN_MEASURE_S
-        while self._analysis_ready() and time.monotonic() < deadline:
+        while (self._analysis_ready() or self._analysis.pending) and (
+                time.monotonic() < deadline):
+            self._analysis.wait(max(deadline - time.monotonic(), 0.0))
             self._analyse_pending()
         self._finish_measuring(limit_s=max(deadline - time.monotonic(), 0.0))
+        self._analysis.wait(max(deadline - time.monotonic(), 0.0))
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
         self._retry_closing()
@@ -355,6 +415,7 @@ class Worker:
                           str(s.archive.path) for s in self._closing.values() if s.archive))
         self._collect()
         self._archive.stop(1.0)
+        self._analysis.stop(1.0)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -396,7 +457,10 @@ class Worker:
                 poller.register(self._frames, zmq.POLLIN)
             elif self._frames in dict(poller.sockets):
                 poller.unregister(self._frames)
-            ready = dict(poller.poll(0 if self._analysis_ready() else 100))
+            timeout_ms = (0 if self._analysis_ready() else 5 if self._analysis.pending
+                          else 100)
+            ready = dict(poller.poll(timeout_ms))
+            self._analysis.complete()
             if self._pool is not None:
                 self._join_measured()
             if self._frames in ready:
@@ -421,16 +485,20 @@ class Worker:
     def _analysis_ready(self) -> bool:
         if self._pool is not None and not self._pool.has_room():
             return False
+        if self._pool is None and self._frames_in_analysis:
+            return False
         return any(session.pending is not None or session.backlog
                    or session.stopping is not None for session in self.sessions.values())
 
     def _analyse_pending(self) -> None:
-        """Analyse one waiting frame per session, then go back to the socket: frames
-        that arrive meanwhile are archived within one frame's analysis time. Sessions
-        stopped and fully analysed are closed."""
+        """Hand the analysis thread the next waiting frame when it is free (a live
+        session's newest, else a replay's oldest); close sessions stopped and fully
+        analysed."""
         for session in list(self.sessions.values()):
             if self._pool is not None and not self._pool.has_room():
                 return
+            if self._pool is None and self._frames_in_analysis:
+                return  # one frame at a time: a live session's newest is chosen when due
             if session.pending is not None:
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
@@ -446,6 +514,8 @@ class Worker:
                     and not session.backlog):
                 stop = session.stopping
                 self._finish_measuring()
+                if self._analysis.pending:
+                    continue  # closed once every frame's rows have been handed over
                 self._close_session(stop.session_id, reason=stop.reason,
                                     frames_sent=stop.frames_sent)
 
@@ -937,13 +1007,30 @@ class Worker:
                               pixel_size_nm=pipeline.pixel_size_nm(frame.pixel_size_nm),
                               config=self.config.analysis)
             return
-        try:
-            output = pipeline.analyse(
-                frame.image, index=frame.index, t_s=frame.t_s,
-                pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
-                metadata=frame.metadata, acquired_at=frame.acquired_at)
-        except Exception:  # a bug in analysis must not cost the archive
-            self._analysis_failed(frame, None)
+        image = frame.image
+
+        def job() -> Callable[[], None]:  # in the analysis thread
+            try:
+                output = pipeline.analyse(
+                    image, index=frame.index, t_s=frame.t_s,
+                    pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                    metadata=frame.metadata, acquired_at=frame.acquired_at)
+            except Exception as exc:  # a bug in analysis must not cost the archive
+                error = exc
+                return lambda: self._frame_done(session, frame, None, error)
+            return lambda: self._frame_done(session, frame, output, None)
+
+        self._frames_in_analysis += 1
+        self._analysis.submit(job)
+
+    def _frame_done(self, session: _Session, frame: Frame, output: FrameOutput | None,
+                    error: Exception | None) -> None:
+        self._frames_in_analysis -= 1
+        if output is None:
+            if not self.counters["analysis_errors"]:
+                log.error("Analysis failed on frame %d; further failures only counted.",
+                          frame.index, exc_info=error)
+            self.counters["analysis_errors"] += 1
             return
         self._analysed(session, frame, output)
 
@@ -970,16 +1057,25 @@ class Worker:
             if outcome.measurement is None:
                 self._analysis_failed(frame, outcome.error)
                 continue
-            assert session.pipeline is not None
-            try:
-                output = session.pipeline.analyse_measured(
-                    outcome.measurement, frame.image, index=frame.index, t_s=frame.t_s,
-                    pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
-                    metadata=frame.metadata, acquired_at=frame.acquired_at)
-            except Exception:
-                self._analysis_failed(frame, None)
-                continue
-            self._analysed(session, frame, output)
+            self._frames_in_analysis += 1
+            self._analysis.submit(functools.partial(
+                self._join_job, session, frame, outcome.measurement))
+
+    def _join_job(self, session: _Session, frame: Frame, measurement: FrameMeasurement
+                  ) -> Callable[[], None]:
+        """In the analysis thread, which owns the pipelines: the stateful half of a
+        frame measured by a measuring process."""
+        pipeline = session.pipeline
+        assert pipeline is not None
+        try:
+            output = pipeline.analyse_measured(
+                measurement, frame.image, index=frame.index, t_s=frame.t_s,
+                pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                metadata=frame.metadata, acquired_at=frame.acquired_at)
+        except Exception as exc:
+            error = exc
+            return lambda: self._frame_done(session, frame, None, error)
+        return lambda: self._frame_done(session, frame, output, None)
 
     def _finish_measuring(self, limit_s: float | None = None) -> None:
         """Wait for every frame out for measuring (a session's end, shutdown); past
@@ -1052,14 +1148,31 @@ class Worker:
 
     def _file_echem(self, session: _Session, msg: Echem, *,
                     not_before_s: float = -math.inf) -> None:
-        assert session.pipeline is not None
+        pipeline = session.pipeline
+        assert pipeline is not None
         bias = np.array([math.nan if v is None else v for v in msg.bias_v], dtype=np.float64)
         current = np.array([math.nan if v is None else v for v in msg.current_a],
                            dtype=np.float64)
-        filed = session.pipeline.add_echem(
-            np.asarray(msg.t_unix, dtype=np.float64), bias, current,
-            clock_offset_s=msg.clock_offset_s or self.config.operando.clock_offset_s,
-            source=msg.source, not_before_s=not_before_s)
+        offset = msg.clock_offset_s or self.config.operando.clock_offset_s
+
+        def job() -> Callable[[], None]:  # in the analysis thread, which owns the pipeline
+            try:
+                filed = pipeline.add_echem(
+                    np.asarray(msg.t_unix, dtype=np.float64), bias, current,
+                    clock_offset_s=offset, source=msg.source, not_before_s=not_before_s)
+            except Exception as exc:
+                error = exc
+                return lambda: self._echem_failed(error)
+            return lambda: self._echem_filed(session, filed)
+
+        self._analysis.submit(job)
+
+    def _echem_failed(self, error: Exception) -> None:
+        if not self.counters["analysis_errors"]:
+            log.error("Filing echem failed; further failures only counted.", exc_info=error)
+        self.counters["analysis_errors"] += 1
+
+    def _echem_filed(self, session: _Session, filed: EchemOutput | None) -> None:
         if filed is None:
             return
         if session.archive is not None:
