@@ -122,6 +122,7 @@ def publish(
     push.setsockopt(zmq.SNDHWM, 16)
     push.connect(endpoint)
     session_id = f"{time.strftime('%Y%m%d-%H%M%S')}-camera-{secrets.token_hex(3)}"
+    token = secrets.token_urlsafe(24)  # the session is ours: every message carries it
     seq = sent = 0
     reason = "end_of_source"
     try:
@@ -136,6 +137,7 @@ def publish(
             "t0_unix": t0, "live": True, "pixel_size_nm": pixel_size_nm, "fps": None,
             "shape": list(first.shape), "dtype": first.dtype.name, "frame_count": frame_count,
             "archive_name": archive_name, "metadata": {"client": "dm_publisher"},
+            "session_token": token,
         }, seq))
         frame: np.ndarray | None = first
         while frame_count is None or sent < frame_count:
@@ -150,6 +152,7 @@ def publish(
                 "acquired_at": acquired_at, "shape": list(image.shape),
                 "dtype": image.dtype.name, "pixel_size_nm": pixel_size_nm,
                 "exposure_s": exposure_s, "metadata": {}, "truth": None,
+                "session_token": token,
             }, seq, image.data.cast("B")), copy=False)
             sent += 1
             frame = None
@@ -160,7 +163,7 @@ def publish(
             seq += 1
             push.send_multipart(_message("session_stop", {
                 "session_id": session_id, "frames_sent": sent,
-                "reason": reason}, seq))
+                "reason": reason, "session_token": token}, seq))
         push.close(linger=int(linger_s * 1000))
         if own:
             ctx.term()

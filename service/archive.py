@@ -368,8 +368,12 @@ class ArchiveWriter:
                 raise ArchiveError(f"Cannot create table {table} in {self.path}: "
                                    f"{exc.strerror or exc}.") from None
         self.tables[table].append(rows)
-        if table == "events":
-            self.flush()
+        if table == "events":  # at once, and only this table: events can come in bursts
+            try:
+                self.tables["events"].flush()
+            except OSError as exc:
+                raise ArchiveError(f"Cannot write events to {self.path}: "
+                                   f"{exc.strerror or exc}.") from None
         else:
             self.flush_if_due()
 

@@ -90,6 +90,23 @@ class ServiceConfig:
     """Blosc-lz4 level for frames (1: fast; higher levels gain little on noisy frames)."""
     stall_timeout_s: float = 10.0
     """A session with no frame for this long raises ``source_stalled``."""
+    analysis_backlog_bytes: int = 256 * 2**20
+    """Replay frames (``live = false``) that may wait for analysis, in bytes of pixels.
+    A frame is archived as it is received and analysed when the worker gets to it, so
+    the archive never waits for analysis; past this many bytes waiting the worker stops
+    reading frames and ZeroMQ holds the publisher back (256 MiB: 128 frames of
+    1024² uint16)."""
+    fallback_dir: str | None = None
+    """Where a session goes on when its archive fails (disk full, folder gone): a new
+    archive ``<name>.zarr`` here, linked both ways to the failed one. Default (None):
+    ``lithoscope-fallback`` in the system's temporary folder (usually another disk)."""
+    max_sessions: int = 16
+    """Sessions open at once. A ``session_start`` beyond it is rejected
+    (``rejected_too_many_sessions``): every open session holds an archive and analysis
+    state, so the number a sender can make the worker hold is bounded."""
+    idle_session_timeout_s: float = 600.0
+    """A session with no frame, echem or stop for this long is closed (status
+    ``interrupted``, stop reason ``idle``), so abandoned sessions do not pile up."""
     limits: FrameLimits = field(default_factory=FrameLimits)
     """Bounds on received frames, checked before a header is believed (docs/security.md)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -126,7 +143,15 @@ class ServiceConfig:
                         f"Listening on {endpoint} needs CURVE authentication: give "
                         "server_key and client_keys (--server-key, --client-keys; make them "
                         "with `lithoscope keys`). See docs/security.md.")
-        for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s"):
+        if not (isinstance(self.analysis_backlog_bytes, int)
+                and self.analysis_backlog_bytes > 0):
+            raise ConfigError(f"Expected analysis_backlog_bytes to be a positive integer. "
+                              f"Got {self.analysis_backlog_bytes!r} instead.")
+        if not (isinstance(self.max_sessions, int) and self.max_sessions > 0):
+            raise ConfigError(f"Expected max_sessions to be a positive integer. "
+                              f"Got {self.max_sessions!r} instead.")
+        for name in ("heartbeat_s", "measurement_flush_s", "stall_timeout_s",
+                     "idle_session_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"Expected {name} > 0. Got {getattr(self, name)!r}.")
         for name in ("frame_hwm", "results_hwm"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -138,11 +138,15 @@ class EchemBacklog:
             self.nbytes -= gone
             self.dropped += 1
 
-    def take(self, session_id: str) -> list[Echem]:
-        """Remove and return the batches for ``session_id`` and those naming no session."""
-        taken = [msg for msg, _ in self._batches if msg.session_id in (None, session_id)]
-        kept = [(msg, size) for msg, size in self._batches
-                if msg.session_id not in (None, session_id)]
+    def take(self, session_id: str, *,
+             accept: Callable[[Echem], bool] | None = None) -> list[Echem]:
+        """Remove and return the batches for ``session_id`` and those naming no session,
+        of those only the ones ``accept`` admits (the session's owner check)."""
+        def wanted(msg: Echem) -> bool:
+            return msg.session_id in (None, session_id) and (accept is None or accept(msg))
+
+        taken = [msg for msg, _ in self._batches if wanted(msg)]
+        kept = [(msg, size) for msg, size in self._batches if not wanted(msg)]
         self._batches = collections.deque(kept)
         self.nbytes = sum(size for _, size in kept)
         return taken

@@ -197,6 +197,11 @@ class SessionStart:
     )
     metadata: dict[str, Any] = _doc("Free session metadata (instrument, scenario, ...).",
                                     default_factory=dict)
+    session_token: str | None = _doc(
+        "Secret chosen by the sender (`secrets.token_urlsafe(16)`, 16-256 characters): the "
+        "session belongs to whoever knows it. Required; never published or archived.",
+        default=None,
+    )
     seq: int = _doc("Per-stream sequence number, stamped by the sender.", default=0)
     sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
 
@@ -222,6 +227,10 @@ class Frame:
     truth: dict[str, Any] | None = _doc(
         "Simulator only: exact values the analysis should find (ground truth).", default=None
     )
+    session_token: str | None = _doc(
+        "The token of the session's `session_start`; anything else is rejected.",
+        default=None,
+    )
     seq: int = _doc("Per-stream sequence number; a gap means frames were lost.", default=0)
     sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
     image: np.ndarray | None = field(default=None, repr=False, compare=False,
@@ -236,6 +245,10 @@ class SessionStop:
     session_id: str = _doc("Session being closed.")
     frames_sent: int = _doc("Frames the publisher sent in this session.")
     reason: str = _doc("`end_of_source`, `interrupted` or `error`.", default="end_of_source")
+    session_token: str | None = _doc(
+        "The token of the session's `session_start`; anything else is rejected.",
+        default=None,
+    )
     seq: int = _doc("Per-stream sequence number.", default=0)
     sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
 
@@ -309,9 +322,13 @@ class Echem:
     clock_offset_s: float = _doc("Added to `t_unix` to put it on the camera's clock "
                                  "(camera minus instrument); archived with every sample.",
                                  default=0.0)
-    session_id: str | None = _doc("Session the samples belong to; null: the session the worker "
-                                  "has open (an instrument knows nothing of camera sessions).",
-                                  default=None)
+    session_id: str | None = _doc("Session the samples belong to; null: the session whose "
+                                  "`session_token` they carry.", default=None)
+    session_token: str | None = _doc(
+        "The token of the session the samples belong to (shared with the camera's publisher, "
+        "e.g. through `LITHOSCOPE_SESSION_TOKEN`); samples without one are never filed.",
+        default=None,
+    )
     seq: int = _doc("Per-stream sequence number; a gap means batches were lost.", default=0)
     sent_at: float = _doc("Sender's clock at sending, seconds since the Unix epoch.", default=0.0)
 

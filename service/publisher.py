@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -42,9 +43,22 @@ from .sources.base import Source, SourceFrame
 if TYPE_CHECKING:
     from .sources.echem import EchemSourceBase
 
-__all__ = ["EchemPublisher", "EchemReport", "PublishReport", "Publisher", "new_session_id"]
+__all__ = ["SESSION_TOKEN_ENV", "EchemPublisher", "EchemReport", "PublishReport", "Publisher",
+           "new_session_id", "new_session_token"]
 
 log = logging.getLogger(__name__)
+
+
+SESSION_TOKEN_ENV = "LITHOSCOPE_SESSION_TOKEN"
+"""Environment variable holding a session token to use instead of a fresh one: set it
+for both ``lithoscope publish`` and ``lithoscope publish-echem`` so that the worker
+files the echem stream into the camera's session."""
+
+
+def new_session_token() -> str:
+    """The secret a session belongs to (``session_token``): the caller's own, from
+    ``LITHOSCOPE_SESSION_TOKEN``, else a fresh ``secrets.token_urlsafe(24)``."""
+    return os.environ.get(SESSION_TOKEN_ENV) or secrets.token_urlsafe(24)
 
 
 def new_session_id(kind: str) -> str:
@@ -176,6 +190,7 @@ class Publisher:
         max_frames: int | None = None,
         stop: threading.Event | None = None,
         on_frame: Callable[[SourceFrame], None] | None = None,
+        session_token: str | None = None,
     ) -> PublishReport:
         """Send ``session_start``, every frame of ``source``, then ``session_stop``.
 
@@ -189,11 +204,15 @@ class Publisher:
             ``info.live``; replay passes False).
         fps, pixel_size_nm
             Override or fill in what the source does not know.
+        session_token
+            The session's secret (default :func:`new_session_token`); every message of
+            the session carries it, and the worker takes none without it.
         """
         info = source.info
         if speed is not None and not speed > 0:
             raise LithoscopeError(f"Expected a speed > 0 or None (max). Got {speed!r}.")
         session_id = session_id or new_session_id(info.kind)
+        token = session_token or new_session_token()
         pixel_size = pixel_size_nm if pixel_size_nm is not None else info.pixel_size_nm
         frame_rate = fps if fps is not None else info.fps
         t0_unix = time.time()
@@ -202,7 +221,7 @@ class Publisher:
             live=info.live if live is None else live, pixel_size_nm=pixel_size, fps=frame_rate,
             shape=list(info.shape) if info.shape else None, dtype=info.dtype,
             frame_count=info.frame_count, archive_name=archive_name,
-            metadata=dict(info.metadata))
+            metadata=dict(info.metadata), session_token=token)
         sent = late = 0
         interrupted = not self._send(start, stop)
         wall0 = time.monotonic()
@@ -234,7 +253,7 @@ class Publisher:
                             exposure_s=item.metadata.get("exposure_s"),
                             metadata={k: v for k, v in item.metadata.items() if k != "exposure_s"},
                             truth=dict(item.truth) if item.truth is not None else None,
-                            image=image)
+                            session_token=token, image=image)
                 if not self._send(msg, stop):
                     interrupted = True
                     break
@@ -247,10 +266,10 @@ class Publisher:
         except SourceError:
             # Every frame before the bad one is already sent: close the session
             # properly so the archive is complete up to there, then report the error.
-            self._finish(session_id, sent, "error", None)
+            self._finish(session_id, token, sent, "error", None)
             raise
         reason = "interrupted" if interrupted else "end_of_source"
-        closed = self._finish(session_id, sent, reason, None)
+        closed = self._finish(session_id, token, sent, reason, None)
         return PublishReport(session_id=session_id, frames_sent=sent,
                              wall_s=time.monotonic() - wall0, late_frames=late,
                              interrupted=interrupted, closed=closed)
@@ -271,11 +290,12 @@ class Publisher:
                 return msg
         return None
 
-    def _finish(self, session_id: str, sent: int, reason: str,
+    def _finish(self, session_id: str, token: str, sent: int, reason: str,
                 stop: threading.Event | None) -> SessionClosed | None:
         # Not interruptible by ``stop``: after Ctrl-C the worker must still hear that the
         # session ended, so it closes the archive as interrupted rather than waiting.
-        if not self._send(SessionStop(session_id=session_id, frames_sent=sent, reason=reason),
+        if not self._send(SessionStop(session_id=session_id, frames_sent=sent, reason=reason,
+                                      session_token=token),
                           None, deadline=time.monotonic() + self.ack_timeout_s):
             log.warning("Could not tell the worker at %s that session %s ended.",
                         self.endpoint, session_id)
@@ -292,7 +312,8 @@ class Publisher:
                 # PUB/SUB drops what is published while a subscriber reconnects (a
                 # restarted worker): ask again; the worker repeats its acknowledgement.
                 repeat_at = time.monotonic() + _STOP_REPEAT_S
-                self._send(SessionStop(session_id=session_id, frames_sent=sent, reason=reason),
+                self._send(SessionStop(session_id=session_id, frames_sent=sent, reason=reason,
+                                      session_token=token),
                            None, deadline=deadline)
         log.warning("The worker did not confirm the end of session %s within %.0f s.",
                     session_id, self.ack_timeout_s)
@@ -328,13 +349,20 @@ class EchemPublisher(Publisher):
         speed: float | None = 1.0,
         clock_offset_s: float = 0.0,
         session_id: str | None = None,
+        session_token: str | None = None,
         stop: threading.Event | None = None,
     ) -> EchemReport:
         """Send every batch ``source`` yields until it ends or ``stop`` is set.
 
         ``speed`` paces a simulated source (``source.paced``) at that multiple of its
         own clock; tailers of real logs are paced by the instrument writing them.
+        ``session_token`` (default: ``LITHOSCOPE_SESSION_TOKEN``) is the token of the
+        camera session the samples belong to; the worker files no batch without one.
         """
+        token = session_token or os.environ.get(SESSION_TOKEN_ENV)
+        if token is None:
+            log.warning("No session token (%s): the worker will file these echem "
+                        "samples under no session.", SESSION_TOKEN_ENV)
         batches = samples = 0
         interrupted = False
         wall0 = time.monotonic()
@@ -358,7 +386,8 @@ class EchemPublisher(Publisher):
                         time.sleep(delay)
             msg = Echem(source=source.name, t_unix=batch.t_unix.tolist(),
                         bias_v=_nullable(batch.bias_v), current_a=_nullable(batch.current_a),
-                        clock_offset_s=clock_offset_s, session_id=session_id)
+                        clock_offset_s=clock_offset_s, session_id=session_id,
+                        session_token=token)
             if not self._send(msg, stop):
                 interrupted = True
                 break

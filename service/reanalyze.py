@@ -2,15 +2,20 @@
 
 Each archive is one Dask task: the worker that runs it opens the archive itself (so
 workers on other machines need the archives at the same path, e.g. on a shared file
-system), feeds every frame in order through `SessionAnalyzer`, the very code the live
-worker runs, and returns the measurement rows. A session is analysed in frame order
+system), feeds its echem samples and then every frame in order through
+`SessionPipeline`, the very code the live worker runs, and returns the rows of every
+table. A session is analysed in frame order
 because the analysis carries state across frames (drift, particle tracks, references at
 contact, alert detectors); the cluster's parallelism is across sessions, so a day of
 sessions takes about as long as its longest one on enough workers.
 
-The results go into a new group ``reanalysis/<run>/`` of the same archive, with
-``cluster``, ``particles`` and ``events`` tables in the live tables' columns
-(``latency_s`` is NaN: nothing was live) and the settings used in its attributes. The
+The results go into a new group ``reanalysis/<run>/`` of the same archive, with the
+``cluster``, ``particles``, ``events``, ``echem``, ``operando``, ``particle_dose`` and
+``region_dose`` tables in the live tables' columns (``latency_s`` is NaN: nothing was
+live; the events are the analysis's, not the worker's operational ones such as
+``frames_dropped``) and the settings used in its attributes. Re-analysed with the
+settings it was recorded with, a replayed session (every frame analysed, echem
+received before the frames) gets exactly its live tables. The
 frames, the frame table, the live measurement tables and the session metadata are
 never written to. ``open_archive(path, reanalysis="latest")`` reads a run back.
 
@@ -35,12 +40,21 @@ import zarr
 
 from . import __version__
 from .alerts import AlertConfig
-from .analysis import CLUSTER_COLUMNS as ANALYSIS_CLUSTER_KEYS
-from .analysis import AnalysisConfig, SessionAnalyzer
-from .archive import CLUSTER_COLUMNS, EVENT_COLUMNS, PARTICLE_COLUMNS, ArchiveReader
+from .analysis import AnalysisConfig
+from .archive import (
+    CLUSTER_COLUMNS,
+    ECHEM_COLUMNS,
+    EVENT_COLUMNS,
+    OPERANDO_COLUMNS,
+    PARTICLE_COLUMNS,
+    PARTICLE_DOSE_COLUMNS,
+    REGION_DOSE_COLUMNS,
+    ArchiveReader,
+)
 from .errors import ArchiveError, ConfigError
-from .operando import OperandoConfig, OperandoContext
-from .protocol import _to_json_value as _json_safe
+from .operando import OperandoConfig
+from .pipeline import SessionPipeline
+from .protocol import SessionStart
 from .xr import REANALYSIS_GROUP
 
 __all__ = ["ReanalysisResult", "analyze_archive", "reanalyze"]
@@ -76,58 +90,66 @@ def _concatenate(parts: list[Mapping[str, Any]], columns: Mapping[str, Any]
     return out
 
 
-def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str, Any]
+TABLES: dict[str, Mapping[str, Any]] = {
+    "cluster": CLUSTER_COLUMNS, "particles": PARTICLE_COLUMNS, "events": EVENT_COLUMNS,
+    "echem": ECHEM_COLUMNS, "operando": OPERANDO_COLUMNS,
+    "particle_dose": PARTICLE_DOSE_COLUMNS, "region_dose": REGION_DOSE_COLUMNS,
+}
+"""The tables a re-analysis writes, with their archive columns."""
+
+
+def _session_start(reader: ArchiveReader) -> SessionStart:
+    """The session as the worker had it: what pixel size, frame rate and t0 apply."""
+    meta = reader.meta
+    fps = meta.get("fps")
+    return SessionStart(session_id=str(meta.get("session_id", "")),
+                        source=str(meta.get("source", "")),
+                        source_kind=str(meta.get("source_kind", "")),
+                        t0_unix=float(meta.get("t0_unix") or 0.0), live=False,
+                        pixel_size_nm=reader.pixel_size_nm,
+                        fps=float(fps) if isinstance(fps, (int, float)) else None)
+
+
+def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str, Any],
+                    operando: Mapping[str, Any] | None = None,
                     ) -> dict[str, dict[str, np.ndarray]]:
     """Analyse every frame of an archive in order, as the live worker does: one Dask task.
 
     Takes plain values (a path, settings dicts) so that it pickles to a remote worker
-    cheaply; the worker reads the frames itself. Returns the ``cluster``, ``particles``
-    and ``events`` tables as column dicts.
+    cheaply; the worker reads the frames itself. ``operando`` defaults to the settings
+    the archive was recorded with. Returns every table of :data:`TABLES` as column
+    dicts.
     """
-    analyzer = SessionAnalyzer(AnalysisConfig.from_dict(dict(analysis)),
-                               AlertConfig.from_dict(dict(alerts)))
     reader = ArchiveReader(path)
-    pixel_size_nm = reader.pixel_size_nm
-    table = reader.table("frame_table")
-    cluster_rows: list[Mapping[str, Any]] = []
-    particle_rows: list[Mapping[str, Any]] = []
-    event_rows: list[Mapping[str, Any]] = []
-    # The operando context as the worker ran it: its recorded options, the archived
-    # echem samples (already on the session's clock), each frame's metadata.
-    recorded = reader.meta.get("config", {}).get("operando")
-    operando = OperandoContext(OperandoConfig.from_dict(recorded) if isinstance(recorded, dict)
-                               else None)
+    if operando is None:
+        recorded = reader.meta.get("config", {}).get("operando")
+        operando = recorded if isinstance(recorded, dict) else {}
+    pipeline = SessionPipeline(_session_start(reader),
+                               analysis=AnalysisConfig.from_dict(dict(analysis)),
+                               alerts=AlertConfig.from_dict(dict(alerts)),
+                               operando=OperandoConfig.from_dict(dict(operando)))
+    rows: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
     echem = reader.table("echem")
-    if echem:
-        operando.add_echem(echem["t_s"], echem["bias_v"], echem["current_a"])
-    fps = reader.meta.get("fps")
+    if echem and len(echem["t_unix"]):
+        filed = pipeline.add_echem(echem["t_unix"], echem["bias_v"], echem["current_a"],
+                                   clock_offset_s=echem["clock_offset_s"],
+                                   source=echem["source"])
+        if filed is not None:
+            rows["echem"].append(filed.rows)
+    table = reader.table("frame_table")
     for position in range(reader.frame_count):
-        index, t_s = int(table["index"][position]), float(table["t_s"][position])
-        image = reader.frame(position)
-        cluster, particles, found = analyzer.update(image, t_s=t_s,
-                                                    index=index, pixel_size_nm=pixel_size_nm)
         metadata = json.loads(str(table["metadata_json"][position]) or "{}")
         exposure = float(table["exposure_s"][position])
-        cluster, particles, found, _ = operando.update(
-            image=image, t_s=t_s, index=index,
-            pixel_size_nm=metadata.get("pixel_size_nm", pixel_size_nm),
-            exposure_s=exposure if math.isfinite(exposure) else (1.0 / fps if fps else None),
-            metadata=metadata, cluster=cluster, particles=particles, alerts=found)
-        # The rows the worker's _analyse and _emit write, minus the latency.
-        cluster_rows.append({**{k: cluster[k] for k in ANALYSIS_CLUSTER_KEYS if k in cluster},
-                             "frame": index, "t_s": t_s, "latency_s": math.nan})
-        count = len(particles["label"])
-        particle_rows.append({**particles, "frame": np.full(count, index),
-                              "t_s": np.full(count, t_s)})
-        event_rows.extend({
-            "frame": alert.frame, "t_s": alert.t_s, "kind": alert.kind.value,
-            "magnitude": alert.magnitude, "confidence": alert.confidence,
-            "particle_ids": str(list(alert.particle_ids)), "message": alert.message,
-            "context_json": json.dumps(_json_safe(dict(alert.context))),
-        } for alert in found)
-    return {"cluster": _concatenate(cluster_rows, CLUSTER_COLUMNS),
-            "particles": _concatenate(particle_rows, PARTICLE_COLUMNS),
-            "events": _concatenate(event_rows, EVENT_COLUMNS)}
+        pixel_size = metadata.get("pixel_size_nm")
+        output = pipeline.analyse(
+            reader.frame(position), index=int(table["index"][position]),
+            t_s=float(table["t_s"][position]),
+            pixel_size_nm=float(pixel_size) if isinstance(pixel_size, (int, float)) else None,
+            exposure_s=exposure if math.isfinite(exposure) else None,
+            metadata=metadata, acquired_at=float(table["acquired_at"][position]))
+        for name, part in output.rows:
+            rows[name].append(part)
+    return {name: _concatenate(parts, TABLES[name]) for name, parts in rows.items()}
 
 
 def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
@@ -252,16 +274,15 @@ def reanalyze(
 def _store(reader: ArchiveReader, tables: Mapping[str, Mapping[str, np.ndarray]],
            analysis: AnalysisConfig, alerts: AlertConfig, run: str | None,
            scheduler: str) -> ReanalysisResult:
-    cluster, particles, events = tables["cluster"], tables["particles"], tables["events"]
+    cluster, events = tables["cluster"], tables["events"]
     frames_analysed = len(cluster.get("frame", ()))
     try:
         root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
         name = _run_name(root, run)
         parent = root.require_group(REANALYSIS_GROUP)
         group = parent.create_group(name)
-        _write_table(group, "cluster", CLUSTER_COLUMNS, cluster)
-        _write_table(group, "particles", PARTICLE_COLUMNS, particles)
-        _write_table(group, "events", EVENT_COLUMNS, events)
+        for table, columns in TABLES.items():
+            _write_table(group, table, columns, tables.get(table, {}))
         # Written last: a run with its attributes is complete.
         group.attrs["lithoscope_reanalysis"] = json.loads(json.dumps({
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

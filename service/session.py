@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ServiceConfig
 from .protocol import Message
-from .publisher import EchemPublisher, Publisher, PublishReport
+from .publisher import EchemPublisher, Publisher, PublishReport, new_session_token
 from .sources.base import Source, SourceFrame
 from .sources.echem import EchemSourceBase
 from .worker import Worker, WorkerThread
@@ -48,16 +48,17 @@ def run_local_session(
         frames_endpoint="tcp://127.0.0.1:*", results_endpoint="tcp://127.0.0.1:*")
     path = Path(archive_path) if archive_path is not None else None
     worker = Worker(config, archive_path_for=(lambda _start: path) if path else None)
+    token = new_session_token()  # shared by the frames and the echem side stream
     with WorkerThread(worker) as thread:
         assert worker.frames_endpoint
         assert worker.results_endpoint
-        side = _EchemThread(worker.frames_endpoint, echem, speed) if echem else None
+        side = _EchemThread(worker.frames_endpoint, echem, speed, token) if echem else None
         try:
             with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint,
                            on_message=on_message, ack_timeout_s=ack_timeout_s) as publisher:
                 report = publisher.publish(source, speed=speed, live=live, fps=fps,
                                            pixel_size_nm=pixel_size_nm, stop=stop,
-                                           on_frame=on_frame)
+                                           on_frame=on_frame, session_token=token)
         finally:
             if side is not None:
                 side.stop()
@@ -79,8 +80,10 @@ class _EchemThread:
     """An echem side stream published from a thread; ``stop()`` ends it with a deadline
     and re-raises what it died of."""
 
-    def __init__(self, endpoint: str, source: EchemSourceBase, speed: float | None) -> None:
+    def __init__(self, endpoint: str, source: EchemSourceBase, speed: float | None,
+                 token: str) -> None:
         self.source = source
+        self._token = token
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._publisher = EchemPublisher(endpoint, ack_timeout_s=2.0)
@@ -90,7 +93,8 @@ class _EchemThread:
 
     def _run(self, speed: float | None) -> None:
         try:
-            self._publisher.publish_echem(self.source, speed=speed, stop=self._stop)
+            self._publisher.publish_echem(self.source, speed=speed, stop=self._stop,
+                                          session_token=self._token)
         except BaseException as exc:  # handed to the owner in stop()
             self._error = exc
 

@@ -9,16 +9,25 @@ Sockets:
 * results: PUB, bound; results, events and heartbeats for any number of subscribers.
   A slow subscriber loses updates at its high-water mark; the worker never waits for it.
 
-Archive writes run in a writer thread behind a bounded queue (``archive_queue_frames``),
-so writing frame *n* overlaps analysing frame *n + 1*. When the queue is full the worker
-stops reading frames: the frames socket fills to its high-water mark and the publisher
-waits, as it did when writing was inline. A session's ``session_closed`` is sent only
-once the queue has drained and the archive is closed.
+The worker binds, receives, dispatches, publishes and hands off. Each session's
+analysis and row shaping is a :class:`~.pipeline.SessionPipeline`; each archive's whole
+life (open, writes, size, close) belongs to the archive thread
+(:class:`~.archiving.ArchiveThread`), behind a bounded queue of frames
+(``archive_queue_frames``). When that queue is full the worker stops reading frames: the
+frames socket fills to its high-water mark and the publisher waits. A session's
+``session_closed`` is sent once the archive thread has closed its archive.
 
-Live policy: a camera does not wait, so in a live session the worker drains every
-frame that has arrived, archives all of them, and analyses only the newest; the
-frames it did not analyse are counted as ``skipped`` (heartbeat) and announced with an
-``analysis_skipped`` event. A replay session (``live = false``) analyses every frame.
+Every frame is handed to the archive thread as it is received, before any analysis.
+Live policy: a camera does not wait, so in a live session the worker analyses only the
+newest frame that has arrived; the frames it did not analyse are counted as
+``skipped`` (heartbeat) and announced with an ``analysis_skipped`` event. A replay
+session (``live = false``) analyses every frame: its frames wait in a backlog
+(``analysis_backlog_bytes``). The pipelines run in one analysis thread, one frame at a
+time, while the loop goes on receiving and archiving; the loop publishes and archives
+what the analysis thread hands back.
+
+A session belongs to the sender whose ``session_token`` opened it; what arrives
+without it is refused and counted (docs/protocol.md, docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
+import hashlib
+import hmac
 import logging
 import math
 import queue
@@ -45,19 +55,14 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from .alerts import Alert
-from .analysis import CLUSTER_COLUMNS, SessionAnalyzer
-from .archive import (
-    ArchiveWriter,
-    directory_size,
-    recover_abandoned,
-    safe_archive_name,
-    update_archive_meta,
-)
+from .analysis import FrameMeasurement
+from .archive import ArchiveWriter, recover_abandoned, safe_archive_name, update_archive_meta
+from .archiving import ArchiveThread, SessionArchive
 from .config import ServiceConfig
 from .echem import EchemBacklog
 from .errors import ArchiveError, LithoscopeError
 from .fanout import AnalysisPool, Outcome
-from .operando import OperandoContext
+from .pipeline import EchemOutput, FrameOutput, SessionPipeline, event_message, event_row
 from .protocol import (
     Decoder,
     Echem,
@@ -66,7 +71,6 @@ from .protocol import (
     Frame,
     Heartbeat,
     Message,
-    Result,
     SessionClosed,
     SessionStart,
     SessionStop,
@@ -93,14 +97,34 @@ _ECHEM_PREROLL_S = 60.0
 _SIZE_INTERVAL_S = 30.0
 """How often the heartbeat's ``archive_bytes`` is recounted (see ``_archive_bytes``)."""
 _SHUTDOWN_MEASURE_S = 5.0
-"""At shutdown, how long frames out for measuring are waited for (they are archived
-already; only their measurements are lost past it)."""
+"""At shutdown, how long frames waiting for analysis or out for measuring are given
+(they are archived already; only their measurements are lost past it)."""
 _DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the queued archive writes at a session's end or at shutdown; past
 it (a hung disk) the archive is left to the next start's recovery, never closed under
 the writer thread's feet."""
 _ARCHIVE_STALL_S = 10.0
 """A frame waiting this long for room in the archive queue raises ``archive_stalled``."""
+_STOP_WAIT_S = 2.0
+"""Stopped while a frame waits for room in the archive queue: how long the disk still
+has to take it before it is given up (and said so)."""
+_CLOSED_KEPT = 1024
+"""Closed sessions remembered (to repeat their acknowledgement, to count late frames)."""
+_TOKEN_MIN_CHARS = 16
+_TOKEN_MAX_CHARS = 256
+"""Bounds of a ``session_token``: long enough not to be guessed, short enough to hash."""
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 of a session token, hex: what the archive keeps, so that after a restart
+    the worker recognises the sender of an interrupted session without storing its
+    secret where subscribers and archive readers see it."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _token_ok(token: str | None, expected: str) -> bool:
+    return token is not None and hmac.compare_digest(
+        token.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def default_archive_path(sessions_dir: str | Path, start: SessionStart) -> Path:
@@ -146,123 +170,98 @@ class SkipRate:
 @dataclasses.dataclass
 class _Session:
     start: SessionStart
-    writer: ArchiveWriter | None
+    """As published and archived: without its token."""
+    archive: SessionArchive | None
+    """None when no archive could be even planned (it is created by the archive thread)."""
+    token: str = ""
+    """The sender's ``session_token``: frames, stop and echem must carry it."""
+    frame_shape: tuple[tuple[int, ...], str] | None = None
+    """Shape and dtype of the first accepted frame; frames of another are rejected."""
+    accepted: int = 0
+    """Frames accepted for archiving (checked against ``frames_sent`` at the stop)."""
+    sent_before: int = 0
+    """Frames in the archive this one continues (a restart mid-session)."""
+    last_activity: float = dataclasses.field(default_factory=time.monotonic)
     last_seq: int | None = None
     last_frame_monotonic: float = dataclasses.field(default_factory=time.monotonic)
     archived: int = 0
     analysed: int = 0
     skipped: int = 0
     dropped: int = 0
-    analyzer: SessionAnalyzer | None = None
-    """Created on the first analysed frame; holds tracks, references and the alerts."""
+    pipeline: SessionPipeline | None = None
+    """Analysis, operando bookkeeping and row shaping (created with the session)."""
     pending: Frame | None = None
     last_skip_event: float = -float("inf")
     skip_rate: SkipRate = dataclasses.field(default_factory=lambda: SkipRate(_SKIP_WINDOW_S))
     archive_failed: bool = False
     archive_error: str | None = None
-    write_failed: bool = False
-    """Set by the archive thread at its first failed write; it skips the rest of this
-    session's queued writes (the worker learns of it, and alerts, a moment later)."""
+    lost: int = 0
+    """Accepted frames the archive could not take (after an archive failure)."""
+    close_reason: str = ""
+    archive_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The session metadata its archive was created with (a fallback archive's too)."""
+    archive_bytes: int | None = None
+    backlog: collections.deque[Frame] = dataclasses.field(default_factory=collections.deque)
+    """Replay frames archived and waiting for analysis, oldest first."""
+    stopping: SessionStop | None = None
+    """The session_stop, once received: the session closes when its backlog is analysed."""
+    acknowledged: bool = False
     stalled: bool = False
     last_t_s: float = 0.0
     last_index: int = 0
     """Index of the newest frame; events not caused by a frame are filed under it, since
     the archive's events table reads a frame of -1 as an unwritten row."""
-    operando: OperandoContext | None = None
-    """Echem samples, dose and lithium bookkeeping (created with the session)."""
-    echem_samples: int = 0
 
 
-_Job = tuple[_Session | None, Callable[[], object], bool]
+class _AnalysisThread:
+    """Runs the sessions' pipelines (analysis, echem filing) in one background thread,
+    in the order asked, so that receiving and archiving never wait for analysis.
 
-
-class _ArchiveThread:
-    """Runs the worker's ArchiveWriter calls in order, in one background thread.
-
-    At most ``max_frames`` frames wait: beyond that :meth:`submit` blocks (the worker
-    then stops reading its socket, and ZeroMQ makes the publisher wait). A failed write
-    (:class:`ArchiveError`) stops that session's writes; the failure, and each frame
-    written, is handed back through ``outcomes`` for the worker's thread, which owns
-    the sockets, to count and announce. Any other exception is a bug, re-raised in the
-    worker's thread by :meth:`maybe_raise`. ``max_frames = 0`` runs every call inline,
-    in the caller's thread (no overlap; for comparison and for debugging).
+    A job runs in the thread and returns a completion, run later in the worker's
+    thread (which owns the sockets) by :meth:`complete`: publishing and archiving the
+    rows stay with the worker.
     """
 
-    def __init__(self, max_frames: int) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(max(max_frames, 1))
-        self.outcomes: collections.deque[tuple[_Session, ArchiveError | None]] = (
-            collections.deque())
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if max_frames > 0:
-            self._thread = threading.Thread(target=self._run, name="lithoscope-archive",
-                                            daemon=True)
-            self._thread.start()
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None]] | None] = (
+            queue.SimpleQueue())
+        self._done: collections.deque[Callable[[], None]] = collections.deque()
+        self.pending = 0
+        """Jobs submitted whose completion has not run yet (worker's thread only)."""
+        self._thread = threading.Thread(target=self._run, name="lithoscope-analysis",
+                                        daemon=True)
+        self._thread.start()
 
-    def submit(self, session: _Session, call: Callable[[], object], *, frame: bool = False,
-               timeout_s: float | None = None) -> bool:
-        """Queue ``call`` (a method of ``session.writer``). A frame needs room in the
-        queue: wait for it up to ``timeout_s`` (None: as long as it takes); False if
-        there was none by then."""
-        if self._thread is None:
-            self._execute((session, call, frame))
-            return True
-        if frame and not self._slots.acquire(blocking=False):
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while not self._slots.acquire(timeout=1.0 if deadline is None else
-                                          max(0.0, min(1.0, deadline - time.monotonic()))):
-                if not self._thread.is_alive():
-                    raise LithoscopeError("The archive writer thread has stopped.")
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-        self._jobs.put((session, call, frame))
+    def submit(self, job: Callable[[], Callable[[], None]]) -> None:
+        self.pending += 1
+        self._jobs.put(job)
+
+    def complete(self) -> None:
+        """Run the completions of the jobs done so far, in order."""
+        while self._done:
+            completion = self._done.popleft()
+            self.pending -= 1
+            completion()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Complete every job submitted so far; False past the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending:
+            self.complete()
+            if not self.pending:
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
         return True
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every call queued so far has run; False past the deadline."""
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._jobs.put((None, done.set, False))
-        return done.wait(timeout_s)
+    def stop(self, timeout_s: float) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            try:
-                self._execute(job)
-            finally:
-                if job[2]:
-                    self._slots.release()
-
-    def _execute(self, job: _Job) -> None:
-        session, call, frame = job
-        try:
-            if session is None or not session.write_failed:
-                call()
-                if session is not None and frame:
-                    self.outcomes.append((session, None))
-        except ArchiveError as exc:
-            assert session is not None
-            session.write_failed = True
-            self.outcomes.append((session, exc))
-        except BaseException as exc:  # a bug: handed to the worker in maybe_raise()
-            if session is not None:
-                session.write_failed = True
-            self._error = exc
-
-    def maybe_raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def stop(self, timeout_s: float) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            return
-        self._jobs.put(None)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise LithoscopeError(f"The archive writer did not finish within {timeout_s:.0f} s.")
+            self._done.append(job())
 
 
 class Worker:
@@ -294,7 +293,11 @@ class Worker:
         self.closed_sessions: dict[str, SessionClosed] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "analysed", "archived", "dropped", "skipped", "archive_errors",
-             "analysis_errors", "late", "archive_queue_full"), 0)
+             "analysis_errors", "late", "archive_queue_full", "message_errors",
+             "sessions_closed_idle", "frames_lost"), 0)
+        self._message_errors: collections.Counter[str] = collections.Counter()
+        """Unexpected exceptions while handling one message, by message type and
+        exception type: each logged once, all counted (``message_errors``)."""
         self._results_seq = 0
         self._frames: zmq.Socket[Any] | None = None
         self._results: zmq.Socket[Any] | None = None
@@ -307,17 +310,25 @@ class Worker:
         self._last_session_id: str | None = None
         self._auth: ThreadAuthenticator | None = None
         self._abandoned: dict[str, tuple[Path, dict[str, Any]]] = {}
-        self._unclosed: list[tuple[ArchiveWriter, dict[str, Any]]] = []
+        self._unclosed: list[_Session] = []
         self._last_close_retry = time.monotonic()
-        self._archive = _ArchiveThread(self.config.archive_queue_frames)
+        self._analysis = _AnalysisThread()
+        self._frames_in_analysis = 0
+        self._archive = ArchiveThread(self.config.archive_queue_frames,
+                                      fallback=self._open_fallback)
+        self._by_archive: dict[SessionArchive, _Session] = {}
+        self._closing: dict[str, _Session] = {}
+        """Sessions stopped whose archive the archive thread is closing."""
+        self._backlog_bytes = 0
+        self._size_asked = -math.inf
         self._pool: AnalysisPool | None = None
         """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
         frames are measured in this thread."""
         self._pool_dir: str | None = None
         self._echem_unattached = EchemBacklog(self.config.limits.echem_backlog_bytes)
-        self._size_cache: tuple[Path | None, float, int] = (None, -math.inf, 0)
         self._stopping = threading.Event()
         """The stop event of :meth:`run`."""
+        self._closed = False
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -377,11 +388,30 @@ class Worker:
 
     def close(self) -> None:
         """Close every open session's archive (status ``interrupted``) and the sockets."""
-        self._finish_measuring(limit_s=_SHUTDOWN_MEASURE_S)
+        if self._closed:
+            return
+        self._closed = True
+        # Frames received and archived but not analysed yet get the same grace as
+        # frames out for measuring; past it they stay archived, unanalysed.
+        deadline = time.monotonic() + _SHUTDOWN_MEASURE_S
+        while (self._analysis_ready() or self._analysis.pending) and (
+                time.monotonic() < deadline):
+            self._analysis.wait(max(deadline - time.monotonic(), 0.0))
+            self._analyse_pending()
+        self._finish_measuring(limit_s=max(deadline - time.monotonic(), 0.0))
+        self._analysis.wait(max(deadline - time.monotonic(), 0.0))
         for session_id in list(self.sessions):
             self._close_session(session_id, reason="shutdown")
-        self._archive.stop(_DRAIN_TIMEOUT_S)  # idle: each close above drained it
         self._retry_closing()
+        # One deadline for everything queued: past it (a hung disk) the archives are
+        # left recording, for the next start's recovery, never closed under the writer.
+        if not self._archive.drain(_DRAIN_TIMEOUT_S):
+            log.error("Archive writes did not finish within %.0f s (disk hung?): %s left "
+                      "recording.", _DRAIN_TIMEOUT_S, ", ".join(
+                          str(s.archive.path) for s in self._closing.values() if s.archive))
+        self._collect()
+        self._archive.stop(1.0)
+        self._analysis.stop(1.0)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -416,20 +446,22 @@ class Worker:
         if self._pool is not None:
             poller.register(self._pool.socket, zmq.POLLIN)
         while not stop.is_set():
-            # With measuring processes, frames are taken only while there is room to
-            # measure them (replay: backpressure) or the session is live (newest wins).
-            taking = self._pool is None or self._pool.has_room() or self._any_live()
-            if taking:
+            # Frames are taken (and archived at once) while the replay frames waiting
+            # for analysis fit in analysis_backlog_bytes; past it ZeroMQ holds the
+            # publisher back. Live sessions keep only their newest frame.
+            if self._backlog_bytes < self.config.analysis_backlog_bytes:
                 poller.register(self._frames, zmq.POLLIN)
             elif self._frames in dict(poller.sockets):
                 poller.unregister(self._frames)
-            ready = dict(poller.poll(100))
+            timeout_ms = (0 if self._analysis_ready() else 5 if self._analysis.pending
+                          else 100)
+            ready = dict(poller.poll(timeout_ms))
+            self._analysis.complete()
             if self._pool is not None:
                 self._join_measured()
             if self._frames in ready:
                 self._drain()
-            elif self._pool is not None:
-                self._analyse_pending()
+            self._analyse_pending()
             self._tick()
 
     def _drain(self) -> None:
@@ -445,62 +477,132 @@ class Worker:
             if msg is not None:
                 self._dispatch(msg)
         self._collect()
-        self._analyse_pending()
 
-    def _any_live(self) -> bool:
-        return any(session.start.live for session in self.sessions.values())
+    def _analysis_ready(self) -> bool:
+        if self._pool is not None and not self._pool.has_room():
+            return False
+        if self._pool is None and self._frames_in_analysis:
+            return False
+        return any(session.pending is not None or session.backlog
+                   or session.stopping is not None for session in self.sessions.values())
 
     def _analyse_pending(self) -> None:
+        """Hand the analysis thread the next waiting frame when it is free (a live
+        session's newest, else a replay's oldest); close sessions stopped and fully
+        analysed."""
         for session in list(self.sessions.values()):
-            if session.pending is not None and (self._pool is None or self._pool.has_room()):
-                frame, session.pending = session.pending, None
-                self._analyse(session, frame)
-
-    def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, Frame):
-            self._on_frame(msg)
-        elif isinstance(msg, SessionStart):
-            self._open_session(msg)
-        elif isinstance(msg, Echem):
-            self._on_echem(msg)
-        elif isinstance(msg, SessionStop):
-            session = self.sessions.get(msg.session_id)
-            if session is None:
-                # A repeated stop: the publisher missed our acknowledgement (its results
-                # socket was reconnecting, e.g. after this worker restarted). Say it again.
-                closed = self.closed_sessions.get(msg.session_id)
-                if closed is not None:
-                    self._send(closed)
+            if self._pool is not None and not self._pool.has_room():
                 return
+            if self._pool is None and self._frames_in_analysis:
+                return  # one frame at a time: a live session's newest is chosen when due
             if session.pending is not None:
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
-            self._finish_measuring()
-            self._close_session(msg.session_id, reason=msg.reason)
+            elif session.backlog:
+                frame = session.backlog.popleft()
+                assert frame.image is not None
+                self._backlog_bytes -= frame.image.nbytes
+                self._analyse(session, frame)
+                if not session.backlog:  # caught up: the stall clock starts now
+                    session.last_frame_monotonic = max(session.last_frame_monotonic,
+                                                       time.monotonic())
+            if (session.stopping is not None and session.pending is None
+                    and not session.backlog):
+                stop = session.stopping
+                self._finish_measuring()
+                if self._analysis.pending:
+                    continue  # closed once every frame's rows have been handed over
+                self._close_session(stop.session_id, reason=stop.reason,
+                                    frames_sent=stop.frames_sent)
+
+    def _dispatch(self, msg: Message) -> None:
+        """Handle one decoded message. Whatever it holds, the loop goes on: an
+        unexpected exception is logged once per reason and counted, never fatal."""
+        try:
+            self._handle(msg)
+        except Exception as exc:
+            reason = f"{type(msg).__name__}:{type(exc).__name__}"
+            if not self._message_errors[reason]:
+                log.exception("Unexpected error handling a %s message (%s); further ones "
+                              "only counted.", type(msg).__name__, reason)
+            self._message_errors[reason] += 1
+            self.counters["message_errors"] += 1
+
+    def _reject(self, reason: str, detail: str) -> None:
+        """Count a message refused after decoding (``rejected_<reason>``), log once."""
+        rejected = self.decoder.rejected
+        if not rejected[reason]:
+            log.warning("Rejected a message (%s): %s Further ones are only counted.",
+                        reason, _printable(detail))
+        rejected[reason] += 1
+
+    def _owned(self, session_id: str | None, token: str | None
+               ) -> _Session | None:
+        """The open session ``session_id`` if ``token`` is its token; else counted."""
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None:
+            return None
+        if not _token_ok(token, session.token):
+            self._reject("session_token_mismatch",
+                         f"a message for session {session_id!r} without its session_token.")
+            return None
+        return session
+
+    def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Frame):
+            self._on_frame(msg)
+        elif isinstance(msg, SessionStart):
+            self._on_session_start(msg)
+        elif isinstance(msg, Echem):
+            self._on_echem(msg)
+        elif isinstance(msg, SessionStop):
+            self._on_session_stop(msg)
         else:
             self.decoder.rejected["wrong_channel"] += 1
 
+    def _on_session_stop(self, msg: SessionStop) -> None:
+        if msg.session_id in self._closing:
+            return  # repeated while its archive is being closed: acknowledged when done
+        if msg.session_id not in self.sessions:
+            # A repeated stop: the publisher missed our acknowledgement (its results
+            # socket was reconnecting, e.g. after this worker restarted). Say it again.
+            closed = self.closed_sessions.get(msg.session_id)
+            if closed is None and self._continues(msg.session_id, msg.session_token):
+                closed = self._close_abandoned(msg)
+            if closed is not None:
+                self._send(closed)
+            else:
+                self._reject("unknown_session", f"session_stop for {msg.session_id!r}, "
+                             "which is not open.")
+            return
+        session = self._owned(msg.session_id, msg.session_token)
+        if session is not None and session.stopping is None:
+            session.stopping = msg  # closed once its waiting frames are analysed
+            session.last_activity = time.monotonic()
+
     def _collect(self) -> None:
-        """Count the frames the archive thread wrote; announce its failures."""
+        """Count what the archive thread did; announce its failures and closings."""
         outcomes = self._archive.outcomes
         while outcomes:
-            session, error = outcomes.popleft()
-            if error is None:
+            kind, archive, value = outcomes.popleft()
+            session = self._by_archive.get(archive)
+            if session is None:
+                continue
+            if kind == "frame":
                 session.archived += 1
                 self.counters["archived"] += 1
-            else:
-                self._archive_failed(session, error)
+            elif kind == "lost":
+                session.lost += 1
+                self.counters["frames_lost"] += 1
+            elif kind == "error":
+                self._archive_failed(session, value)
+            elif kind == "fallback":
+                self._archive_moved(session, value)
+            elif kind == "size":
+                session.archive_bytes = value if value is not None else session.archive_bytes
+            elif kind == "closed":
+                self._archive_closed(session, value)
         self._archive.maybe_raise()
-
-    def _settle(self, session: _Session) -> bool:
-        """Wait for the archive thread to finish this session's writes."""
-        if self._archive.drain(_DRAIN_TIMEOUT_S):
-            self._collect()
-            return True
-        self._collect()
-        self._archive_failed(session, ArchiveError(
-            f"Archive writes did not finish within {_DRAIN_TIMEOUT_S:.0f} s (disk hung?)."))
-        return False
 
     def _tick(self) -> None:
         self._collect()
@@ -510,10 +612,20 @@ class Worker:
         if self._unclosed and now - self._last_close_retry >= _CLOSE_RETRY_S:
             self._last_close_retry = now
             self._retry_closing()
+        idle = [sid for sid, session in self.sessions.items()
+                if now - max(session.last_activity, session.last_frame_monotonic)
+                > self.config.idle_session_timeout_s]
+        for session_id in idle:
+            log.warning("Session %s idle for %.0f s: closed.", _printable(session_id),
+                        self.config.idle_session_timeout_s)
+            self.counters["sessions_closed_idle"] += 1
+            self._close_session(session_id, reason="idle")
         for session in self.sessions.values():
-            if session.writer is not None and not session.archive_failed:
-                self._archive.submit(session, session.writer.flush_if_due)
-            if (not session.stalled
+            if session.archive is not None:
+                self._archive.write(session.archive, ArchiveWriter.flush_if_due)
+            # Frames still waiting for analysis, or a stop: the source is not stalled,
+            # the analysis is behind.
+            if (not session.stalled and not session.backlog and session.stopping is None
                     and now - session.last_frame_monotonic > self.config.stall_timeout_s):
                 session.stalled = True
                 self._emit(session, Alert(
@@ -524,101 +636,221 @@ class Worker:
                     "from the publisher; waiting (the archive stays open)."))
 
     # -- sessions --------------------------------------------------------------------
-    def _open_session(self, start: SessionStart) -> _Session:
+    def _on_session_start(self, start: SessionStart) -> None:
+        token = start.session_token
+        if token is None or not _TOKEN_MIN_CHARS <= len(token) <= _TOKEN_MAX_CHARS:
+            self._reject(
+                "session_token_missing" if token is None else "session_token_invalid",
+                f"session_start for {start.session_id!r} needs a session_token of "
+                f"{_TOKEN_MIN_CHARS} to {_TOKEN_MAX_CHARS} characters "
+                "(secrets.token_urlsafe(16)).")
+            return
+        existing = self.sessions.get(start.session_id)
+        if existing is not None:
+            if not _token_ok(token, existing.token):
+                self._reject("session_token_mismatch", f"session_start for the open "
+                             f"session {start.session_id!r} with another session_token.")
+            return  # its owner repeating itself
+        if len(self.sessions) >= self.config.max_sessions:
+            self._reject("too_many_sessions", f"session_start for {start.session_id!r} "
+                         f"while {len(self.sessions)} sessions are open (max_sessions).")
+            return
+        self._open_session(start, token)
+
+    def _continues(self, session_id: str, token: str | None) -> bool:
+        """Is ``session_id`` an archive the last run left recording, opened with ``token``?"""
+        _, before = self._abandoned.get(session_id, (None, {}))
+        digest = before.get("session_token_sha256")
+        return (token is not None and isinstance(digest, str)
+                and hmac.compare_digest(digest, token_digest(token)))
+
+    def _open_session(self, start: SessionStart, token: str) -> _Session:
         if start.session_id in self.sessions:
             return self.sessions[start.session_id]
-        previous, before = self._abandoned.pop(start.session_id, (None, {}))
+        start = dataclasses.replace(start, session_token=None)
+        previous, before = (self._abandoned.pop(start.session_id)
+                            if self._continues(start.session_id, token) else (None, {}))
         last_seq = before.get("last_seq")
         if previous is not None and start.source_kind == "unknown":
             # Joined mid-stream after a restart: the session is the one the killed
             # worker was recording, so it keeps that session's name, source and policy.
-            known = {f.name for f in dataclasses.fields(SessionStart)} - {"seq", "sent_at"}
+            known = {f.name for f in dataclasses.fields(SessionStart)} - {
+                "seq", "sent_at", "session_token"}
             start = dataclasses.replace(start, **{k: before[k] for k in known if k in before})
         if previous is not None and start.archive_name is None:
             start = dataclasses.replace(start, archive_name=previous.name)
         path = self.archive_path_for(start)
-        writer: ArchiveWriter | None = None
-        session = _Session(start=start, writer=None)
-        try:
-            links = {"continues": previous.name} if previous is not None else {}
-            writer = ArchiveWriter(
-                path, session={**dataclasses.asdict(start), **links},
-                config=self.config.to_dict(),
-                software_version=__version__, flush_interval_s=self.config.measurement_flush_s,
-                compression_level=self.config.compression_level)
-        except ArchiveError as exc:
-            self._archive_failed(session, exc)
-        if previous is not None and writer is not None:
-            try:
-                update_archive_meta(previous, continued_in=path.name)
-            except ArchiveError as exc:
-                log.warning("Could not link %s to %s: %s", previous, path, exc)
-        session.writer = writer
+        archive = SessionArchive(session_id=start.session_id, path=path)
+        session = _Session(start=start, archive=archive, token=token,
+                           pipeline=SessionPipeline(
+                               start, analysis=self.config.analysis, alerts=self.config.alerts,
+                               operando=self.config.operando, clock=time.time))
+        self._by_archive[archive] = session
+        links = {"continues": previous.name} if previous is not None else {}
+        meta = {k: v for k, v in dataclasses.asdict(start).items() if k != "session_token"}
+        meta = {**meta, "session_token_sha256": token_digest(token), **links}
+        session.archive_meta = meta
+        self._archive.open(archive, functools.partial(self._create_archive, path, meta,
+                                                      previous))
         session.last_seq = last_seq  # frames lost across a restart show as a sequence gap
+        if previous is not None:
+            frames_before = before.get("frame_count")
+            session.sent_before = frames_before if isinstance(frames_before, int) else 0
         self.sessions[start.session_id] = session
         self._last_session_id = start.session_id
-        log.info("Session %s from %s -> %s", start.session_id, start.source, path)
+        log.info("Session %s from %s -> %s", _printable(start.session_id),
+                 _printable(start.source), path)
         self._send(start)
         self._attach_unattached_echem(session)
         return session
 
-    def _retry_closing(self) -> None:
-        for writer, summary in list(self._unclosed):
+    def _create_archive(self, path: Path, meta: dict[str, Any], previous: Path | None
+                        ) -> ArchiveWriter:
+        """Run in the archive thread: create a session's archive, link the one it
+        continues."""
+        writer = ArchiveWriter(
+            path, session=meta, config=self.config.to_dict(), software_version=__version__,
+            flush_interval_s=self.config.measurement_flush_s,
+            compression_level=self.config.compression_level)
+        if previous is not None:
             try:
-                writer.close(**summary)
-            except ArchiveError:
-                continue
-            self._unclosed.remove((writer, summary))
-            log.warning("Archive %s closed after all (%s).", writer.path, summary["status"])
+                update_archive_meta(previous, continued_in=path.name)
+            except ArchiveError as exc:
+                log.warning("Could not link %s to %s: %s", previous, path, exc)
+        return writer
 
-    def _close_archive(self, session: _Session, writer: ArchiveWriter, *, reason: str) -> None:
-        complete = reason == "end_of_source" and not session.archive_failed
-        extra = {"archive_error": session.archive_error} if session.archive_error else {}
-        summary: dict[str, Any] = dict(
-            status="complete" if complete else "interrupted", **extra,
-            stop_reason=reason, frames_analysed=session.analysed,
-            frames_skipped=session.skipped, frames_dropped=session.dropped)
-        try:
-            writer.close(**summary)
-        except ArchiveError as exc:
-            self._archive_failed(session, exc)
-            # Closing needs a little room (last rows, metadata): retried from _tick
-            # and at shutdown, so once space is freed the archive still records how
-            # the session ended rather than looking like a killed worker's.
-            summary.update(status="interrupted", archive_error=session.archive_error)
-            self._unclosed.append((writer, summary))
+    def _open_fallback(self, archive: SessionArchive, error: ArchiveError) -> ArchiveWriter:
+        """Run in the archive thread when a session's archive failed: the archive the
+        session goes on in (``fallback_dir``), linked to the failed one."""
+        session = self._by_archive[archive]
+        root = Path(self.config.fallback_dir or Path(tempfile.gettempdir()) /
+                    "lithoscope-fallback")
+        name = dataclasses.replace(session.start, archive_name=archive.path.name)
+        path = default_archive_path(root, name)
+        meta = {**session.archive_meta, "continues": str(archive.path),
+                "fallback_after": str(error)}
+        return self._create_archive(path, meta, None)
 
-    def _close_session(self, session_id: str, *, reason: str) -> None:
+    def _retry_closing(self) -> None:
+        """Closing needs a little room (last rows, metadata): an archive that could not
+        be closed (disk full) is tried again, so once space is freed it still records
+        how the session ended rather than looking like a killed worker's."""
+        for session in self._unclosed:
+            self._queue_close(session, reason=session.close_reason, frames_sent=None)
+
+    def _summary(self, session: _Session, reason: str, frames_sent: int | None,
+                 writer: ArchiveWriter) -> dict[str, Any]:
+        """Run in the archive thread once every earlier write has run: how the session
+        ended, for the archive's metadata.
+
+        "complete": the publisher ended normally, every frame accepted is in the
+        archive, and every frame the publisher says it sent is accounted for.
+        """
+        archive = session.archive
+        assert archive is not None
+        failed = archive.failed or session.archive_failed
+        complete = (reason == "end_of_source" and not failed
+                    and archive.frames_before + writer.frame_count == session.accepted
+                    and (frames_sent is None or frames_sent == _accounted(session)))
+        extra: dict[str, Any] = (
+            {"archive_error": session.archive_error} if session.archive_error else {})
+        if frames_sent is not None:
+            extra["frames_sent"] = frames_sent
+        if failed and "archive_error" not in extra:
+            extra["archive_error"] = "archive writes failed (see the service log)"
+        return dict(status="complete" if complete else "interrupted", **extra,
+                    stop_reason=reason, frames_analysed=session.analysed,
+                    frames_skipped=session.skipped, frames_dropped=session.dropped)
+
+    def _queue_close(self, session: _Session, *, reason: str, frames_sent: int | None
+                     ) -> None:
+        assert session.archive is not None
+        self._archive.close(session.archive, functools.partial(
+            self._summary, session, reason, frames_sent))
+
+    def _close_session(self, session_id: str, *, reason: str,
+                       frames_sent: int | None = None) -> None:
+        """End a session: its archive is closed by the archive thread after every write
+        queued before, and ``session_closed`` (which promises the frames are on disk)
+        is sent once that is done (see :meth:`_archive_closed`)."""
         session = self.sessions.pop(session_id)
-        path = ""
-        # Every queued write first: session_closed promises the frames are on disk. Past
-        # the deadline the archive thread may still hold the writer: left recording.
-        if session.writer is not None:
-            path = str(session.writer.path)
-            if self._settle(session):
-                self._close_archive(session, session.writer, reason=reason)
-        closed = SessionClosed(session_id=session_id, archive_path=path,
-                               frames_archived=session.archived,
-                               frames_analysed=session.analysed,
-                               frames_dropped=session.dropped, reason=reason)
+        for frame in session.backlog:  # shutdown: archived, never to be analysed
+            assert frame.image is not None
+            self._backlog_bytes -= frame.image.nbytes
+        session.backlog.clear()
+        session.close_reason = reason
+        if frames_sent is not None and frames_sent != _accounted(session):
+            self._frames_sent_differ(session, frames_sent)
+        if session.archive is None:
+            self._acknowledge(session)
+            return
+        self._closing[session_id] = session
+        self._queue_close(session, reason=reason, frames_sent=frames_sent)
+
+    def _archive_closed(self, session: _Session, error: ArchiveError | None) -> None:
+        if error is not None:
+            self._archive_failed(session, error)
+            if session not in self._unclosed:
+                self._unclosed.append(session)
+        elif session in self._unclosed:
+            self._unclosed.remove(session)
+            log.warning("Archive %s closed after all.", session.archive.path
+                        if session.archive else "")
+        if not session.acknowledged:
+            self._acknowledge(session)
+        if session not in self._unclosed:
+            self._by_archive.pop(session.archive, None)  # type: ignore[arg-type]
+
+    def _acknowledge(self, session: _Session) -> None:
+        session_id = session.start.session_id
+        session.acknowledged = True
+        self._closing.pop(session_id, None)
+        closed = SessionClosed(
+            session_id=session_id,
+            archive_path=str(session.archive.first_path or session.archive.path)
+            if session.archive else "",
+            frames_archived=session.archived, frames_analysed=session.analysed,
+            frames_dropped=session.dropped, reason=session.close_reason)
         self.closed_sessions[session_id] = closed
+        while len(self.closed_sessions) > _CLOSED_KEPT:
+            del self.closed_sessions[next(iter(self.closed_sessions))]
         self._send(closed)
+
+    def _close_abandoned(self, msg: SessionStop) -> SessionClosed:
+        """The stop of a session the last run was recording when it was killed, with no
+        frame since: its frames are all in that archive (recovery closed it). Say so."""
+        path, before = self._abandoned.pop(msg.session_id)
+        count = before.get("frame_count")
+        archived = count if isinstance(count, int) else 0
+        closed = SessionClosed(session_id=msg.session_id, archive_path=str(path),
+                               frames_archived=archived, frames_analysed=0,
+                               frames_dropped=max(msg.frames_sent - archived, 0),
+                               reason="worker_died")
+        self.closed_sessions[msg.session_id] = closed
+        return closed
+
+    def _frames_sent_differ(self, session: _Session, frames_sent: int) -> None:
+        missing = frames_sent - session.sent_before - session.accepted
+        log.warning("Session %s: the publisher sent %d frames; %d accepted, %d in the "
+                    "archive it continues, %d lost on the way (sequence gaps).",
+                    _printable(session.start.session_id), frames_sent, session.accepted,
+                    session.sent_before, session.dropped)
+        self._emit(session, Alert(
+            kind=EventKind.FRAMES_DROPPED, t_s=self._last_t(session),
+            frame=session.last_index, magnitude=float(missing), confidence=1.0,
+            particle_ids=(), message=f"The publisher sent {frames_sent} frame(s); "
+            f"{session.sent_before + session.accepted} are archived and {session.dropped} "
+            "counted lost: the others were refused (see the heartbeat's "
+            "rejected_<reason> counters)."))
 
     def _on_frame(self, frame: Frame) -> None:
         self.counters["received"] += 1
         self._interval_received += 1
-        session = self.sessions.get(frame.session_id)
-        if session is None:
-            if frame.session_id in self.closed_sessions:
-                self.counters["late"] += 1
-                return
-            # A worker restarted mid-stream, or a publisher that skipped session_start:
-            # keep the frames rather than refuse them.
-            session = self._open_session(SessionStart(
-                session_id=frame.session_id, source="unknown (joined mid-stream)",
-                source_kind="unknown", t0_unix=frame.acquired_at - frame.t_s, live=True,
-                pixel_size_nm=frame.pixel_size_nm))
-        session.last_frame_monotonic = time.monotonic()
+        session = self._frame_session(frame)
+        if session is None or not self._frame_fits(session, frame):
+            return
+        session.accepted += 1
+        session.last_frame_monotonic = session.last_activity = time.monotonic()
         session.last_t_s = frame.t_s
         session.last_index = frame.index
         session.stalled = False
@@ -631,15 +863,18 @@ class Worker:
                 magnitude=float(gap), confidence=1.0, particle_ids=(),
                 message=f"{gap} frame(s) lost before the worker (sequence gap)."))
         session.last_seq = frame.seq
-        if session.writer is not None and not session.archive_failed:
-            assert frame.image is not None
+        assert frame.image is not None
+        if self._stopping.is_set() and session.archive_failed:
+            session.lost += 1  # after "frame N and later not archived" (_wait_for_archive)
+            self.counters["frames_lost"] += 1
+        elif session.archive is not None:
             # The image is a view of the received message, which the job keeps alive;
             # analysis only reads it, so both threads share it without a copy.
             write = functools.partial(
-                session.writer.append_frame, frame.image, seq=frame.seq, index=frame.index,
+                _append_frame, frame.image, seq=frame.seq, index=frame.index,
                 t_s=frame.t_s, acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
                 metadata=_frame_metadata(frame))
-            if not self._archive.submit(session, write, frame=True, timeout_s=0.0):
+            if not self._archive.write(session.archive, write, frame=True, timeout_s=0.0):
                 self.counters["archive_queue_full"] += 1
                 self._wait_for_archive(session, frame, write)
         if session.start.live:
@@ -647,17 +882,80 @@ class Worker:
                 self._skip(session, session.pending)
             session.pending = frame
         else:
-            self._analyse(session, frame)
+            # Analysed from the loop, one frame at a time between receiving (see
+            # _analyse_pending): the archive never waits for analysis.
+            session.backlog.append(frame)
+            self._backlog_bytes += frame.image.nbytes
+
+    def _frame_session(self, frame: Frame) -> _Session | None:
+        """The open session a frame belongs to, if it carries that session's token.
+
+        A frame for a session that is not open opens nothing (sessions are opened by
+        ``session_start`` only, so a sender cannot make sessions by sending frames),
+        with one exception: the worker was restarted mid-session, the archive the last
+        run left recording is that session's, and the frame carries its token (the
+        archive keeps the token's SHA-256): the frames that follow go into a new archive
+        linked to it.
+        """
+        if frame.session_id in self.sessions:
+            session = self._owned(frame.session_id, frame.session_token)
+            if session is None or session.stopping is None:
+                return session
+            self.counters["late"] += 1  # after its session_stop
+            return None
+        if frame.session_id in self.closed_sessions or frame.session_id in self._closing:
+            self.counters["late"] += 1
+            return None
+        if frame.session_token is None or not self._continues(frame.session_id,
+                                                              frame.session_token):
+            self._reject("unknown_session", f"a frame for {frame.session_id!r}, which no "
+                         "session_start opened.")
+            return None
+        if len(self.sessions) >= self.config.max_sessions:
+            self._reject("too_many_sessions", f"a frame resuming {frame.session_id!r} while "
+                         f"{len(self.sessions)} sessions are open (max_sessions).")
+            return None
+        return self._open_session(SessionStart(
+            session_id=frame.session_id, source="unknown (joined mid-stream)",
+            source_kind="unknown", t0_unix=frame.acquired_at - frame.t_s, live=True,
+            pixel_size_nm=frame.pixel_size_nm), frame.session_token)
+
+    def _frame_fits(self, session: _Session, frame: Frame) -> bool:
+        """Sequence and shape checks: what is refused is counted and never stored, so
+        the archive holds each frame once, in sequence order, all of one shape."""
+        if frame.seq < 0:
+            self._reject("bad_seq", f"frame {frame.index} of {frame.session_id!r} has "
+                         f"seq {frame.seq} (expected >= 0).")
+            return False
+        if session.last_seq is not None and frame.seq <= session.last_seq:
+            self._reject("seq_not_increasing", f"frame {frame.index} of "
+                         f"{frame.session_id!r} has seq {frame.seq}, not above the last "
+                         f"accepted {session.last_seq} (a duplicate or out of order).")
+            return False
+        assert frame.image is not None
+        shape = (tuple(frame.image.shape), frame.image.dtype.str)
+        if session.frame_shape is None:
+            session.frame_shape = shape
+        elif shape != session.frame_shape:
+            self._reject("frame_shape_mismatch", f"frame {frame.index} of "
+                         f"{frame.session_id!r} is {shape}; the session's frames are "
+                         f"{session.frame_shape}.")
+            return False
+        return True
 
     def _wait_for_archive(self, session: _Session, frame: Frame,
-                          write: Callable[[], object]) -> None:
+                          write: Callable[[ArchiveWriter], object]) -> None:
         """The archive is the slowest stage right now: wait, and let ZeroMQ's high-water
         mark hold the publisher back. Meanwhile keep the heartbeat going (a monitor must
         tell a slow disk from a dead worker) and say so if the disk is stuck."""
         since = time.monotonic()
         alerted = False
-        while not self._archive.submit(session, write, frame=True, timeout_s=0.25):
-            if self._stopping.is_set():
+        assert session.archive is not None
+        stopped_at: float | None = None
+        while not self._archive.write(session.archive, write, frame=True, timeout_s=0.25):
+            if self._stopping.is_set() and stopped_at is None:
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at >= _STOP_WAIT_S:
                 # Stopped (Ctrl-C, SIGTERM) while the disk takes nothing: this frame
                 # cannot be kept; say so and let the shutdown close what it can.
                 self._archive_failed(session, ArchiveError(
@@ -674,7 +972,7 @@ class Worker:
                     kind=EventKind.ARCHIVE_STALLED, t_s=frame.t_s, frame=frame.index,
                     magnitude=now - since, confidence=1.0, particle_ids=(),
                     message=f"Archive writes blocked for {now - since:.0f} s: the disk "
-                    f"{session.writer.path if session.writer else ''} is not taking data "
+                    f"{session.archive.path} is not taking data "
                     "(full, hung or a stalled network drive?). Frames wait in the queue and "
                     "the publisher is held back; nothing is lost yet."))
 
@@ -696,22 +994,41 @@ class Worker:
     # -- analysis --------------------------------------------------------------------
     def _analyse(self, session: _Session, frame: Frame) -> None:
         assert frame.image is not None
-        pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
-        if session.analyzer is None:
-            session.analyzer = SessionAnalyzer(self.config.analysis, self.config.alerts)
+        pipeline = session.pipeline
+        assert pipeline is not None
         if self._pool is not None:
             while not self._pool.has_room():  # replay: wait rather than skip
                 self._join_measured(wait_s=1.0)
-            self._pool.submit((session, frame), frame.image, pixel_size_nm=pixel_size,
+            self._pool.submit((session, frame), frame.image,
+                              pixel_size_nm=pipeline.pixel_size_nm(frame.pixel_size_nm),
                               config=self.config.analysis)
             return
-        try:
-            cluster, particles, alerts = session.analyzer.update(
-                frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=pixel_size)
-        except Exception:  # a bug in analysis must not cost the archive
-            self._analysis_failed(frame, None)
+        image = frame.image
+
+        def job() -> Callable[[], None]:  # in the analysis thread
+            try:
+                output = pipeline.analyse(
+                    image, index=frame.index, t_s=frame.t_s,
+                    pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                    metadata=frame.metadata, acquired_at=frame.acquired_at)
+            except Exception as exc:  # a bug in analysis must not cost the archive
+                error = exc
+                return lambda: self._frame_done(session, frame, None, error)
+            return lambda: self._frame_done(session, frame, output, None)
+
+        self._frames_in_analysis += 1
+        self._analysis.submit(job)
+
+    def _frame_done(self, session: _Session, frame: Frame, output: FrameOutput | None,
+                    error: Exception | None) -> None:
+        self._frames_in_analysis -= 1
+        if output is None:
+            if not self.counters["analysis_errors"]:
+                log.error("Analysis failed on frame %d; further failures only counted.",
+                          frame.index, exc_info=error)
+            self.counters["analysis_errors"] += 1
             return
-        self._analysed(session, frame, cluster, particles, alerts)
+        self._analysed(session, frame, output)
 
     def _analysis_failed(self, frame: Frame, reason: str | None) -> None:
         if not self.counters["analysis_errors"]:
@@ -736,16 +1053,25 @@ class Worker:
             if outcome.measurement is None:
                 self._analysis_failed(frame, outcome.error)
                 continue
-            assert session.analyzer is not None
-            pixel_size = frame.pixel_size_nm or session.start.pixel_size_nm
-            try:
-                cluster, particles, alerts = session.analyzer.update_measured(
-                    outcome.measurement, t_s=frame.t_s, index=frame.index,
-                    pixel_size_nm=pixel_size)
-            except Exception:
-                self._analysis_failed(frame, None)
-                continue
-            self._analysed(session, frame, cluster, particles, alerts)
+            self._frames_in_analysis += 1
+            self._analysis.submit(functools.partial(
+                self._join_job, session, frame, outcome.measurement))
+
+    def _join_job(self, session: _Session, frame: Frame, measurement: FrameMeasurement
+                  ) -> Callable[[], None]:
+        """In the analysis thread, which owns the pipelines: the stateful half of a
+        frame measured by a measuring process."""
+        pipeline = session.pipeline
+        assert pipeline is not None
+        try:
+            output = pipeline.analyse_measured(
+                measurement, frame.image, index=frame.index, t_s=frame.t_s,
+                pixel_size_nm=frame.pixel_size_nm, exposure_s=frame.exposure_s,
+                metadata=frame.metadata, acquired_at=frame.acquired_at)
+        except Exception as exc:
+            error = exc
+            return lambda: self._frame_done(session, frame, None, error)
+        return lambda: self._frame_done(session, frame, output, None)
 
     def _finish_measuring(self, limit_s: float | None = None) -> None:
         """Wait for every frame out for measuring (a session's end, shutdown); past
@@ -758,138 +1084,117 @@ class Worker:
                 return
             self._join_measured(wait_s=0.2)
 
-    def _analysed(self, session: _Session, frame: Frame, cluster: dict[str, Any],
-                  particles: dict[str, np.ndarray], alerts: list[Alert]) -> None:
-        cluster, particles, alerts = self._operando(session, frame, cluster, particles, alerts)
-        latency = time.time() - frame.acquired_at
+    def _analysed(self, session: _Session, frame: Frame, output: FrameOutput) -> None:
+        """Publish and archive what the pipeline made of a frame."""
+        if output.operando_error is not None:
+            if not self.counters["analysis_errors"]:
+                log.error("Operando context failed on frame %d: %r", frame.index,
+                          output.operando_error)
+            self.counters["analysis_errors"] += 1
+        latency = output.result.latency_s
         session.analysed += 1
         self.counters["analysed"] += 1
         if session.start.live:
             session.skip_rate.update(time.monotonic(), skipped=False)
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
-        self._send(Result(session_id=session.start.session_id, index=frame.index, t_s=frame.t_s,
-                          latency_s=latency, cluster=cluster,
-                          particles={k: v.tolist() for k, v in particles.items()}))
-        if session.writer is not None and not session.archive_failed:
-            n = len(particles["label"])
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "cluster", {
-                    **{k: cluster[k] for k in CLUSTER_COLUMNS},
-                    "frame": frame.index, "t_s": frame.t_s, "latency_s": latency}))
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "particles", {
-                    **particles, "frame": np.full(n, frame.index),
-                    "t_s": np.full(n, frame.t_s)}))
-        for alert in alerts:
-            self._emit(session, alert)
+        self._send(output.result)
+        if session.archive is not None:
+            for table, rows in output.rows:
+                self._archive.write(session.archive, functools.partial(_append_rows, table,
+                                                                       rows))
+        for event in output.events:
+            self._announce(event)
 
-    # -- operando context (electrochemistry, dose, lithium) ---------------------------
-    def _operando_for(self, session: _Session) -> OperandoContext:
-        if session.operando is None:
-            session.operando = OperandoContext(self.config.operando)
-        return session.operando
-
+    # -- echem side stream ------------------------------------------------------------
     def _on_echem(self, msg: Echem) -> None:
-        """File a batch of echem samples under its session (named, or the open one)."""
-        session_id = msg.session_id
-        if session_id is None:
-            session_id = (self._last_session_id if self._last_session_id in self.sessions
-                          else next(reversed(self.sessions), None))
-        session = self.sessions.get(session_id) if session_id is not None else None
+        """File a batch of echem samples under the session whose token it carries.
+
+        Without a token a batch is filed nowhere (it cannot say whose it is); with a
+        token of no open session it waits in the backlog for that session's start.
+        """
+        if msg.session_token is None:
+            self._reject("session_token_missing", "echem without a session_token is "
+                         "filed under no session.")
+            return
+        if msg.session_id is not None and msg.session_id in self.sessions:
+            session = self._owned(msg.session_id, msg.session_token)
+            if session is None:
+                return
+        else:
+            session = next((s for s in self.sessions.values()
+                            if _token_ok(msg.session_token, s.token)
+                            and msg.session_id in (None, s.start.session_id)), None)
         if session is None:
             self._echem_unattached.append(msg)
             return
+        session.last_activity = time.monotonic()
         self._file_echem(session, msg)
 
     def _attach_unattached_echem(self, session: _Session) -> None:
-        for msg in self._echem_unattached.take(session.start.session_id):
+        for msg in self._echem_unattached.take(
+                session.start.session_id,
+                accept=lambda msg: _token_ok(msg.session_token, session.token)):
             self._file_echem(session, msg, not_before_s=-_ECHEM_PREROLL_S)
 
     def _file_echem(self, session: _Session, msg: Echem, *,
                     not_before_s: float = -math.inf) -> None:
-        offset = msg.clock_offset_s or self.config.operando.clock_offset_s
-        t_unix = np.asarray(msg.t_unix, dtype=np.float64)
-        t_s = t_unix + offset - session.start.t0_unix
-        keep = t_s >= not_before_s
-        if not keep.any():
-            return
+        pipeline = session.pipeline
+        assert pipeline is not None
         bias = np.array([math.nan if v is None else v for v in msg.bias_v], dtype=np.float64)
         current = np.array([math.nan if v is None else v for v in msg.current_a],
                            dtype=np.float64)
-        t_s, t_unix, bias, current = t_s[keep], t_unix[keep], bias[keep], current[keep]
-        self._operando_for(session).add_echem(t_s, bias, current)
-        n = int(t_s.size)
-        if session.writer is not None and not session.archive_failed:
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "echem", {
-                    "t_s": t_s, "t_unix": t_unix, "bias_v": bias, "current_a": current,
-                    "clock_offset_s": np.full(n, offset),
-                    # One string object shared by n rows, not n copies of it.
-                    "source": np.full(n, msg.source, dtype=object),
-                    "seq": np.arange(session.echem_samples, session.echem_samples + n)}))
-        session.echem_samples += n
-        self._send(dataclasses.replace(
-            msg, session_id=session.start.session_id, clock_offset_s=offset,
-            t_unix=t_unix.tolist(), bias_v=_nullable(bias), current_a=_nullable(current)))
+        offset = msg.clock_offset_s or self.config.operando.clock_offset_s
 
-    def _operando(self, session: _Session, frame: Frame, cluster: dict[str, Any],
-                  particles: dict[str, np.ndarray], alerts: list[Alert],
-                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Alert]]:
-        """Bias, current, charge, dose and lithium bookkeeping for an analysed frame;
-        its rows go to the operando tables. Never costs the frame its results."""
-        context = self._operando_for(session)
-        exposure = frame.exposure_s or (1.0 / session.start.fps if session.start.fps else None)
-        try:
-            cluster, particles, alerts, rows = context.update(
-                image=frame.image, t_s=frame.t_s, index=frame.index,
-                pixel_size_nm=frame.pixel_size_nm or session.start.pixel_size_nm,
-                exposure_s=exposure, metadata=frame.metadata, cluster=cluster,
-                particles=particles, alerts=alerts)
-        except Exception:
-            if not self.counters["analysis_errors"]:
-                log.exception("Operando context failed on frame %d.", frame.index)
-            self.counters["analysis_errors"] += 1
-            return cluster, particles, alerts
-        if session.writer is not None and not session.archive_failed:
-            n = len(rows.particle_rows["track_id"])
-            m = len(rows.region_rows["region_row"])
-            write = session.writer.append_rows
-            self._archive.submit(session, functools.partial(write, "operando", rows.row))
-            self._archive.submit(session, functools.partial(write, "particle_dose", {
-                **rows.particle_rows, "frame": np.full(n, frame.index),
-                "t_s": np.full(n, frame.t_s)}))
-            self._archive.submit(session, functools.partial(write, "region_dose", {
-                **rows.region_rows, "frame": np.full(m, frame.index),
-                "t_s": np.full(m, frame.t_s)}))
-        return cluster, particles, alerts
+        def job() -> Callable[[], None]:  # in the analysis thread, which owns the pipeline
+            try:
+                filed = pipeline.add_echem(
+                    np.asarray(msg.t_unix, dtype=np.float64), bias, current,
+                    clock_offset_s=offset, source=msg.source, not_before_s=not_before_s)
+            except Exception as exc:
+                error = exc
+                return lambda: self._echem_failed(error)
+            return lambda: self._echem_filed(session, filed)
+
+        self._analysis.submit(job)
+
+    def _echem_failed(self, error: Exception) -> None:
+        if not self.counters["analysis_errors"]:
+            log.error("Filing echem failed; further failures only counted.", exc_info=error)
+        self.counters["analysis_errors"] += 1
+
+    def _echem_filed(self, session: _Session, filed: EchemOutput | None) -> None:
+        if filed is None:
+            return
+        if session.archive is not None:
+            self._archive.write(session.archive, functools.partial(_append_rows, "echem",
+                                                                   filed.rows))
+        self._send(filed.message)
 
     # -- output ----------------------------------------------------------------------
     def _emit(self, session: _Session, alert: Alert) -> None:
-        event = Event(session_id=session.start.session_id, kind=alert.kind.value,
-                      t_s=alert.t_s, frame=alert.frame, magnitude=alert.magnitude,
-                      confidence=alert.confidence, particle_ids=list(alert.particle_ids),
-                      message=alert.message, context=dict(alert.context))
+        """Archive and publish an operational alert (gaps, stalls, skips)."""
+        event = event_message(session.start.session_id, alert)
+        if session.archive is not None:
+            self._archive.write(session.archive, functools.partial(_append_rows, "events",
+                                                                   event_row(event)))
+        self._announce(event)
+
+    def _announce(self, event: Event) -> None:
         log.info("Event %s at t=%.2f s (frame %d): %s", event.kind, event.t_s, event.frame,
                  event.message)
-        if session.writer is not None and not session.archive_failed:
-            self._archive.submit(session, functools.partial(
-                session.writer.append_rows, "events", {
-                    "frame": event.frame, "t_s": event.t_s, "kind": event.kind,
-                    "magnitude": event.magnitude, "confidence": event.confidence,
-                    "particle_ids": str(event.particle_ids), "message": event.message,
-                    "context_json": json.dumps(_json_safe(event.context))}))
         self._send(event)
 
-    def _archive_bytes(self, writer: ArchiveWriter, now: float) -> int:
-        """The archive's size on disk, counted at most every ``_SIZE_INTERVAL_S``: the
-        count walks every chunk file, and a 30-minute session's 7200 frames took 1-2 s
-        a walk on a loaded machine, every heartbeat, in the thread that analyses."""
-        path, counted, size = self._size_cache
-        if path != writer.path or now - counted >= _SIZE_INTERVAL_S:
-            size = directory_size(writer.path)
-            self._size_cache = (writer.path, now, size)
-        return size
+    def _archive_moved(self, session: _Session, exc: ArchiveError) -> None:
+        self.counters["archive_errors"] += 1
+        assert session.archive is not None
+        log.error("Archive failure for session %s: %s; going on in %s.",
+                  _printable(session.start.session_id), exc, session.archive.path)
+        self._send(Event(session_id=session.start.session_id, kind=EventKind.ARCHIVE_ERROR.value,
+                         t_s=self._last_t(session), frame=session.last_index, magnitude=0.0,
+                         confidence=1.0,
+                         message=f"Archive failed ({exc}); the session goes on in the "
+                         f"fallback archive {session.archive.path}."))
 
     def _archive_failed(self, session: _Session, exc: ArchiveError) -> None:
         self.counters["archive_errors"] += 1
@@ -924,7 +1229,11 @@ class Worker:
         # hide the stream that replaced it.
         session_id = (self._last_session_id if self._last_session_id in self.sessions
                       else next(reversed(self.sessions), None))
-        writer = self.sessions[session_id].writer if session_id else None
+        session = self.sessions[session_id] if session_id else None
+        archive = session.archive if session else None
+        if archive is not None and now - self._size_asked >= _SIZE_INTERVAL_S:
+            self._size_asked = now
+            self._archive.measure_size(archive)  # counted in the archive thread
         counters = dict(self.counters)
         counters["rejected"] = sum(self.decoder.rejected.values())
         counters.update({f"rejected_{k}": v for k, v in self.decoder.rejected.items()})
@@ -934,27 +1243,32 @@ class Worker:
             fps_analysed=self._interval_analysed / elapsed,
             latency_p50_s=float(np.percentile(latencies, 50)) if latencies.size else None,
             latency_p99_s=float(np.percentile(latencies, 99)) if latencies.size else None,
-            archive_path=str(writer.path) if writer else None,
-            archive_bytes=self._archive_bytes(writer, now) if writer else None))
+            archive_path=str(archive.path) if archive else None,
+            archive_bytes=session.archive_bytes if session else None))
         self._interval_received = self._interval_analysed = 0
         self._interval_latencies.clear()
         self._last_heartbeat = now
 
 
-def _nullable(values: np.ndarray) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+def _append_frame(image: np.ndarray, writer: ArchiveWriter, **row: Any) -> None:
+    writer.append_frame(image, **row)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _append_rows(table: str, rows: dict[str, Any], writer: ArchiveWriter) -> None:
+    writer.append_rows(table, rows)
+
+
+def _accounted(session: _Session) -> int:
+    """Frames of the session the worker can account for: archived here or in the part
+    it continues, or counted lost (sequence gaps)."""
+    return session.sent_before + session.dropped + session.accepted
+
+
+def _printable(text: str) -> str:
+    """Text from the wire as one log line: no line breaks or control characters to
+    forge other lines with, and not longer than a line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _frame_metadata(frame: Frame) -> dict[str, Any]:

@@ -106,8 +106,8 @@ GROUND = ("service.errors", "service.schema", "service.protocol",
 """Imported by everyone; import only each other (and numpy)."""
 SOURCES = ("service.sources*",)
 ANALYSIS = ("service.analysis*", "service.alerts", "service.operando", "service.dose",
-            "service.echem")
-ARCHIVE = ("service.archive", "service.ngff")
+            "service.echem", "service.pipeline")
+ARCHIVE = ("service.archive", "service.archiving", "service.ngff")
 LIVE = ("service.worker", "service.fanout", "service.publisher", "service.session",
         "service.security", "service.config", "service.endpoints")
 OFFLINE = ("service.export", "service.reanalyze", "service.xr")

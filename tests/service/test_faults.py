@@ -337,7 +337,10 @@ def _limit_file_size() -> None:
 
 def test_disk_refusing_writes_mid_session_alerts_and_keeps_everything_before(
         tmp_path: Path, results_of: Callable[[str], Results]) -> None:
-    serve = Serve(tmp_path, preexec=_limit_file_size)
+    # The file size limit is the process's: the fallback archive cannot take the frame
+    # either, so the session's later frames are lost (and counted).
+    serve = Serve(tmp_path, preexec=_limit_file_size,
+                  settings=f'fallback_dir = "{tmp_path / "fallback"}"\n')
     watch = results_of(serve.results)
     quiet = np.zeros((10, 256, 256), np.uint16)  # compresses to almost nothing
     noise = np.random.default_rng(0).integers(0, 65535, (10, 256, 256), dtype=np.uint16)
@@ -419,7 +422,8 @@ def test_full_disk_alerts_keeps_what_was_archived_and_the_service_stays_up(
         tmp_path: Path, tiny_disk: Path, results_of: Callable[[str], Results]) -> None:
     ballast = tiny_disk / "ballast"  # freed at the end, as an operator would free space
     ballast.write_bytes(bytes(256 * 1024))
-    serve = Serve(tmp_path, sessions=tiny_disk / "sessions")
+    serve = Serve(tmp_path, sessions=tiny_disk / "sessions",  # the fallback full as well
+                  settings=f'fallback_dir = "{tiny_disk / "fallback"}"\n')
     try:
         watch = results_of(serve.results)
         quiet = np.zeros((10, 128, 128), np.uint16)
@@ -461,7 +465,8 @@ def test_unwritable_sessions_folder_alerts_and_the_service_stays_up(
         tmp_path: Path, results_of: Callable[[str], Results]) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where the sessions folder should be")
-    serve = Serve(tmp_path, sessions=blocker / "sessions")
+    serve = Serve(tmp_path, sessions=blocker / "sessions",  # the fallback as unwritable
+                  settings=f'fallback_dir = "{blocker / "fallback"}"\n')
     watch = results_of(serve.results)
     frames = noisy_frames(5, shape=(16, 16))
     for _ in range(2):
@@ -516,10 +521,13 @@ def test_signal_mid_session_flushes_and_closes_the_archive(
 
 
 # -- hostile input over a real socket ---------------------------------------------------
+TOKEN = "faults-test-token-0123456789"
+
+
 def _frame_parts(session: str, i: int, image: np.ndarray, **header: Any) -> list[bytes]:
     parts = [bytes(p) for p in encode(Frame(
         session_id=session, index=i, t_s=0.1 * i, acquired_at=0.0, shape=list(image.shape),
-        dtype=image.dtype.name, seq=i + 2, image=image))]
+        dtype=image.dtype.name, seq=i + 2, image=image, session_token=TOKEN))]
     fields = json.loads(parts[1])
     fields.update(header)
     return [parts[0], json.dumps(fields).encode(), parts[2]]
@@ -549,7 +557,8 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
     try:
         baseline_kb = serve.vm_hwm_kb()
         push.send_multipart(encode(SessionStart(session_id="hostile", source="t",
-                                                source_kind="t", t0_unix=0.0, live=False)))
+                                                source_kind="t", t0_unix=0.0, live=False,
+                                                session_token=TOKEN)))
         # Each bad class sits between good frames of an open session.
         for i, parts in enumerate(hostile.values()):
             push.send_multipart(ok[i])
@@ -560,7 +569,8 @@ def test_hostile_input_is_refused_counted_and_memory_stays_bounded(
         for _ in range(flood):
             push.send_multipart([b"frame", b"\x00garbage", b""])
         push.send_multipart(ok[7])
-        push.send_multipart(encode(SessionStop(session_id="hostile", frames_sent=8, seq=10)))
+        push.send_multipart(encode(SessionStop(session_id="hostile", frames_sent=8, seq=10,
+                                               session_token=TOKEN)))
         closed = watch.until(lambda m: getattr(m, "TYPE", None) == "session_closed")
         counters = watch.until(lambda m: isinstance(m, Heartbeat) and m.counters.get(
             "rejected", 0) >= flood + len(hostile)).counters  # type: ignore[union-attr]
@@ -707,10 +717,11 @@ def test_heartbeat_follows_the_newest_stream_not_a_stalled_one(tmp_path: Path) -
         push = ctx.socket(zmq.PUSH)
         push.connect(worker.frames_endpoint)
         try:
+            watch.until(lambda m: isinstance(m, Heartbeat))  # subscribed for sure now
             for session_id in ("dead-publisher", "new-publisher"):
                 push.send_multipart(encode(SessionStart(
                     session_id=session_id, source="t", source_kind="t", t0_unix=0.0,
-                    live=True)))
+                    live=True, session_token=TOKEN)))
                 watch.until(lambda m, s=session_id: isinstance(m, SessionStart)
                             and m.session_id == s)
             beat = watch.until(lambda m: isinstance(m, Heartbeat))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.operando import bookkeeping_summary
 from lithoscope.service.protocol import Result
-from lithoscope.service.publisher import EchemPublisher, Publisher
+from lithoscope.service.publisher import SESSION_TOKEN_ENV, EchemPublisher, Publisher
 from lithoscope.service.session import run_local_session
 from lithoscope.service.sources.echem import CsvEchemSource, SimulatedEchem
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
@@ -68,6 +69,11 @@ def test_a_simulated_session_with_its_potentiostat(tmp_path: Path) -> None:
     assert any(r.cluster.get("bias_v") == -2.0 for r in results)
 
 
+TOKEN = "operando-test-token-0123456789"
+"""Shared by the camera's publisher and the echem sender, as LITHOSCOPE_SESSION_TOKEN
+would be between two processes."""
+
+
 def _wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -88,7 +94,8 @@ def test_samples_before_the_session_are_filed_with_a_clock_offset(tmp_path: Path
             f"{now + k * 0.1:.3f},-1.5,-1e-12\n" for k in range(20)))
         with EchemPublisher(worker.frames_endpoint) as publisher:
             report = publisher.publish_echem(
-                CsvEchemSource(log, poll_s=0.02, idle_timeout_s=0.2), clock_offset_s=2.0)
+                CsvEchemSource(log, poll_s=0.02, idle_timeout_s=0.2), clock_offset_s=2.0,
+                session_token=TOKEN)
             assert report.samples == 20
             _wait_for(lambda: len(worker._echem_unattached) == 1)
             source = SimulatedSource(SimConfig(duration_s=2.0, fps=2.0, shape=(256, 256),
@@ -96,7 +103,7 @@ def test_samples_before_the_session_are_filed_with_a_clock_offset(tmp_path: Path
                                                particle_diameter_nm=(20.0, 30.0)))
             with Publisher(worker.frames_endpoint, results_endpoint=worker.results_endpoint,
                            ack_timeout_s=60) as frames:
-                done = frames.publish(source, speed=None, live=False)
+                done = frames.publish(source, speed=None, live=False, session_token=TOKEN)
     assert done.closed is not None
     echem = ArchiveReader(done.closed.archive_path).table("echem")
     assert len(echem["seq"]) == 20
@@ -117,7 +124,8 @@ def test_publish_echem_command_tails_a_csv(tmp_path: Path) -> None:
         done = subprocess.run(
             [*script, "publish-echem", str(log), "--connect", worker.frames_endpoint,
              "--t0-unix", "1000", "--idle-timeout", "0.5"],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, SESSION_TOKEN_ENV: TOKEN})
         assert done.returncode == 0, done.stderr
         assert "Sent 3 samples" in done.stdout
         _wait_for(lambda: len(worker._echem_unattached) == 1)
@@ -163,7 +171,8 @@ def test_publish_echem_command_sends_a_real_eclab_file(tmp_path: Path, path: Pat
         done = subprocess.run(
             [sys.executable, "-m", "lithoscope.service", "publish-echem", str(path),
              "--connect", worker.frames_endpoint, "--idle-timeout", "0.5"],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, SESSION_TOKEN_ENV: TOKEN})
         assert done.returncode == 0, done.stderr
         assert f"Sent {len(t_unix)} samples in 1 batches" in done.stdout
         _wait_for(lambda: len(worker._echem_unattached) == 1)

@@ -20,6 +20,8 @@ from lithoscope.service.worker import SkipRate, Worker, WorkerThread, default_ar
 
 from support.arrays import ArraySource, noisy_frames
 
+TOKEN = "pipeline-test-token-0123456789"
+
 
 def endpoints(kind: str, tmp_path: Path) -> dict[str, str]:
     if kind == "tcp":
@@ -79,12 +81,12 @@ def test_malformed_messages_are_counted_and_good_ones_continue(worker: Worker) -
     raw.connect(worker.frames_endpoint)
     frames = noisy_frames(3, shape=(16, 16))
     start = SessionStart(session_id="mixed", source="test", source_kind="test",
-                         t0_unix=0.0, live=False)
+                         t0_unix=0.0, live=False, session_token=TOKEN)
 
     def frame(i: int, **changes: object) -> list[bytes | memoryview]:
         values: dict[str, object] = dict(session_id="mixed", index=i, t_s=i * 0.1,
                                          acquired_at=0.0, shape=[16, 16], dtype="uint16",
-                                         seq=i + 2, image=frames[i])
+                                         seq=i + 2, image=frames[i], session_token=TOKEN)
         values.update(changes)
         return encode(Frame(**values))  # type: ignore[arg-type]
 
@@ -97,7 +99,8 @@ def test_malformed_messages_are_counted_and_good_ones_continue(worker: Worker) -
         for parts in messages:
             raw.send_multipart(parts)
         from lithoscope.service.protocol import SessionStop
-        raw.send_multipart(encode(SessionStop(session_id="mixed", frames_sent=3, seq=9)))
+        raw.send_multipart(encode(SessionStop(session_id="mixed", frames_sent=3, seq=9,
+                                             session_token=TOKEN)))
         counters: dict[str, int] = {}
         closed = False
         # Both, in either order: a heartbeat may count the rejects before the worker
@@ -122,15 +125,25 @@ def test_sequence_gaps_are_reported_as_dropped_frames(worker: Worker) -> None:
     ctx = zmq.Context.instance()
     raw = ctx.socket(zmq.PUSH)
     raw.connect(worker.frames_endpoint)
-    with Subscriber(worker.results_endpoint, topics=["event"]) as sub:
+    with Subscriber(worker.results_endpoint, topics=["event", "heartbeat"]) as sub:
+        next(sub.messages(Heartbeat, timeout_s=30))  # subscribed for sure now
         raw.send_multipart(encode(SessionStart(session_id="gappy", source="t", source_kind="t",
-                                               t0_unix=0.0, live=False, seq=1)))
+                                               t0_unix=0.0, live=False, seq=1,
+                                               session_token=TOKEN)))
         for i in (0, 1, 4, 5):  # frames 2 and 3 never arrive
             raw.send_multipart(encode(Frame(session_id="gappy", index=i, t_s=float(i),
                                             acquired_at=0.0, shape=[16, 16], dtype="uint16",
-                                            seq=i + 2, image=frames[i])))
-        events = [m for m in sub.iter(timeout_s=5) if isinstance(m, Event)
-                  and m.kind == "frames_dropped"]
+                                            seq=i + 2, image=frames[i],
+                                            session_token=TOKEN)))
+        events = []
+        deadline = time.monotonic() + 30
+        for m in sub.iter(timeout_s=5):
+            if isinstance(m, Event) and m.kind == "frames_dropped":
+                events.append(m)
+            # A heartbeat after all four frames: any event they caused came before it.
+            if (isinstance(m, Heartbeat) and m.counters.get("received", 0) >= 4
+                    or time.monotonic() > deadline):
+                break
     raw.close(linger=0)
     assert len(events) == 1
     assert events[0].magnitude == 2
@@ -206,16 +219,18 @@ def test_a_repeated_session_stop_is_acknowledged_again(worker: Worker) -> None:
     raw = ctx.socket(zmq.PUSH)
     raw.connect(worker.frames_endpoint)
     start = SessionStart(session_id="deaf", source="test", source_kind="test", t0_unix=0.0,
-                         live=False)
+                         live=False, session_token=TOKEN)
     raw.send_multipart(encode(start))
-    raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=2)))
+    raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=2,
+                                          session_token=TOKEN)))
     deadline = time.monotonic() + 30
     while "deaf" not in worker.closed_sessions and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "deaf" in worker.closed_sessions  # closed, acknowledged to no one
     with Subscriber(worker.results_endpoint, topics=["heartbeat", "session_closed"]) as sub:
         next(sub.messages(Heartbeat, timeout_s=30))  # subscribed for sure now
-        raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=3)))
+        raw.send_multipart(encode(SessionStop(session_id="deaf", frames_sent=0, seq=3,
+                                              session_token=TOKEN)))
         ack = None
         deadline = time.monotonic() + 30
         for msg in sub.iter(timeout_s=10):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import zmq
 
 import lithoscope.service
+from lithoscope.service.alerts import AlertConfig
 from lithoscope.service.analysis import AnalysisConfig
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import ArchiveError, ConfigError
@@ -99,3 +102,80 @@ def test_a_running_scheduler_with_worker_processes(archive: Path) -> None:
 def test_an_unreachable_scheduler_is_one_error(archive: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot reach the Dask scheduler"):
         reanalyze([archive], scheduler="tcp://127.0.0.1:9", connect_timeout_s=1.0)
+
+
+def _record_operando_session(path: Path) -> Path:
+    """A replayed simulator session with echem, over a real socket into a real worker:
+    the echem batches first, then the frames, all on one socket (so in that order)."""
+    from lithoscope.service.config import ServiceConfig
+    from lithoscope.service.protocol import Echem, Frame, SessionStart, SessionStop, encode
+    from lithoscope.service.sources.sim import SimulatedSource
+    from lithoscope.service.worker import Worker, WorkerThread
+
+    from support.archives import SMALL_SIM
+
+    token, t0 = "reanalysis-test-token-0123", 1_764_000_000.0
+    config = ServiceConfig(frames_endpoint=f"ipc://{path.parent}/frames",
+                           results_endpoint=f"ipc://{path.parent}/results")
+    with WorkerThread(Worker(config, archive_path_for=lambda _: path)) as thread:
+        worker = thread.worker
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(worker.frames_endpoint or "")
+        t = np.arange(-5.0, 45.0, 0.25)
+        on = (t >= SMALL_SIM.bias_on_s) & (t < SMALL_SIM.withdraw_s)
+        with SimulatedSource(SMALL_SIM) as source:
+            push.send_multipart(encode(SessionStart(
+                session_id="operando", source="sim", source_kind="sim", t0_unix=t0,
+                live=False, pixel_size_nm=source.info.pixel_size_nm, fps=source.info.fps,
+                session_token=token)))
+            for i in range(0, len(t), 40):
+                push.send_multipart(encode(Echem(
+                    source="test", t_unix=(t0 + t[i:i + 40]).tolist(),
+                    bias_v=np.where(on, -0.8, 0.0)[i:i + 40].tolist(),
+                    current_a=np.where(on, -2e-9, 0.0)[i:i + 40].tolist(),
+                    session_id="operando", session_token=token)))
+            sent = 0
+            for item in source:
+                push.send_multipart(encode(Frame(
+                    session_id="operando", index=item.index, t_s=item.t_s,
+                    acquired_at=t0 + item.t_s, shape=list(item.image.shape),
+                    dtype=item.image.dtype.name, pixel_size_nm=source.info.pixel_size_nm,
+                    exposure_s=item.metadata.get("exposure_s"),
+                    metadata={k: v for k, v in item.metadata.items() if k != "exposure_s"},
+                    seq=sent + 2, session_token=token, image=item.image)))
+                sent += 1
+        push.send_multipart(encode(SessionStop(session_id="operando", frames_sent=sent,
+                                               session_token=token)))
+        deadline = time.monotonic() + 120
+        while "operando" not in worker.closed_sessions:
+            thread.maybe_raise()
+            assert time.monotonic() < deadline, "the session was not closed"
+            time.sleep(0.05)
+        push.close(linger=0)
+    return path
+
+
+def test_every_table_of_the_live_archive_is_reproduced(tmp_path: Path) -> None:
+    """The live worker and re-analysis shape rows in one place (SessionPipeline): with
+    the settings it was recorded with, re-analysis writes every table the live worker
+    wrote, operando, echem and dose tables included, value for value."""
+    from lithoscope.service.reanalyze import TABLES
+
+    archive = _record_operando_session(tmp_path / "operando.zarr")
+    live = ArchiveReader(archive)
+    assert live.status == "complete"
+    config = live.meta["config"]
+    (result,) = reanalyze([archive], analysis=AnalysisConfig.from_dict(config["analysis"]),
+                          alerts=AlertConfig.from_dict(config["alerts"]), run="same")
+    again = ArchiveReader(archive).group[f"reanalysis/{result.run}"]
+    for table, columns in TABLES.items():
+        recorded = live.table(table)
+        assert recorded, f"the live archive has no {table} table: nothing compared"
+        for column in columns:
+            values = np.asarray(again[f"{table}/{column}"][:])  # type: ignore[index]
+            if column == "latency_s":
+                assert np.isnan(values).all()
+                continue
+            np.testing.assert_array_equal(values, recorded[column],
+                                          err_msg=f"{table}.{column}")
+    assert len(live.table("operando")["frame"]) == live.frame_count

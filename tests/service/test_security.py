@@ -86,9 +86,9 @@ def test_only_listed_clients_get_in(curve_worker: Worker, keys: dict[str, Path])
     ctx = zmq.Context()
     try:
         start = SessionStart(session_id="intruder", source="x", source_kind="x", t0_unix=0.0,
-                             live=False)
+                             live=False, session_token="t" * 24)
         frame = Frame(session_id="intruder", index=0, t_s=0.0, acquired_at=0.0, shape=[8, 8],
-                      dtype="uint8", image=np.zeros((8, 8), np.uint8))
+                      dtype="uint8", image=np.zeros((8, 8), np.uint8), session_token="t" * 24)
         # Senders without a key, or with a key the service does not list, are refused at
         # the handshake: their frames never reach the worker.
         for curve in (None, intruder):

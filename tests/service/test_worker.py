@@ -148,20 +148,22 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
     assert report.closed.frames_archived == len(frames)
 
 
-def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_on(
+def test_a_failed_write_goes_on_in_the_fallback_archive_and_the_service_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_at = 5
     append_frame = ArchiveWriter.append_frame
 
     def disk_full_at_frame_5(self: ArchiveWriter, image: np.ndarray, **kwargs: Any) -> int:
-        if self.path.name.startswith("failing") and kwargs["index"] == fail_at:
+        if (self.path.name.startswith("failing") and self.path.parent.name == "sessions"
+                and kwargs["index"] == fail_at):
             raise ArchiveError(f"Cannot write frame {fail_at} to {self.path}: "
                                "No space left on device.")
         return append_frame(self, image, **kwargs)
 
     monkeypatch.setattr(ArchiveWriter, "append_frame", disk_full_at_frame_5)
     frames = noisy_frames(20, shape=(64, 64))
-    with WorkerThread(Worker(config(tmp_path))) as thread:
+    fallback = tmp_path / "fallback"
+    with WorkerThread(Worker(config(tmp_path, fallback_dir=str(fallback)))) as thread:
         worker = thread.worker
         with _watching(worker) as watch:
             reports = []
@@ -183,13 +185,20 @@ def test_a_failed_write_in_the_archive_thread_is_announced_and_the_service_goes_
     assert after is not None
     assert len(errors) == 1  # one alert, however many frames were queued behind it
     assert "No space left on device" in errors[0].message
-    assert failing.frames_archived == fail_at
+    moved = fallback / "failing.zarr"
+    assert str(moved) in errors[0].message  # where the session goes on
+    assert failing.frames_archived == len(frames)  # nothing accepted was dropped
     assert failing.frames_analysed == len(frames)  # analysis and results carried on
     reader = ArchiveReader(failing.archive_path)
     assert reader.status == "interrupted"
     assert "No space left on device" in reader.meta["archive_error"]
-    assert reader.frame_count == fail_at  # nothing queued behind the failure was written
+    assert reader.meta["continued_in"] == str(moved)
+    assert reader.frame_count == fail_at
     np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:fail_at])
+    rest = ArchiveReader(moved)  # the frame that failed and every one after it
+    assert rest.status == "complete"
+    assert rest.meta["continues"] == failing.archive_path
+    np.testing.assert_array_equal(rest.frames[:], frames[fail_at:])
     assert after.frames_archived == len(frames)
     following = ArchiveReader(after.archive_path)
     assert following.status == "complete"
