@@ -140,6 +140,9 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
 }
 LONG_NAMES = ["a" * 251, "-" * 300, "a." * 200, "é" * 300]
 """Case 6: valid session ids whose cleaned names once failed with ENAMETOOLONG."""
+ATTACKER_TOKEN = "attacker-" + "x" * 24
+"""The hostile sender's own session token: it may open sessions of its own."""
+VALID_TOKEN = "valid-sender-" + "v" * 24
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
@@ -335,12 +338,14 @@ def _barrage() -> list[list[bytes]]:
     messages = [parts for parts, _ in REFUSED.values()]
     for i, name in enumerate(LONG_NAMES):
         messages += [
-            [b"session_start", header_of("session_start", session_id=name), b""],
-            [b"frame", frame_header(name, seq=i + 1), PX],
-            [b"session_stop", header_of("session_stop", session_id=name), b""],
+            [b"session_start", header_of("session_start", session_id=name,
+                                         session_token=ATTACKER_TOKEN), b""],
+            [b"frame", frame_header(name, seq=i + 1, session_token=ATTACKER_TOKEN), PX],
+            [b"session_stop", header_of("session_stop", session_id=name,
+                                        session_token=ATTACKER_TOKEN), b""],
         ]
     messages += [[b"echem", header_of("echem", session_id=f"never-{i}",
-                                      t_unix=[1.0] * 4000, bias_v=[0.0] * 4000,
+                                      session_token=ATTACKER_TOKEN, t_unix=[1.0] * 4000, bias_v=[0.0] * 4000,
                                       current_a=[None] * 4000), b""] for i in range(20)]
     messages += [[bytes(rng.integers(0, 256, int(rng.integers(0, 64)), np.uint8))
                   for _ in range(int(rng.integers(1, 5)))] for _ in range(200)]
@@ -368,17 +373,19 @@ def test_worker_survives_the_barrage_and_the_valid_session_is_bit_identical(
             _until(watch, lambda m: isinstance(m, Heartbeat), "a heartbeat")
             push.send_multipart(encode(SessionStart(
                 session_id="valid", source="t", source_kind="t", t0_unix=0.0, live=False,
-                seq=1)))
+                seq=1, session_token=VALID_TOKEN)))
             per_frame = -(-len(hostile) // len(frames))
             for i, image in enumerate(frames):
                 push.send_multipart(encode(Frame(
                     session_id="valid", index=i, t_s=0.1 * i, acquired_at=0.0,
-                    shape=[16, 16], dtype="uint16", seq=i + 2, image=image)), copy=False)
+                    shape=[16, 16], dtype="uint16", seq=i + 2, image=image,
+                    session_token=VALID_TOKEN)), copy=False)
                 for parts in hostile[i * per_frame:(i + 1) * per_frame]:
                     attacker.send_multipart(parts)
             push.send_multipart(encode(SessionStop(session_id="valid",
                                                    frames_sent=len(frames),
-                                                   seq=len(frames) + 2)))
+                                                   seq=len(frames) + 2,
+                                                   session_token=VALID_TOKEN)))
             closed = _until(watch, lambda m: isinstance(m, SessionClosed)
                             and m.session_id == "valid", "the valid session's close")
             refused = len(REFUSED) + 200
@@ -406,6 +413,87 @@ def test_worker_survives_the_barrage_and_the_valid_session_is_bit_identical(
     sessions = sorted(p.name for p in (tmp_path / "sessions").iterdir())
     assert len(sessions) == 1 + len(LONG_NAMES)
     assert all(len(name) <= MAX_NAME_CHARS + len(".zarr") for name in sessions)
+
+
+@st.composite
+def _hostile_message(draw: st.DrawFn) -> list[bytes]:
+    """A message of a type a sender may send, aimed at the valid session or another,
+    with the attacker's token or none, and up to two fields given hostile values."""
+    kind = draw(st.sampled_from(["session_start", "frame", "session_stop", "echem"]))
+    header = dict(VALID[kind])
+    header["session_id"] = draw(st.sampled_from(["valid", "s", "other", None]))
+    if draw(st.booleans()):
+        header["session_token"] = ATTACKER_TOKEN
+    for _ in range(draw(st.integers(0, 2))):
+        field = draw(st.sampled_from(sorted(set(header) - {"version", "type"})))
+        header[field] = draw(st.one_of(_HOSTILE, st.integers(1, 40).map(_deep)))
+    text = json.dumps(header).encode("utf-8", "surrogatepass")
+    return [kind.encode(), text, bytes(32) if kind == "frame" else b""]
+
+
+def test_the_running_worker_loop_fuzzed_between_the_frames_of_a_valid_session(
+        tmp_path: Path) -> None:
+    """Hypothesis drives the worker loop itself, over real sockets: batches of hostile
+    messages of every type a sender sends, some aimed at the open valid session with
+    the wrong token or none, between its frames. After every batch the worker is still
+    beating; at the end the valid session is complete and bit-identical."""
+    frames = noisy_frames(6, shape=(16, 16))
+    ctx = zmq.Context()
+    sent = 0
+    with WorkerThread(Worker(_config(tmp_path))) as thread:
+        watch = ctx.socket(zmq.SUB)
+        watch.setsockopt(zmq.SUBSCRIBE, b"")
+        watch.connect(thread.worker.results_endpoint or "")
+        push = ctx.socket(zmq.PUSH)
+        push.connect(thread.worker.frames_endpoint or "")
+        attacker = ctx.socket(zmq.PUSH)
+        attacker.connect(thread.worker.frames_endpoint or "")
+
+        def send_frame(i: int) -> None:
+            push.send_multipart(encode(Frame(
+                session_id="valid", index=i, t_s=0.1 * i, acquired_at=0.0, shape=[16, 16],
+                dtype="uint16", seq=i + 2, image=frames[i], session_token=VALID_TOKEN)),
+                copy=False)
+
+        @settings(max_examples=40, deadline=None, database=None)
+        @given(batch=st.lists(_hostile_message(), min_size=1, max_size=6))
+        def hostile_batch(batch: list[list[bytes]]) -> None:
+            nonlocal sent
+            if sent < len(frames):
+                send_frame(sent)
+                sent += 1
+            for parts in batch:
+                attacker.send_multipart(parts)
+            before = _until(watch, lambda m: isinstance(m, Heartbeat), "a heartbeat")
+            _until(watch, lambda m: isinstance(m, Heartbeat) and m.seq > before.seq,
+                   "the next heartbeat")
+            assert thread._thread.is_alive()
+
+        try:
+            _until(watch, lambda m: isinstance(m, Heartbeat), "a heartbeat")
+            push.send_multipart(encode(SessionStart(
+                session_id="valid", source="t", source_kind="t", t0_unix=0.0, live=False,
+                seq=1, session_token=VALID_TOKEN)))
+            hostile_batch()
+            for i in range(sent, len(frames)):
+                send_frame(i)
+            push.send_multipart(encode(SessionStop(
+                session_id="valid", frames_sent=len(frames), seq=len(frames) + 2,
+                session_token=VALID_TOKEN)))
+            closed = _until(watch, lambda m: isinstance(m, SessionClosed)
+                            and m.session_id == "valid", "the valid session's close")
+            assert thread._thread.is_alive()
+        finally:
+            watch.close(linger=0)
+            push.close(linger=0)
+            attacker.close(linger=0)
+            ctx.term()
+        thread.maybe_raise()
+    assert closed.frames_archived == len(frames)
+    reader = ArchiveReader(closed.archive_path)
+    assert reader.status == "complete"
+    assert reader.frame_count == len(frames)
+    np.testing.assert_array_equal(reader.frames[:], frames)
 
 
 _OVERSIZED_SUBSCRIBER = """
