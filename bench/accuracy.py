@@ -1,6 +1,6 @@
 """How right is the analysis? Every simulated scenario, scored against the exact truth.
 
-    .venv/bin/python bench/accuracy.py [--draws 6] [--seed 0] [--size 256]
+    .venv/bin/python bench/accuracy.py [--draws 4] [--seed 0] [--size 256]
                                        [--pixel-size NM] [--scenarios ...] [--pipeline]
                                        [--json bench/results/accuracy_draws.json]
     .venv/bin/python bench/accuracy.py --fixed [--seeds 0 1] [--size 512] ...
@@ -21,13 +21,13 @@ and the share of frames whose contact state is right. Frames go through
 ``--pipeline`` sends them through publisher, ZeroMQ, worker and archive instead.
 At 256x256 px a draw takes a few seconds per scenario; ``--draws`` sets how many.
 
-**Fixed (``--fixed``).** Each scenario (the simulator's ``SCENARIOS``: bias
-lithiation, control without bias, chemical lithiation on contact, heavy drift, low
-dose) is rendered with realistic imaging (Fresnel fringes, hot pixels, a shrinking
-crystalline core, a grid bar, slow drift, flicker) and sent through ``run_local_session``: publisher ->
+**Fixed (``--fixed``).** Each scenario (the simulator's ``SCENARIOS``: bias lithiation,
+control without bias, chemical lithiation on contact, heavy drift, low dose) is rendered
+with realistic imaging (Fresnel fringes, hot pixels, a shrinking crystalline core, a
+grid bar, slow drift, flicker) and sent through ``run_local_session``: publisher ->
 ZeroMQ on loopback -> worker (archive + ``SessionAnalyzer``) -> zarr archive. The
-archive's cluster, particle and event tables are then scored against the
-simulator's exact truth:
+archive's cluster, particle and event tables are then scored against the simulator's
+exact truth:
 
 * latencies (detection time minus true time, s) of ``contact_made``,
   ``expansion_onset``, ``contact_lost``, ``contraction_onset``; "early" counts
@@ -390,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixed", action="store_true",
                         help="one fixed set of imaging conditions per seed (the old bench)")
-    parser.add_argument("--draws", type=int, default=6,
-                        help="random draws of the physics per scenario (default 6)")
+    parser.add_argument("--draws", type=int, default=4,
+                        help="random draws of the physics per scenario (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="first draw's seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="seeds of --fixed")
