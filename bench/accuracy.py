@@ -309,8 +309,8 @@ DRAW_COLUMNS = [
     # key, title, format, worst: "max" (largest is worst), "min", "abs" (farthest from 0)
     ("contact_made_latency_s", "contact", "{:+.2f}", "abs"),
     ("expansion_onset_latency_s", "onset", "{:+.2f}", "abs"),
-    ("contact_lost_latency_s", "lost", "{:+.2f}", "max"),
-    ("contraction_onset_latency_s", "contract", "{:+.2f}", "max"),
+    ("contact_lost_latency_s", "lost", "{:+.2f}", "abs"),
+    ("contraction_onset_latency_s", "contract", "{:+.2f}", "abs"),
     ("missed", "missed", "{:d}", "sum"),
     ("early_expansion_alerts", "early", "{:d}", "sum"),
     ("false_alerts", "false", "{:d}", "sum"),

@@ -274,6 +274,12 @@ class AlertDetector:
         return self._in_contact
 
     @property
+    def contact_area(self) -> float | None:
+        """The reference the expansion is measured from: the median area of the first
+        ``baseline_frames`` frames in contact; None until they are in."""
+        return self._contact_area
+
+    @property
     def sigma(self) -> float | None:
         """Current estimate of the relative area noise (floored); None until enough frames.
 
