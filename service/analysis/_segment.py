@@ -329,7 +329,7 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     x_all, y_all = stats[keep, 0], stats[keep, 1]
     mask, contact = _coating(flat, core, grid, config, b, (
         int(y_all.min()), int(x_all.min()), int((y_all + stats[keep, 3]).max()),
-        int((x_all + stats[keep, 2]).max())))
+        int((x_all + stats[keep, 2]).max())), (float(r[apex].mean()), float(c[apex].mean())))
     return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])),
                    contact=contact)
 
@@ -414,7 +414,8 @@ def _grid_band(components: np.ndarray, label: int, side: int) -> np.ndarray:
 
 
 def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: AnalysisConfig,
-             binning: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+             binning: int, box: tuple[int, int, int, int], apex: tuple[float, float],
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The needle with its coating: what particles leave out, and what they touch.
 
     The coating is the grey band along the metal, its thickness measured in this
@@ -427,8 +428,8 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     then at half-way between that level and the vacuum, where its blurred outer edge
     is: contact is decided there. Particles leave out the coating with its blurred
     rim (:func:`_blur_rim`, where lighter than a particle) as well. With no band that
-    covers ``_COATING_MIN_RIM`` of the metal's rim, the coating is what
-    ``needle_layer_px`` says.
+    covers ``_COATING_MIN_RIM`` of the metal's rim near the apex (within three times
+    ``coating_max_px``), the coating is what ``needle_layer_px`` says.
 
     Returns the mask to leave out and the needle's outer surface for contact.
     """
@@ -452,7 +453,11 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     local = flat[window]
     free = ~metal & ~grid[window]
     to_metal = cv2.distanceTransform((~metal).view(np.uint8), cv2.DIST_L2, 5)
-    rim = (to_metal <= 1.5) & free
+    # The coating grows over the tip: its share is taken of the rim near the apex
+    # (within three of the thickest coatings), not of a shaft that may cross the field.
+    rows_w, cols_w = np.ogrid[r0:r1, c0:c1]
+    near_apex = (rows_w - apex[0]) ** 2 + (cols_w - apex[1]) ** 2 <= (3 * most + blur) ** 2
+    rim = (to_metal <= 1.5) & free & near_apex
 
     def band(level: float) -> tuple[np.ndarray, float | None]:
         """Pixels darker than ``level`` and the band's thickness (None: no band)."""
