@@ -62,6 +62,11 @@ draws have saturated hot pixels."""
 
 _TIP_SHARE = 0.073
 """The widest tip's radius as a share of the field of view (60 nm of 820 nm)."""
+_NEEDLE_IN_VIEW = 2.5
+"""The needle's apex is at least this many coated tip radii into the frame at the
+start: a tip barely in view is a dark half-disc in a grey band, which no analysis can
+tell from a cut particle with a shell (a field too small for the coating and the
+approach)."""
 _TRIES = 32
 """Draws of the cluster's size before giving up (a big cluster may not fit)."""
 
@@ -86,6 +91,11 @@ def draw_sim_config(seed: int, *, shape: tuple[int, int] = (512, 512),
         If no drawn cluster fits in the frame (a frame far too small for 20 nm
         particles), or ``fixed`` holds an unknown or invalid option.
     """
+    known = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = sorted(set(fixed) - known)
+    if unknown:
+        raise ConfigError(f"Unknown simulator option {unknown[0]!r}. Expected one of "
+                          f"{', '.join(sorted(known))}.")
     rng = np.random.default_rng([seed, 0x5EED])
     error: ConfigError | None = None
     for attempt in range(_TRIES):
@@ -96,14 +106,27 @@ def draw_sim_config(seed: int, *, shape: tuple[int, int] = (512, 512),
         try:
             config = SimConfig.from_dict(values)
             # The scene checks the fit (cluster, grid bar) for every scenario alike.
-            SimulatedSource(dataclasses.replace(config, duration_s=1.0 / config.fps),
-                            scenario=next(iter(SCENARIOS)))
+            source = SimulatedSource(dataclasses.replace(config, duration_s=1.0 / config.fps),
+                                     scenario=next(iter(SCENARIOS)))
         except ConfigError as exc:
             error = exc
+            continue
+        if _needle_in_view(source) < _NEEDLE_IN_VIEW * (
+                config.needle_tip_radius_nm + config.needle_layer_nm) / pixel_size_nm:
+            error = ConfigError("the needle's coated tip is not in view")
             continue
         return config
     raise ConfigError(f"No drawn simulation fits a {shape} frame at {pixel_size_nm} nm/px: "
                       f"{error}")
+
+
+def _needle_in_view(source: SimulatedSource) -> float:
+    """How far (px) the needle's apex reaches into the frame at the start, from its edge."""
+    rows, cols = source.config.shape
+    tip = source.render(0).metadata
+    row, col = float(tip["needle_tip_row"]), float(tip["needle_tip_col"])
+    return {"left": col, "right": cols - col, "top": row,
+            "bottom": rows - row}[source.config.needle_edge]
 
 
 def _uniform(rng: np.random.Generator, name: str) -> float:
