@@ -554,7 +554,7 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
     if not surface.any() or hit.size == 1:
         return hit
     contact_px = int(config.needle_contact_px)
-    reach = surface.view(np.uint8)
+    reach: np.ndarray = surface.view(np.uint8)
     if contact_px > 0:
         # A gap under a pixel and a half is below what the blur resolves: a one-pixel
         # reach takes the diagonal neighbours too (at 2 e/A^2/s the coating's noisy
