@@ -6,13 +6,15 @@ The pipeline, shared by the public functions and :func:`analyze_frame`:
    objects by normalized convolution on a coarse grid, so thresholds are fractions
    of the local vacuum level and a gradient in the illumination does not matter;
 2. opaque regions (below ``needle_threshold_fraction``) connected to an image edge
-   are the needle, plus the grey pixels hugging it (its LiOx coating), or the grid
-   bar when they cover most of one image side (a needle enters through a short
-   stretch of edge; a grid bar runs along it);
-3. particles are the remaining pixels below an Otsu threshold (capped by
-   ``particle_min_contrast``), cleaned of specks and, optionally, split where the
-   distance transform shows several centres (each pixel to the disc it lies
-   deepest inside).
+   are told apart by shape: the grid bar when they cover most of one image side (up
+   to its fitted straight inner edge), the needle when widest where they enter and
+   reaching in (plus its LiOx coating, measured on each frame), else particles;
+3. particles are seeded below an Otsu threshold capped by the frame's noise,
+   outlined where they rise into the vacuum's fluctuation (hysteresis) and cut back
+   to half their own rim contrast; without a pixel size the smoothing, minimum area
+   and splitting distance follow the particle scale measured on the frame; holes
+   are filled, particles cut by the frame edge kept, and touching particles split
+   (never a convex region) by thickness with a pixel size, by shape without one.
 """
 
 from __future__ import annotations
@@ -798,6 +800,12 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     ``from_image``: no pixel size is known, so the smoothing, the minimum area and the
     splitting distance follow the particle radius measured here (a first pass at the
     configured smoothing) rather than the configured lengths.
+
+    On the frame smoothed at that scale, particles are seeded below the noise-capped
+    Otsu threshold, outlined where they rise into the vacuum's fluctuation and cut back
+    to half their own rim contrast (:func:`_half_contrast`): the outline then stays on
+    each particle's edge whatever its darkness, whether a crystal's diffraction
+    contrast or a particle lightening as it lithiates.
     """
     flat = prepared.flat
     b = prepared.binning
