@@ -247,6 +247,8 @@ class AlertDetector:
             maxlen=c.baseline_frames + c.contact_debounce_frames + 1
         )
         self._differences: deque[float] = deque(maxlen=c.noise_window_frames)
+        self._areas: deque[float] = deque(maxlen=c.noise_window_frames + c.baseline_frames)
+        """Recent measured areas, for the noise at the baseline's time scale."""
         self._last_area: float | None = None
         self._in_contact = False
         self._run = 0
@@ -274,6 +276,12 @@ class AlertDetector:
         return self._in_contact
 
     @property
+    def contact_area(self) -> float | None:
+        """The reference the expansion is measured from: the median area of the first
+        ``baseline_frames`` frames in contact; None until they are in."""
+        return self._contact_area
+
+    @property
     def sigma(self) -> float | None:
         """Current estimate of the relative area noise (floored); None until enough frames.
 
@@ -284,7 +292,18 @@ class AlertDetector:
             return None
         d = np.fromiter(self._differences, float)
         mad = float(np.median(np.abs(d - np.median(d))))
-        return max(self.config.noise_floor, 1.4826 * mad / math.sqrt(2.0))
+        sigma = 1.4826 * mad / math.sqrt(2.0)
+        # Segmentation noise is not white: flicker, drift over the illumination and
+        # the coating's edge make the area wander over seconds, which differences of
+        # neighbouring frames do not see. Differences over a baseline's span do (in a
+        # random-draw control the area wandered +-1 % and a +0.5 % excursion alarmed).
+        lag = self.config.baseline_frames
+        areas = np.fromiter(self._areas, float)
+        if areas.size >= lag + _MIN_NOISE_SAMPLES:
+            slow = (areas[lag:] - areas[:-lag]) / areas[:-lag]
+            slow_mad = float(np.median(np.abs(slow - np.median(slow))))
+            sigma = max(sigma, 1.4826 * slow_mad / math.sqrt(2.0))
+        return max(self.config.noise_floor, sigma)
 
     @property
     def onset_not_before_s(self) -> float:
@@ -329,6 +348,8 @@ class AlertDetector:
             if self._last_area is not None and self._last_area > 0:
                 self._differences.append((area - self._last_area) / self._last_area)
             self._last_area = area
+            if area > 0:
+                self._areas.append(area)
         self._history.append(sample)
 
         alerts: list[Alert] = self._watch_drift(sample, float(drift_step_px))

@@ -57,8 +57,12 @@ class AnalysisConfig:
     needle_min_area_px: int = 400
     """Smallest dark, edge-connected region taken for the needle."""
     needle_layer_px: int = 6
-    """Grey pixels within this distance of the opaque needle belong to it (its LiOx
-    coating, a few nanometres, and the blurred rim of the metal), not to a particle."""
+    """Grey pixels within this distance of the opaque needle always belong to it (the
+    blurred rim of the metal and a thin coating), not to a particle; a thicker LiOx
+    coating is measured in each frame (up to ``coating_max_px``)."""
+    coating_max_px: int = 100
+    """The thickest coating the needle's grey band is measured up to (50 nm at the
+    reference 0.5 nm/px); its thickness is read from each frame."""
     grid_rim_px: int = 3
     """Pixels within this distance of an opaque grid bar are its blurred rim, not particle."""
     needle_contact_px: int = 2
@@ -80,7 +84,7 @@ class AnalysisConfig:
             raise ConfigError(
                 f"Expected reference_pixel_size_nm >= 0 (0: no rescaling). Got {ref!r}.")
         for name in ("smoothing_sigma_px", "dark_level_counts", "needle_layer_px",
-                     "needle_contact_px", "min_particle_area_px", "grid_rim_px",
+                     "needle_contact_px", "min_particle_area_px", "grid_rim_px", "coating_max_px",
                      "needle_min_area_px"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
@@ -148,7 +152,7 @@ class AnalysisConfig:
 
 
 _LENGTHS = {"smoothing_sigma_px": 1, "background_sigma_px": 1, "needle_min_area_px": 2,
-            "needle_layer_px": 1, "grid_rim_px": 1, "needle_contact_px": 1,
+            "needle_layer_px": 1, "coating_max_px": 1, "grid_rim_px": 1, "needle_contact_px": 1,
             "min_particle_area_px": 2, "split_min_distance_px": 1}
 """The options given in reference pixels, with the power of length they carry."""
 _OPTICAL = frozenset({"smoothing_sigma_px", "grid_rim_px", "background_sigma_px"})

@@ -12,7 +12,16 @@ import numpy as np
 
 from ._config import AnalysisConfig
 from ._measure import measure_particles, particle_contacts
-from ._segment import _find_needle, _Needle, _prepare, _Prepared, _segment, _upsample
+from ._segment import (
+    _find_needle,
+    _Needle,
+    _particle_threshold,
+    _prepare,
+    _Prepared,
+    _segment,
+    _touching,
+    _upsample,
+)
 
 __all__ = ["FrameAnalysis", "analyze_frame"]
 
@@ -136,6 +145,11 @@ def _analyze(
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
                                   contact_px=config.needle_contact_px, binning=b)
+    if particles["label"].size and needle.mask.any():
+        excluded = needle.mask | needle.grid
+        touches = _touching(labels, prepared.flat, needle, config, b,
+                            _particle_threshold(prepared.flat, excluded, config))
+        particles["touches_needle"] = touches[particles["label"]]
     area_px = int(particles["area_px"].sum())
     has_size = pixel_size_nm is not None and math.isfinite(pixel_size_nm)
     cluster = {

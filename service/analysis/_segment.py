@@ -6,13 +6,15 @@ The pipeline, shared by the public functions and :func:`analyze_frame`:
    objects by normalized convolution on a coarse grid, so thresholds are fractions
    of the local vacuum level and a gradient in the illumination does not matter;
 2. opaque regions (below ``needle_threshold_fraction``) connected to an image edge
-   are the needle, plus the grey pixels hugging it (its LiOx coating), or the grid
-   bar when they cover most of one image side (a needle enters through a short
-   stretch of edge; a grid bar runs along it);
-3. particles are the remaining pixels below an Otsu threshold (capped by
-   ``particle_min_contrast``), cleaned of specks and, optionally, split where the
-   distance transform shows several centres (each pixel to the disc it lies
-   deepest inside).
+   are told apart by shape: the grid bar when they cover most of one image side (up
+   to its fitted straight inner edge), the needle when widest where they enter and
+   reaching in (plus its LiOx coating, measured on each frame), else particles;
+3. particles are seeded below an Otsu threshold capped by the frame's noise,
+   outlined where they rise into the vacuum's fluctuation (hysteresis) and cut back
+   to half their own rim contrast; without a pixel size the smoothing, minimum area
+   and splitting distance follow the particle scale measured on the frame; holes
+   are filled, particles cut by the frame edge kept, and touching particles split
+   (never a convex region) by thickness with a pixel size, by shape without one.
 """
 
 from __future__ import annotations
@@ -76,6 +78,42 @@ until they overlap by more than half a radius; a disc on a 1-px grid fills 0.98,
 a regular hexagon or a 2:1 ellipse 1.0."""
 _GRID_SIDE_FRACTION = 0.6
 """An opaque edge region covering this fraction of an image side is a grid bar."""
+_GRID_EDGE_TOLERANCE_PX = 1.5
+"""Opaque pixels this far beyond the grid bar's fitted inner edge still belong to it
+(its edge is a straight line through noisy runs)."""
+_NEEDLE_BULGE = 1.08
+_NEEDLE_REACH = 0.8
+"""An opaque object entering from an edge is the needle if nowhere wider than this
+multiple of its width at the edge (a needle tapers; a disc whose centre is in the frame
+bulges: by 1.09 or more when its centre is 0.4 radii in) and it reaches into the frame
+at least this multiple of that width (a disc cut at or beyond its centre reaches at
+most half its chord)."""
+_COATING_MIN_RIM = 0.1
+"""A coating is measured when grey runs start from at least this fraction of the
+metal's rim (a tip coated over its apex and a little of its shaft)."""
+_OUTLINE_MIN_CONTRAST = 0.05
+_OUTLINE_NOISE_SIGMAS = 4.0
+"""A particle's outline is where it is darker than the vacuum by this much (relative)
+plus this many sigmas of the flattened vacuum's noise (flattening leaves the vacuum
+within a few percent of its level)."""
+_NOISE_ROW_STEP = 4
+"""The vacuum's noise is measured on every this many rows."""
+_SHAPE_SAMPLES = 20000
+"""An opaque object's shape is judged on about this many of its pixels (and all those
+where it enters): a needle across a 1024x1024 frame has ten times more."""
+_COATING_MIN_CONTRAST = 0.03
+_COATING_NOISE_SIGMAS = 4.0
+"""The coating is what is darker than the vacuum by this much (relative) plus this
+many sigmas of the flattened vacuum's noise, or than the particle threshold if that
+is lighter."""
+_COATING_QUANTILE = 0.6
+"""The quantile of the grey runs from the metal's rim taken for the coating's
+thickness: runs along the coating's tapered ends are shorter, through a particle
+pressed on it longer."""
+_COATING_MARGIN = 1.1
+"""The coating reaches this multiple of its median measured thickness (plus a pixel):
+its outer edge is blurred and, on a rounded tip, a little farther than along the
+shaft."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +142,9 @@ class _Needle:
     tip: tuple[float, float]
     """(row, col) of the metal's apex: the mean of its pixels (nearly) farthest from where
     the needle enters the frame, in input pixels."""
+    contact: np.ndarray | None = None
+    """bool, the needle's outer surface (the coating's outer edge, at half its
+    contrast): particles touching it touch the needle. None: ``mask``."""
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
@@ -217,6 +258,14 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
     if binning > 1:
         pixels = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
                             interpolation=cv2.INTER_AREA)
+    if min(pixels.shape) >= 3:
+        # Single defective pixels (saturated hot pixels, dead ones; binned, a block
+        # holding one) differ from their 3x3 median by more than a factor of two, which
+        # shot noise at 1 e/A^2/s rarely does. Left in, one saturated pixel raised its
+        # coarse cell's vacuum level by a fifth at low dose, and the vacuum around it
+        # read as particle.
+        median = cv2.medianBlur(pixels, 3)
+        np.copyto(pixels, median, where=(pixels > 2 * median) | (2 * pixels < median))
     if config.smoothing_sigma_px > 0:
         pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
     level = _vacuum_level(pixels, config, binning)
@@ -242,6 +291,18 @@ def _disc(radius: float) -> np.ndarray:
 
 
 def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
+    """The opaque objects entering from the image edges, told apart by their shape.
+
+    Opaque (below ``needle_threshold_fraction`` of vacuum) components reaching an edge
+    are, by shape: a **grid bar** if they cover most of one side (the bar is the band
+    along that side up to its straight inner edge; whatever sticks out beyond it, a
+    dark particle or the dark overlap of two, is not grid); the **needle** if they are
+    widest where they enter and reach into the frame (a metal tip tapers from the edge
+    and is longer than a circle segment of the same chord); anything else, such as a
+    dark particle cut by the frame edge, is left to the particles. The needle's
+    coating is then the grey band along the metal, of a thickness measured in this
+    frame (:func:`_coating`).
+    """
     flat = prepared.flat
     b = prepared.binning
     rows, cols = flat.shape
@@ -260,54 +321,341 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     if keep.size == 0:
         return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
     # Grid bars run along a side; the needle crosses the edge through a short stretch.
-    coverage = np.zeros(count)
-    for side, length in ((components[0], cols), (components[-1], cols),
-                         (components[:, 0], rows), (components[:, -1], rows)):
-        np.maximum(coverage, np.bincount(side, minlength=count) / length, out=coverage)
-    is_grid = coverage[keep] >= _GRID_SIDE_FRACTION
+    sides = (components[0], components[-1], components[:, 0], components[:, -1])
+    lengths = (cols, cols, rows, rows)
+    coverage = np.stack([np.bincount(side, minlength=count) / length
+                         for side, length in zip(sides, lengths, strict=True)])
     grid = empty
-    if is_grid.any():
-        lookup = np.zeros(count, np.bool_)
-        lookup[keep[is_grid]] = True
-        rim = max(1, math.ceil(config.grid_rim_px / b))
-        grid = cv2.dilate(lookup[components].view(np.uint8), _disc(rim)).view(np.bool_)
-        keep = keep[~is_grid]
-        if keep.size == 0:
-            return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
-    if keep.size == 1:
-        core = components == keep[0]
-    else:
-        lookup = np.zeros(count, np.bool_)
-        lookup[keep] = True
-        core = lookup[components]
+    entry = np.zeros(flat.shape, np.bool_)
+    entry[[0, -1], :] = True
+    entry[:, [0, -1]] = True
+    bands = [_grid_band(components, int(label), int(np.argmax(coverage[:, label])))
+             for label in keep if coverage[:, label].max() >= _GRID_SIDE_FRACTION]
+    if bands:
+        band = np.logical_or.reduce(bands)
+        grid = _grid_rim(band, flat, config, b)
+        # What is left once the bars are taken out is the needle only if it enters
+        # through the image border (a needle lying along a bar); what enters only
+        # from the bar's edge hangs from it (dark particles, the overlap of two).
+        count, components, stats, _ = _components((dark.view(np.bool_) & ~band).view(np.uint8))
+        touching = np.zeros(count, np.bool_)
+        touching[components[entry]] = True
+        touching[0] = False
+        keep = np.flatnonzero(touching[1:] & (stats[1:, cv2.CC_STAT_AREA] * b * b
+                                              >= config.needle_min_area_px)) + 1
+    needles = [int(label) for label in keep if _is_needle(components, stats, int(label), entry)]
+    if not needles:
+        return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
+    keep = np.array(needles)
+    lookup = np.zeros(count, np.bool_)
+    lookup[keep] = True
+    core = lookup[components] & ~grid
 
     # The tip: the metal pixel farthest from where the (largest) needle enters.
     largest = int(keep[np.argmax(stats[keep, cv2.CC_STAT_AREA])])
-    x0, y0, w0, h0 = (int(v) for v in stats[largest, :4])
-    window = components[y0:y0 + h0, x0:x0 + w0] == largest
-    r, c = np.nonzero(window)
-    r += y0
-    c += x0
-    border = (r == 0) | (c == 0) | (r == rows - 1) | (c == cols - 1)
-    entry_r, entry_c = r[border].mean(), c[border].mean()
+    r, c, entry_r, entry_c, _ = _entry(components, stats, largest, entry)
     reach = np.hypot(r - entry_r, c - entry_c)
     apex = reach >= reach.max() - 1.5  # the front pixels, averaged against noise
     tip = ((r[apex].mean() + 0.5) * b - 0.5, (c[apex].mean() + 0.5) * b - 0.5)
 
-    mask = core
-    layer_px = config.needle_layer_px / b
-    if layer_px > 0:
-        reach = math.ceil(layer_px)
-        x_all, y_all = stats[keep, 0], stats[keep, 1]
-        c0 = max(0, int(x_all.min()) - reach)
-        r0 = max(0, int(y_all.min()) - reach)
-        c1 = min(cols, int((x_all + stats[keep, 2]).max()) + reach)
-        r1 = min(rows, int((y_all + stats[keep, 3]).max()) + reach)
-        threshold = _particle_threshold(flat, core | grid, config)
-        near = cv2.dilate(core[r0:r1, c0:c1].view(np.uint8), _disc(layer_px)).view(np.bool_)
-        mask = core.copy()
-        mask[r0:r1, c0:c1] |= near & (flat[r0:r1, c0:c1] < threshold)
-    return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])))
+    x_all, y_all = stats[keep, 0], stats[keep, 1]
+    mask, contact = _coating(flat, core, grid, config, b, (
+        int(y_all.min()), int(x_all.min()), int((y_all + stats[keep, 3]).max()),
+        int((x_all + stats[keep, 2]).max())), (float(r[apex].mean()), float(c[apex].mean())))
+    return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])),
+                   contact=contact)
+
+
+def _entry(components: np.ndarray, stats: np.ndarray, label: int, entry: np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
+    """A component's pixels (rows, cols), the mean of those where it enters (``entry``:
+    the image border, and the edge of any grid bar), and which they are."""
+    x0, y0, w0, h0 = (int(v) for v in stats[label, :4])
+    r, c = np.nonzero(components[y0:y0 + h0, x0:x0 + w0] == label)
+    r += y0
+    c += x0
+    border = entry[r, c]
+    return r, c, float(r[border].mean()), float(c[border].mean()), border
+
+
+def _is_needle(components: np.ndarray, stats: np.ndarray, label: int,
+               entry: np.ndarray) -> bool:
+    """Whether an opaque component entering from an edge is shaped like a needle.
+
+    Across the direction from where it enters to its farthest point, a needle is
+    widest at the edge (its shaft tapers towards the tip) and reaches farther in than
+    ``_NEEDLE_REACH`` of that width (both measured across the axis from where it
+    enters to its farthest point). A disc cut by the edge either bulges wider
+    inside than where it is cut (its centre is in the frame) or, widest at the cut,
+    reaches in no more than half its chord.
+    """
+    r, c, entry_r, entry_c, border = _entry(components, stats, label, entry)
+    step = max(1, r.size // _SHAPE_SAMPLES)
+    if step > 1:
+        take = border | (np.arange(r.size) % step == 0)
+        r, c, border = r[take], c[take], border[take]
+    dr, dc = r - entry_r, c - entry_c
+    reach = np.hypot(dr, dc)
+    far = int(np.argmax(reach))
+    length = float(reach[far])
+    if length < 2:
+        return False
+    ur, uc = dr[far] / length, dc[far] / length
+    depth = dr * ur + dc * uc
+    across = dc * ur - dr * uc
+    bins = np.clip(depth / 2.0, 0, None).astype(np.intp)  # 2-px slices along the axis
+    n = int(bins.max()) + 1
+    high = np.full(n, -np.inf)
+    low = np.full(n, np.inf)
+    np.maximum.at(high, bins, across)
+    np.minimum.at(low, bins, across)
+    width = np.where(np.isfinite(high), high - low + 1.0, 0.0)
+    # Where it crosses the edge, across the axis: a needle cut obliquely by the edge
+    # shows its whole width only a little way in.
+    entry_width = float(across[border].max() - across[border].min() + 1.0)
+    return bool(width.max() <= _NEEDLE_BULGE * entry_width
+                and length >= _NEEDLE_REACH * entry_width)
+
+
+def _grid_band(components: np.ndarray, label: int, side: int) -> np.ndarray:
+    """The part of an opaque component that is the grid bar along image side ``side``
+    (0 top, 1 bottom, 2 left, 3 right): from the edge to the bar's straight inner edge.
+
+    The bar's depth at each position along the side is the run of opaque pixels from
+    the edge; its inner edge is the line through those depths fitted on the shallow
+    ones (whatever sticks out, a dark particle pressed on the bar or the overlap of two,
+    only lengthens a run).
+    """
+    mine = components == label
+    view = {0: mine, 1: mine[::-1], 2: mine.T, 3: mine.T[::-1]}[side]
+    # Run from the edge: index of the first pixel not in the component.
+    depth = np.where(view.all(axis=0), view.shape[0], np.argmin(view, axis=0)).astype(float)
+    position = np.arange(depth.size, dtype=float)
+    chosen = depth > 0
+    line = np.zeros_like(depth)
+    for _ in range(4):
+        if chosen.sum() < 2:
+            break
+        slope, offset = np.polyfit(position[chosen], depth[chosen], 1)
+        line = slope * position + offset
+        update = (depth > 0) & (depth <= line + _GRID_EDGE_TOLERANCE_PX)
+        if np.array_equal(update, chosen):
+            break
+        chosen = update
+    limit = line + _GRID_EDGE_TOLERANCE_PX
+    band_view = view & (np.arange(view.shape[0])[:, None] < limit[None, :])
+    band: np.ndarray = {0: band_view, 1: band_view[::-1], 2: band_view.T,
+                        3: band_view[::-1].T}[side]
+    return band
+
+
+def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: AnalysisConfig,
+             binning: int, box: tuple[int, int, int, int], apex: tuple[float, float],
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The needle with its coating: what particles leave out, and what they touch.
+
+    The coating is the grey band along the metal, its thickness measured in this
+    frame: each grey pixel touching the metal lies on a grey run from the metal out to
+    the vacuum, as long as the distance to the metal plus the distance to the vacuum;
+    along the coating that is its thickness, and a quantile over the metal's grey rim
+    is the coating's (a particle pressed on it lengthens the runs through it, over a
+    shorter stretch of the rim). Measured first on everything darker than the vacuum
+    (the coating may be fainter than any particle) to read the coating's grey level,
+    then at half-way between that level and the vacuum, where its blurred outer edge
+    is: contact is decided there. Particles leave out the coating with its blurred
+    rim (:func:`_blur_rim`, where lighter than a particle) as well. With no band that
+    covers ``_COATING_MIN_RIM`` of the metal's rim near the apex (within three times
+    ``coating_max_px``), the coating is what ``needle_layer_px`` says.
+
+    Returns the mask to leave out and the needle's outer surface for contact.
+    """
+    rows, cols = flat.shape
+    layer_px = config.needle_layer_px / binning
+    blur = _blur_rim(config, binning)
+    r0, c0, r1, c1 = box
+    # Room around the metal for the thickest coating and the vacuum beyond.
+    most = config.coating_max_px / binning
+    pad = math.ceil(max(layer_px, most) + blur + 4)
+    r0, c0 = max(0, r0 - pad), max(0, c0 - pad)
+    r1, c1 = min(rows, r1 + pad), min(cols, c1 + pad)
+    window = (slice(r0, r1), slice(c0, c1))
+    metal = core[window]
+    if not metal.any():
+        return core, core
+    threshold = _particle_threshold(flat, core | grid, config)
+    noise = _vacuum_noise(flat, threshold, config.smoothing_sigma_px / binning)
+    faint = max(threshold, round(_VACUUM * (1.0 - _COATING_MIN_CONTRAST)
+                                 - _COATING_NOISE_SIGMAS * noise))
+    local = flat[window]
+    free = ~metal & ~grid[window]
+    to_metal = cv2.distanceTransform((~metal).view(np.uint8), cv2.DIST_L2, 5)
+    # The coating grows over the tip: its share is taken of the rim near the apex
+    # (within three of the thickest coatings), not of a shaft that may cross the field.
+    rows_w, cols_w = np.ogrid[r0:r1, c0:c1]
+    near_apex = (rows_w - apex[0]) ** 2 + (cols_w - apex[1]) ** 2 <= (3 * most + blur) ** 2
+    rim = (to_metal <= 1.5) & free & near_apex
+
+    def band(level: float) -> tuple[np.ndarray, float | None]:
+        """Pixels darker than ``level`` and the band's thickness (None: no band)."""
+        grey = (local < level) & free
+        # Noise leaves pinholes in a faint band at low dose: closed, they do not cut
+        # its runs short.
+        grey = cv2.morphologyEx(grey.view(np.uint8), cv2.MORPH_CLOSE, _disc(1)).view(
+            np.bool_) & free
+        to_vacuum = cv2.distanceTransform((grey | metal).view(np.uint8), cv2.DIST_L2, 5)
+        runs = (to_metal + to_vacuum)[rim & grey]
+        runs = runs[runs > max(layer_px, blur)]  # shorter: the metal's blurred edge
+        if runs.size < max(8, _COATING_MIN_RIM * np.count_nonzero(rim)):
+            return grey, None
+        return grey, min(float(np.quantile(runs, _COATING_QUANTILE)), most)
+
+    grey, rough = band(faint)
+    exclude = core.copy()
+    contact = core.copy()
+    # Past the coating's edge, its blurred rim is lighter than the particles'
+    # threshold; a particle pressed on the coating is darker there, and stays whole.
+    tail = grey & (local >= threshold)
+    if rough is None:
+        exclude[window] |= (grey & (to_metal <= layer_px)) | (tail & (to_metal <= layer_px + blur))
+        contact[window] |= grey & (to_metal <= layer_px) & (local < threshold)
+        return exclude, contact
+    inside = grey & (to_metal > blur) & (to_metal <= rough)
+    level = float(np.median(local[inside])) if inside.any() else float(threshold)
+    half = (level + _VACUUM) / 2.0
+    wider, thickness = band(half)
+    # The faint level's runs reach past the edge by the blurred rim at most. At low
+    # dose the faint level sits near the coating's own level (4 noise sigmas below
+    # the vacuum) and its band is riddled with noise; half-way is then lighter and
+    # the band whole.
+    thickness = max(thickness if thickness is not None else 0.0, rough - blur)
+    if half > faint:
+        grey = wider
+        tail = grey & (local >= threshold)
+    exclude[window] |= (grey & (to_metal <= thickness + 0.5)) | (
+        tail & (to_metal <= thickness + blur))
+    contact[window] |= grey & (to_metal <= thickness + 0.5)
+    return exclude, contact
+
+
+def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: np.ndarray,
+                   smoothing_px: float) -> np.ndarray:
+    """The kept regions cut back to where they are half as dark as their own rim.
+
+    A blurred edge crosses half-way between the two levels it separates exactly at the
+    edge, whatever the contrast: each region's rim level is read just inside its
+    outline, past the blur, and its boundary drawn at half-way between that level and
+    the vacuum. The outline near the vacuum (which finds faint particles and keeps a
+    clump in one piece) lies a blur width outside the particles, by a share of the
+    area that changes as they swell. ``smoothing_px``: the Gaussian sigma ``flat`` was
+    smoothed at (analysis px), which sets how far in the blur reaches.
+    """
+    grown = keep[components]
+    inner = cv2.distanceTransform(grown.view(np.uint8), cv2.DIST_L2, 5)
+    blur = _blur_width(smoothing_px)
+    ring = (inner > blur) & (inner <= blur + 2.0)
+    ids = components[ring]
+    total = np.bincount(ids, weights=flat[ring].astype(np.float64), minlength=count)
+    number = np.bincount(ids, minlength=count)
+    rim = np.full(count, np.nan)
+    np.divide(total, number, out=rim, where=number > 0)
+    # Regions too small to have a rim beyond the blur keep their outline.
+    cut = np.where(np.isfinite(rim), (rim + _VACUUM) / 2.0, float(_VACUUM))
+    cut[0] = 0.0
+    result: np.ndarray = grown & (flat < cut[components])
+    return result
+
+
+def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: AnalysisConfig,
+              binning: int, threshold: int) -> np.ndarray:
+    """bool per label (index 0 unused): the particle meets the needle's outer surface.
+
+    A particle touches the needle when its pixels at the particles' threshold
+    (``threshold``, between particle and vacuum) come within ``needle_contact_px`` of
+    the needle's outer surface (``needle.contact``, the coating's edge at half its
+    contrast). The particle's outline, nearer the vacuum, and the coating's blurred
+    rim would bridge a gap of two blur widths (contact reported 1 s early at 1 nm/px).
+    """
+    from ._measure import _contact_kernel
+
+    hit = np.zeros(int(labels.max()) + 1, np.bool_)
+    surface = needle.contact if needle.contact is not None else needle.mask
+    if not surface.any() or hit.size == 1:
+        return hit
+    contact_px = int(config.needle_contact_px)
+    reach: np.ndarray = surface.view(np.uint8)
+    if contact_px > 0:
+        # A gap under a pixel and a half is below what the blur resolves: a one-pixel
+        # reach takes the diagonal neighbours too (at 2 e/A^2/s the coating's noisy
+        # edge left a pressed particle 1.4 px away in a third of the frames).
+        kernel = (np.ones((3, 3), np.uint8) if contact_px == 1 and binning == 1
+                  else _contact_kernel(contact_px, binning))
+        reach = cv2.dilate(reach, kernel)
+    near = reach.view(np.bool_) & (flat < threshold)
+    hit[labels[near]] = True
+    hit[0] = False
+    return hit
+
+
+def _grid_rim(band: np.ndarray, flat: np.ndarray, config: AnalysisConfig,
+              binning: int) -> np.ndarray:
+    """The grid bars with their blurred rim, but not the particles pressed on them.
+
+    A pixel at distance x beyond a straight opaque edge reads ``Phi(x / sigma)`` of what
+    it would read without the edge (a Gaussian blur of sigma ``sigma``: smoothing and
+    optics); the opaque threshold puts the edge's contour half a sigma inside the edge.
+    Divided by that, a rim pixel reads its own transmission: vacuum (the bar's rim) or
+    darker than the particles' threshold (a particle hanging from the bar, kept whole:
+    the rim taken as grid everywhere cut a band from the cluster along the bar, longer
+    as it swelled, and A/A0 fell 4-6 % behind the truth).
+    """
+    sigma = math.hypot(config.smoothing_sigma_px / binning, 1.0)
+    reach = max(config.grid_rim_px / binning, _blur_rim(config, binning))
+    distance = cv2.distanceTransform((~band).view(np.uint8), cv2.DIST_L2, 3)
+    rim = (distance > 0) & (distance <= reach)
+    from scipy.special import ndtr  # scikit-image's dependency, imported with it
+
+    x = (distance[rim] - 0.5) / sigma - 0.52  # from the edge itself, in sigmas
+    response = ndtr(x)
+    threshold = _particle_threshold(flat, band, config)
+    own = flat[rim] / np.maximum(response, 1e-3)
+    grid = band.copy()
+    grid[rim] = (response < 0.5) | (own >= threshold)
+    return grid
+
+
+def _blur_rim(config: AnalysisConfig, binning: int) -> float:
+    """How far (analysis pixels) the blurred edge of an opaque object stays darker than
+    the particles' outline threshold: 1.64 sigma of the smoothing and the optics (a
+    pixel) beyond the edge, which the opaque threshold puts half a sigma inside it,
+    and a pixel for the noise."""
+    return _blur_width(config.smoothing_sigma_px / binning)
+
+
+def _blur_width(smoothing_px: float) -> float:
+    """``_blur_rim`` for a frame smoothed at a Gaussian sigma of ``smoothing_px``
+    (analysis px)."""
+    return 2.2 * math.hypot(smoothing_px, 1.0) + 1.0
+
+
+def _vacuum_noise(flat: np.ndarray, threshold: int, smoothing_px: float) -> float:
+    """Standard deviation of the flattened frame's noise in the vacuum, grey levels.
+
+    From differences of horizontal neighbours that are both vacuum (at or above the
+    particle ``threshold``), so slow residues of the flattening do not count; the
+    smoothing correlates neighbours, ``rho = exp(-1 / (4 s^2))`` for a Gaussian of
+    sigma ``s``, and the difference of two has variance ``2 sigma^2 (1 - rho)``.
+    """
+    # Every fourth row: a quarter of a million pairs at 1024x1024 px is plenty for a
+    # median, and the whole frame cost 70 ms.
+    pixels = flat[::_NOISE_ROW_STEP].astype(np.int16)
+    left, right = pixels[:, :-1], pixels[:, 1:]
+    both = (left >= threshold) & (right >= threshold)
+    if np.count_nonzero(both) < 64:
+        return 0.0
+    differences = (left - right)[both]
+    mad = float(np.median(np.abs(differences - np.median(differences))))
+    rho = math.exp(-1.0 / (4.0 * smoothing_px**2)) if smoothing_px > 0 else 0.0
+    return 1.4826 * mad / math.sqrt(max(2.0 * (1.0 - rho), 1e-6))
 
 
 def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
@@ -386,46 +734,6 @@ def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     return float(peaks[order][int(np.searchsorted(cumulative, cumulative[-1] / 2))])
 
 
-def _grow_to_own_contrast(flat: np.ndarray, foreground: np.ndarray, needle: np.ndarray,
-                          threshold: int, config: AnalysisConfig, *,
-                          reach_px: float) -> np.ndarray:
-    """Each region grown to half its own contrast, within ``reach_px`` of it.
-
-    One threshold for the frame (Otsu's) sits half-way between the vacuum and the
-    particles' typical darkness, so a fainter particle (diffraction contrast: each
-    crystal its own darkness; a light amorphous shell) is cut inside its outline.
-    Each region's own level is the median of its pixels; its outline is where the
-    frame crosses half-way from there to the vacuum, never nearer the vacuum than the
-    noise cap and never inside the frame's threshold.
-    """
-    from scipy import ndimage
-
-    count, components = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8)
-    if count <= 1:
-        return foreground
-    cap = _particle_threshold(flat, needle, config, capped=True, noise_led=True)
-    inside = components > 0
-    levels = np.asarray(ndimage.median(flat[inside], components[inside], np.arange(1, count)),
-                        np.float64)
-    own = np.clip(np.round((levels + _VACUUM) / 2), threshold, max(threshold, cap))
-    lookup = np.zeros(count, np.float32)
-    lookup[1:] = own
-    # Each pixel within reach of a region takes the nearest region's threshold.
-    distance, nearest = cv2.distanceTransformWithLabels(
-        (~foreground).view(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP)
-    region_of = np.zeros(int(nearest.max()) + 1, np.int32)
-    region_of[nearest[foreground]] = components[foreground]
-    local = lookup[region_of[nearest]]
-    grown = (flat < local) & (distance <= reach_px) & ~needle
-    # Keep only what connects to a region.
-    joined = cv2.connectedComponents((grown | foreground).view(np.uint8), connectivity=8)[1]
-    touched = np.zeros(int(joined.max()) + 1, np.bool_)
-    touched[joined[foreground]] = True
-    touched[0] = False
-    result: np.ndarray = touched[joined]
-    return result
-
-
 def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     """``mask`` with its enclosed background pockets under ``max_area`` filled: a
     particle's bright facet, thin spot or Fresnel fringe is part of it, while a larger
@@ -492,6 +800,12 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     ``from_image``: no pixel size is known, so the smoothing, the minimum area and the
     splitting distance follow the particle radius measured here (a first pass at the
     configured smoothing) rather than the configured lengths.
+
+    On the frame smoothed at that scale, particles are seeded below the noise-capped
+    Otsu threshold, outlined where they rise into the vacuum's fluctuation and cut back
+    to half their own rim contrast (:func:`_half_contrast`): the outline then stays on
+    each particle's edge whatever its darkness, whether a crystal's diffraction
+    contrast or a particle lightening as it lithiates.
     """
     flat = prepared.flat
     b = prepared.binning
@@ -521,7 +835,6 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         else:
             flat = base
             threshold = _particle_threshold(flat, needle, config)
-        foreground = (flat < threshold) & ~needle
         if not from_image:
             break
         # Smoothed at the particles' scale, fragments of a faint particle join up:
@@ -536,20 +849,45 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         if not grew:
             break
     scale = _sizes(radius, config, b, from_image)
-    if from_image and radius > 0:
-        foreground = _grow_to_own_contrast(flat, foreground, needle, threshold, config,
-                                           reach_px=2 * scale.smoothing_sigma_px)
-    if radius > 0:
-        foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
+    sigma = scale.smoothing_sigma_px
+    # Particles are found at the threshold (seeds) and outlined where they rise into
+    # the vacuum's fluctuation (hysteresis), then each is cut back to half its own
+    # rim contrast (_half_contrast). A threshold between the classes' means cuts a
+    # particle inside its blurred rim, and deeper as lithiation makes it lighter
+    # (a rim from 0.6 to 0.7 of vacuum moved that outline 1.1 px; near the vacuum,
+    # 0.3 px), which biased A/A0 by 8 % over a swelling; on real crystals, each its
+    # own darkness, it cut the fainter ones inside their outline. The outline clears
+    # both the pixel noise (neighbour differences) and the support's texture (the
+    # histogram's spread, in the noise cap), so that it never wanders into either.
+    outline = max(threshold, min(
+        round(_VACUUM * (1.0 - _OUTLINE_MIN_CONTRAST)
+              - _OUTLINE_NOISE_SIGMAS * _vacuum_noise(flat, threshold, sigma)),
+        _particle_threshold(flat, needle, config, noise_led=True)))
+    foreground = (flat < outline) & ~needle
     count, components, stats, _ = _components(foreground.view(np.uint8))
-    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    x, y, w, h = (stats[:, i] for i in range(4))
     rows, cols = flat.shape
     # A particle cut by the frame edge shows only part of its area: it is kept down
     # to the size of a noise speck.
+    x, y, w, h = (stats[:, i] for i in range(4))
     cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
-    keep = areas >= np.where(cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX),
-                             scale.min_area_px)
+    min_area = np.where(cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
+    # Seeded by a quarter of a smallest particle below the threshold, so that a patch
+    # of vacuum a little off its level is not grown into a particle.
+    seeds = np.bincount(components[(flat < threshold) & foreground], minlength=count)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= min_area) & (seeds >= min_area / 4)
+    keep[0] = False
+    if not keep.any():
+        return np.zeros(flat.shape, np.int32), radius
+    foreground = _half_contrast(flat, components, count, keep, sigma)
+    if radius > 0:
+        foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
+    # Labelled again: holes filled join their particle, and a sliver the cut-back
+    # left is judged on its own size.
+    count, components, stats, _ = _components(foreground.view(np.uint8))
+    x, y, w, h = (stats[:, i] for i in range(4))
+    cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
+    keep = stats[:, cv2.CC_STAT_AREA] >= np.where(
+        cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     keep[0] = False
     if not keep.any():
         return np.zeros(flat.shape, np.int32), radius

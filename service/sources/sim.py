@@ -58,29 +58,21 @@ __all__ = ["SCENARIOS", "Scenario", "SimConfig", "SimulatedSource"]
 # (thickness maps, Fresnel fringes) replaces them with physics rather than knobs.
 _PSF_SIGMA_PX = 0.8
 """Point-spread function of the microscope plus camera (Gaussian sigma, pixels)."""
-_PARTICLE_EDGE_TRANSMISSION = 0.62
-_PARTICLE_CENTRE_TRANSMISSION = 0.45
-"""Bright-field transmission of pristine Si at the rim and at the centre of a particle."""
 _LITHIATED_TRANSMISSION_GAIN = 0.10
 """How much lighter a fully lithiated particle is (LixSi is less dense than Si)."""
-_NEEDLE_TRANSMISSION = 0.06
-"""The tungsten needle is nearly opaque."""
-_LAYER_TRANSMISSION = 0.78
-"""The LiOx layer on the needle tip: low-Z, thin, light grey."""
 _CONTACT_OVERLAP_PX = 1.0
 """While in contact, the layer presses this far into the particle, so they touch."""
 _SNAP_GAP_NM = 4.0
 """On withdrawal the needle snaps free: the gap jumps to this before it grows."""
-_PARTICLE_OVERLAP = 0.95
-"""Neighbouring particle centres sit at this fraction of the sum of their radii."""
-_MIN_PARTICLE_SEPARATION = 0.8
-"""Non-neighbours may not come closer than this fraction of the sum of their radii."""
-_GRID_TRANSMISSION = 0.03
-"""The copper grid bar is opaque."""
 _FRINGE_SIGMA_PX = 1.5
 """Width of the Fresnel fringe (the defocus spread), Gaussian sigma in pixels."""
 _HOT_PIXEL_GAIN = (3.0, 12.0)
-"""Hot pixels read this many times the vacuum level (uniform range)."""
+"""Hot pixels read this many times the vacuum level (uniform range), unless they
+saturate (``hot_pixels_saturate``)."""
+_SATURATED_COUNTS = 65535
+"""What a saturated pixel of the uint16 camera reads."""
+_EDGES = ("left", "right", "top", "bottom")
+"""Image edges, for the needle and the grid bar."""
 _SWELLING_PER_X = 2.8 / 3.75
 """Relative volume increase per Li per Si: Li15Si4 (x = 3.75) is +280 % (Obrovac and
 Krause 2007); used only to report the truth's lithium content x."""
@@ -170,7 +162,7 @@ class SimConfig:
     particle_diameter_nm: tuple[float, float] = (25.0, 55.0)
     """Range of pristine particle diameters (drawn uniformly)."""
     needle_edge: str = "left"
-    """Image edge the needle enters from: ``left`` or ``top``."""
+    """Image edge the needle enters from: ``left``, ``right``, ``top`` or ``bottom``."""
     needle_angle_deg: float = 0.0
     """Tilt of the needle axis away from the edge normal (-30..30)."""
     needle_tip_radius_nm: float = 6.0
@@ -179,6 +171,25 @@ class SimConfig:
     """Half-angle of the conical needle shaft."""
     needle_layer_nm: float = 2.0
     """Thickness of the LiOx layer at the tip apex."""
+    needle_layer_length_nm: float = 0.0
+    """How far back from the apex the LiOx layer covers the needle at its full
+    thickness (then it ends). 0: it thins from the apex to nothing three tip radii back."""
+    needle_transmission: float = 0.06
+    """Bright-field transmission of the tungsten needle (nearly opaque)."""
+    layer_transmission: float = 0.78
+    """Transmission of the LiOx layer on the needle (low-Z: light grey)."""
+    particle_edge_transmission: float = 0.62
+    """Transmission of pristine Si at the rim of a particle."""
+    particle_centre_transmission: float = 0.45
+    """Transmission of pristine Si through the centre of a particle (thickest there)."""
+    particle_overlap: float = 0.95
+    """Neighbouring particle centres sit at this fraction of the sum of their radii
+    (below 1: they overlap in projection, as in a 3-D clump)."""
+    min_particle_separation: float = 0.8
+    """Non-neighbours may not come closer than this fraction of the sum of their radii."""
+    overlap_darkening: bool = False
+    """Where particles overlap in projection their absorptions add (the transmission is
+    the product: a 3-D clump is darker where two overlap); False: the darker one shows."""
     approach_distance_nm: float = 40.0
     """Gap between needle and cluster at t = 0; closed at constant speed by ``contact_s``."""
     withdraw_speed_nm_per_s: float = 20.0
@@ -216,11 +227,24 @@ class SimConfig:
     smooth back-and-forth, so that the cluster stays in view)."""
     hot_pixel_fraction: float = 0.0
     """Fraction of camera pixels that read several times the vacuum level, always."""
+    hot_pixels_saturate: bool = False
+    """Hot pixels read the camera's full scale (single saturated pixels)."""
+    dead_pixel_fraction: float = 0.0
+    """Fraction of camera pixels that read the dark level, always."""
+    stage_jumps: int = 0
+    """Sudden stage jumps during the movie (at random frames, random directions)."""
+    stage_jump_px: float = 0.0
+    """Length of each stage jump, pixels."""
     core_contrast: float = 0.0
     """How much darker (relative transmission) the unlithiated crystalline core is than
     the amorphous lithiated shell; the core shrinks as lithium comes in."""
     grid_bar: bool = False
-    """An opaque copper grid bar along the edge opposite the needle, touching the cluster."""
+    """An opaque copper grid bar along ``grid_edge``, touching the cluster."""
+    grid_edge: str = "opposite"
+    """The edge the grid bar runs along: ``opposite`` the needle, or any other edge by
+    name (``left``, ``right``, ``top``, ``bottom``; not the needle's)."""
+    grid_transmission: float = 0.03
+    """Transmission of the copper grid bar (opaque)."""
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
@@ -234,10 +258,21 @@ class SimConfig:
                             "lithiation_rate_per_s", "diffusion_rate_per_s",
                             "delithiation_rate_per_s", "max_area_swelling", "contact_s",
                             "onset_bias_v", "fresnel_fringe", "drift_px_per_frame",
-                            "drift_amplitude_nm", "hot_pixel_fraction", "core_contrast")
-        if self.hot_pixel_fraction > 0.01:
+                            "drift_amplitude_nm", "hot_pixel_fraction", "core_contrast",
+                            "needle_layer_length_nm", "dead_pixel_fraction", "stage_jumps",
+                            "stage_jump_px")
+        for name in ("hot_pixel_fraction", "dead_pixel_fraction"):
+            if getattr(self, name) > 0.01:
+                raise ConfigError(f"Expected {name} <= 0.01. Got {getattr(self, name)!r}.")
+        for name in ("needle_transmission", "layer_transmission", "grid_transmission",
+                     "particle_edge_transmission", "particle_centre_transmission"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"Expected {name} in 0..1. Got {value!r}.")
+        if not 0.3 <= self.min_particle_separation <= self.particle_overlap <= 1.0:
             raise ConfigError(
-                f"Expected hot_pixel_fraction <= 0.01. Got {self.hot_pixel_fraction!r}."
+                "Expected 0.3 <= min_particle_separation <= particle_overlap <= 1. Got "
+                f"{self.min_particle_separation!r} and {self.particle_overlap!r}."
             )
         if self.core_contrast >= 1:
             raise ConfigError(f"Expected core_contrast < 1. Got {self.core_contrast!r}.")
@@ -252,8 +287,13 @@ class SimConfig:
                 f"Expected particle_diameter_nm as (low, high) with 0 < low <= high. "
                 f"Got {self.particle_diameter_nm}."
             )
-        if self.needle_edge not in ("left", "top"):
-            raise ConfigError(f"Expected needle_edge 'left' or 'top'. Got {self.needle_edge!r}.")
+        if self.needle_edge not in _EDGES:
+            raise ConfigError(
+                f"Expected needle_edge one of {', '.join(_EDGES)}. Got {self.needle_edge!r}.")
+        if self.grid_edge not in ("opposite", *_EDGES) or self.grid_edge == self.needle_edge:
+            raise ConfigError(
+                f"Expected grid_edge 'opposite' or an edge other than the needle's "
+                f"({self.needle_edge}). Got {self.grid_edge!r}.")
         if not -30.0 <= self.needle_angle_deg <= 30.0:
             raise ConfigError(f"Expected needle_angle_deg in -30..30. Got {self.needle_angle_deg}.")
         if not 0.0 < self.needle_taper_deg < 45.0:
@@ -316,11 +356,11 @@ def _place_cluster(
         for _ in range(64):
             j = int(rng.integers(i))
             angle = rng.uniform(0.0, 2.0 * math.pi)
-            candidate = centres[j] + _PARTICLE_OVERLAP * (radii[i] + radii[j]) * np.array(
+            candidate = centres[j] + config.particle_overlap * (radii[i] + radii[j]) * np.array(
                 [math.sin(angle), math.cos(angle)]
             )
             gaps = np.hypot(*(centres[:i] - candidate).T)
-            if np.any(gaps < _MIN_PARTICLE_SEPARATION * (radii[:i] + radii[i])):
+            if np.any(gaps < config.min_particle_separation * (radii[:i] + radii[i])):
                 continue
             distance = float(np.hypot(*(candidate - centres[:i].mean(axis=0))))
             if distance < best_distance:
@@ -443,6 +483,15 @@ def _evolve(
     return state
 
 
+def _grid_side(config: SimConfig) -> tuple[int, int]:
+    """The grid bar's axis (0 rows, 1 cols) and side (+1 the far end of it, -1 index 0)."""
+    edge = config.grid_edge
+    if edge == "opposite":
+        edge = {"left": "right", "right": "left", "top": "bottom",
+                "bottom": "top"}[config.needle_edge]
+    return {"left": (1, -1), "right": (1, 1), "top": (0, -1), "bottom": (0, 1)}[edge]
+
+
 class _Scene:
     """Geometry of the experiment at every frame, precomputed; no pixels here."""
 
@@ -455,11 +504,13 @@ class _Scene:
         offsets, self.radii_px, self.adjacency = _place_cluster(config, rng)
 
         angle = math.radians(config.needle_angle_deg)
-        if config.needle_edge == "left":
-            self.axis = np.array([math.sin(angle), math.cos(angle)])
-        else:
-            self.axis = np.array([math.cos(angle), -math.sin(angle)])
+        inward = {"left": (0.0, 1.0), "right": (0.0, -1.0), "top": (1.0, 0.0),
+                  "bottom": (-1.0, 0.0)}[config.needle_edge]
+        # The edge normal (pointing into the frame) turned by the needle's tilt.
+        self.axis = np.array([inward[0] * math.cos(angle) + inward[1] * math.sin(angle),
+                              inward[1] * math.cos(angle) - inward[0] * math.sin(angle)])
         normal = np.array([-self.axis[1], self.axis[0]])
+        self.grid_dim, self.grid_sign = _grid_side(config)
 
         # The cluster sits at the far side from the needle, centred across its axis,
         # sized for its most swollen state so that it never leaves the field.
@@ -474,7 +525,8 @@ class _Scene:
                           (spread + swollen[:, None]).max(axis=0))
         self.drift_amplitude_px = (config.drift_amplitude_nm / px
                                    if config.drift_px_per_frame > 0 else 0.0)
-        margin = 0.04 * np.array([rows, cols]) + self.drift_amplitude_px
+        self.wander_px = self.drift_amplitude_px + config.stage_jumps * config.stage_jump_px
+        margin = 0.04 * np.array([rows, cols]) + self.wander_px
         room = np.array([rows, cols]) - 2 * margin - (high - low)
         if np.any(room < 0):
             raise ConfigError(
@@ -482,14 +534,32 @@ class _Scene:
                 f"does not fit in a {rows}x{cols} frame at {px} nm/px. Reduce particle_count "
                 "or particle_diameter_nm, or enlarge shape."
             )
-        # Far along the axis, centred across it.
-        along = np.abs(self.axis) > 0.5
-        shift = margin - low + np.where(along, room, room / 2.0)
+        # Far along the needle's axis, centred across it; beside a grid bar on a side
+        # edge, a fifth of the room from it (it hangs from the bar).
+        inward_dim = 1 if config.needle_edge in ("left", "right") else 0
+        place = np.full(2, 0.5)
+        place[inward_dim] = 1.0 if inward[inward_dim] > 0 else 0.0
+        if config.grid_bar and self.grid_dim != inward_dim:
+            place[self.grid_dim] = 0.8 if self.grid_sign > 0 else 0.2
+        shift = margin - low + room * place
         self.centres = offsets + shift
+        self.normal = normal
 
-        # The needle touches the particle it meets first along its axis.
-        reach = self.centres @ self.axis - self.radii_px
-        self.source = int(np.argmin(reach))
+        # The needle aims at the foremost particle's centre; with a wide tip another
+        # particle beside it may be met first: the one whose surface the coated tip
+        # (a disc) reaches first moving along the axis is the one touched.
+        tip_radius_px = config.needle_tip_radius_nm / px
+        layer_px = config.needle_layer_nm / px
+        front = int(np.argmin(self.centres @ self.axis - self.radii_px))
+        self.aim = self.centres[front] - self.axis * float(self.centres[front] @ self.axis)
+        lateral = np.abs((self.centres - self.centres[front]) @ normal)
+        self.lateral_px = lateral
+        reach_radius = tip_radius_px + layer_px + self.radii_px
+        met = lateral < reach_radius
+        along_at_contact = np.where(
+            met, self.centres @ self.axis - np.sqrt(np.clip(reach_radius**2 - lateral**2, 0, None)),
+            np.inf)
+        self.source = int(np.argmin(along_at_contact))
         if config.diffusion_coefficient_cm2_per_s is not None:
             radius_cm = self.radii_px[self.source] * px * 1e-7
             self.rate_per_s = math.pi**2 * config.diffusion_coefficient_cm2_per_s / radius_cm**2
@@ -501,14 +571,15 @@ class _Scene:
         """The apparent D of the touched particle: its filling rate read through the
         slowest mode of diffusion into a sphere, ``k = pi^2 D / r0^2`` (Crank 1975, 6.3)."""
 
-        # The copper grid bar along the far edge, its inner edge pressed 1 px into the
-        # farthest pristine particle: the cluster hangs from it.
-        self.grid_dim = 1 if config.needle_edge == "left" else 0
+        # The copper grid bar along its edge, its inner edge pressed 1 px into the
+        # pristine particle nearest that edge: the cluster hangs from it.
         self.grid_start_px = math.inf
         if config.grid_bar:
-            far = float((self.centres[:, self.grid_dim] + self.radii_px).max())
-            self.grid_start_px = far - 1.0
-            if config.shape[self.grid_dim] - self.grid_start_px - self.drift_amplitude_px < 8:
+            d, sign = self.grid_dim, self.grid_sign
+            far = float((sign * self.centres[:, d] + self.radii_px).max())
+            self.grid_start_px = sign * (far - 1.0)
+            width = (config.shape[d] - self.grid_start_px if sign > 0 else self.grid_start_px)
+            if width - self.wander_px < 8:
                 raise ConfigError("No room for the grid bar beside the cluster; enlarge shape.")
 
         times_s = np.arange(config.frame_count) / config.fps
@@ -539,13 +610,18 @@ class _Scene:
         self.gap_px = gap
         self.contact = (times_s >= config.contact_s) & (times_s < config.withdraw_s)
 
-        # Foremost point of the metal (the tip apex), per frame.
-        surface = self.centres[self.source] - self.axis * self.radii_t[:, self.source, None]
-        layer_px = config.needle_layer_nm / px
-        self.tip = surface - self.axis * (gap + layer_px)[:, None]
-        self.normal = normal
-        self.tip_radius_px = config.needle_tip_radius_nm / px
+        # Foremost point of the metal (the tip apex), per frame: the coated tip disc
+        # touches the source particle (radius as swollen, position as pushed) at the
+        # gap, on the aiming line.
+        source_centre = self.centres_t[:, self.source]
+        h = float(self.lateral_px[self.source])
+        touching = np.sqrt(np.clip((tip_radius_px + layer_px + self.radii_t[:, self.source])**2
+                                   - h * h, 0.0, None))
+        along = source_centre @ self.axis - touching - gap
+        self.tip = self.aim + self.axis * (along + tip_radius_px)[:, None]
+        self.tip_radius_px = tip_radius_px
         self.layer_px = layer_px
+        self.layer_length_px = config.needle_layer_length_nm / px
         self.taper = math.tan(math.radians(config.needle_taper_deg))
 
         # Smooth illumination: a tilt plus a gentle off-centre vignette, peak-to-peak
@@ -573,11 +649,21 @@ class _Scene:
             signs = np.where(rng.random(2) < 0.5, -1.0, 1.0)
             frames = np.arange(times_s.size, dtype=float)
             self.drift = amplitude * signs * np.sin(np.outer(frames, omega))
+        # Stage jumps: the whole specimen steps at random frames and stays there.
+        if config.stage_jumps and config.stage_jump_px > 0 and times_s.size > 1:
+            at = rng.integers(1, times_s.size, config.stage_jumps)
+            theta = rng.uniform(0.0, 2.0 * math.pi, config.stage_jumps)
+            for frame, direction in zip(at, theta, strict=True):
+                self.drift[frame:] += config.stage_jump_px * np.array(
+                    [math.sin(direction), math.cos(direction)])
 
         # Hot pixels: fixed to the camera, not the specimen.
         count = round(config.hot_pixel_fraction * rows * cols)
         self.hot_pixels = rng.choice(rows * cols, size=count, replace=False)
         self.hot_gain = rng.uniform(*_HOT_PIXEL_GAIN, size=count).astype(np.float32)
+        dead = round(config.dead_pixel_fraction * rows * cols)
+        self.dead_pixels = (rng.choice(rows * cols, size=dead, replace=False) if dead
+                            else np.zeros(0, np.int64))
 
     def phase(self, index: int) -> str:
         t_s = self.times_s[index]
@@ -622,11 +708,18 @@ def _draw_needle(target: np.ndarray, scene: _Scene, index: int, *, core: float,
     shaft = np.array([centre + normal * rho, back + normal * (rho + far * taper),
                       back - normal * (rho + far * taper), centre - normal * rho])
     if thick > 0:
-        # Thickest at the apex, thinning to nothing three tip radii back.
-        length = 3.0 * rho
-        rear = centre - axis * length
-        coat = np.array([centre + normal * (rho + thick), rear + normal * (rho + length * taper),
-                         rear - normal * (rho + length * taper), centre - normal * (rho + thick)])
+        length = scene.layer_length_px
+        if length > 0:
+            # An even layer over the tip and back along the shaft for `length`.
+            rear = centre - axis * length
+            wide = rho + length * taper + thick
+        else:
+            # Thickest at the apex, thinning to nothing three tip radii back.
+            length = 3.0 * rho
+            rear = centre - axis * length
+            wide = rho + length * taper
+        coat = np.array([centre + normal * (rho + thick), rear + normal * wide,
+                         rear - normal * wide, centre - normal * (rho + thick)])
         cv2.fillPoly(target, [_points(coat)], layer, cv2.LINE_8, _SHIFT)
         cv2.circle(target, tuple(int(v) for v in _points(centre[None])[0]),
                    round((rho + thick) * (1 << _SHIFT)), layer, -1, cv2.LINE_8, _SHIFT)
@@ -643,6 +736,7 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     transmission = np.ones((rows, cols), np.float32)
     particles = np.zeros((rows, cols), np.bool_)
     owner = np.zeros((rows, cols), np.int16)
+    darkest_own = np.ones((rows, cols), np.float32)
     areas: list[int] = []
     lithium = scene.lithium[index]
     shift = scene.drift[index]
@@ -659,32 +753,40 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         inside = d2 <= radius * radius
         dome = np.sqrt(np.clip(1.0 - d2 / (radius * radius), 0.0, 1.0))
         gain = _LITHIATED_TRANSMISSION_GAIN * x
-        edge = _PARTICLE_EDGE_TRANSMISSION + gain
-        value = edge - (edge - _PARTICLE_CENTRE_TRANSMISSION - gain) * dome
+        edge = min(config.particle_edge_transmission + gain, 1.0)
+        centre_value = min(config.particle_centre_transmission + gain, 1.0)
+        value = edge - (edge - centre_value) * dome
         if config.core_contrast > 0 and core_radii[i] > 0:
             # The crystalline core diffracts more strongly: darker in bright field.
             value = np.where(d2 <= core_radii[i] ** 2,
                              value * np.float32(1.0 - config.core_contrast), value)
         window = transmission[r0:r1, c0:c1]
-        # Where particles overlap, the pixel shows (and belongs to) the darker one.
-        np.copyto(owner[r0:r1, c0:c1], np.int16(i + 1), where=inside & (value < window))
-        np.minimum(window, np.where(inside, value, 1.0), out=window)
+        darkest = darkest_own[r0:r1, c0:c1]
+        # Where particles overlap, the pixel belongs to the darker one; it shows the
+        # darker one, or with overlap_darkening both (absorptions add).
+        np.copyto(owner[r0:r1, c0:c1], np.int16(i + 1), where=inside & (value < darkest))
+        np.minimum(darkest, np.where(inside, value, 1.0), out=darkest)
+        if config.overlap_darkening:
+            np.multiply(window, np.where(inside, value, 1.0), out=window)
+        else:
+            np.minimum(window, np.where(inside, value, 1.0), out=window)
         particles[r0:r1, c0:c1] |= inside
         areas.append(int(np.count_nonzero(inside)))
 
-    _draw_needle(transmission, scene, index, core=_NEEDLE_TRANSMISSION, layer=_LAYER_TRANSMISSION)
+    _draw_needle(transmission, scene, index, core=config.needle_transmission,
+                 layer=config.layer_transmission)
     needle = np.zeros((rows, cols), np.uint8)
     _draw_needle(needle, scene, index, core=1, layer=1)
     hidden = needle.view(np.bool_)
     if config.grid_bar:
         start = scene.grid_start_px + shift[scene.grid_dim]
-        first = max(0, math.ceil(start))
-        if scene.grid_dim == 1:
-            transmission[:, first:] = _GRID_TRANSMISSION
-            hidden[:, first:] = True
+        if scene.grid_sign > 0:
+            bar = slice(max(0, math.ceil(start)), None)
         else:
-            transmission[first:, :] = _GRID_TRANSMISSION
-            hidden[first:, :] = True
+            bar = slice(0, max(0, math.floor(start) + 1))
+        region = (slice(None), bar) if scene.grid_dim == 1 else (bar, slice(None))
+        transmission[region] = config.grid_transmission
+        hidden[region] = True
     visible = particles & ~hidden
     owner[~visible] = 0
 
@@ -710,8 +812,11 @@ def _render(scene: _Scene, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     counts += np.float32(config.dark_level_counts + 0.5)  # +0.5: round, not truncate
     if scene.hot_pixels.size:
         counts.reshape(-1)[scene.hot_pixels] = (
+            np.float32(_SATURATED_COUNTS) if config.hot_pixels_saturate else
             scene.hot_gain * np.float32(scene.electrons * config.counts_per_electron)
             + np.float32(config.dark_level_counts))
+    if scene.dead_pixels.size:
+        counts.reshape(-1)[scene.dead_pixels] = np.float32(config.dark_level_counts)
     image = np.clip(counts, 0, 65535).astype(np.uint16)
 
     rr, cc = np.nonzero(owner)

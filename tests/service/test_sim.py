@@ -54,7 +54,7 @@ class TestConfig:
             {"fps": 0},
             {"shape": [8, 8]},
             {"contact_s": 30.0},
-            {"needle_edge": "right"},
+            {"needle_edge": "middle"},
             {"particle_diameter_nm": [50, 20]},
             {"particle_count": 0},
             {"dose_rate_e_per_a2_s": -1.0},

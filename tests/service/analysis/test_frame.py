@@ -127,8 +127,12 @@ def test_binned_measurements_match_the_upsampled_images(binning: int) -> None:
         result.labels, frame.image, needle_mask=result.needle_mask, pixel_size_nm=1.0,
         contact_px=config.at_pixel_size(1.0).needle_contact_px)
     assert set(reference) == set(result.particles)
+    # Contact is decided on the coating's outer edge, not on the mask particles leave
+    # out (which also holds the coating's blurred rim): compared in test_segment.
     for name, column in reference.items():
-        np.testing.assert_allclose(result.particles[name], column, rtol=1e-6, err_msg=name)
+        if name != "touches_needle":
+            np.testing.assert_allclose(result.particles[name], column, rtol=1e-6,
+                                       err_msg=name)
     np.testing.assert_array_equal(result.contacts, particle_contacts(result.labels))
     assert result.cluster["needle_area_px"] == np.count_nonzero(result.needle_mask)
     assert result.cluster["grid_area_px"] == np.count_nonzero(result.grid_mask)

@@ -286,3 +286,66 @@ class TestParticles:
             segment_particles(np.zeros((4, 4, 3)))
         with pytest.raises(ValueError, match="needle mask"):
             segment_particles(np.zeros((4, 4)), needle_mask=np.zeros((3, 3), bool))
+
+
+class TestBeyondOneSimulator:
+    """Needle, coating and grid read from the image, whatever their physics."""
+
+    @staticmethod
+    def frame(t_s: float, **physics: object) -> tuple:
+        # A field wide enough for a 40 nm coating and the approach beside the cluster.
+        config = SimConfig(shape=(384, 384), pixel_size_nm=1.0, fps=4.0, **physics)
+        source = SimulatedSource(config)
+        frame = source.render(round(t_s * config.fps))
+        return frame, analyze_frame(frame.image, pixel_size_nm=1.0)
+
+    @pytest.mark.parametrize("coating_nm", [0.0, 18.0, 40.0])
+    @pytest.mark.parametrize("t_s", [5.0, 40.0, 82.0])
+    def test_thick_coating_is_needle_and_contact_follows_its_edge(
+            self, coating_nm: float, t_s: float) -> None:
+        """A LiOx coating up to 40 nm on a wide rounded tip: before contact, pressed,
+        and withdrawn (the band was taken for particles touching the needle, and
+        contact was never lost)."""
+        frame, result = self.frame(t_s, needle_layer_nm=coating_nm, needle_tip_radius_nm=15.0,
+                                   needle_layer_length_nm=60.0, layer_transmission=0.7,
+                                   grid_bar=True)
+        assert result.cluster["needle_contact"] == frame.truth["needle_contact"]
+        assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"],
+                                                          rel=0.04)
+
+    def test_needle_found_at_low_dose_with_saturated_pixels(self) -> None:
+        frame, result = self.frame(40.0, dose_rate_e_per_a2_s=1.0, hot_pixel_fraction=2e-4,
+                                   hot_pixels_saturate=True, dead_pixel_fraction=1e-4)
+        assert result.cluster["needle_area_px"] > 0
+        assert result.cluster["needle_contact"] == frame.truth["needle_contact"]
+        assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"],
+                                                          rel=0.05)
+
+    @pytest.mark.parametrize("edge", ["left", "right", "top", "bottom"])
+    def test_grid_bar_on_any_edge_is_not_cluster(self, edge: str) -> None:
+        """Near-black particles overlapping in projection hang from the bar: the bar is
+        grid, the overlaps (darker than the opaque threshold) stay in the cluster."""
+        frame, result = self.frame(
+            30.0, needle_edge=edge, grid_bar=True, particle_centre_transmission=0.3,
+            particle_edge_transmission=0.4, particle_overlap=0.7, min_particle_separation=0.55,
+            overlap_darkening=True)
+        assert result.cluster["grid_area_px"] > 0
+        assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"],
+                                                          rel=0.04)
+        assert result.cluster["needle_contact"] == frame.truth["needle_contact"]
+
+    def test_dark_particle_cut_by_the_frame_edge_is_a_particle(self) -> None:
+        """Issue 15's rule: opaque and entering from an edge, but round, not a needle."""
+        shape = (200, 300)
+        transmission = np.ones(shape, np.float32)
+        cv2.circle(transmission, (0, 100), 40, 0.1, -1)  # centre on the left edge
+        cv2.circle(transmission, (150, 100), 30, 0.5, -1)
+        rng = np.random.default_rng(0)
+        image = rng.poisson(400.0 * cv2.GaussianBlur(transmission, (0, 0), 0.8)).astype(
+            np.float32)
+        result = analyze_frame(image)
+        assert result.cluster["needle_area_px"] == 0
+        cut = np.zeros(shape, np.uint8)
+        cv2.circle(cut, (0, 100), 40, 1, -1)
+        assert np.mean(result.labels[cut.view(np.bool_)] > 0) > 0.95
+        assert result.cluster["particle_count"] == 2
