@@ -7,8 +7,11 @@ Reproduces the outside tester's run of issue 19 on tcp loopback: random bytes, b
 headers, JSON bombs, number edge cases, odd session ids, echem abuse, oversized
 messages (one part over ``MAXMSGSIZE``; parts each under it but a total over the
 limit; extra parts), many sockets, quick connections and an oversized subscription,
-in rounds, each round followed by a valid session from its own socket. At the end it
-stops the service and re-reads every valid session's archive.
+in rounds, each round followed by a valid session from its own socket, with its own
+session token, which another socket tries to hijack halfway (issue 19 cases 8 and 9: a
+frame of another shape, ``seq=-1``, a duplicate, a stop, a start for the same id, echem
+naming it or no session; without the token and with a wrong one). At the end it stops
+the service and re-reads every valid session's archive.
 
 Reports messages and bytes sent, crashes (the service exited; it is then restarted and
 a start that dies too is counted), valid sessions intact (archive ``complete`` and
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -232,18 +236,54 @@ def oversized(limit_bytes: int, big_bytes: int) -> Iterator[Parts]:
 
 
 # -- the valid sessions ---------------------------------------------------------------
-def valid_session(push: zmq.Socket[Any], name: str, frames: np.ndarray, seq0: int) -> int:
+def hijack(name: str, image: np.ndarray, seq: int) -> list[Parts]:
+    """Case 8 and 9 of issue 19, aimed at another sender's open session: a frame of
+    another shape, a same-shape frame with ``seq=-1``, a duplicate frame, a stop, a
+    start for the same id and echem naming it or no session; each without the
+    session's token and again with a wrong one."""
+    other = np.zeros((image.shape[0] // 2, image.shape[1] // 2), image.dtype)
+    wrong = "not-the-owner-" + "w" * 24
+    out: list[Parts] = []
+    for token in (None, wrong):
+        def frame(img: np.ndarray, seq: int, token: str | None = token) -> Parts:
+            return list(encode(Frame(session_id=name, index=0, t_s=0.0, acquired_at=0.0,
+                                     shape=list(img.shape), dtype=img.dtype.name, seq=seq,
+                                     image=img, session_token=token)))
+        out += [
+            frame(other, seq + 1), frame(image, -1), frame(image, seq),
+            list(encode(SessionStop(session_id=name, frames_sent=1, session_token=token))),
+            list(encode(SessionStart(session_id=name, source="hijack", source_kind="sim",
+                                     t0_unix=0.0, live=False, session_token=token))),
+            [b"echem", header("echem", session_id=None, **(
+                {"session_token": token} if token else {})), b""],
+            [b"echem", header("echem", session_id=name, **(
+                {"session_token": token} if token else {})), b""],
+        ]
+    return out
+
+
+def valid_session(push: zmq.Socket[Any], name: str, frames: np.ndarray, seq0: int,
+                  attacker: zmq.Socket[Any]) -> tuple[int, int]:
+    """A whole session from an honest sender, with its own token; halfway through,
+    ``attacker`` sends :func:`hijack` at it. Returns (honest, hostile) messages sent."""
+    token = secrets.token_urlsafe(24)
     push.send_multipart(encode(SessionStart(session_id=name, source="bench:hostile",
                                             source_kind="sim", t0_unix=time.time(),
-                                            live=False, seq=seq0)))
+                                            live=False, seq=seq0, session_token=token)))
+    hostile = 0
     for i, image in enumerate(frames):
         push.send_multipart(encode(Frame(session_id=name, index=i, t_s=0.1 * i,
                                          acquired_at=time.time(), shape=list(image.shape),
                                          dtype=image.dtype.name, seq=seq0 + 1 + i,
-                                         image=image)), copy=False)
+                                         image=image, session_token=token)), copy=False)
+        if i == len(frames) // 2:
+            for parts in hijack(name, image, seq0 + 1 + i):
+                attacker.send_multipart(parts, copy=False)
+                hostile += 1
     push.send_multipart(encode(SessionStop(session_id=name, frames_sent=len(frames),
-                                           seq=seq0 + 1 + len(frames))))
-    return len(frames) + 2
+                                           seq=seq0 + 1 + len(frames),
+                                           session_token=token)))
+    return len(frames) + 2, hostile
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one linear run
@@ -370,11 +410,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - one linea
             frames = rng.integers(0, 65535, (args.frames, 64, 64), dtype=np.uint16)
             honest = ctx.socket(zmq.PUSH)
             honest.connect(service.frames)
+            thief = ctx.socket(zmq.PUSH)
+            thief.connect(service.frames)
             valid[name] = frames
-            count = valid_session(honest, name, frames, seq0=1 + 100 * r)
-            sent += count
+            count, stolen = valid_session(honest, name, frames, seq0=1 + 100 * r,
+                                          attacker=thief)
+            sent += count + stolen
             sent_bytes += frames.nbytes
             honest.close(linger=10_000)
+            thief.close(linger=10_000)
             read_results(0.5)
             check()
             print(f"round {r + 1}/{rounds}: {sent} messages, {sent_bytes / 2**20:.0f} MiB, "

@@ -345,8 +345,9 @@ def _barrage() -> list[list[bytes]]:
                                         session_token=ATTACKER_TOKEN), b""],
         ]
     messages += [[b"echem", header_of("echem", session_id=f"never-{i}",
-                                      session_token=ATTACKER_TOKEN, t_unix=[1.0] * 4000, bias_v=[0.0] * 4000,
-                                      current_a=[None] * 4000), b""] for i in range(20)]
+                                      session_token=ATTACKER_TOKEN, t_unix=[1.0] * 4000,
+                                      bias_v=[0.0] * 4000, current_a=[None] * 4000), b""]
+                 for i in range(20)]
     messages += [[bytes(rng.integers(0, 256, int(rng.integers(0, 64)), np.uint8))
                   for _ in range(int(rng.integers(1, 5)))] for _ in range(200)]
     return messages
