@@ -353,6 +353,27 @@ def _barrage() -> list[list[bytes]]:
     return messages
 
 
+def _peers(ctx: zmq.Context[Any], worker: Worker,
+           ) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Socket[Any]]:
+    """A watcher of everything the worker publishes, the valid sender, and the hostile
+    sender as another peer: ZeroMQ drops a peer that sends a part over MAXMSGSIZE (case
+    13), and with it what that peer had queued."""
+    watch = ctx.socket(zmq.SUB)
+    watch.setsockopt(zmq.SUBSCRIBE, b"")
+    watch.connect(worker.results_endpoint or "")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(worker.frames_endpoint or "")
+    attacker = ctx.socket(zmq.PUSH)
+    attacker.connect(worker.frames_endpoint or "")
+    return watch, push, attacker
+
+
+def _close(ctx: zmq.Context[Any], *sockets: zmq.Socket[Any]) -> None:
+    for sock in sockets:
+        sock.close(linger=0)
+    ctx.term()
+
+
 def test_worker_survives_the_barrage_and_the_valid_session_is_bit_identical(
         tmp_path: Path) -> None:
     frames = noisy_frames(12, shape=(16, 16))
@@ -361,15 +382,7 @@ def test_worker_survives_the_barrage_and_the_valid_session_is_bit_identical(
     ctx = zmq.Context()
     with WorkerThread(Worker(_config(tmp_path, echem_backlog_bytes=echem_budget))) as thread:
         worker = thread.worker
-        watch = ctx.socket(zmq.SUB)
-        watch.setsockopt(zmq.SUBSCRIBE, b"")
-        watch.connect(worker.results_endpoint or "")
-        push = ctx.socket(zmq.PUSH)
-        push.connect(worker.frames_endpoint or "")
-        # The hostile sender is another peer: ZeroMQ drops a peer that sends a part
-        # over MAXMSGSIZE (case 13), and with it what that peer had queued.
-        attacker = ctx.socket(zmq.PUSH)
-        attacker.connect(worker.frames_endpoint or "")
+        watch, push, attacker = _peers(ctx, worker)
         try:
             _until(watch, lambda m: isinstance(m, Heartbeat), "a heartbeat")
             push.send_multipart(encode(SessionStart(
@@ -395,10 +408,7 @@ def test_worker_survives_the_barrage_and_the_valid_session_is_bit_identical(
                           and m.counters.get("received", 0) >= len(frames), "the counts")
             assert thread._thread.is_alive()
         finally:
-            watch.close(linger=0)
-            push.close(linger=0)
-            attacker.close(linger=0)
-            ctx.term()
+            _close(ctx, watch, push, attacker)
         thread.maybe_raise()
         backlog = worker._echem_unattached
         assert backlog.nbytes <= echem_budget
@@ -442,13 +452,7 @@ def test_the_running_worker_loop_fuzzed_between_the_frames_of_a_valid_session(
     ctx = zmq.Context()
     sent = 0
     with WorkerThread(Worker(_config(tmp_path))) as thread:
-        watch = ctx.socket(zmq.SUB)
-        watch.setsockopt(zmq.SUBSCRIBE, b"")
-        watch.connect(thread.worker.results_endpoint or "")
-        push = ctx.socket(zmq.PUSH)
-        push.connect(thread.worker.frames_endpoint or "")
-        attacker = ctx.socket(zmq.PUSH)
-        attacker.connect(thread.worker.frames_endpoint or "")
+        watch, push, attacker = _peers(ctx, thread.worker)
 
         def send_frame(i: int) -> None:
             push.send_multipart(encode(Frame(
@@ -485,10 +489,7 @@ def test_the_running_worker_loop_fuzzed_between_the_frames_of_a_valid_session(
                             and m.session_id == "valid", "the valid session's close")
             assert thread._thread.is_alive()
         finally:
-            watch.close(linger=0)
-            push.close(linger=0)
-            attacker.close(linger=0)
-            ctx.term()
+            _close(ctx, watch, push, attacker)
         thread.maybe_raise()
     assert closed.frames_archived == len(frames)
     reader = ArchiveReader(closed.archive_path)
