@@ -71,6 +71,7 @@ from .protocol import (
     Frame,
     Heartbeat,
     Message,
+    MessageType,
     SessionClosed,
     SessionStart,
     SessionStop,
@@ -84,6 +85,8 @@ __all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 256
+_PUBLISHED_TOPICS = tuple(kind.value.encode() for kind in MessageType)
+"""Topics a subscription may name (or a prefix of): every message type."""
 _SKIP_WINDOW_S = 10.0
 _SKIP_ALERT_FRACTION = 0.25
 _SKIP_EVENT_INTERVAL_S = 60.0
@@ -340,9 +343,12 @@ class Worker:
         frames = self.context.socket(zmq.PULL)
         harden_socket(frames, max_part_bytes=self.config.limits.max_message_bytes,
                       receive_hwm=self.config.frame_hwm)
-        results = self.context.socket(zmq.PUB)
+        results = self.context.socket(zmq.XPUB)
         results.setsockopt(zmq.SNDHWM, self.config.results_hwm)
-        # What arrives on the results socket is subscriptions: a few bytes each.
+        # What arrives on the results socket is subscriptions: a few bytes each, and
+        # only those that can match a topic the worker publishes are taken
+        # (:meth:`_take_subscriptions`), so a subscriber holds a bounded set of them.
+        results.setsockopt(zmq.XPUB_MANUAL, 1)
         harden_socket(results, max_part_bytes=self.config.limits.subscription_bytes)
         if curve is not None:
             curve.apply(frames)
@@ -445,6 +451,8 @@ class Worker:
         poller = zmq.Poller()
         if self._pool is not None:
             poller.register(self._pool.socket, zmq.POLLIN)
+        assert self._results is not None
+        poller.register(self._results, zmq.POLLIN)
         while not stop.is_set():
             # Frames are taken (and archived at once) while the replay frames waiting
             # for analysis fit in analysis_backlog_bytes; past it ZeroMQ holds the
@@ -459,10 +467,36 @@ class Worker:
             self._analysis.complete()
             if self._pool is not None:
                 self._join_measured()
+            if self._results in ready:
+                self._take_subscriptions()
             if self._frames in ready:
                 self._drain()
             self._analyse_pending()
             self._tick()
+
+    def _take_subscriptions(self) -> None:
+        """Apply the subscriptions that can match a published topic (a prefix of one,
+        the empty prefix included); refuse the rest (``rejected_subscription``).
+
+        The results socket is an XPUB in manual mode: ZeroMQ hands each
+        (un)subscription to the worker instead of keeping it. Each is at most
+        ``limits.subscription_bytes``, and a subscriber can hold at most the prefixes of
+        the topic names, so no number of subscriptions makes the socket's memory grow.
+        """
+        assert self._results is not None
+        for _ in range(_MAX_BATCH):
+            try:
+                request = self._results.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, topic = request[:1], request[1:]
+            if kind not in (b"\x00", b"\x01") or not any(
+                    name.startswith(topic) for name in _PUBLISHED_TOPICS):
+                self._reject("subscription", f"subscription {request[:40]!r} matches no "
+                             "topic the worker publishes.")
+                continue
+            option = zmq.SUBSCRIBE if kind == b"\x01" else zmq.UNSUBSCRIBE
+            self._results.setsockopt(option, topic)
 
     def _drain(self) -> None:
         assert self._frames is not None

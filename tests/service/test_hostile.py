@@ -539,6 +539,36 @@ def test_results_socket_refuses_an_oversized_subscription(tmp_path: Path) -> Non
         thread.maybe_raise()
 
 
+def test_subscriptions_that_match_no_topic_are_refused_and_honest_ones_apply(
+        tmp_path: Path) -> None:
+    """Case 11's other half: a subscriber sending hundreds of distinct subscriptions.
+    Only prefixes of published topics are applied, so they cannot pile up in the
+    results socket; a prefix subscription (``heart``) and the empty one still work."""
+    ctx = zmq.Context()
+    with WorkerThread(Worker(_config(tmp_path))) as thread:
+        endpoint = thread.worker.results_endpoint or ""
+        honest = ctx.socket(zmq.SUB)
+        honest.setsockopt(zmq.SUBSCRIBE, b"heart")
+        honest.connect(endpoint)
+        junk = ctx.socket(zmq.XSUB)
+        junk.connect(endpoint)
+        everything = ctx.socket(zmq.SUB)
+        everything.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            _until(honest, lambda m: isinstance(m, Heartbeat), "a heartbeat")
+            for i in range(500):  # within the XSUB's send high-water mark
+                junk.send(b"\x01" + f"junk-{i}".encode())
+            junk.send(b"\x02not-a-subscription")
+            _until(honest, lambda m: isinstance(m, Heartbeat)
+                   and m.counters.get("rejected_subscription", 0) >= 501,
+                   "the refused subscriptions counted")
+            everything.connect(endpoint)
+            _until(everything, lambda m: isinstance(m, Heartbeat), "a heartbeat for ''")
+        finally:
+            _close(ctx, honest, junk, everything)
+        thread.maybe_raise()
+
+
 # -- the decoder fuzzed for every message type ----------------------------------------
 def _valid_headers() -> dict[str, dict[str, Any]]:
     image = np.zeros((4, 4), np.uint16)
