@@ -102,6 +102,34 @@ def run_one(scenario: str, seed: int, size: int) -> dict[str, Any]:
     return score(source, truth, cluster, particles, events, wall_s)
 
 
+def score_events(source: SimulatedSource, events: list[dict[str, Any]], *,
+                 missed: bool) -> dict[str, Any]:
+    """Alert latencies (detection frame minus true time), with ``missed`` a
+    ``<kind>_missed`` flag each; expansion onsets before their cause; false onsets."""
+    c = source.config
+    fps = c.fps
+    true_events = dict(source.truth_events())
+    out: dict[str, Any] = {}
+    cause_s = (c.contact_s if source.scenario.chemical or not source.scenario.bias_applied
+               else c.bias_on_s)
+    for kind in ("contact_made", "expansion_onset", "contact_lost", "contraction_onset"):
+        found = [e for e in events if e["kind"] == kind]
+        out[f"{kind}_latency_s"] = math.nan
+        if kind in true_events and found:
+            out[f"{kind}_latency_s"] = round(found[0]["frame"] / fps - true_events[kind], 2)
+        if missed:
+            out[f"{kind}_missed"] = int(kind in true_events and not found)
+    onsets = [e for e in events if e["kind"] == "expansion_onset"]
+    out["early_expansion_alerts"] = sum(e["t_s"] < cause_s for e in onsets)
+    false = 0
+    for kind in ("expansion_onset", "contraction_onset"):
+        count = sum(e["kind"] == kind for e in events)
+        false += max(0, count - (1 if kind in true_events else 0))
+    out["false_alerts"] = false
+    out["alerts"] = [f"{e['kind']}@{e['frame'] / fps:.1f}" for e in events]
+    return out
+
+
 def score(source: SimulatedSource, truth: dict[int, dict[str, Any]],
           cluster: dict[str, np.ndarray], particles: dict[str, np.ndarray],
           events: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -116,22 +144,7 @@ def score(source: SimulatedSource, truth: dict[int, dict[str, Any]],
     out: dict[str, Any] = {"frames": int(frames.size), "wall_s": round(wall_s, 1)}
 
     # Latencies: detection time (the frame the alert was raised at) minus true time.
-    cause_s = (c.contact_s if source.scenario.chemical or not source.scenario.bias_applied
-               else c.bias_on_s)
-    kinds = ("contact_made", "expansion_onset", "contact_lost", "contraction_onset")
-    for kind in kinds:
-        found = [e for e in events if e["kind"] == kind]
-        out[f"{kind}_latency_s"] = math.nan
-        if kind in true_events and found:
-            out[f"{kind}_latency_s"] = round(found[0]["frame"] / fps - true_events[kind], 2)
-    onsets = [e for e in events if e["kind"] == "expansion_onset"]
-    out["early_expansion_alerts"] = sum(e["t_s"] < cause_s for e in onsets)
-    false = 0
-    for kind in ("expansion_onset", "contraction_onset"):
-        count = sum(e["kind"] == kind for e in events)
-        false += max(0, count - (1 if kind in true_events else 0))
-    out["false_alerts"] = false
-    out["alerts"] = [f"{e['kind']}@{e['frame'] / fps:.1f}" for e in events]
+    out.update(score_events(source, events, missed=False))
 
     # Cluster area, relative to the frame before the true contact.
     reference = int(np.searchsorted(frames, round(c.contact_s * fps))) - 1
@@ -265,7 +278,6 @@ def score_draw(source: SimulatedSource, truth: dict[int, dict[str, Any]],
     """Latencies, false alerts, A/A0 error and contact state of one draw."""
     c = source.config
     fps = c.fps
-    true_events = dict(source.truth_events())
     order = np.argsort(cluster["frame"])
     frames = cluster["frame"][order].astype(int)
     measured = cluster["area_px"][order].astype(float)
@@ -273,22 +285,7 @@ def score_draw(source: SimulatedSource, truth: dict[int, dict[str, Any]],
     true_area = np.array([truth[i]["cluster_area_px"] for i in frames], float)
     true_contact = np.array([truth[i]["needle_contact"] for i in frames], bool)
     out: dict[str, Any] = {"frames": int(frames.size), "wall_s": round(wall_s, 1)}
-    cause_s = (c.contact_s if source.scenario.chemical or not source.scenario.bias_applied
-               else c.bias_on_s)
-    for kind in ("contact_made", "expansion_onset", "contact_lost", "contraction_onset"):
-        found = [e for e in events if e["kind"] == kind]
-        out[f"{kind}_latency_s"] = math.nan
-        if kind in true_events and found:
-            out[f"{kind}_latency_s"] = round(found[0]["frame"] / fps - true_events[kind], 2)
-        out[f"{kind}_missed"] = int(kind in true_events and not found)
-    onsets = [e for e in events if e["kind"] == "expansion_onset"]
-    out["early_expansion_alerts"] = sum(e["t_s"] < cause_s for e in onsets)
-    false = 0
-    for kind in ("expansion_onset", "contraction_onset"):
-        count = sum(e["kind"] == kind for e in events)
-        false += max(0, count - (1 if kind in true_events else 0))
-    out["false_alerts"] = false
-    out["alerts"] = [f"{e['kind']}@{e['frame'] / fps:.1f}" for e in events]
+    out.update(score_events(source, events, missed=True))
     reference = max(int(np.searchsorted(frames, round(c.contact_s * fps))) - 1, 0)
     ratio_error = (measured / measured[reference]) / (true_area / true_area[reference]) - 1.0
     out["area_ratio_median_error"] = float(np.median(np.abs(ratio_error)))
