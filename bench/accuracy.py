@@ -65,7 +65,7 @@ import numpy as np
 
 from lithoscope.service.analysis import SessionAnalyzer
 from lithoscope.service.archive import ArchiveReader
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources.base import SourceFrame
 from lithoscope.service.sources.sim import SCENARIOS, SimConfig, SimulatedSource
 from lithoscope.service.sources.sim_draws import draw_sim_config

@@ -84,8 +84,8 @@ def demo(
     """
     from .. import __version__
     from ..config import ServiceConfig
+    from ..live.session import run_local_session
     from ..protocol import Event
-    from ..session import run_local_session
     from ..sources.echem import SimulatedEchem
     from ..sources.sim import SimulatedSource
     from ._archive import show_session
@@ -256,7 +256,7 @@ def serve(
 
     from .. import __version__
     from ..config import load_config
-    from ..worker import Worker
+    from ..live.worker import Worker
 
     setup_logging(verbose)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: a service that seems
@@ -302,7 +302,7 @@ def measure(
     measurements back; the service joins them up in order. Start as many as there
     are spare cores; they may come and go during a session.
     """
-    from ..fanout import run_measurer
+    from ..live.fanout import run_measurer
 
     setup_logging(verbose)
     with friendly_errors():
@@ -358,8 +358,8 @@ def replay(
     With --connect, the running service archives it in its own folder under the name
     of --archive.
     """
+    from ..live.session import run_local_session
     from ..publisher import Publisher
-    from ..session import run_local_session
 
     setup_logging(verbose)
     with friendly_errors():

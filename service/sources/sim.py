@@ -980,7 +980,7 @@ class SimulatedSource(SourceBase):
         """Lithium atoms in each particle at times ``t_s``, shape (len(t_s), n).
 
         A particle's Si atoms are those of a sphere of its pristine radius at
-        49.94 atoms/nm^3 (:data:`lithoscope.service.echem.SILICON_ATOMS_PER_NM3`), and
+        49.94 atoms/nm^3 (:data:`lithoscope.service.operando.echem.SILICON_ATOMS_PER_NM3`), and
         it holds ``x`` Li per Si (the truth's ``particle_lithium_x``).
         """
         scene = self._scene
@@ -991,7 +991,7 @@ class SimulatedSource(SourceBase):
         return atoms
 
     def _atoms_per_fraction(self) -> np.ndarray:
-        from lithoscope.service.echem import silicon_atoms
+        from lithoscope.service.operando.echem import silicon_atoms
 
         scene = self._scene
         x_full = scene.volume_swelling / _SWELLING_PER_X
@@ -1012,7 +1012,7 @@ class SimulatedSource(SourceBase):
         the current is defined from the atom count, so it is the lithium the cluster
         gained, whatever the exchange did.
         """
-        from lithoscope.service.echem import ELEMENTARY_CHARGE_C
+        from lithoscope.service.operando.echem import ELEMENTARY_CHARGE_C
 
         c = self.config
         scene = self._scene

@@ -125,7 +125,7 @@ def test_demo_runs_the_scenario_it_is_given(monkeypatch: pytest.MonkeyPatch, tmp
         seen["echem"] = kwargs["echem"].name
         raise LithoscopeError("stopped by the test before any frame")
 
-    monkeypatch.setattr("lithoscope.service.session.run_local_session", run_local_session)
+    monkeypatch.setattr("lithoscope.service.live.session.run_local_session", run_local_session)
     done = runner.invoke(app, ["demo", "--scenario", scenario, "--no-monitor", "--sessions",
                                str(tmp_path)])
     assert done.exit_code == 1, done.output
