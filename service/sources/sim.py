@@ -5,12 +5,17 @@ lithiated by a tungsten needle:
 
 * bright vacuum with a smooth illumination gradient and a small per-frame
   brightness flicker;
-* silicon particles as grey discs (mass-thickness contrast, slightly darker in
-  the middle where they are thicker) touching each other in one connected cluster;
+* silicon particles touching each other in one connected cluster, drawn in one of
+  two looks (``SimConfig.particle_look``): grey discs (mass-thickness contrast,
+  slightly darker in the middle where they are thicker), or crystals as bright-field
+  TEM shows them (each its own darkness, moving bend contours and thickness fringes,
+  faceted or irregular outlines, amorphous shells; a textured support film and
+  separate particles beside the cluster, some cut by the frame edge);
 * an opaque tungsten needle entering from one edge, its tip coated with a thinner,
   lighter grey LiOx layer (the solid electrolyte). It approaches the cluster,
   touches it at ``contact_s``, a bias is applied at ``bias_on_s``, and it is
-  withdrawn at ``withdraw_s``;
+  withdrawn at ``withdraw_s`` (the ``no_needle`` scenario has no needle in view:
+  the first minutes of a session);
 * lithiation makes the particles swell: the touched particle first, its
   neighbours later and less (lithium diffuses through the contact network), the
   whole cluster contracting again after the needle is withdrawn;
@@ -31,9 +36,11 @@ at construction, so frames can be rendered in any order
 (:meth:`SimulatedSource.render`), and every frame carries its exact ground truth
 (``SourceFrame.truth``). The simulator never sleeps: the publisher paces frames.
 
-The image model is organised so that the physics can grow (particles pushing each
-other apart, thickness maps) by replacing :class:`_Scene` or :func:`_render`
-without touching the source interface.
+The simulator is four modules behind this one: :mod:`.sim_config` (the options,
+:class:`SimConfig`, and the scenarios, :data:`SCENARIOS`), :mod:`.sim_scene` (geometry
+and lithiation of every frame, no pixels), :mod:`.sim_render` (one frame's pixels and
+truth) and :mod:`.sim_crystal` (the crystal look). :mod:`.sim_draws` draws a config's
+physics from ranges.
 """
 
 from __future__ import annotations
@@ -61,7 +68,8 @@ class SimulatedSource(SourceBase):
     config : SimConfig, optional
         Options; defaults to ``SimConfig()``.
     scenario : str
-        One of :data:`SCENARIOS`: ``lithiation`` (default) or ``control``.
+        One of :data:`SCENARIOS` (default ``lithiation``); a scenario's overrides
+        replace the config's values.
 
     Notes
     -----
@@ -71,10 +79,14 @@ class SimulatedSource(SourceBase):
     streaming it should behave as for a camera.
 
     Each frame's ``truth`` holds ``cluster_area_px`` (pixels of the union of the
-    particle discs as rendered, i.e. not hidden by the needle), ``particle_count``,
-    ``needle_contact``, ``phase`` (``approach``, ``contact``, ``lithiation``,
-    ``withdrawn``) and ``particle_area_px`` (the rendered disc of each particle, by
-    particle id, overlaps counted in both).
+    particles as rendered and not hidden by the needle or the grid bar: every
+    particle in view, separate ones included), ``particle_count``, ``needle_contact``,
+    ``phase`` (``approach``, ``contact``, ``lithiation``, ``withdrawn``; ``no_needle``
+    without a needle in view), and per particle, by id: ``particle_area_px`` (its
+    rendered outline within the frame, overlaps counted in both),
+    ``particle_visible_area_px`` and centroids, centres, lithium content and core
+    radius. Frames carry ``needle_tip_row`` / ``needle_tip_col`` metadata only with a
+    needle in view.
 
     Examples
     --------

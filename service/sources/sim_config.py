@@ -139,9 +139,10 @@ class SimConfig:
     layer_transmission: float = 0.78
     """Transmission of the LiOx layer on the needle (low-Z: light grey)."""
     particle_edge_transmission: float = 0.62
-    """Transmission of pristine Si at the rim of a particle."""
+    """Transmission of pristine Si at the rim of a particle (disc look)."""
     particle_centre_transmission: float = 0.45
-    """Transmission of pristine Si through the centre of a particle (thickest there)."""
+    """Transmission of pristine Si through the centre of a particle (thickest there;
+    disc look)."""
     particle_overlap: float = 0.95
     """Neighbouring particle centres sit at this fraction of the sum of their radii
     (below 1: they overlap in projection, as in a 3-D clump)."""
@@ -197,7 +198,8 @@ class SimConfig:
     """Length of each stage jump, pixels."""
     core_contrast: float = 0.0
     """How much darker (relative transmission) the unlithiated crystalline core is than
-    the amorphous lithiated shell; the core shrinks as lithium comes in."""
+    the amorphous lithiated shell; the core shrinks as lithium comes in (disc look; a
+    crystal's core has its own diffraction contrast)."""
     grid_bar: bool = False
     """An opaque copper grid bar along ``grid_edge``, touching the cluster."""
     grid_edge: str = "opposite"

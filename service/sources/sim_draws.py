@@ -1,12 +1,12 @@
 """Simulated experiments drawn at random from physical ranges, not from one parameter set.
 
-An analysis tuned on one simulated movie learns that movie's constants (a 2 nm coating,
-a sharp tip, particles at 45 % transmission, single-pixel defects at 3-12x vacuum); a
-real session differs in every one of them. :func:`draw_sim_config` draws each physical
-assumption of :class:`~lithoscope.service.sources.sim.SimConfig` from the range a real
-operando session can show (:data:`PHYSICAL_RANGES`), so that a benchmark over many draws
-scores the analysis on what it measures from the image rather than on what it was told.
-Every effect stays exact in the simulator's truth.
+One simulated movie has one value of every physical constant (coating thickness, tip
+shape, particle contrast, camera defects); a real session may have any other.
+:func:`draw_sim_config` draws each physical assumption of
+:class:`~lithoscope.service.sources.sim.SimConfig` from the range a real operando session
+can show (:data:`PHYSICAL_RANGES`; with the crystal look also :data:`CRYSTAL_RANGES`), so
+that a benchmark over many draws scores the analysis on what it measures from the image
+rather than on what it was told. Every effect stays exact in the simulator's truth.
 """
 
 from __future__ import annotations

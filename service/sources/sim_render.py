@@ -27,8 +27,9 @@ _FRINGE_SIGMA_PX = 1.5
 _SATURATED_COUNTS = 65535
 """What a saturated pixel of the uint16 camera reads."""
 _EXACT_POISSON_BELOW = 20.0
-"""Pixels expecting fewer electrons than this get exact Poisson draws, the rest the
-normal approximation N(lambda, lambda), which costs a seventh of the time."""
+"""Pixels expecting fewer electrons than this get exact Poisson draws (there the normal
+approximation's missing skew would show), the rest the normal approximation
+N(lambda, lambda), which is much cheaper to draw."""
 
 _SHIFT = 4
 """Fixed-point bits for OpenCV drawing: sub-pixel needle positions move smoothly."""

@@ -82,9 +82,9 @@ def _push_apart(centres: np.ndarray, radii: np.ndarray, radii_t: np.ndarray,
     by Jacobi-style position-based relaxation (Mueller et al., J. Vis. Commun. Image
     Represent. 18 (2007) 109) from the previous frame's positions, again only when a
     radius has changed by more than ``tolerance_px``. ``anchor`` (the particle the
-    needle presses on) stays put: the rest of the cluster moves away from it.
-    Without this, centres fixed while radii grew by a quarter left neighbours
-    overlapping by a third of their diameters, a harder scene than a real clump.
+    needle presses on) stays put: the rest of the cluster moves away from it. With
+    fixed centres, neighbours whose radii grow by a quarter would overlap by a third
+    of their diameters, which no real clump shows.
     """
     n = centres.shape[0]
     out = np.empty((radii_t.shape[0], n, 2))
