@@ -137,3 +137,19 @@ def test_crystal_draws() -> None:
 def test_invalid(values: dict) -> None:
     with pytest.raises(ConfigError, match="Expected"):
         SimConfig.from_dict(values)
+
+
+def test_opened_by_name_as_publish_does() -> None:
+    from lithoscope.service.sources.echem import SimulatedEchem
+    from lithoscope.service.sources.registry import open_source
+
+    with open_source("sim:no_needle", duration_s=2.0, shape=[256, 256],
+                     particle_count=2, pixel_size_nm=2.0) as source:
+        assert source.info.name == "sim:no_needle"
+        frames = list(source)
+    assert len(frames) == 8
+    assert all(not f.truth["needle_contact"] for f in frames)
+    echem = SimulatedEchem(SimConfig(duration_s=2.0), scenario="no_needle")
+    samples = echem.samples()
+    assert not np.any(samples[1])
+    assert not np.any(samples[2])
