@@ -247,10 +247,12 @@ DRAW_TARGETS = {"expansion_onset": (0.0, 2.0), "contact_lost": (None, 1.0),
 
 
 def run_draw(scenario: str, seed: int, size: int, pixel_size_nm: float,
-             pipeline: bool, look: str = "disc") -> dict[str, Any]:
-    """One random draw of the physics through the analysis, scored."""
+             pipeline: bool, look: str = "disc",
+             imposed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One random draw of the physics through the analysis, scored; ``imposed``
+    SimConfig values replace the drawn ones (to take one effect out)."""
     config = draw_sim_config(seed, shape=(size, size), pixel_size_nm=pixel_size_nm,
-                             look=look, **DRAW_TIMING)
+                             look=look, **{**DRAW_TIMING, **(imposed or {})})
     source = SimulatedSource(config, scenario=scenario)
     truth: dict[int, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -364,7 +366,8 @@ def main_draws(args: argparse.Namespace) -> int:
     seeds = [args.seed + k for k in range(args.draws)]
     look = "crystal" if args.realistic else "disc"
     print(f"{args.draws} random draws per scenario (seeds {seeds[0]}..{seeds[-1]}), "
-          f"{look} look, {size}x{size} px at {pixel_size:g} nm/px, {DRAW_TIMING['fps']:g} fps, "
+          + (f"imposed {args.set}, " if args.set else "")
+          + f"{look} look, {size}x{size} px at {pixel_size:g} nm/px, {DRAW_TIMING['fps']:g} fps, "
           f"{round(DRAW_TIMING['duration_s'] * DRAW_TIMING['fps'])} frames each", flush=True)
     header = f"{'scenario':<12}{'':>7}" + "".join(f"{t:>11}" for _, t, _, _ in DRAW_COLUMNS)
     print(header, flush=True)
@@ -373,7 +376,8 @@ def main_draws(args: argparse.Namespace) -> int:
         runs = []
         for seed in seeds:
             row = {"scenario": scenario, "seed": seed,
-                   **run_draw(scenario, seed, size, pixel_size, args.pipeline, look)}
+                   **run_draw(scenario, seed, size, pixel_size, args.pipeline, look,
+                              args.set)}
             runs.append(row)
             if args.verbose:
                 print(f"  {scenario} seed {seed}: " + ", ".join(
@@ -391,11 +395,21 @@ def main_draws(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"size": size, "pixel_size_nm": pixel_size,
-                                         "look": look,
+                                         "look": look, "imposed": args.set,
                                          "draws": args.draws, "seed": args.seed,
                                          "timing": DRAW_TIMING, "runs": results},
                                         indent=2, default=float))
     return 0
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"Expected KEY=VALUE. Got {text!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -419,12 +433,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="+", default=None, choices=list(SCENARIOS),
                         help="default: the disc-look scenarios; with --realistic "
                         f"{', '.join(REALISTIC_SCENARIOS)}")
+    parser.add_argument("--set", type=_setting, action="append", default=[],
+                        metavar="KEY=VALUE", help="impose a SimConfig value on every draw "
+                        "(JSON value; repeatable), e.g. drift_px_per_frame=0")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)
+    args.set = dict(args.set)
     if args.draws < 1:
         parser.error(f"Expected --draws >= 1. Got {args.draws}.")
     if args.fixed and args.realistic:
         parser.error("Expected --realistic with random draws, not with --fixed.")
+    if args.fixed and args.set:
+        parser.error("Expected --set with random draws, not with --fixed.")
     if args.scenarios is None:
         args.scenarios = REALISTIC_SCENARIOS if args.realistic else DISC_SCENARIOS
     if not args.fixed:
