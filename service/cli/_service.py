@@ -68,7 +68,8 @@ def demo(
         parser=_scenario, metavar="SCENARIO",
         help="Simulated experiment, one of the simulator's scenarios: lithiation (bias on, "
         "particles swell), control (no bias), chemical (lithiation on contact, without "
-        "bias), heavy_drift, low_dose.")] = "lithiation",
+        "bias), heavy_drift, low_dose, crystalline (real-looking crystals), no_needle "
+        "(crystals, no needle in view).")] = "lithiation",
     speed: Annotated[float, typer.Option(
         min=0.01, help="Pace of the simulated experiment relative to real time.")] = 2.0,
     monitor: Annotated[bool, typer.Option(
