@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/accuracy.py [--draws 4] [--seed 0] [--size 256] [--realistic]
                                        [--pixel-size NM] [--scenarios ...] [--pipeline]
+                                       [--set KEY=VALUE ...]
                                        [--json bench/results/accuracy_draws.json]
     .venv/bin/python bench/accuracy.py --fixed [--seeds 0 1] [--size 512] ...
 
@@ -27,6 +28,9 @@ from faint to near-black, moving bend contours and thickness fringes, facets, am
 shells, a textured support, separate and edge-cut particles), on the needle scenarios and
 on ``no_needle`` (the first minutes of a session: no needle in view, nothing may be
 alerted and contact must never be reported).
+
+``--set KEY=VALUE`` imposes a simulator value on every draw, to take one drawn effect
+out of a run (``--set drift_px_per_frame=0``).
 
 **Fixed (``--fixed``).** Each disc-look scenario (bias lithiation, control without
 bias, chemical lithiation on contact, heavy drift, low dose) is rendered
