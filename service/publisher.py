@@ -249,9 +249,12 @@ class Publisher:
                 image = item.image
                 msg = Frame(session_id=session_id, index=item.index, t_s=t_s,
                             acquired_at=time.time(), shape=list(image.shape),
-                            dtype=image.dtype.name, pixel_size_nm=pixel_size,
+                            dtype=image.dtype.name,
+                            # A frame file's own calibration (folders, watch) wins.
+                            pixel_size_nm=item.metadata.get("pixel_size_nm", pixel_size),
                             exposure_s=item.metadata.get("exposure_s"),
-                            metadata={k: v for k, v in item.metadata.items() if k != "exposure_s"},
+                            metadata={k: v for k, v in item.metadata.items()
+                                      if k not in ("exposure_s", "pixel_size_nm")},
                             truth=dict(item.truth) if item.truth is not None else None,
                             session_token=token, image=image)
                 if not self._send(msg, stop):
