@@ -67,6 +67,7 @@ __all__ = [
     "axis_pixel_size_nm",
     "flat_metadata",
     "instrument_metadata",
+    "mapped_metadata",
     "pick_image_signal",
     "plugins_for",
     "read_with",
@@ -144,9 +145,9 @@ def plugins_for(suffix: str) -> list[Mapping[str, Any]]:
             if wanted in (e.casefold() for e in plugin.get("file_extensions", ()))]
 
 
-def read_with(path: Path, api: str) -> list[dict[str, Any]]:
+def read_with(path: Path, api: str, *, lazy: bool = True) -> list[dict[str, Any]]:
     """Read ``path`` with one RosettaSciIO reader module (``"rsciio.tiff"``), lazily
-    where the reader can.
+    where the reader can (unless ``lazy`` is false: the reader then closes the file).
 
     Raises
     ------
@@ -159,7 +160,7 @@ def read_with(path: Path, api: str) -> list[dict[str, Any]]:
                      purpose=f"Reading {path.suffix or path.name} files")
     try:
         try:
-            signals = module.file_reader(str(path), lazy=True)
+            signals = module.file_reader(str(path), lazy=lazy)
         except (TypeError, NotImplementedError):
             signals = module.file_reader(str(path), lazy=False)  # no lazy reading there
     except (MissingExtraError, ModuleNotFoundError):
@@ -255,12 +256,46 @@ def _time_axis(axes: Sequence[Mapping[str, Any]]) -> tuple[float | None, list[fl
 
 
 def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path; HyperSpy spells a key's spaces as underscores."""
     node: Any = tree
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if not isinstance(node, Mapping):
             return None
-        node = node[part]
+        if part in node:
+            node = node[part]
+            continue
+        spelled = [key for key in node if str(key).replace(" ", "_") == part]
+        if not spelled:
+            return None
+        node = node[spelled[0]]
     return node
+
+
+def mapped_metadata(signal: Mapping[str, Any]) -> dict[str, Any]:
+    """The signal's metadata tree with its reader's ``mapping`` applied, as HyperSpy
+    applies it when it builds a signal: values copied from ``original_metadata`` (the
+    DM tags' voltage, magnification, exposure ...) into HyperSpy's metadata paths."""
+    tree: dict[str, Any] = json.loads(json.dumps(signal.get("metadata", {}), default=_plain))
+    original = signal.get("original_metadata", {})
+    for source, target in (signal.get("mapping") or {}).items():
+        value = _get(original, source)
+        if value is None:
+            continue
+        path, convert = target if isinstance(target, tuple | list) else (target, None)
+        try:
+            value = convert(value) if convert is not None else value
+        except Exception:  # a reader's converter refusing a vendor's odd value
+            continue
+        node = tree
+        *parents, leaf = str(path).split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[leaf] = value
+    return tree
 
 
 def _plain(value: Any) -> Any:
@@ -332,7 +367,7 @@ def flat_metadata(tree: Mapping[str, Any]) -> dict[str, Any]:
         value = _plain(node)
         if value is not None:
             flat[prefix.rstrip(".")] = value
-    size, kept = 0, {}
+    size, kept = 0, dict[str, Any]()
     for key, value in flat.items():
         size += len(key) + len(json.dumps(value)) + 4
         if size > _ORIGINAL_METADATA_CHARS:
@@ -406,7 +441,7 @@ class RsciioSource(StackSource):
         signal = pick_image_signal(resolved, signals)
         axes = list(signal.get("axes", []))
         file_fps, times_s = _time_axis(axes)
-        instrument = instrument_metadata(signal.get("metadata", {}))
+        instrument = instrument_metadata(mapped_metadata(signal))
         metadata: dict[str, Any] = {
             "reader": "rosettasciio",
             "rsciio_plugin": plugin,

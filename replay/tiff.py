@@ -88,6 +88,8 @@ _OBJECT_PREFIX: Final = re.compile(r"^<[^>]*>\s*")
 # tifffile's flags, and the private tags DigitalMicrograph (and rsciio's writer) use.
 _VENDOR_FLAGS: Final = frozenset({"fei", "sem", "sis", "tvips"})
 _DM_TAGS: Final = frozenset({65003, 65004, 65009, 65010})
+_VENDOR_READ_BYTES: Final = 512 << 20
+"""Largest vendor TIFF read whole by rsciio.tiff for its calibration (it is read once)."""
 
 
 class _TifffileLog(logging.Handler):
@@ -303,8 +305,14 @@ class _TiffStack:
         own = self.pixel_size_nm()
         if not self.is_vendor_tiff():
             return own, {}
+        if self._file_size > _VENDOR_READ_BYTES:
+            # rsciio.tiff keeps a lazily read file open; read whole, it closes it.
+            note = (f"vendor calibration not read: the file is larger than "
+                    f"{_VENDOR_READ_BYTES >> 20} MiB")
+            log.warning("%s: %s", self.path, note)
+            return own, {"calibration_note": note}
         try:
-            signals = rosetta.read_with(self.path, "rsciio.tiff")
+            signals = rosetta.read_with(self.path, "rsciio.tiff", lazy=False)
         except rosetta.MissingExtra as exc:
             log.warning("%s", exc)
             return own, {"calibration_note": str(exc)}
@@ -314,7 +322,7 @@ class _TiffStack:
         signal = rosetta.pick_image_signal(self.path, signals)
         axes = list(signal.get("axes", []))
         metadata: dict[str, Any] = {"calibration_reader": "rsciio.tiff",
-                                    **rosetta.instrument_metadata(signal.get("metadata", {}))}
+                                    **rosetta.instrument_metadata(rosetta.mapped_metadata(signal))}
         original = rosetta.flat_metadata(signal.get("original_metadata", {}))
         if original:
             metadata["original_metadata"] = original

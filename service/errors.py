@@ -77,7 +77,9 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         name = package or module.split(".")[0]
-        missing = f" ({exc.name} is missing)" if exc.name and exc.name != name else ""
+        root = module.split(".")[0]
+        missing = (f" ({exc.name} is missing)"
+                   if exc.name and exc.name.split(".")[0] != root else "")
         raise MissingExtraError(
             f"{purpose} needs {name}{missing}, which the [{extra}] extra installs: "
             f"pip install 'lithoscope[{extra}]'."
