@@ -49,6 +49,7 @@ from ..archive import (
     PARTICLE_COLUMNS,
     PARTICLE_DOSE_COLUMNS,
     REGION_DOSE_COLUMNS,
+    ROW_DIMENSION,
     ArchiveReader,
 )
 from ..errors import ArchiveError, ConfigError
@@ -164,7 +165,8 @@ def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
                 else -1
             values = np.full(length, fill, dtype=str if dtype is str else dtype)
         array = table.create_array(column, shape=values.shape, dtype=dtype,
-                                   chunks=(max(len(values), 1),))
+                                   chunks=(max(len(values), 1),),
+                                   dimension_names=(ROW_DIMENSION,))
         if len(values):
             array[:] = values
 
