@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 
 from ..errors import MissingExtraError, SourceError, require
+
 __all__ = ["is_protochips_log", "read_protochips"]
 
 _TIME_UNIT_S: Final[Mapping[str, float]] = {"milliseconds": 1e-3, "seconds": 1.0}
