@@ -277,3 +277,28 @@ def test_folder_and_watch_refuse_the_same_colour_file(tmp_path: Path) -> None:
                               idle_timeout_s=5.0, reader=registry.frame_file_reader()[1])
     with watch, pytest.raises(SourceError, match="colour frame"):
         list(watch)
+
+
+# ------------------------------------------------------------------ through the pipeline
+
+
+def test_a_replayed_file_s_exposure_gives_dose_from_counts_and_its_metadata_is_archived(
+        tmp_path: Path) -> None:
+    from lithoscope.service.archive import ArchiveReader
+    from lithoscope.service.config import ServiceConfig
+    from lithoscope.service.live.session import run_local_session
+    from lithoscope.service.operando.context import OperandoConfig
+
+    path = write_with("hspy", tmp_path / "a.hspy")
+    config = ServiceConfig().replace(operando=OperandoConfig(counts_per_electron=2.0))
+    with RsciioSource(path) as source:
+        report = run_local_session(source, config=config, archive_path=tmp_path / "a.zarr")
+    assert report.closed is not None
+    reader = ArchiveReader(tmp_path / "a.zarr")
+    assert list(reader.table("frame_table")["exposure_s"]) == [0.05] * 3
+    operando = reader.table("operando")
+    assert set(operando["dose_rate_source"]) == {"counts"}
+    assert np.all(np.asarray(operando["dose_rate_e_per_a2_s"]) > 0)
+    metadata = reader.meta["metadata"]
+    assert metadata["beam_energy_kev"] == 300.0
+    assert metadata["original_metadata"]["Camera.Gain"] == 1.5
