@@ -16,10 +16,10 @@ retried until ``unreadable_timeout_s``, then raises.
 *Acquisition order* is natural order of the path below the folder (``frame_2`` before
 ``frame_10``), the order camera software numbers its files in; subfolders are watched
 too, so a GMS In-Situ recording (``Hour_00/Minute_00/Second_07/...``) streams in order.
-A frame is yielded only when every new file that
-sorts before it has been yielded, so a slow write of frame 9 holds back frame 10
-rather than being overtaken; a file that shows up sorting before frames already
-yielded (a clock or naming mistake) is yielded late with a warning, never dropped.
+A frame is yielded only when every new file that sorts before it has been yielded, so a
+slow write of frame 9 holds back frame 10 rather than being overtaken; a file that shows
+up sorting before frames already yielded (a clock or naming mistake) is yielded late
+with a warning, never dropped.
 
 Each file's own calibration comes with its frame (``pixel_size_nm`` in the frame's
 metadata when the file records one and none was given; the first file's is the
