@@ -9,6 +9,7 @@ docs/formats.md, not by a file in this suite.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -302,3 +303,21 @@ def test_a_replayed_file_s_exposure_gives_dose_from_counts_and_its_metadata_is_a
     metadata = reader.meta["metadata"]
     assert metadata["beam_energy_kev"] == 300.0
     assert metadata["original_metadata"]["Camera.Gain"] == 1.5
+
+
+def test_a_pixel_size_given_to_the_publisher_wins_over_each_file_s(tmp_path: Path) -> None:
+    from lithoscope.service.archive import ArchiveReader
+    from lithoscope.service.live.session import run_local_session
+
+    _gms_tree(tmp_path / "tree")
+    with FolderSource(tmp_path / "tree") as source:
+        run_local_session(source, archive_path=tmp_path / "own.zarr")
+    with FolderSource(tmp_path / "tree") as source:
+        run_local_session(source, archive_path=tmp_path / "given.zarr", pixel_size_nm=2.0)
+    def sizes(archive: Path) -> list[float]:
+        rows = ArchiveReader(archive).table("frame_table")["metadata_json"]
+        return [json.loads(str(row))["pixel_size_nm"] for row in rows]
+
+    own, given = sizes(tmp_path / "own.zarr"), sizes(tmp_path / "given.zarr")
+    assert list(own) == pytest.approx([0.5, 0.75, 1.0, 1.25])
+    assert list(given) == [2.0] * 4
