@@ -1,7 +1,8 @@
 """Helpers every reader of recorded movies shares: argument checks, unit tables, times.
 
-Shared by :mod:`.readers` and :mod:`.formats` (so neither imports the other's private
-names), and by nothing outside :mod:`lithoscope.replay`.
+Shared by the readers of :mod:`lithoscope.replay` (:mod:`.tiff`, :mod:`.video`,
+:mod:`.folder`, :mod:`.rosetta`, :mod:`.formats`, :mod:`._stack`), so none imports
+another's private names, and by nothing outside the package.
 """
 
 from __future__ import annotations

@@ -8,12 +8,17 @@ into one line and a non-zero exit.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 __all__ = [
     "ArchiveError",
     "ConfigError",
     "LithoscopeError",
+    "MissingExtraError",
     "ProtocolError",
     "SourceError",
+    "require",
 ]
 
 
@@ -43,3 +48,39 @@ class ArchiveError(LithoscopeError, OSError):
 
 class ConfigError(LithoscopeError, ValueError):
     """A configuration value or command-line option is invalid."""
+
+
+class MissingExtraError(LithoscopeError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, *, extra: str, purpose: str, package: str | None = None) -> ModuleType:
+    """Import an optional dependency, or fail with one line naming the extra to install.
+
+    Parameters
+    ----------
+    module : str
+        What to import (``"xarray"``, ``"rsciio.digitalmicrograph"``).
+    extra : str
+        The extra of ``lithoscope`` that installs it (``"scale"``, ``"formats"``).
+    purpose : str
+        What needs it, as the start of a sentence ("Reading DM4 files").
+    package : str, optional
+        The distribution's name when it differs from the module's (``"rosettasciio"``).
+
+    Raises
+    ------
+    MissingExtraError
+        The module (or one it imports) is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        name = package or module.split(".")[0]
+        root = module.split(".")[0]
+        missing = (f" ({exc.name} is missing)"
+                   if exc.name and exc.name.split(".")[0] != root else "")
+        raise MissingExtraError(
+            f"{purpose} needs {name}{missing}, which the [{extra}] extra installs: "
+            f"pip install 'lithoscope[{extra}]'."
+        ) from exc

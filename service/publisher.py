@@ -203,7 +203,10 @@ class Publisher:
             Tell the worker it may skip analysis to keep up (default: the source's own
             ``info.live``; replay passes False).
         fps, pixel_size_nm
-            Override or fill in what the source does not know.
+            Override or fill in what the source does not know. Without
+            ``pixel_size_nm``, a frame whose metadata carries its own ``pixel_size_nm``
+            (a frame file's calibration, in a folder or a watched folder) is sent with
+            it; with it, every frame is sent with the value given.
         session_token
             The session's secret (default :func:`new_session_token`); every message of
             the session carries it, and the worker takes none without it.
@@ -249,9 +252,14 @@ class Publisher:
                 image = item.image
                 msg = Frame(session_id=session_id, index=item.index, t_s=t_s,
                             acquired_at=time.time(), shape=list(image.shape),
-                            dtype=image.dtype.name, pixel_size_nm=pixel_size,
+                            dtype=image.dtype.name,
+                            # A frame file's own calibration (folders, watch), unless
+                            # the caller gave one for every frame.
+                            pixel_size_nm=pixel_size if pixel_size_nm is not None
+                            else item.metadata.get("pixel_size_nm", pixel_size),
                             exposure_s=item.metadata.get("exposure_s"),
-                            metadata={k: v for k, v in item.metadata.items() if k != "exposure_s"},
+                            metadata={k: v for k, v in item.metadata.items()
+                                      if k not in ("exposure_s", "pixel_size_nm")},
                             truth=dict(item.truth) if item.truth is not None else None,
                             session_token=token, image=image)
                 if not self._send(msg, stop):

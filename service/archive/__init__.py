@@ -48,6 +48,7 @@ from .layout import (
     PARTICLE_COLUMNS,
     PARTICLE_DOSE_COLUMNS,
     REGION_DOSE_COLUMNS,
+    ROW_DIMENSION,
     directory_size,
     safe_archive_name,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "PARTICLE_COLUMNS",
     "PARTICLE_DOSE_COLUMNS",
     "REGION_DOSE_COLUMNS",
+    "ROW_DIMENSION",
     "ArchiveReader",
     "ArchiveWriter",
     "directory_size",

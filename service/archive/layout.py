@@ -32,6 +32,7 @@ __all__ = [
     "PARTICLE_COLUMNS",
     "PARTICLE_DOSE_COLUMNS",
     "REGION_DOSE_COLUMNS",
+    "ROW_DIMENSION",
     "directory_size",
     "fill_value",
     "journal_row",
@@ -40,6 +41,9 @@ __all__ = [
 
 ARCHIVE_FORMAT_VERSION = 1
 FRAME_LOG = "frame_log.jsonl"
+ROW_DIMENSION = "row"
+"""The dimension name of every table column (each table is a group of 1-D arrays), so
+``xr.open_datatree(archive, engine="zarr")`` opens every group as a Dataset."""
 
 # The columns of every table are declared in .schema; these are the writer's views of them.
 FRAME_TABLE_COLUMNS: dict[str, Any] = schema.FRAME_TABLE.archive_dtypes()

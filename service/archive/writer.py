@@ -25,6 +25,7 @@ from .layout import (
     FRAME_LOG,
     KEYS,
     LAZY_TABLES,
+    ROW_DIMENSION,
     fill_value,
 )
 from .ngff import frames_ngff_metadata
@@ -55,6 +56,8 @@ class _Table:
             column: sub.create_array(
                 column, shape=(0,), chunks=(chunk_rows,), dtype=dtype,
                 fill_value=fill_value(dtype), config={"write_empty_chunks": True},
+                # xarray (open_zarr, open_datatree) needs every array's dimension names.
+                dimension_names=(ROW_DIMENSION,),
             )
             for column, dtype in columns.items()
         }

@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError
-from ._common import Verbose, app, console, err_console, friendly_errors, setup_logging
+from ._common import (
+    Verbose,
+    app,
+    console,
+    err_console,
+    friendly_errors,
+    progress_bar,
+    setup_logging,
+)
 from .render import session_summary
 
 __all__ = ["show_session"]
@@ -91,6 +99,8 @@ class ExportTarget(StrEnum):
     csv = "csv"
     parquet = "parquet"
     tiff = "tiff"
+    ome_tiff = "ome-tiff"
+    hspy = "hspy"
     mp4 = "mp4"
     avi = "avi"
 
@@ -99,19 +109,41 @@ class ExportTarget(StrEnum):
 def export(
     archive: Annotated[Path, typer.Argument(help="A session archive (.zarr folder).")],
     to: Annotated[ExportTarget, typer.Option(
-        "--to", help="csv / parquet: one file per table; tiff: the frames (ImageJ, at "
-        "scale); mp4 / avi: a movie with outlines, needle, clock and alerts burned in.")],
+        "--to", help="csv / parquet: one file per table, and trackpy's trajectories; tiff: "
+        "the frames (ImageJ, at scale); ome-tiff: the frames for Fiji / Bio-Formats (OME-XML "
+        "calibration and plane times); hspy: the frames for HyperSpy (needs "
+        "lithoscope[formats]); mp4 / avi: a movie with outlines, needle, clock and alerts "
+        "burned in.")],
     output: Annotated[Path | None, typer.Option(
         help="Folder (tables) or file (frames); default beside the archive.")] = None,
     reanalysis: Annotated[str | None, typer.Option(
         help="Tables of this re-analysis run ('latest' for the newest) instead of the "
         "live ones.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object listing what was written.")] = False,
 ) -> None:
-    """Export an archive for other tools: tables, a TIFF stack, or a movie for talks."""
+    """Export an archive for other tools: tables, a TIFF / OME-TIFF stack, an .hspy file,
+    or a movie for talks."""
+    from ..archive import ArchiveReader
     from ..offline.export import export_archive
+    from ..schema import TABLES
 
     with friendly_errors():
-        written = export_archive(archive, to.value, output, reanalysis=reanalysis)
+        started = time.monotonic()
+        if to in (ExportTarget.csv, ExportTarget.parquet):
+            total: int | None = len(TABLES) + 1
+        elif to in (ExportTarget.mp4, ExportTarget.avi):
+            total = None
+        else:
+            total = ArchiveReader(archive).frame_count
+        with progress_bar(f"export {to.value}", total) as advance:
+            written = export_archive(archive, to.value, output, reanalysis=reanalysis,
+                                     progress=advance)
+    if as_json:
+        sys.stdout.write(json.dumps({"archive": str(archive), "to": to.value,
+                                     "written": [str(path) for path in written],
+                                     "wall_s": round(time.monotonic() - started, 3)}) + "\n")
+        return
     for path in written:
         console.print(f"Wrote {path}", highlight=False)
 
@@ -129,6 +161,9 @@ def reanalyze(
         min=1, help="Workers of the local cluster (default 1, with 2 threads).")] = None,
     run: Annotated[str | None, typer.Option(
         help="Name of the new reanalysis/ group (default: UTC time stamp).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object per archive (a list) and nothing else.")
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Re-run the analysis with new settings over archives on a Dask cluster.
@@ -145,8 +180,18 @@ def reanalyze(
     with friendly_errors():
         settings = load_config(config)
         started = time.monotonic()
-        results = run_reanalysis(archives, analysis=settings.analysis, alerts=settings.alerts,
-                                 scheduler=scheduler, run=run, local_workers=workers)
+        with progress_bar("reanalyze", len(archives)) as advance:
+            results = run_reanalysis(archives, analysis=settings.analysis,
+                                     alerts=settings.alerts, scheduler=scheduler, run=run,
+                                     local_workers=workers,
+                                     progress=lambda done, total: advance(1))
+    if as_json:
+        sys.stdout.write(json.dumps([
+            {"archive": str(result.path), "run": result.run,
+             "frames_analysed": result.frames_analysed,
+             "events": [{"kind": e["kind"], "frame": e["frame"]} for e in result.events]}
+            for result in results]) + "\n")
+        return
     for result in results:
         kinds = ", ".join(f"{e['kind']} (frame {e['frame']})" for e in result.events)
         console.print(f"{result.path}: {result.frames_analysed} frames re-analysed into "

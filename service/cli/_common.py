@@ -12,17 +12,19 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..endpoints import parse_endpoint
 from ..errors import ConfigError, LithoscopeError
 
 __all__ = [
+    "SOURCE_HELP",
     "ClientSecretKey",
     "Fps",
     "PixelSize",
@@ -34,6 +36,7 @@ __all__ = [
     "err_console",
     "friendly_errors",
     "parse_speed",
+    "progress_bar",
     "sender_setup",
     "setup_logging",
     "stop_on_signals",
@@ -50,6 +53,62 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+SOURCE_HELP = (
+    "A TIFF stack (ImageJ, OME and vendor TIFFs: FEI/TFS, Zeiss, JEOL, DM-exported), an "
+    "AVI/MP4 movie, a folder of frame files (TIFF, PNG, DM3/DM4, MRC; a GMS In-Situ "
+    "Hour_/Minute_/Second_ tree too), a DM3/DM4 file, an MRC file, any other file "
+    "RosettaSciIO reads (.emd, .ser/.emi, .hspy, .blo, .mib, .tvips, .nxs, .npy, ...), a "
+    "lithoscope archive, 'watch:DIR' (a folder the camera writes into), "
+    "'imagezmq://ENDPOINT' or 'sim' / 'sim:SCENARIO'."
+)
+"""Every kind of source ``open_source`` knows, for --help (written out: listing the
+registry would load the file readers, and --help loads no OpenCV; a test compares)."""
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"lithoscope {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Real-time analysis of operando TEM lithiation experiments."""
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, *, enabled: bool = True
+                 ) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (gone when done); yields ``advance(n)``.
+
+    On stderr, so a ``--json`` summary on stdout stays the only thing there.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True,
+                  disable=not enabled) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(count: int = 1) -> None:
+            progress.advance(task, count)
+
+        yield advance
+
 
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
@@ -57,7 +116,9 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except LithoscopeError as exc:
-        err_console.print(f"[bold red]lithoscope: error:[/] {exc}", highlight=False)
+        # Escaped: a message may hold brackets ("the [scale] extra") rich would eat.
+        err_console.print(f"[bold red]lithoscope: error:[/] {escape(str(exc))}",
+                          highlight=False)
         raise typer.Exit(1) from None
 
 

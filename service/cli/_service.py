@@ -7,6 +7,7 @@ file readers of :mod:`lithoscope.replay`) is imported inside the command that ne
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ import typer
 from ..endpoints import DEFAULT_FRAMES_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, parse_endpoint
 from ..errors import ConfigError, LithoscopeError
 from ._common import (
+    SOURCE_HELP,
     ClientSecretKey,
     Fps,
     PixelSize,
@@ -29,6 +31,7 @@ from ._common import (
     console,
     friendly_errors,
     parse_speed,
+    progress_bar,
     sender_setup,
     setup_logging,
     stop_on_signals,
@@ -125,11 +128,9 @@ def demo(
 @app.command(rich_help_panel=PANEL)
 def publish(
     source: Annotated[str, typer.Argument(
-        help="'sim' (or sim:control), a TIFF stack, AVI/MP4 movie, DM3/DM4, EMD or MRC "
-        "file, image folder, archive, watch:DIR (frames as the camera software saves them; "
-        "ends on a file named lithoscope.stop or after 60 s without a new frame) or "
-        "imagezmq://tcp://*:5555 (receive from imagezmq ImageSenders; ends after 30 s "
-        "without a frame).")],
+        help=SOURCE_HELP + " watch:DIR ends on a file named lithoscope.stop or after 60 s "
+        "without a new frame; imagezmq://tcp://*:5555 receives from imagezmq ImageSenders "
+        "and ends after 30 s without a frame.")],
     connect: Annotated[str, typer.Option(help="The service's frames endpoint.")] = (
         DEFAULT_FRAMES_ENDPOINT),
     results: Annotated[str, typer.Option(
@@ -176,8 +177,10 @@ def publish_echem(
     source: Annotated[str, typer.Argument(
         help="A CSV log with a header row and a time column (t_unix/timestamp: Unix s; "
         "t_s/time/s/time: s since --t0-unix), tailed as it is written; a BioLogic EC-Lab "
-        ".mpr or .mpt file (needs lithoscope[echem]), re-read as it grows; or 'sim' / "
-        "'sim:SCENARIO', the simulated experiment's potentiostat.")],
+        ".mpr or .mpt file (needs lithoscope[echem]), re-read as it grows; a Protochips "
+        "holder log (.csv with Protochips' header, or protochips:PATH; needs "
+        "lithoscope[formats]); or 'sim' / 'sim:SCENARIO', the simulated experiment's "
+        "potentiostat.")],
     connect: Annotated[str, typer.Option(help="The service's frames endpoint.")] = (
         DEFAULT_FRAMES_ENDPOINT),
     clock_offset: Annotated[float, typer.Option(
@@ -338,8 +341,7 @@ def keys(
 
 @app.command(rich_help_panel=PANEL)
 def replay(
-    source: Annotated[str, typer.Argument(
-        help="A TIFF stack, AVI/MP4 movie, image folder (sorted by name) or lithoscope archive.")],
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     archive: Annotated[Path, typer.Option(help="Where to write the new archive (.zarr).")],
     speed: Annotated[str, typer.Option(
         help="Pace: a factor of real time, or 'max' for as fast as the worker takes frames.")
@@ -351,6 +353,9 @@ def replay(
     ] = None,
     results: Annotated[str, typer.Option(
         help="Results endpoint of that service (with --connect).")] = DEFAULT_RESULTS_ENDPOINT,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object summarising the replay (and nothing else on "
+        "stdout).")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Feed a recording through the same publisher -> ZeroMQ -> worker path, losslessly.
@@ -373,24 +378,41 @@ def replay(
             if src.info.fps is None and fps is None and pace is not None:
                 raise ConfigError(f"{source} does not record its frame rate; give --fps "
                                   "or use --speed max.")
-            console.print(f"Replaying {src.info.name} ({src.info.frame_count or '?'} frames) ...")
-            if connect is None:
-                report = run_local_session(src, archive_path=archive, speed=pace, live=False,
-                                           fps=fps, pixel_size_nm=pixel_size, stop=stop)
-            else:
-                parse_endpoint(connect, what="frames endpoint", allow_remote=True)
-                with Publisher(connect, results_endpoint=results) as publisher:
-                    report = publisher.publish(src, speed=pace, live=False, fps=fps,
-                                               pixel_size_nm=pixel_size,
-                                               archive_name=archive.name, stop=stop)
+            if not as_json:
+                console.print(f"Replaying {src.info.name} ({src.info.frame_count or '?'} "
+                              "frames) ...", highlight=False)
+            with progress_bar("replay", src.info.frame_count) as advance:
+                def on_frame(_: Any) -> None:
+                    advance(1)
+
+                if connect is None:
+                    report = run_local_session(src, archive_path=archive, speed=pace,
+                                               live=False, fps=fps, pixel_size_nm=pixel_size,
+                                               stop=stop, on_frame=on_frame)
+                else:
+                    parse_endpoint(connect, what="frames endpoint", allow_remote=True)
+                    with Publisher(connect, results_endpoint=results) as publisher:
+                        report = publisher.publish(src, speed=pace, live=False, fps=fps,
+                                                   pixel_size_nm=pixel_size,
+                                                   archive_name=archive.name, stop=stop,
+                                                   on_frame=on_frame)
+            source_name = src.info.name
         wall = time.monotonic() - started
         closed = report.closed
         if closed is None:
             raise LithoscopeError(f"The worker did not confirm that session {report.session_id} "
                                   "was archived.")
-        console.print(f"Replayed {report.frames_sent} frames in {wall:.1f} s "
-                      f"({report.frames_sent / max(wall, 1e-9):.1f} frames/s); archived "
-                      f"{closed.frames_archived} to {closed.archive_path}.", highlight=False)
+        if as_json:
+            sys.stdout.write(json.dumps({
+                "source": source_name, "session_id": report.session_id,
+                "frames_sent": report.frames_sent, "frames_archived": closed.frames_archived,
+                "archive": str(closed.archive_path), "wall_s": round(wall, 3),
+                "frames_per_s": round(report.frames_sent / max(wall, 1e-9), 3),
+                "interrupted": report.interrupted}) + "\n")
+        else:
+            console.print(f"Replayed {report.frames_sent} frames in {wall:.1f} s "
+                          f"({report.frames_sent / max(wall, 1e-9):.1f} frames/s); archived "
+                          f"{closed.frames_archived} to {closed.archive_path}.", highlight=False)
         if report.interrupted:
             raise LithoscopeError("Interrupted: the archive holds the frames sent so far.")
         if closed.frames_archived != report.frames_sent:

@@ -1,8 +1,13 @@
 """Export a session archive for other tools: tables as CSV / Parquet, frames as TIFF or
 as a movie with the analysis burned in.
 
-* ``csv`` / ``parquet``: one file per table (``frame_table``, ``cluster``, ``particles``,
-  ``events``) in an output folder; Parquet needs pyarrow (the ``[scale]`` extra).
+* ``csv`` / ``parquet``: one file per table of :data:`lithoscope.service.schema.TABLES`
+  (``frame_table``, ``cluster``, ``particles``, ``events``, ``echem``, ``operando``,
+  ``particle_dose``, ``region_dose``; empty with its header when the session wrote
+  none) and ``trajectories`` (the particles as trackpy's ``frame, particle, y, x``
+  table) in an output folder; pandas (and for Parquet pyarrow) is the ``[scale]`` extra.
+* ``ome-tiff`` / ``hspy``: the frames for Fiji and HyperSpy users, calibrated
+  (:mod:`.interchange`).
 * ``tiff``: the frames as an ImageJ hyperstack in the archive's dtype, with the pixel
   size (``unit=nm``) and frame interval, so ImageJ/Fiji and lithoscope's own TIFF
   reader open it at scale (BigTIFF without ImageJ metadata above 4 GiB, which ImageJ
@@ -21,7 +26,7 @@ Frames are read one at a time: a session larger than memory exports as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -31,11 +36,13 @@ import numpy as np
 
 from ..analysis import AnalysisConfig, analyze_frame
 from ..archive import ArchiveReader
-from ..errors import ArchiveError, ConfigError
+from ..errors import ArchiveError, ConfigError, require
+from ..schema import TABLES
+from .interchange import export_hspy, export_ome_tiff
 
 __all__ = ["ExportFormat", "export_archive"]
 
-_TABLES = ("frame_table", "cluster", "particles", "events")
+_TABLES = (*TABLES, "trajectories")
 _IMAGEJ_LIMIT_BYTES = 4 * 2**30 - 2**20  # ImageJ TIFFs are classic TIFF: 32-bit offsets
 
 
@@ -45,14 +52,16 @@ class ExportFormat(StrEnum):
     tiff = "tiff"
     mp4 = "mp4"
     avi = "avi"
+    ome_tiff = "ome-tiff"
+    hspy = "hspy"
 
 
 def _tables(path: Path, reanalysis: str | None) -> dict[str, Any]:
     from .xr import open_archive
 
     session = open_archive(path, reanalysis=reanalysis)
-    return {"frame_table": session.frame_table, "cluster": session.cluster,
-            "particles": session.particles, "events": session.events}
+    return {**{name: session.table(name) for name in TABLES},
+            "trajectories": session.trajectories()}
 
 
 def _frame_interval_s(reader: ArchiveReader) -> float | None:
@@ -73,6 +82,7 @@ def export_archive(
     reanalysis: str | None = None,
     fps: float | None = None,
     banner_s: float = 3.0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Write an archive's tables or frames in another format.
 
@@ -81,10 +91,11 @@ def export_archive(
     archive : str or Path
         A session archive.
     to : ExportFormat or str
-        ``csv``, ``parquet``, ``tiff``, ``mp4`` or ``avi``.
+        ``csv``, ``parquet``, ``tiff``, ``ome-tiff``, ``hspy``, ``mp4`` or ``avi``.
     output : str or Path, optional
         A folder for tables, a file for frames. Default: beside the archive, named after
-        it (``run3.zarr`` -> ``run3-csv/``, ``run3.tif``, ``run3.mp4``).
+        it (``run3.zarr`` -> ``run3-csv/``, ``run3.tif``, ``run3.ome.tif``, ``run3.hspy``,
+        ``run3.mp4``).
     reanalysis : str, optional
         Export the tables (and the movie's alerts) of this re-analysis run, or
         ``"latest"``, instead of the live analysis.
@@ -92,6 +103,9 @@ def export_archive(
         Movie frame rate (default: the session's, else 10).
     banner_s : float
         How long an alert stays on screen in a movie, in experiment seconds.
+    progress : callable, optional
+        Called with the number of frames (or tables) written since its last call,
+        for a progress bar.
 
     Returns
     -------
@@ -103,7 +117,9 @@ def export_archive(
     ArchiveError
         Not an archive, no frames for a frame export, or an output that exists.
     ConfigError
-        Unknown format, or Parquet without pyarrow.
+        Unknown format.
+    MissingExtraError
+        A package the format needs is not installed (the message names the extra).
     """
     try:
         kind = ExportFormat(str(to).lower())
@@ -115,8 +131,8 @@ def export_archive(
     stem = source.name.removesuffix(".zarr")
     if kind in (ExportFormat.csv, ExportFormat.parquet):
         folder = Path(output) if output is not None else source.with_name(f"{stem}-{kind}")
-        return _export_tables(source, folder, kind, reanalysis)
-    suffix = ".tif" if kind is ExportFormat.tiff else f".{kind}"
+        return _export_tables(source, folder, kind, reanalysis, progress)
+    suffix = {ExportFormat.tiff: ".tif", ExportFormat.ome_tiff: ".ome.tif"}.get(kind, f".{kind}")
     target = Path(output) if output is not None else source.with_name(stem + suffix)
     if target.exists():
         raise ArchiveError(f"{target} already exists; choose another output.")
@@ -124,20 +140,22 @@ def export_archive(
         raise ArchiveError(f"{source} holds no frames to export.")
     target.parent.mkdir(parents=True, exist_ok=True)
     if kind is ExportFormat.tiff:
-        _export_tiff(reader, target)
+        _export_tiff(reader, target, progress)
+    elif kind is ExportFormat.ome_tiff:
+        export_ome_tiff(reader, target, progress=progress)
+    elif kind is ExportFormat.hspy:
+        export_hspy(reader, target, progress=progress)
     else:
         _export_movie(reader, target, kind, reanalysis=reanalysis, fps=fps, banner_s=banner_s)
     return [target]
 
 
 def _export_tables(source: Path, folder: Path, kind: ExportFormat,
-                   reanalysis: str | None) -> list[Path]:
+                   reanalysis: str | None, progress: Callable[[int], None] | None
+                   ) -> list[Path]:
+    require("pandas", extra="scale", purpose=f"Exporting tables to {kind}")
     if kind is ExportFormat.parquet:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ConfigError("Parquet export needs pyarrow: pip install pyarrow "
-                              "(or lithoscope[scale]).") from None
+        require("pyarrow", extra="scale", purpose="Exporting tables to Parquet")
     tables = _tables(source, reanalysis)
     if folder.exists() and any(folder.iterdir()):
         raise ArchiveError(f"{folder} already exists and is not empty; choose another output.")
@@ -151,15 +169,21 @@ def _export_tables(source: Path, folder: Path, kind: ExportFormat,
         else:
             frame.to_parquet(path, index=False)
         written.append(path)
+        if progress is not None:
+            progress(1)
     return written
 
 
-def _frames(reader: ArchiveReader) -> Iterator[np.ndarray]:
+def _frames(reader: ArchiveReader, progress: Callable[[int], None] | None = None
+            ) -> Iterator[np.ndarray]:
     for position in range(reader.frame_count):
         yield reader.frame(position)
+        if progress is not None:
+            progress(1)
 
 
-def _export_tiff(reader: ArchiveReader, target: Path) -> None:
+def _export_tiff(reader: ArchiveReader, target: Path,
+                 progress: Callable[[int], None] | None = None) -> None:
     import tifffile
 
     shape = (reader.frame_count, *reader.frames.shape[1:])
@@ -183,7 +207,7 @@ def _export_tiff(reader: ArchiveReader, target: Path) -> None:
         if pixel_size_nm is not None:
             per_cm = 1e7 / pixel_size_nm
             options.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-    tifffile.imwrite(target, _frames(reader), **options)
+    tifffile.imwrite(target, _frames(reader, progress), **options)
 
 
 # --------------------------------------------------------------------------- movie

@@ -30,7 +30,7 @@ import datetime as _dt
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,10 @@ from ..archive import (
     PARTICLE_COLUMNS,
     PARTICLE_DOSE_COLUMNS,
     REGION_DOSE_COLUMNS,
+    ROW_DIMENSION,
     ArchiveReader,
 )
-from ..errors import ArchiveError, ConfigError
+from ..errors import ArchiveError, ConfigError, require
 from ..operando.context import OperandoConfig
 from ..pipeline import SessionPipeline
 from ..protocol import SessionStart
@@ -164,7 +165,8 @@ def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
                 else -1
             values = np.full(length, fill, dtype=str if dtype is str else dtype)
         array = table.create_array(column, shape=values.shape, dtype=dtype,
-                                   chunks=(max(len(values), 1),))
+                                   chunks=(max(len(values), 1),),
+                                   dimension_names=(ROW_DIMENSION,))
         if len(values):
             array[:] = values
 
@@ -196,6 +198,7 @@ def reanalyze(
     local_workers: int | None = None,
     local_processes: bool = False,
     connect_timeout_s: float = 30.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[ReanalysisResult]:
     """Re-run the analysis over archives on a Dask cluster; results beside the old ones.
 
@@ -214,6 +217,8 @@ def reanalyze(
         Size and kind of the local cluster (threads unless ``local_processes``).
     connect_timeout_s : float
         How long to try reaching ``scheduler``.
+    progress : callable, optional
+        Called as ``progress(done, total)`` each time an archive's run is stored.
 
     Returns
     -------
@@ -227,7 +232,8 @@ def reanalyze(
     ConfigError
         Bad settings or run name.
     """
-    from distributed import Client, LocalCluster
+    distributed = require("distributed", extra="scale",
+                          purpose="Re-analysing archives on a Dask cluster")
 
     analysis = analysis if analysis is not None else AnalysisConfig()
     alerts = alerts if alerts is not None else AlertConfig()
@@ -245,12 +251,12 @@ def reanalyze(
         # dashboard if bokeh is installed) otherwise takes 0.0.0.0:8787, which a second
         # run, or anything else on the machine, may already hold.
         network = {"host": "127.0.0.1", "scheduler_port": 0} if local_processes else {}
-        cluster = LocalCluster(n_workers=local_workers or 1,
+        cluster = distributed.LocalCluster(n_workers=local_workers or 1,
                                threads_per_worker=None if local_processes else 2,
                                processes=local_processes, dashboard_address="127.0.0.1:0",
                                **network)
     try:
-        client = Client(cluster if cluster is not None else scheduler,
+        client = distributed.Client(cluster if cluster is not None else scheduler,
                         timeout=f"{connect_timeout_s}s")
     except OSError as exc:
         if cluster is not None:
@@ -264,6 +270,8 @@ def reanalyze(
         for reader, future in zip(readers, futures, strict=True):
             tables = future.result()
             results.append(_store(reader, tables, analysis, alerts, run, scheduler or "local"))
+            if progress is not None:
+                progress(len(results), len(readers))
     finally:
         client.close()
         if cluster is not None:

@@ -3,9 +3,15 @@
 ``open_archive(path)`` is the door from an archive to the PyData stack: the frames as
 a dask-backed `xarray.DataArray` whose coordinates are the experiment time in seconds
 and the position in nanometres (so ``frames.sel(t=slice(20, 40))`` or
-``frames.mean("t")`` need no bookkeeping, and nothing is read until computed), and the
-measurement tables as pandas DataFrames (or an `xarray.Dataset` indexed by frame for
-the cluster table).
+``frames.mean("t")`` need no bookkeeping, and nothing is read until computed), and
+every table of :data:`lithoscope.service.schema.TABLES` as a pandas DataFrame (empty,
+with its columns, when the session wrote none), the cluster table also as an
+`xarray.Dataset` indexed by time, and the particles as a trackpy trajectory table
+(:meth:`ArchiveData.trajectories`).
+
+The archive itself is plain zarr v3 with dimension names on every array, so
+``xr.open_datatree(path, engine="zarr")`` opens the whole of it too (one node per
+table, the frames at the root).
 
 The crash rules of `ArchiveReader` apply: only trusted rows and frames are returned,
 and the fill rows of a growing ``frames`` array are cut off. xarray, dask and pandas
@@ -23,7 +29,8 @@ import numpy as np
 import zarr
 
 from ..archive import ArchiveReader
-from ..errors import ArchiveError
+from ..errors import ArchiveError, require
+from ..schema import TABLES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +40,8 @@ __all__ = ["REANALYSIS_GROUP", "ArchiveData", "open_archive", "reanalysis_runs"]
 
 REANALYSIS_GROUP = "reanalysis"
 """Group holding one subgroup per re-analysis run (``lithoscope reanalyze``)."""
-_MEASUREMENT_TABLES = ("cluster", "particles", "events")
+_MEASUREMENT_TABLES = tuple(name for name in TABLES if name != "frame_table")
+"""Tables a re-analysis run may replace (the frame table is the recording's)."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,55 @@ class ArchiveData:
     events: pd.DataFrame
     meta: Mapping[str, Any]
     """The archive's session metadata (``attributes["lithoscope"]``)."""
+    operando: pd.DataFrame
+    """Per frame: electrochemistry, dose and lithium (empty without operando context)."""
+    echem: pd.DataFrame
+    """The potentiostat's samples as received."""
+    particle_dose: pd.DataFrame
+    region_dose: pd.DataFrame
     reanalysis: str | None = None
     """The re-analysis run the measurement tables come from (``None``: the live ones)."""
     runs: tuple[str, ...] = field(default=())
     """Every re-analysis run in the archive, oldest first."""
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Any table by its name in :data:`lithoscope.service.schema.TABLES`."""
+        if name not in TABLES:
+            raise KeyError(f"Unknown table {name!r}; expected one of {', '.join(TABLES)}.")
+        frame: pd.DataFrame = getattr(self, name)
+        return frame
+
+    def trajectories(self) -> pd.DataFrame:
+        """The particles as trackpy's trajectory table: ``frame, particle, y, x, mass, size``
+        then every other particle column.
+
+        ``particle`` is the stable ``track_id`` (rows of untracked particles, id -1,
+        are left out), ``y`` / ``x`` the centroid in pixels, ``mass`` the integrated
+        intensity (``mean_intensity * area_px``) and ``size`` the radius of the disc of
+        the same area, in pixels. ``trackpy.compute_drift``, ``trackpy.msd`` /
+        ``imsd`` / ``emsd`` and ``trackpy.filter_stubs`` take it as it is (with
+        ``mpp`` = the archive's ``pixel_size_nm`` / 1000 for µm).
+
+        References
+        ----------
+        .. [1] D. B. Allan et al., trackpy, https://soft-matter.github.io/trackpy
+               (the column names of its linked feature tables).
+        """
+        import pandas as pd
+
+        particles = self.particles
+        tracked = particles[particles["track_id"] >= 0] if len(particles) else particles
+        area = tracked["area_px"].to_numpy(dtype=np.float64)
+        leading = pd.DataFrame({
+            "frame": tracked["frame"].to_numpy(dtype=np.int64),
+            "particle": tracked["track_id"].to_numpy(dtype=np.int64),
+            "y": tracked["centroid_row"].to_numpy(dtype=np.float64),
+            "x": tracked["centroid_col"].to_numpy(dtype=np.float64),
+            "mass": tracked["mean_intensity"].to_numpy(dtype=np.float64) * area,
+            "size": np.sqrt(area / np.pi),
+        })
+        rest = tracked.drop(columns=["frame", "track_id", "centroid_row", "centroid_col"])
+        return pd.concat([leading, rest.reset_index(drop=True)], axis=1)
 
     def cluster_dataset(self) -> xr.Dataset:
         """The cluster table as a Dataset on a ``t`` dimension, with ``frame`` beside it."""
@@ -76,10 +129,18 @@ def _read_table(group: zarr.Group) -> dict[str, np.ndarray]:
     return {name: np.asarray(array[:]) for name, array in group.arrays()}
 
 
-def _frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def _frame(columns: Mapping[str, np.ndarray], table: str) -> pd.DataFrame:
+    """A table as a DataFrame; one the session never wrote is empty, with its columns."""
     import pandas as pd
 
-    return pd.DataFrame({name: values for name, values in columns.items()})
+    dtypes = TABLES[table].numpy_dtypes()
+    if not columns:
+        columns = {name: np.zeros(0, dtype=object if dtype.kind in "OUT" else dtype)
+                   for name, dtype in dtypes.items()}
+    # The schema's column order (zarr lists arrays by name), then any column it lacks.
+    order = [name for name in dtypes if name in columns]
+    order += [name for name in columns if name not in dtypes]
+    return pd.DataFrame({name: columns[name] for name in order})
 
 
 def open_archive(path: str | Path, *, reanalysis: str | None = None) -> ArchiveData:
@@ -110,8 +171,10 @@ def open_archive(path: str | Path, *, reanalysis: str | None = None) -> ArchiveD
     >>> session.frames.sel(t=slice(20, 40)).mean("t").plot()  # doctest: +SKIP
     >>> session.cluster.plot(x="t_s", y="relative_area")      # doctest: +SKIP
     """
-    import dask.array as da
-    import xarray as xr
+    purpose = "Opening an archive as xarray / pandas objects"
+    da = require("dask.array", extra="scale", package="dask", purpose=purpose)
+    xr = require("xarray", extra="scale", purpose=purpose)
+    require("pandas", extra="scale", purpose=purpose)
 
     reader = ArchiveReader(path)
     count = reader.frame_count
@@ -156,15 +219,14 @@ def open_archive(path: str | Path, *, reanalysis: str | None = None) -> ArchiveD
         reanalysis = run
         group = reader.group[f"{REANALYSIS_GROUP}/{run}"]
         assert isinstance(group, zarr.Group)
-        tables = {name: _read_table(group[name]) if name in group else {}  # type: ignore[arg-type]
-                  for name in _MEASUREMENT_TABLES}
+        # A run replaces the tables it wrote; the others stay the recording's.
+        tables = {name: _read_table(group[name]) if name in group  # type: ignore[arg-type]
+                  else reader.table(name) for name in _MEASUREMENT_TABLES}
     return ArchiveData(
         frames=frames,
-        frame_table=_frame(frame_table),
-        cluster=_frame(tables["cluster"]),
-        particles=_frame(tables["particles"]),
-        events=_frame(tables["events"]),
+        frame_table=_frame(frame_table, "frame_table"),
         meta=reader.meta,
         reanalysis=reanalysis,
         runs=runs,
+        **{name: _frame(tables[name], name) for name in _MEASUREMENT_TABLES},
     )

@@ -6,6 +6,8 @@ Unix seconds, bias in V, current in A) until it ends or is closed:
 * :class:`CsvEchemSource` tails a CSV log with a header row and a time column;
 * :class:`EcLabSource` re-reads a BioLogic EC-Lab file (``.mpr`` binary or ``.mpt``
   text export) with galvani each time it grows, and yields the new rows;
+* :class:`ProtochipsSource` does the same for a Protochips Fusion /
+  Poseidon holder log (a ``.csv`` with Protochips' header), read with RosettaSciIO;
 * :class:`SimulatedEchem` is their twin: the bias of a simulated experiment and the
   current that carries exactly the lithium the simulated particles take up.
 
@@ -39,10 +41,11 @@ import numpy as np
 
 from ..errors import ConfigError, SourceError
 from ..protocol import MAX_ECHEM_SAMPLES, MAX_ECHEM_SOURCE_CHARS
+from .protochips import is_protochips_log, read_protochips
 from .sim import SimConfig, SimulatedSource
 
-__all__ = ["CsvEchemSource", "EcLabSource", "EchemBatch", "EchemSourceBase", "SimulatedEchem",
-           "open_echem_source"]
+__all__ = ["CsvEchemSource", "EcLabSource", "EchemBatch", "EchemSourceBase", "ProtochipsSource",
+           "SimulatedEchem", "open_echem_source"]
 
 log = logging.getLogger(__name__)
 
@@ -350,10 +353,15 @@ class EcLabSource(EchemSourceBase):
         self.poll_s = poll_s
         self.idle_timeout_s = idle_timeout_s
 
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+        """The whole file: times (s since start), bias (V), current (A), start (Unix s)."""
+        return read_eclab(path)
+
     def __iter__(self) -> Iterator[EchemBatch]:
         opened = time.time()
         sent = 0
         seen: tuple[int, int] | None = None
+        tried: tuple[int, int] | None = None
         last_growth = time.monotonic()
         failure: SourceError | None = None
         base: float | None = None
@@ -363,12 +371,13 @@ class EcLabSource(EchemSourceBase):
                 signature: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
             except FileNotFoundError:
                 signature = None
-            if signature is not None and signature != seen:
+            if signature is not None and signature != seen and signature != tried:
                 last_growth = time.monotonic()
+                tried = signature
                 try:
-                    t, bias, current, start = read_eclab(self.path)
+                    t, bias, current, start = self._read(self.path)
                 except SourceError as exc:
-                    failure = exc  # probably mid-write: try again at the next poll
+                    failure = exc  # probably mid-write: retried once the file changes
                 else:
                     seen, failure = signature, None
                     if t.size > sent:
@@ -383,6 +392,24 @@ class EcLabSource(EchemSourceBase):
                     raise failure
                 return
             self._stop.wait(self.poll_s)
+
+
+class ProtochipsSource(EcLabSource):
+    """A Protochips holder log, re-read whenever it grows (:mod:`.protochips`).
+
+    Times are the log's plus one base, fixed by the first read with rows:
+    ``t0_unix``, else the start the log records, else the moment the tailer opened it.
+    """
+
+    def __init__(self, path: str | Path, *, t0_unix: float | None = None,
+                 poll_s: float = 0.5, idle_timeout_s: float = 60.0,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(path, t0_unix=t0_unix, poll_s=poll_s, idle_timeout_s=idle_timeout_s,
+                         stop=stop)
+        self.name = _source_name("protochips", self.path)
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+        return read_protochips(path)
 
 
 class SimulatedEchem(EchemSourceBase):
@@ -439,16 +466,20 @@ def open_echem_source(spec: str, *, t0_unix: float | None = None,
                       time_column: str | None = None, bias_column: str | None = None,
                       current_column: str | None = None, idle_timeout_s: float = 60.0,
                       stop: threading.Event | None = None, **sim: Any) -> EchemSourceBase:
-    """``sim`` / ``sim:SCENARIO``, a ``.csv``/``.txt`` log, or an EC-Lab ``.mpr``/``.mpt``."""
+    """``sim`` / ``sim:SCENARIO``, a ``.csv``/``.txt`` log, an EC-Lab ``.mpr``/``.mpt``, or a
+    Protochips holder log (a ``.csv`` whose header is Protochips', or ``protochips:PATH``)."""
     if spec == "sim" or spec.startswith("sim:"):
         scenario = spec.partition(":")[2] or "lithiation"
         return SimulatedEchem(scenario=scenario, t0_unix=t0_unix, stop=stop, **sim)
     suffix = Path(spec).suffix.lower()
     if suffix in (".mpr", ".mpt"):
         return EcLabSource(spec, t0_unix=t0_unix, idle_timeout_s=idle_timeout_s, stop=stop)
+    if spec.startswith("protochips:") or (suffix == ".csv" and is_protochips_log(Path(spec))):
+        return ProtochipsSource(spec.removeprefix("protochips:"), t0_unix=t0_unix,
+                                idle_timeout_s=idle_timeout_s, stop=stop)
     if suffix in (".csv", ".txt", ".tsv", ".log"):
         return CsvEchemSource(spec, time_column=time_column, bias_column=bias_column,
                               current_column=current_column, t0_unix=t0_unix,
                               idle_timeout_s=idle_timeout_s, stop=stop)
     raise ConfigError(f"Unknown echem source {spec!r}. Expected 'sim', 'sim:SCENARIO', a .csv "
-                      "log or an EC-Lab .mpr/.mpt file.")
+                      "log, a Protochips holder log or an EC-Lab .mpr/.mpt file.")

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ..errors import ConfigError, SourceError
 from .base import Source
+from .imagefile import FrameFile, FrameFileReader, read_image_file
 
 __all__ = [
     "SourceKind",
@@ -76,8 +75,9 @@ class SourceKind:
     """Lower first when several directory kinds could claim the same folder."""
     takes_options: bool = False
     """Accepts source-specific ``options`` (the simulator's settings)."""
-    read_frame: Callable[[Path], np.ndarray] | None = field(default=None, compare=False)
-    """Reads one frame file of this kind (for watched folders), if it can."""
+    read_frame: FrameFileReader | None = field(default=None, compare=False)
+    """Reads one frame file of this kind (for watched folders and image folders), with
+    the file's own calibration, if it can."""
 
 
 _KINDS: dict[str, SourceKind] = {}
@@ -115,16 +115,15 @@ def describe_kinds() -> str:
     return ", ".join(names[:-1]) + (f" or {names[-1]}" if len(names) > 1 else "".join(names))
 
 
-def frame_file_reader() -> tuple[frozenset[str], Callable[[Path], np.ndarray]]:
-    """Suffixes and reader of single frame files, from every kind that reads them."""
+def frame_file_reader() -> tuple[frozenset[str], FrameFileReader]:
+    """Suffixes and reader of single frame files, from every kind that reads them (the
+    service's own :func:`~.imagefile.read_image_file` for the rest)."""
     readers = {suffix: kind.read_frame for kind in registered() if kind.read_frame
                for suffix in kind.suffixes}
 
-    def read(path: Path) -> np.ndarray:
+    def read(path: Path) -> FrameFile:
         reader = readers.get(path.suffix.casefold())
         if reader is None:
-            from .watch import read_image_file
-
             return read_image_file(path)
         return reader(path)
 

@@ -13,11 +13,17 @@ that write in place are picked up once they stop growing. A file that is still
 unreadable after settling (a writer that paused mid-file longer than a poll) is
 retried until ``unreadable_timeout_s``, then raises.
 
-*Acquisition order* is natural name order (``frame_2`` before ``frame_10``), the order
-camera software numbers its files in. A frame is yielded only when every new file that
-sorts before it has been yielded, so a slow write of frame 9 holds back frame 10
-rather than being overtaken; a file that shows up sorting before frames already
-yielded (a clock or naming mistake) is yielded late with a warning, never dropped.
+*Acquisition order* is natural order of the path below the folder (``frame_2`` before
+``frame_10``), the order camera software numbers its files in; subfolders are watched
+too, so a GMS In-Situ recording (``Hour_00/Minute_00/Second_07/...``) streams in order.
+A frame is yielded only when every new file that sorts before it has been yielded, so a
+slow write of frame 9 holds back frame 10 rather than being overtaken; a file that shows
+up sorting before frames already yielded (a clock or naming mistake) is yielded late
+with a warning, never dropped.
+
+Each file's own calibration comes with its frame (``pixel_size_nm`` in the frame's
+metadata when the file records one and none was given; the first file's is the
+session's). Colour follows :mod:`.imagefile`'s policy, as in the folder replay.
 
 Times: ``t_s`` is each file's modification time relative to the first frame's (when
 the camera finished writing it), never decreasing; ``info.fps`` is ``None`` unless
@@ -34,63 +40,35 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import cv2
 import numpy as np
 
 from ..errors import ConfigError, SourceError
 from .base import SourceBase, SourceFrame, SourceInfo
+from .imagefile import (
+    IMAGE_SUFFIXES,
+    FrameFile,
+    FrameFileReader,
+    frame_files,
+    natural_key,
+    read_image_file,
+)
 
 __all__ = ["WATCH_SUFFIXES", "WatchFolderSource", "read_image_file"]
 
 log = logging.getLogger(__name__)
 
-WATCH_SUFFIXES: Final = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
+WATCH_SUFFIXES: Final = IMAGE_SUFFIXES
 """Frame file suffixes the default reader understands (compared case-insensitively)."""
-_TEMPORARY_SUFFIXES: Final = (".tmp", ".temp", ".part", ".partial", ".crdownload", "~")
-_DIGITS: Final = re.compile(r"(\d+)")
 
-FrameReader = Callable[[Path], np.ndarray]
-"""Reads one complete frame file as a 2-D array; raises on a torn or foreign file."""
-
-
-def read_image_file(path: Path) -> np.ndarray:
-    """Default frame reader: TIFF with tifffile, PNG / JPEG / BMP with OpenCV.
-
-    Colour files whose channels are equal are reduced to one channel; real colour is
-    converted with OpenCV's BGR2GRAY (camera software exporting previews in colour).
-    """
-    if path.suffix.casefold() in {".tif", ".tiff"}:
-        import tifffile
-
-        image = np.asarray(tifffile.imread(path))
-    else:
-        encoded = np.fromfile(path, dtype=np.uint8)
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if encoded.size else None
-        if decoded is None:
-            raise SourceError(f"Cannot read {path}: not a readable image (truncated?).")
-        image = decoded
-    if image.ndim == 3:
-        first = image[..., 0]
-        if all(np.array_equal(first, image[..., c]) for c in range(1, min(image.shape[-1], 3))):
-            image = first
-        else:
-            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
-    if image.ndim != 2:
-        raise SourceError(f"Cannot read {path}: {image.ndim}-D image; expected one 2-D frame.")
-    return np.ascontiguousarray(image)
-
-
-def _natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
-    parts = _DIGITS.split(name.casefold())
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+FrameReader = FrameFileReader
+"""Reads one complete frame file; raises on a torn or foreign file."""
 
 
 @dataclass
@@ -111,7 +89,7 @@ class WatchFolderSource(SourceBase):
     suffixes : collection of str, optional
         Frame file suffixes; default `WATCH_SUFFIXES`, or what ``reader`` understands.
     reader : callable, optional
-        ``reader(path) -> 2-D ndarray``; default `read_image_file`. The replay package
+        ``reader(path) -> FrameFile``; default `read_image_file`. The replay package
         passes one that also reads DM3/DM4 and MRC frames.
     include_existing : bool
         Also stream files already in the folder when the source opens (default True:
@@ -173,9 +151,10 @@ class WatchFolderSource(SourceBase):
         self._unreadable_timeout_s = float(unreadable_timeout_s)
         self._sentinel = sentinel
         self._fps = fps
+        self._pixel_size_nm = pixel_size_nm
         self._closed = threading.Event()
         self._stop = stop
-        self._ignored = set() if include_existing else {e.name for e in self._listing()}
+        self._ignored = set() if include_existing else set(self._listing())
         metadata: dict[str, Any] = {
             "folder_name": self._path.name,
             "sentinel": sentinel,
@@ -185,18 +164,9 @@ class WatchFolderSource(SourceBase):
             name=f"watch:{self._path}", kind="watch", fps=fps, pixel_size_nm=pixel_size_nm,
             live=True, metadata=metadata)
 
-    def _listing(self) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(self._path) as entries:
-                return [
-                    entry for entry in entries
-                    if not entry.name.startswith((".", "~"))
-                    and not entry.name.casefold().endswith(_TEMPORARY_SUFFIXES)
-                    and os.path.splitext(entry.name)[1].casefold() in self._suffixes
-                    and entry.is_file()
-                ]
-        except OSError as exc:
-            raise SourceError(f"Cannot watch {self._path}: {exc.strerror or exc}.") from exc
+    def _listing(self) -> list[str]:
+        """Frame files, relative to the folder, subfolders included (GMS In-Situ)."""
+        return frame_files(self._path, self._suffixes)
 
     def __iter__(self) -> Iterator[SourceFrame]:
         if self._closed.is_set():
@@ -218,13 +188,13 @@ class WatchFolderSource(SourceBase):
                 return
             if (self._path / self._sentinel).exists():
                 stopping = True
-            listing = {entry.name: entry for entry in self._listing() if entry.name not in done}
+            listing = [name for name in self._listing() if name not in done]
             for name in list(pending):
                 if name not in listing:  # renamed away or deleted before it settled
                     del pending[name]
-            for name, entry in listing.items():
+            for name in listing:
                 try:
-                    stat = entry.stat()
+                    stat = (self._path / name).stat()
                 except FileNotFoundError:
                     continue
                 state = pending.get(name)
@@ -234,7 +204,7 @@ class WatchFolderSource(SourceBase):
                     last_activity = time.monotonic()
                 elif stat.st_size > 0:
                     state.stable_polls += 1
-            for name in sorted(pending, key=_natural_key):
+            for name in sorted(pending, key=natural_key):
                 if self._closed.is_set():
                     break
                 state = pending[name]
@@ -242,7 +212,7 @@ class WatchFolderSource(SourceBase):
                     break  # an earlier frame is still being written: keep the order
                 file = self._path / name
                 try:
-                    image = self._reader(file)
+                    read = self._reader(file)
                 except Exception as exc:
                     now = time.monotonic()
                     state.first_failure = state.first_failure or now
@@ -252,15 +222,16 @@ class WatchFolderSource(SourceBase):
                         f"Cannot read {file}: still unreadable after "
                         f"{self._unreadable_timeout_s:g} s ({exc})."
                     ) from exc
+                image = read.image
                 if first is None:
                     first = image
-                    self._info = _with_first_frame(self._info, image)
+                    self._info = _with_first_frame(self._info, read)
                 elif image.shape != first.shape or image.dtype != first.dtype:
                     raise SourceError(
                         f"Cannot read {file}: {image.shape} {image.dtype} differs from the "
                         f"first frame's {first.shape} {first.dtype}; all frames must match."
                     )
-                key = _natural_key(name)
+                key = natural_key(name)
                 if last_name is not None and key < last_name:
                     log.warning("%s arrived after %s, which sorts after it; streamed late.",
                                 name, last_name[1])
@@ -275,7 +246,11 @@ class WatchFolderSource(SourceBase):
                 del pending[name]
                 done.add(name)
                 last_activity = time.monotonic()
-                yield SourceFrame(image, t_s, index, metadata={"file_name": name})
+                # Each file's own calibration: a GMS In-Situ file records its own.
+                metadata = {**read.metadata, "file_name": name}
+                if read.pixel_size_nm is not None and self._pixel_size_nm is None:
+                    metadata["pixel_size_nm"] = read.pixel_size_nm
+                yield SourceFrame(image, t_s, index, metadata=metadata)
                 index += 1
             if stopping and not pending:
                 return
@@ -292,7 +267,10 @@ class WatchFolderSource(SourceBase):
         self._closed.set()
 
 
-def _with_first_frame(info: SourceInfo, image: np.ndarray) -> SourceInfo:
-    """The info once the first frame has shown the shape and dtype (unknown before)."""
+def _with_first_frame(info: SourceInfo, read: FrameFile) -> SourceInfo:
+    """The info once the first frame has shown the shape and dtype (unknown before), and
+    the pixel size its file records when none was given."""
+    image = read.image
+    pixel_size_nm = info.pixel_size_nm if info.pixel_size_nm is not None else read.pixel_size_nm
     return replace(info, shape=(int(image.shape[0]), int(image.shape[1])),
-                   dtype=image.dtype.name)
+                   dtype=image.dtype.name, pixel_size_nm=pixel_size_nm)

@@ -12,6 +12,7 @@ from lithoscope.replay.readers import TiffSource, VideoSource
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import ArchiveError, ConfigError
 from lithoscope.service.offline.export import export_archive
+from lithoscope.service.schema import TABLES
 
 from support.archives import SMALL_SIM, record_sim_archive
 
@@ -25,7 +26,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tables(archive: Path, tmp_path: Path, to: str) -> None:
     written = export_archive(archive, to, tmp_path / "out")
     assert [p.name for p in written] == [f"{name}.{to}" for name in
-                                         ("frame_table", "cluster", "particles", "events")]
+                                         (*TABLES, "trajectories")]
     read = pd.read_csv if to == "csv" else pd.read_parquet
     reader = ArchiveReader(archive)
     cluster = read(tmp_path / "out" / f"cluster.{to}")
@@ -87,3 +88,51 @@ def test_bad_requests(archive: Path, tmp_path: Path) -> None:
         export_archive(archive, "tiff", tmp_path / "a.tif")
     with pytest.raises(ArchiveError, match="not a lithoscope archive"):
         export_archive(tmp_path, "csv")
+
+
+def test_every_table_is_exported_with_its_header_even_when_empty(archive: Path,
+                                                                  tmp_path: Path) -> None:
+    export_archive(archive, "csv", tmp_path / "out")
+    for name, table in TABLES.items():
+        frame = pd.read_csv(tmp_path / "out" / f"{name}.csv")
+        assert list(frame.columns) == [column.name for column in table.columns], name
+    trajectories = pd.read_csv(tmp_path / "out" / "trajectories.csv")
+    assert list(trajectories.columns[:6]) == ["frame", "particle", "y", "x", "mass", "size"]
+
+
+def test_ome_tiff_opens_at_scale_with_plane_times(archive: Path, tmp_path: Path) -> None:
+    import tifffile
+
+    written: list[int] = []
+    (path,) = export_archive(archive, "ome-tiff", tmp_path / "frames.ome.tif",
+                             progress=written.append)
+    reader = ArchiveReader(archive)
+    assert sum(written) == reader.frame_count
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        assert tif.series[0].axes == "TYX"
+        ome = tif.ome_metadata
+        stack = tif.asarray()
+    assert f'PhysicalSizeX="{SMALL_SIM.pixel_size_nm}"' in ome
+    assert 'PhysicalSizeXUnit="nm"' in ome
+    assert np.array_equal(stack[3], reader.frame(3))
+    with TiffSource(path) as source:  # lithoscope's own reader: OME calibration
+        assert source.info.pixel_size_nm == pytest.approx(SMALL_SIM.pixel_size_nm)
+        assert source.info.fps == pytest.approx(SMALL_SIM.fps)
+
+
+def test_hspy_opens_in_rosettasciio_with_axes_and_metadata(archive: Path,
+                                                           tmp_path: Path) -> None:
+    from rsciio.hspy import file_reader
+
+    (path,) = export_archive(archive, "hspy", tmp_path / "frames.hspy")
+    reader = ArchiveReader(archive)
+    (signal,) = file_reader(str(path))
+    assert signal["data"].shape == (reader.frame_count, *SMALL_SIM.shape)
+    assert np.array_equal(signal["data"][5], reader.frame(5))
+    time, y, x = signal["axes"]
+    assert (time["navigate"], y["navigate"], x["navigate"]) == (True, False, False)
+    assert time["scale"] == pytest.approx(1 / SMALL_SIM.fps)
+    assert x["units"] == "nm"
+    assert x["scale"] == pytest.approx(SMALL_SIM.pixel_size_nm)
+    assert signal["original_metadata"]["lithoscope"]["session_id"] == reader.meta["session_id"]

@@ -13,6 +13,7 @@ import xarray as xr
 import lithoscope.service
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.errors import ArchiveError
+from lithoscope.service.schema import TABLES
 
 from support.archives import SMALL_SIM, record_sim_archive
 
@@ -74,3 +75,50 @@ def test_not_an_archive(tmp_path: Path) -> None:
 def test_unknown_reanalysis_run(archive: Path) -> None:
     with pytest.raises(ArchiveError, match="no re-analysis runs"):
         lithoscope.service.open_archive(archive, reanalysis="latest")
+
+
+def test_every_table_is_a_dataframe_with_its_columns(archive: Path) -> None:
+    session = lithoscope.service.open_archive(archive)
+    for name, table in TABLES.items():
+        frame = session.table(name)
+        assert isinstance(frame, pd.DataFrame)
+        assert list(frame.columns) == [column.name for column in table.columns], name
+    with pytest.raises(KeyError, match="Unknown table"):
+        session.table("nope")
+
+
+def test_xarray_opens_the_whole_archive_as_a_datatree(archive: Path) -> None:
+    # The archive is not consolidated (it grows while recorded and re-analysed), so
+    # the plain call says so and reads it group by group; consolidated=False is silent.
+    with pytest.warns(RuntimeWarning, match="non-consolidated metadata"):
+        assert "cluster" in xr.open_datatree(archive, engine="zarr").children
+    tree = xr.open_datatree(archive, engine="zarr", consolidated=False)
+    reader = ArchiveReader(archive)
+    assert tree["frames"].dims == ("t", "y", "x")
+    assert tree["frames"].shape == (reader.frame_count, *SMALL_SIM.shape)
+    for name in ("frame_table", "cluster", "particles", "events"):
+        assert name in tree.children, name
+        assert set(tree[name].dataset.data_vars) == set(TABLES[name].names()), name
+    np.testing.assert_array_equal(tree["cluster"]["area_px"].values[:len(
+        reader.table("cluster")["area_px"])], reader.table("cluster")["area_px"])
+    # One table by itself, as xarray users first try it.
+    cluster = xr.open_zarr(archive, group="cluster", consolidated=False)
+    assert cluster["area_px"].dims == ("row",)
+
+
+# trackpy 0.7's own DataFrame.rename(inplace=True), deprecated by pandas 3.1: not our call.
+@pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.rename")
+def test_trajectories_are_what_trackpy_s_motion_tools_take(archive: Path) -> None:
+    session = lithoscope.service.open_archive(archive)
+    trajectories = session.trajectories()
+    assert list(trajectories.columns[:6]) == ["frame", "particle", "y", "x", "mass", "size"]
+    assert len(trajectories) > 0
+    assert (trajectories["particle"] >= 0).all()
+    trackpy = pytest.importorskip("trackpy")
+    drift = trackpy.compute_drift(trajectories)
+    assert {"y", "x"} <= set(drift.columns)
+    msd = trackpy.emsd(trajectories, mpp=SMALL_SIM.pixel_size_nm / 1000, fps=SMALL_SIM.fps,
+                       max_lagtime=5)
+    assert len(msd) > 0
+    assert np.all(np.isfinite(msd.to_numpy()))
+    assert len(trackpy.filter_stubs(trajectories, threshold=2)) > 0

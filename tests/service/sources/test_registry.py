@@ -100,6 +100,6 @@ print(before, after, sorted(suffixes))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.splitlines()
     assert out[0] == "SourceError True"
-    assert out[1] == ("['imagezmq', 'sim', 'watch'] ['archive', 'dm', 'emd', 'folder', "
-                      "'imagezmq', 'mrc', 'sim', 'tiff', 'video', 'watch'] "
-                      "['.ali', '.dm3', '.dm4', '.mrc', '.mrcs', '.st']")
+    assert out[1] == ("['imagezmq', 'sim', 'watch'] ['archive', 'dm', 'folder', "
+                      "'imagezmq', 'mrc', 'rsciio', 'sim', 'tiff', 'video', 'watch'] "
+                      "['.ali', '.dm3', '.dm4', '.mrc', '.mrcs', '.st', '.tif', '.tiff']")
