@@ -12,16 +12,9 @@ import numpy as np
 
 from ._config import AnalysisConfig
 from ._measure import measure_particles, particle_contacts
-from ._segment import (
-    _find_needle,
-    _Needle,
-    _particle_threshold,
-    _prepare,
-    _Prepared,
-    _segment,
-    _touching,
-    _upsample,
-)
+from ._needle import _find_needle, _Needle, _touching
+from ._particles import _segment
+from ._prepare import _particle_threshold, _prepare, _Prepared, _upsample
 
 __all__ = ["FrameAnalysis", "analyze_frame"]
 
