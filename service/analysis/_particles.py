@@ -30,8 +30,8 @@ _SCALE_GROWTH = 1.25
 """Without a pixel size, the frame is smoothed again at the scale measured after
 smoothing while that grew by more than this factor, at most ``_SCALE_ROUNDS`` times."""
 _MIN_AREA_FLOOR_PX = 6
-"""Without a pixel size, no region under this many analysis pixels is a particle: a
-blob of smoothed noise at 4 sigmas is about this big at the smallest smoothing."""
+"""No region under this many analysis pixels is a particle: a blob of smoothed noise
+at 4 sigmas is about this big at the smallest smoothing."""
 _EDGE_MIN_AREA_PX = 2 * _MIN_AREA_FLOOR_PX
 """Regions cut by the frame edge are particles down to this many analysis pixels."""
 _OUTLINE_MIN_CONTRAST = 0.05
@@ -42,7 +42,7 @@ within a few percent of its level)."""
 
 
 def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: np.ndarray,
-                   smoothing_px: float) -> np.ndarray:
+                   smoothing_px: float) -> tuple[np.ndarray, np.ndarray]:
     """The kept regions cut back to where they are half as dark as their own rim.
 
     A blurred edge crosses half-way between the two levels it separates exactly at the
@@ -52,6 +52,8 @@ def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: n
     clump in one piece) lies a blur width outside the particles, by a share of the
     area that changes as they swell. ``smoothing_px``: the Gaussian sigma ``flat`` was
     smoothed at (analysis px), which sets how far in the blur reaches.
+
+    Returns the mask and each region's cut level (NaN where the outline was kept).
     """
     grown = keep[components]
     inner = cv2.distanceTransform(grown.view(np.uint8), cv2.DIST_L2, 5)
@@ -66,6 +68,53 @@ def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: n
     cut = np.where(np.isfinite(rim), (rim + _VACUUM) / 2.0, float(_VACUUM))
     cut[0] = 0.0
     result: np.ndarray = grown & (flat < cut[components])
+    return result, np.where(np.isfinite(rim), cut, np.nan)
+
+
+def _boundary_areas(labels: np.ndarray, flat: np.ndarray, level: np.ndarray,
+                    excluded: np.ndarray) -> np.ndarray:
+    """Each label's area (analysis px², indexed by label) with its outline placed
+    between pixels: where the smoothed frame ``flat`` crosses the label's cut
+    ``level`` (per label), interpolated linearly between the pixel inside and its
+    4-neighbour outside.
+
+    The pixel count puts every outline half-way between the two pixel centres. Along
+    a row, the run of a particle's pixels is lengthened at each end by how far past
+    that half-way point the interpolated crossing lies (-0.5 to +0.5 px); summed
+    over the rows this is the area by the midpoint rule across rows, and the same
+    along columns; the two are averaged, so that an outline nearly parallel to one
+    axis is still measured across it by the other. Boundaries with another particle,
+    the needle or the grid (``excluded``) and the frame edge are not moved: the split
+    and the opaque objects are not intensity edges of this particle.
+
+    References
+    ----------
+    W. E. Lorensen and H. E. Cline, "Marching cubes: a high resolution 3D surface
+    construction algorithm", Comput. Graph. 21 (1987) 163-169 (the crossing placed by
+    linear interpolation between samples).
+    """
+    size = int(labels.max()) + 1
+    area = np.bincount(labels.ravel(), minlength=size).astype(np.float64)
+    values = flat.astype(np.float32)
+    free = (labels == 0) & ~excluded
+    shift = np.zeros(size, np.float64)
+    for axis in (0, 1):
+        first = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        second = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        a, b = labels[first], labels[second]
+        va, vb = values[first], values[second]
+        for inside, outside, v_in, v_out in ((a, free[second], va, vb),
+                                             (b, free[first], vb, va)):
+            edge = (inside > 0) & outside
+            ids = inside[edge]
+            low, high = v_in[edge], v_out[edge]
+            rise = high - low
+            cut = level[ids].astype(np.float32)
+            t = np.clip((cut - low) / np.where(rise > 0, rise, 1.0), 0.0, 1.0)
+            moved = np.where(rise > 0, t - 0.5, 0.0)
+            shift += np.bincount(ids, weights=moved, minlength=size)
+    result: np.ndarray = area + shift / 2.0
+    result[0] = 0.0
     return result
 
 
@@ -135,7 +184,11 @@ def _sizes(radius: float, config: AnalysisConfig, binning: int,
     ``from_image`` (no pixel size known), else the configured ones."""
     base_sigma = config.smoothing_sigma_px / binning
     if not from_image or radius <= 0:
-        return _Scale(radius, base_sigma, config.min_particle_area_px / binning ** 2,
+        # Binned coarser than the reference pixel (large particles, see _resolution),
+        # the configured smallest particle may shrink to a speck of noise or of a
+        # needle's blurred rim: never under the floor.
+        return _Scale(radius, base_sigma,
+                      max(_MIN_AREA_FLOOR_PX, config.min_particle_area_px / binning ** 2),
                       config.split_min_distance_px / binning)
     return _Scale(
         radius_px=radius,
@@ -151,9 +204,12 @@ def _sizes(radius: float, config: AnalysisConfig, binning: int,
 
 
 def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
-             *, from_image: bool = False) -> tuple[np.ndarray, float]:
-    """int32 labels at analysis resolution, and the particle radius (analysis px)
-    measured on the frame; ``needle``: every opaque pixel to leave out.
+             *, from_image: bool = False) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """int32 labels at analysis resolution, the particle radius (analysis px)
+    measured on the frame, and the particles' areas (analysis px², indexed by label)
+    with sub-pixel outlines (:func:`_boundary_areas`; None with
+    ``subpixel_areas=False`` or no particle); ``needle``: every opaque pixel to leave
+    out.
 
     ``from_image``: no pixel size is known, so the smoothing, the minimum area and the
     splitting distance follow the particle radius measured here (a first pass at the
@@ -168,7 +224,7 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     flat = prepared.flat
     b = prepared.binning
     if not flat.any():
-        return np.zeros(flat.shape, np.int32), 0.0
+        return np.zeros(flat.shape, np.int32), 0.0, None
     base = flat
     otsu = _particle_threshold(base, needle, config, capped=False)
     # The first scale from Otsu's threshold alone: at the configured smoothing, a
@@ -235,8 +291,12 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     keep = (stats[:, cv2.CC_STAT_AREA] >= min_area) & (seeds >= min_area / 4)
     keep[0] = False
     if not keep.any():
-        return np.zeros(flat.shape, np.int32), radius
-    foreground = _half_contrast(flat, components, count, keep, sigma)
+        return np.zeros(flat.shape, np.int32), radius, None
+    foreground, levels = _half_contrast(flat, components, count, keep, sigma)
+    # Each region's cut level over its pixels, for the sub-pixel outline (where the
+    # outline was kept, its own level).
+    cut_image = np.where(keep, np.nan_to_num(levels, nan=float(outline)), 0.0).astype(
+        np.float32)[components]
     if radius > 0:
         foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
     # Labelled again: holes filled join their particle, and a sliver the cut-back
@@ -248,16 +308,24 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     keep[0] = False
     if not keep.any():
-        return np.zeros(flat.shape, np.int32), radius
+        return np.zeros(flat.shape, np.int32), radius, None
     lookup = np.zeros(count, np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     labels: np.ndarray = lookup[components]
-    if not config.split_touching:
-        return labels, radius
-    if not from_image:
-        return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat), radius
-    # Without a pixel size the marker spacing is half the typical radius and the grid
-    # a seventh of it (at a fifth, whether two discs of radius 40 and 30 px were split
-    # hung on the rounding of the spacing).
-    return _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
-                  _SPLIT_SHAPE_WEIGHT, cells_per_spacing=7.0, flood_on_shape=True), radius
+    if config.split_touching:
+        if not from_image:
+            labels = _split(labels, int(keep.sum()), scale.split_min_distance_px, flat)
+        else:
+            # Without a pixel size the marker spacing is half the typical radius and
+            # the grid a seventh of it (at a fifth, whether two discs of radius 40 and
+            # 30 px were split hung on the rounding of the spacing).
+            labels = _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
+                            _SPLIT_SHAPE_WEIGHT, cells_per_spacing=7.0, flood_on_shape=True)
+    if not config.subpixel_areas:
+        return labels, radius, None
+    # The split moves pixels between the pieces of one region, and filled holes lie
+    # inside theirs: every label's pixels carry its region's cut (or 0, a filled hole).
+    level = np.zeros(int(labels.max()) + 1, np.float32)
+    placed = (labels > 0) & (cut_image > 0)
+    level[labels[placed]] = cut_image[placed]
+    return labels, radius, _boundary_areas(labels, flat, level, needle)

@@ -39,14 +39,40 @@ class _Prepared:
     """Shape of the input frame."""
     image: np.ndarray
     """The input frame at analysis resolution, what intensities are measured on: each
-    pixel the mean of its ``binning``² block of raw counts (float32), before any
+    pixel the mean of its ``binning``² block of raw counts (float32; for integer frames
+    bright enough, see ``_ROUNDING_SHARE``, rounded to a whole count), before any
     correction; the input frame itself when unbinned."""
 
 
-def _as_float(image: np.ndarray) -> np.ndarray:
-    if image.ndim != 2:
-        raise ValueError(f"Expected a 2-D image. Got shape {image.shape}.")
-    return image.astype(np.float32)  # a copy: the caller's array is never touched
+_RESIZABLE = frozenset({"uint8", "uint16", "int16", "float32", "float64"})
+"""Dtypes OpenCV's area resize bins as they are (others are binned as float32)."""
+_ROUNDING_SHARE = 0.01
+"""Integer frames are binned in their own dtype (OpenCV rounds each block's mean to a
+count) when that rounding (variance 1/12 count²) adds at most this share to the
+variance of a block's mean, ``mean counts / binning²`` at the least (shot noise at
+one count per electron); fainter frames are binned in float32, stripe by stripe."""
+_STRIPE_ROWS = 256
+"""Rows of binned output made per float32 stripe of the input frame."""
+
+
+def _bin_counts(image: np.ndarray, binning: int, rows: int, cols: int,
+                mean_counts: float) -> np.ndarray:
+    """Block means of the raw counts at ``binning``, float32, without a full-size
+    float copy of the frame: an integer frame bright enough (``mean_counts`` per
+    pixel, see ``_ROUNDING_SHARE``) is binned in its own dtype, anything else in
+    float32 stripes of ``_STRIPE_ROWS`` binned rows."""
+    b = binning
+    if (np.issubdtype(image.dtype, np.integer) and image.dtype.name in _RESIZABLE
+            and mean_counts * _ROUNDING_SHARE * 12 >= b * b):
+        binned = cv2.resize(image[: rows * b, : cols * b], (cols, rows),
+                            interpolation=cv2.INTER_AREA)
+        return binned.astype(np.float32)
+    out = np.empty((rows, cols), np.float32)
+    for start in range(0, rows, _STRIPE_ROWS):
+        stop = min(rows, start + _STRIPE_ROWS)
+        stripe = image[start * b: stop * b, : cols * b].astype(np.float32)
+        out[start:stop] = cv2.resize(stripe, (cols, stop - start), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def _otsu_index(hist: np.ndarray) -> int:
@@ -132,28 +158,38 @@ def _upper_envelope(small: np.ndarray, keep: np.float32) -> np.ndarray:
 
 
 def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
-    pixels = _as_float(image)
+    """Bin, correct and flatten a frame (see :class:`_Prepared`).
+
+    The frame is binned first, in its own dtype, and only the binned copy is turned
+    into float: at 2048² and 4x4 binning the float copies of the whole frame cost
+    more than everything after them. Hot pixels are clipped all the same, as if
+    before binning: each block holding one is lowered by the clipped excess over
+    its pixel count.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"Expected a 2-D image. Got shape {image.shape}.")
     shape = (int(image.shape[0]), int(image.shape[1]))
     binning = int(config.binning)
     rows, cols = shape[0] // binning, shape[1] // binning
     if rows < 1 or cols < 1:
-        binning = 1
-    raw = image
-    if binning > 1:
-        # Block means of the raw counts, taken before the dark level and the clipping
-        # below change the copy: the particles' mean intensity is read from these.
-        raw = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
-                         interpolation=cv2.INTER_AREA)
-    if config.dark_level_counts:
-        pixels -= np.float32(config.dark_level_counts)
-    coarse = cv2.resize(pixels, (max(1, shape[1] // 8), max(1, shape[0] // 8)),
+        binning, rows, cols = 1, shape[0], shape[1]
+    dark = float(config.dark_level_counts)
+    coarse = cv2.resize(image if image.dtype.name in _RESIZABLE else image.astype(np.float32),
+                        (max(1, shape[1] // 8), max(1, shape[0] // 8)),
                         interpolation=cv2.INTER_AREA)
-    ceiling = float(coarse.max()) * _HOT_PIXEL_CEILING
-    if math.isfinite(ceiling) and ceiling > 0:
-        np.minimum(pixels, np.float32(ceiling), out=pixels)
+    ceiling = (float(coarse.max()) - dark) * _HOT_PIXEL_CEILING
     if binning > 1:
-        pixels = cv2.resize(pixels[: rows * binning, : cols * binning], (cols, rows),
-                            interpolation=cv2.INTER_AREA)
+        # Block means of the raw counts, before the dark level and the clipping: the
+        # particles' mean intensity is read from these.
+        raw = _bin_counts(image, binning, rows, cols, float(coarse.mean()))
+        pixels = raw.copy()
+    else:
+        raw = image
+        pixels = image.astype(np.float32)  # a copy: the caller's array is never touched
+    if math.isfinite(ceiling) and ceiling > 0:
+        _clip_hot(image, pixels, dark + ceiling, binning)
+    if dark:
+        pixels -= np.float32(dark)
     if min(pixels.shape) >= 3:
         # Single defective pixels (saturated hot pixels, dead ones; binned, a block
         # holding one) differ from their 3x3 median by more than a factor of two, which
@@ -170,6 +206,28 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
         return _Prepared(flat=blank, binning=binning, shape=shape, image=raw)
     flat = cv2.divide(pixels, level, scale=_VACUUM, dtype=cv2.CV_8U)
     return _Prepared(flat=flat, binning=binning, shape=shape, image=raw)
+
+
+def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: int) -> None:
+    """Lower ``pixels`` (``image`` binned by ``binning``, float32) as if every pixel of
+    ``image`` above ``ceiling`` (raw counts) had been clipped to it before binning."""
+    rows, cols = pixels.shape
+    cropped = image[: rows * binning, : cols * binning]
+    if not float(cropped.max()) > ceiling:  # (a reduction: no copy of the frame)
+        return
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        if ceiling >= info.max:
+            return
+        # An integer threshold: compared with a float, numpy would make a float copy.
+        hot = np.flatnonzero(cropped > image.dtype.type(max(info.min, math.floor(ceiling))))
+    else:
+        hot = np.flatnonzero(cropped > ceiling)
+    if hot.size == 0:
+        return
+    r, c = np.divmod(hot, cropped.shape[1])
+    excess = (cropped[r, c].astype(np.float64) - ceiling) / (binning * binning)
+    np.subtract.at(pixels, (r // binning, c // binning), excess.astype(np.float32))
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:

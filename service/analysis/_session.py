@@ -137,6 +137,11 @@ class SessionAnalyzer:
       expansion onset, read as diffusion into a sphere of the reference radius).
       The cluster's D is that of the particle touching the needle that swelled most:
       the one fed directly, whose kinetics the sphere model describes.
+    * Resolution: with automatic binning (``config.binning`` 0), the binning chosen
+      on the first frame with particles (from their size, see
+      :class:`AnalysisConfig`) is kept for the following frames at the same pixel
+      size in :meth:`update`, so that A and A0 are measured on one grid.
+      :func:`measure_frame` (measuring in other processes) chooses per frame.
     * Alerts come from :class:`AlertDetector` on the cluster area, with the drift
       step; the particles concerned are filled in here.
 
@@ -173,6 +178,9 @@ class SessionAnalyzer:
         self._fed_detector: AlertDetector | None = None
         self._onset_reported = False
         """An expansion onset was raised in the current contact (by either detector)."""
+        self._binning: tuple[float | None, int] | None = None
+        """(pixel size, binning) chosen automatically on the first frame with particles,
+        kept for the session's frames at that pixel size (see :meth:`update`)."""
 
     def update(
         self, image: np.ndarray, *, t_s: float, index: int, pixel_size_nm: float | None,
@@ -199,7 +207,13 @@ class SessionAnalyzer:
         alerts : list of Alert
             Alerts this frame completes.
         """
-        analysis, measurement = _measure(image, self.config, pixel_size_nm)
+        config = self.config
+        locked = self._binning
+        if locked is not None and locked[0] == pixel_size_nm:
+            config = replace(config, binning=locked[1])
+        analysis, measurement = _measure(image, config, pixel_size_nm)
+        if (config.binning == 0 and analysis.cluster["particle_diameter_px"] > 0):
+            self._binning = (pixel_size_nm, analysis.binning)
         self.last = analysis
         return self.update_measured(measurement, t_s=t_s, index=index,
                                     pixel_size_nm=pixel_size_nm)
