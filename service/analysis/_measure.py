@@ -71,11 +71,11 @@ def measure_particles(
     -----
     With ``binning`` b, the table is the one the labels and the mask upsampled to input
     resolution (each pixel repeated over its block) would give, computed b² times
-    cheaper: areas count b² input pixels per pixel (or ``areas_px`` times b²), a centroid (r, c) is at input
-    coordinates ((r + 0.5) b - 0.5, (c + 0.5) b - 0.5) (the centre of the blocks),
-    means over blocks' means are means over their pixels (to half a count where the
-    analysis rounded the blocks' means), and the needle is dilated
-    by the blocks that hold a pixel within ``contact_px`` of one of its pixels.
+    cheaper: areas count b² input pixels per pixel (``areas_px``: b² times those), a
+    centroid (r, c) is at input coordinates ((r + 0.5) b - 0.5, (c + 0.5) b - 0.5)
+    (the centre of the blocks), means over blocks' means are means over their pixels
+    (to half a count where the analysis rounded the blocks' means), and the needle is
+    dilated by the blocks that hold a pixel within ``contact_px`` of one of its pixels.
     """
     if binning < 1:
         raise ValueError(f"Expected binning >= 1. Got {binning}.")

@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 from ._config import AnalysisConfig
-from ._needle import _find_needle
+from ._needle import _find_needle, _Needle
 from ._particles import _MIN_AREA_FLOOR_PX, _particle_radius
-from ._prepare import _particle_threshold, _prepare
+from ._prepare import _particle_threshold, _prepare, _Prepared
 
 __all__: list[str] = []
 
@@ -35,32 +35,38 @@ _MIN_ANALYSIS_SIDE_PX = 64
 illumination, the needle and the grid are estimated on it."""
 
 
-def _coarse_diameter_px(image: np.ndarray, config: AnalysisConfig) -> float:
+def _coarse_scale(image: np.ndarray, config: AnalysisConfig,
+                  ) -> tuple[float, tuple[_Prepared, _Needle] | None]:
     """Typical particle diameter (input px) read off a copy of ``image`` binned to about
     ``_COARSE_SIDE_PX`` a side: twice the area-weighted median inscribed radius of the
     regions under Otsu's threshold, opaque objects (needle, grid) left out. NaN when
-    the frame is too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``."""
+    the frame is too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``.
+    Also the coarse copy prepared and its opaque objects, for reuse when the frame is
+    analysed at that binning."""
     coarse = min(image.shape) // _COARSE_SIDE_PX
     if coarse < 2:
-        return math.nan
+        return math.nan, None
     options = dataclasses.replace(config, binning=coarse)
     prepared = _prepare(image, options)
     if not prepared.flat.any():
-        return math.nan
+        return math.nan, None
     needle = _find_needle(prepared, options)
     opaque = needle.mask | needle.grid
     threshold = _particle_threshold(prepared.flat, opaque, options, capped=False)
     radius = _particle_radius((prepared.flat < threshold) & ~opaque, _MIN_AREA_FLOOR_PX)
     if 2 * radius < _MIN_COARSE_DIAMETER_PX:
-        return math.nan
-    return 2.0 * radius * prepared.binning
+        return math.nan, (prepared, needle)
+    return 2.0 * radius * prepared.binning, (prepared, needle)
 
 
 def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
-                    pixel_size_nm: float | None) -> tuple[AnalysisConfig, float]:
+                    pixel_size_nm: float | None,
+                    ) -> tuple[AnalysisConfig, float, tuple[_Prepared, _Needle] | None]:
     """``config`` (already at the frame's pixel size, see
     :meth:`AnalysisConfig.at_pixel_size`) with the binning raised to what the particle
-    scale allows, and the diameter (input px) it was chosen from (NaN: not known).
+    scale allows, the diameter (input px) it was chosen from (NaN: not known), and the
+    frame already prepared at that binning with its opaque objects, if the scale was
+    read at it (None: prepare it).
 
     The binning is the largest that keeps a particle of that diameter
     ``analysis_particle_diameter_px`` analysis pixels across, never below the one for
@@ -69,16 +75,19 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
     """
     target = config.analysis_particle_diameter_px
     if target <= 0:
-        return config, math.nan
+        return config, math.nan, None
     known = pixel_size_nm is not None and math.isfinite(pixel_size_nm) and pixel_size_nm > 0
+    coarse: tuple[_Prepared, _Needle] | None = None
     if known and config.particle_diameter_nm > 0 and pixel_size_nm is not None:
         diameter = config.particle_diameter_nm / pixel_size_nm
     else:
-        diameter = _coarse_diameter_px(image, config)
-    if not math.isfinite(diameter):
-        return config, diameter
-    most = max(1, min(image.shape) // _MIN_ANALYSIS_SIDE_PX)
-    binning = min(most, max(config.binning, math.floor(diameter / target)))
-    if binning == config.binning:
-        return config, diameter
-    return dataclasses.replace(config, binning=binning), diameter
+        diameter, coarse = _coarse_scale(image, config)
+    binning = config.binning
+    if math.isfinite(diameter):
+        most = max(1, min(image.shape) // _MIN_ANALYSIS_SIDE_PX)
+        binning = min(most, max(config.binning, math.floor(diameter / target)))
+    if binning != config.binning:
+        config = dataclasses.replace(config, binning=binning)
+    if coarse is not None and coarse[0].binning != binning:
+        coarse = None
+    return config, diameter, coarse
