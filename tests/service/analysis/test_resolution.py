@@ -164,3 +164,18 @@ def test_preparation_makes_no_full_size_float_copy() -> None:
     # A float32 copy of the frame alone is 16 MiB; the binned frame is 1 MiB (and
     # finding the hot pixels takes a 4 MiB mask).
     assert peak < 8 * 2 ** 20, peak
+
+
+@pytest.mark.parametrize(("pixel_size_nm", "size"), [(0.2, 2048), (0.4, 1024), (0.8, 1024)])
+def test_any_pixel_size_is_binned_to_the_particles(pixel_size_nm: float, size: int) -> None:
+    """Particles of 25-55 nm are 70-275 px across from 0.8 to 0.2 nm/px: each frame is
+    binned to keep them about 32 analysis px across, and measured as well."""
+    frame = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel_size_nm,
+                                      particle_count=6)).render(200)
+    result = analyze_frame(frame.image, pixel_size_nm=pixel_size_nm)
+    diameter = result.cluster["particle_diameter_px"]
+    # floor(d / 32) keeps d / b in [32, 64); d is read on the coarse copy, not this one.
+    assert result.binning >= 2
+    assert 26 <= diameter / result.binning < 80
+    assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)
+    assert 40 < result.cluster["particle_diameter_nm"] < 80
