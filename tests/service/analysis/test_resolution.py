@@ -11,7 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from lithoscope.service.analysis import AnalysisConfig, SessionAnalyzer, analyze_frame
+from lithoscope.service.analysis import (
+    AnalysisConfig,
+    SessionAnalyzer,
+    analyze_frame,
+    measure_frame,
+)
 from lithoscope.service.analysis._prepare import _bin_counts, _clip_hot, _prepare
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
@@ -130,6 +135,14 @@ def test_session_keeps_the_binning_of_its_first_particles(
     analyzer.update(blank, t_s=1.0, index=1, pixel_size_nm=0.4)
     assert analyzer.last.binning == chosen
     assert analyze_frame(blank, pixel_size_nm=0.4).binning == 1
+    # Measured elsewhere (measure_frame in another process), the choice is kept too,
+    # and handed out for the next frames; another pixel size is chosen afresh.
+    remote = SessionAnalyzer()
+    assert remote.frame_config(0.4).binning == 0
+    remote.update_measured(measure_frame(image, pixel_size_nm=0.4), t_s=0.0, index=0,
+                           pixel_size_nm=0.4)
+    assert remote.frame_config(0.4).binning == chosen
+    assert remote.frame_config(0.8).binning == 0
 
 
 @pytest.mark.parametrize("counts", [12, 3000])
