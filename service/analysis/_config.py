@@ -43,6 +43,12 @@ class AnalysisConfig:
     there, docs/analysis.md); the particles' diameter is taken from
     ``particle_diameter_nm`` and the pixel size, else read off a coarse copy of each
     frame. 0: binned for the pixel size alone."""
+    max_analysis_pixel_nm: float = 1.0
+    """With a pixel size, automatic binning never makes an analysis pixel coarser than
+    this (nm), whatever the particles allow: the needle's coating, the contact gap and
+    the grid's rim are nanometres of specimen, and the analysis is validated down to
+    1 nm pixels (``bench/accuracy.py``); at 1.6 nm the area beside the needle was
+    lost (``bench/camera_sizes.py``, docs/analysis.md). 0: no limit."""
     particle_diameter_nm: float = 0.0
     """Typical diameter of the particles, nm, if known (0: not known; the defaults
     suit 20-100 nm). With a pixel size it sets the automatic binning without reading
@@ -100,6 +106,7 @@ class AnalysisConfig:
             raise ConfigError(
                 f"Expected reference_pixel_size_nm >= 0 (0: no rescaling). Got {ref!r}.")
         for name in ("analysis_particle_diameter_px", "particle_diameter_nm",
+                     "max_analysis_pixel_nm",
                      "smoothing_sigma_px", "dark_level_counts", "needle_layer_px",
                      "needle_contact_px", "min_particle_area_px", "grid_rim_px", "coating_max_px",
                      "needle_min_area_px"):

@@ -326,7 +326,10 @@ def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
     hist = cv2.calcHist([flat], [0], mask, [256], [0, 256]).ravel()
     floor = round(config.needle_threshold_fraction * _VACUUM)
     hist[:floor] = 0
-    otsu = _otsu_index(hist) + 1
+    # The flattened vacuum is at _VACUUM: a threshold above it is Otsu splitting the
+    # vacuum from a bright tail (fringes, a brighter patch) when particles are few
+    # (2048², 0.4 nm/px, 5x5 binning: the whole vacuum taken for particles).
+    otsu = min(_otsu_index(hist) + 1, _VACUUM)
     if not capped:
         return max(floor + 1, otsu)
     # The vacuum level is the histogram's brightest mode above Otsu's threshold, and

@@ -69,9 +69,10 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
     read at it (None: prepare it).
 
     The binning is the largest that keeps a particle of that diameter
-    ``analysis_particle_diameter_px`` analysis pixels across, never below the one for
-    the pixel size (analysis pixels no finer than ``reference_pixel_size_nm``), and
-    leaving the frame ``_MIN_ANALYSIS_SIDE_PX`` a side.
+    ``analysis_particle_diameter_px`` analysis pixels across, leaves the frame
+    ``_MIN_ANALYSIS_SIDE_PX`` a side and, with a pixel size, analysis pixels no
+    coarser than ``max_analysis_pixel_nm``; never below the one for the pixel size
+    (analysis pixels no finer than ``reference_pixel_size_nm``).
     """
     target = config.analysis_particle_diameter_px
     if target <= 0:
@@ -85,7 +86,10 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
     binning = config.binning
     if math.isfinite(diameter):
         most = max(1, min(image.shape) // _MIN_ANALYSIS_SIDE_PX)
-        binning = min(most, max(config.binning, math.floor(diameter / target)))
+        if known and pixel_size_nm is not None and config.max_analysis_pixel_nm > 0:
+            most = min(most, max(1, math.floor(
+                config.max_analysis_pixel_nm / pixel_size_nm * (1 + 1e-9))))
+        binning = max(config.binning, min(most, math.floor(diameter / target)))
     if binning != config.binning:
         config = dataclasses.replace(config, binning=binning)
     if coarse is not None and coarse[0].binning != binning:
