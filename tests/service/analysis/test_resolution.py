@@ -78,12 +78,14 @@ def field_1024() -> tuple[np.ndarray, dict]:
 
 def test_binning_follows_the_particle_scale(field_1024: tuple[np.ndarray, dict]) -> None:
     image, truth = field_1024
-    result = analyze_frame(image, pixel_size_nm=0.4)
+    # Without the 1 nm cap on analysis pixels: binned as far as keeps the particles 32
+    # analysis px across (the pixel size alone would not bin at all: 0.4 nm is finer
+    # than the 0.5 nm reference).
+    free = AnalysisConfig(max_analysis_pixel_nm=0)
+    result = analyze_frame(image, pixel_size_nm=0.4, config=free)
     diameter = result.cluster["particle_diameter_px"]
     b = result.cluster["binning"]
     assert result.binning == b
-    # Binned as far as keeps the particles 32 analysis px across (the pixel size alone
-    # would not bin at all: 0.4 nm is finer than the 0.5 nm reference).
     assert b >= 3
     assert 32 <= diameter / b < 32 * (b + 1) / b + 4
     assert result.cluster["area_px"] == pytest.approx(truth["cluster_area_px"], rel=0.03)
@@ -91,6 +93,10 @@ def test_binning_follows_the_particle_scale(field_1024: tuple[np.ndarray, dict])
     assert abs(result.cluster["particle_count"] - truth["particle_count"]) <= 1
     assert result.cluster["particle_diameter_nm"] == pytest.approx(diameter * 0.4)
     assert not result.cluster["scale_mismatch"]
+    # With it (the default), analysis pixels stay at most 1 nm: 2x2 at 0.4 nm/px.
+    capped = analyze_frame(image, pixel_size_nm=0.4)
+    assert capped.binning == 2
+    assert capped.cluster["area_px"] == pytest.approx(truth["cluster_area_px"], rel=0.03)
     off = analyze_frame(image, pixel_size_nm=0.4,
                         config=AnalysisConfig(analysis_particle_diameter_px=0))
     assert off.binning == 1
@@ -98,9 +104,12 @@ def test_binning_follows_the_particle_scale(field_1024: tuple[np.ndarray, dict])
 
 def test_binning_from_the_configured_diameter(field_1024: tuple[np.ndarray, dict]) -> None:
     image, _ = field_1024
-    config = AnalysisConfig(particle_diameter_nm=64.0, analysis_particle_diameter_px=20)
+    config = AnalysisConfig(particle_diameter_nm=64.0, analysis_particle_diameter_px=20,
+                            max_analysis_pixel_nm=0)
     result = analyze_frame(image, pixel_size_nm=0.4, config=config)
     assert result.binning == 8  # 160 px / 20
+    capped = replace(config, max_analysis_pixel_nm=2.0)
+    assert analyze_frame(image, pixel_size_nm=0.4, config=capped).binning == 5
     explicit = analyze_frame(image, pixel_size_nm=0.4, config=AnalysisConfig(binning=2))
     assert explicit.binning == 2
 
@@ -129,7 +138,7 @@ def test_session_keeps_the_binning_of_its_first_particles(
     analyzer.update(image, t_s=0.0, index=0, pixel_size_nm=0.4)
     assert analyzer.last is not None
     chosen = analyzer.last.binning
-    assert chosen >= 3
+    assert chosen == 2
     # A frame whose own choice differs (here: empty, nothing to read a scale from).
     blank = np.full_like(image, int(np.median(image)))
     analyzer.update(blank, t_s=1.0, index=1, pixel_size_nm=0.4)
@@ -182,13 +191,16 @@ def test_preparation_makes_no_full_size_float_copy() -> None:
 @pytest.mark.parametrize(("pixel_size_nm", "size"), [(0.2, 2048), (0.4, 1024), (0.8, 1024)])
 def test_any_pixel_size_is_binned_to_the_particles(pixel_size_nm: float, size: int) -> None:
     """Particles of 25-55 nm are 70-275 px across from 0.8 to 0.2 nm/px: each frame is
-    binned to keep them about 32 analysis px across, and measured as well."""
+    binned to keep them 32 analysis px across or more (and analysis pixels at most
+    1 nm), and measured as well."""
     frame = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel_size_nm,
                                       particle_count=6)).render(200)
     result = analyze_frame(frame.image, pixel_size_nm=pixel_size_nm)
     diameter = result.cluster["particle_diameter_px"]
-    # floor(d / 32) keeps d / b in [32, 64); d is read on the coarse copy, not this one.
-    assert result.binning >= 2
-    assert 26 <= diameter / result.binning < 80
+    # Binned to the particles (32 px across), analysis pixels no coarser than 1 nm.
+    cap = max(1, math.floor(1.0 / pixel_size_nm + 1e-9))
+    assert result.binning == min(cap, math.floor(diameter / 32)) or \
+        abs(result.binning - diameter / 32) < 1.5  # d read on the coarse copy
+    assert result.binning <= cap
     assert result.cluster["area_px"] == pytest.approx(frame.truth["cluster_area_px"], rel=0.03)
     assert 40 < result.cluster["particle_diameter_nm"] < 80
