@@ -21,9 +21,11 @@ to the first tree are printed. A tree for an older commit:
     .venv/bin/python bench/profile_frame.py --trees build/base installed
 
 ``--profile`` adds, per tree, a cProfile breakdown: cumulative ms per frame of the
-analysis functions (``_prepare``, ``_find_needle``, ``_segment``, ``_split``,
-``_upsample``, ``measure_particles``, ``particle_contacts``, ``drift_image``), from a
-separate run (cProfile's overhead is not in the timings).
+analysis functions (``_choose_binning``: the particle scale read off a coarse copy,
+``_prepare``, ``_bin_counts``, ``_find_needle``, ``_segment``, ``_split``,
+``_boundary_areas``: sub-pixel areas, ``_upsample``, ``measure_particles``,
+``particle_contacts``, ``drift_image``; those a tree lacks are left out), from a separate
+run (cProfile's overhead is not in the timings).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("measure_frame", "_analyze", "_prepare", "_find_needle", "_segment", "_split",
-          "_upsample", "measure_particles", "particle_contacts", "drift_image")
+STAGES = ("measure_frame", "_analyze", "_choose_binning", "_prepare", "_bin_counts",
+          "_find_needle", "_segment", "_split", "_boundary_areas", "_upsample",
+          "measure_particles", "particle_contacts", "drift_image")
 """Functions of lithoscope.service.analysis reported by ``--profile``, when present."""
 INSTALLED = "installed"
 

@@ -4,6 +4,7 @@
                                          [--pixel-sizes 0.2 0.4 0.8] [--frames N]
                                          [--particles N] [--variants inline malloc ...]
                                          [--json bench/results/throughput.json]
+                                         [--analysis-only]
 
 A camera's frame grows with its field of view, not around a fixed scene: for each frame
 size and each pixel size (uint16, simulated operando frames; the field is
@@ -32,6 +33,8 @@ microscope) the bench runs:
   ``min(cores / sum, 1 / slowest)``. The end-to-end figure is reported as a ratio to
   it (target >= 0.5), and ``analyze_frame`` alone as a ratio to its bin + segment
   (target: within 2x).
+* ``--analysis-only``: just ``analyze_frame`` against the lean bin + segment on the same
+  frames (with the binning it chose and the particle diameter it read), no service.
 * other references, each on the same frames: ``analysis`` ``analyze_frame`` in a loop;
   ``session`` ``SessionAnalyzer.update`` in a loop (what the worker runs per frame:
   analysis plus tracking, physics and alerts); ``archive`` ``ArchiveWriter`` alone;
@@ -98,11 +101,20 @@ def peak_rss_mb(pid: int | str = "self") -> float:
 
 def render_frames(size: int, pixel_size_nm: float, particles: int) -> np.ndarray:
     """Simulated frames at ``size``², ``pixel_size_nm`` per pixel: the field is
-    ``size * pixel_size_nm`` across and the particles keep their size in nm."""
+    ``size * pixel_size_nm`` across and the particles keep their size in nm (fewer of
+    them than asked if the swollen cluster would not fit)."""
+    from lithoscope.service.errors import ConfigError
     from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
-    sim = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel_size_nm,
-                                    particle_count=particles))
+    while True:  # a small field at a fine pixel size holds fewer particles
+        try:
+            sim = SimulatedSource(SimConfig(shape=(size, size), pixel_size_nm=pixel_size_nm,
+                                            particle_count=particles))
+            break
+        except ConfigError:
+            if particles <= 1:
+                raise
+            particles -= 1
     # Frames from the swelling part of the experiment: needle in contact, particles busy.
     wanted = np.linspace(100, 300, DISTINCT_FRAMES).astype(int)
     return np.stack([sim.render(int(i)).image for i in wanted])
@@ -338,6 +350,44 @@ def lean_segment(binned: np.ndarray) -> dict[str, np.ndarray]:
     return {"area_px": stats[1:, cv2.CC_STAT_AREA], "centroid": centroids[1:]}
 
 
+def lean_bin_segment(frames: np.ndarray, count: int) -> dict[str, float]:
+    """ms per frame of the lean reference's bin and segment stages."""
+    start = time.perf_counter()
+    binned = [lean_bin(frames[i % len(frames)]) for i in range(count)]
+    bin_ms = 1e3 * (time.perf_counter() - start) / count
+    start = time.perf_counter()
+    for image in binned:
+        lean_segment(image)
+    segment_ms = 1e3 * (time.perf_counter() - start) / count
+    return {"bin_ms": bin_ms, "segment_ms": segment_ms, "bin_segment_ms": bin_ms + segment_ms}
+
+
+def bench_analysis_only(size: int, pixel_size_nm: float, count: int,
+                        particles: int) -> dict[str, Any]:
+    """``analyze_frame`` against the lean reference's bin + segment, nothing else."""
+    from lithoscope.service.analysis import analyze_frame
+
+    frames = render_frames(size, pixel_size_nm, particles)
+    first = analyze_frame(frames[0], pixel_size_nm=pixel_size_nm)
+    analysis_ms = 1e3 / reference_analysis(frames, count, pixel_size_nm)
+    lean = lean_bin_segment(frames, count)
+    return {"size": size, "pixel_size_nm": pixel_size_nm, "frames": count,
+            "binning": first.binning,
+            "particle_diameter_px": first.cluster["particle_diameter_px"],
+            "lean": {**lean, "analysis_ms": analysis_ms,
+                     "analysis_over_lean_bin_segment": analysis_ms / lean["bin_segment_ms"]}}
+
+
+def print_analysis_summary(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"\n{'size':>6} {'nm/px':>6} {'diameter px':>12} {'binning':>8} {'analysis ms':>12} "
+          f"{'lean bin ms':>12} {'lean seg ms':>12} {'/lean b+s':>10}")
+    for row in rows:
+        lean = row["lean"]
+        print(f"{row['size']:>6} {row['pixel_size_nm']:>6g} {row['particle_diameter_px']:>12.0f} "
+              f"{row['binning']:>8} {lean['analysis_ms']:>12.1f} {lean['bin_ms']:>12.1f} "
+              f"{lean['segment_ms']:>12.1f} {lean['analysis_over_lean_bin_segment']:>10.2f}")
+
+
 def reference_lean(frames: np.ndarray, frames_path: Path, count: int,
                    tmp: Path) -> dict[str, float]:
     """ms per frame of each floor stage, and the frames/s two cores reach overlapping them."""
@@ -512,9 +562,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=["thread"],
                         help="end-to-end variants to run besides the shipped one")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--analysis-only", action="store_true",
+                        help="only analyze_frame against the lean bin + segment (no service)")
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}")
     rows = []
+    if args.analysis_only:
+        for size in args.sizes:
+            for pixel_size_nm in args.pixel_sizes:
+                count = args.frames or max(10, DEFAULT_FRAMES.get(size, 100) // 5)
+                rows.append(bench_analysis_only(size, pixel_size_nm, count, args.particles))
+                print_analysis_summary(rows[-1:])
+        print_analysis_summary(rows)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="lithoscope-throughput-") as tmp:
         for size in args.sizes:
             for pixel_size_nm in args.pixel_sizes:

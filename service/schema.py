@@ -174,6 +174,13 @@ CLUSTER = Table("cluster", "one row per analysed frame: the particles in view ta
        "typical particle diameter measured on the frame, input px (twice the area-weighted "
        "median inscribed radius; 0 without particles): the scale the frame was segmented "
        "at when no pixel size is known", "tracked"),
+    _c("particle_diameter_nm", "float64", "nm", "`particle_diameter_px` in nm (NaN without a "
+       "pixel size or particles)", "tracked"),
+    _c("scale_mismatch", "bool", "", "with a pixel size, `particle_diameter_nm` is more than "
+       "a factor 2 off the configured `particle_diameter_nm` (or off 20-100 nm when none is "
+       "set): the pixel size or the configuration is likely wrong", "tracked"),
+    _c("binning", "int32", "", "input pixels per analysis pixel along each axis (chosen per "
+       "frame from the pixel size and the particles' size in pixels)", "tracked"),
     _c("drift_row_px", "float64", "px", "cumulative specimen drift since the first frame, rows",
        "tracked"),
     _c("drift_col_px", "float64", "px", "cumulative specimen drift since the first frame, "

@@ -32,11 +32,28 @@ class AnalysisConfig:
     """The pixel size the ``*_px`` options are given at; 0 takes them in the input
     frame's own pixels whatever its pixel size (no rescaling, no automatic binning)."""
     binning: int = 0
-    """Analyse frames binned by this factor. 0 (default): chosen from the pixel size,
-    the largest factor whose binned pixel is no larger than
-    ``reference_pixel_size_nm`` (1 without a pixel size). Results are reported at
-    input resolution either way; binning finer frames down to the reference size
-    keeps the precision the defaults were validated at and costs a factor b² less."""
+    """Analyse frames binned by this factor. 0 (default): chosen per frame, the larger
+    of the factor whose binned pixel is no larger than ``reference_pixel_size_nm``
+    (1 without a pixel size) and the one that keeps the particles
+    ``analysis_particle_diameter_px`` across. Results are reported at input
+    resolution either way; each factor b costs b² less."""
+    analysis_particle_diameter_px: float = 32.0
+    """With automatic binning, frames are binned further while their particles stay
+    at least this many analysis pixels across (sub-pixel areas keep A/A0 within 2 %
+    there, docs/analysis.md); the particles' diameter is taken from
+    ``particle_diameter_nm`` and the pixel size, else read off a coarse copy of each
+    frame. 0: binned for the pixel size alone."""
+    max_analysis_pixel_nm: float = 1.0
+    """With a pixel size, automatic binning never makes an analysis pixel coarser than
+    this (nm), whatever the particles allow: the needle's coating, the contact gap and
+    the grid's rim are nanometres of specimen, and the analysis is validated down to
+    1 nm pixels (``bench/accuracy.py``); at 1.6 nm the area beside the needle was
+    lost (``bench/camera_sizes.py``, docs/analysis.md). 0: no limit."""
+    particle_diameter_nm: float = 0.0
+    """Typical diameter of the particles, nm, if known (0: not known; the defaults
+    suit 20-100 nm). With a pixel size it sets the automatic binning without reading
+    the scale off the frame, and each frame's measured particle diameter is checked
+    against it (cluster value ``scale_mismatch``)."""
     smoothing_sigma_px: float = 1.5
     """Gaussian smoothing before thresholding, against shot noise."""
     background_sigma_px: float = 64.0
@@ -76,6 +93,11 @@ class AnalysisConfig:
     """Two particle centres closer than this are taken for one particle when splitting;
     particles of radius under half of it are not split off."""
 
+    subpixel_areas: bool = True
+    """Measure areas with each outline placed between pixels, where the smoothed frame
+    crosses the particle's own cut level (linear interpolation); False counts whole
+    pixels. Keeps A/A0 within 2 % on a grid twice as coarse (docs/analysis.md)."""
+
     def __post_init__(self) -> None:
         if not (isinstance(self.binning, int) and self.binning >= 0):
             raise ConfigError(f"Expected binning >= 0 (0: automatic). Got {self.binning!r}.")
@@ -83,7 +105,9 @@ class AnalysisConfig:
         if not (isinstance(ref, int | float) and math.isfinite(ref) and ref >= 0):
             raise ConfigError(
                 f"Expected reference_pixel_size_nm >= 0 (0: no rescaling). Got {ref!r}.")
-        for name in ("smoothing_sigma_px", "dark_level_counts", "needle_layer_px",
+        for name in ("analysis_particle_diameter_px", "particle_diameter_nm",
+                     "max_analysis_pixel_nm",
+                     "smoothing_sigma_px", "dark_level_counts", "needle_layer_px",
                      "needle_contact_px", "min_particle_area_px", "grid_rim_px", "coating_max_px",
                      "needle_min_area_px"):
             value = getattr(self, name)

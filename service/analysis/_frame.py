@@ -12,16 +12,10 @@ import numpy as np
 
 from ._config import AnalysisConfig
 from ._measure import measure_particles, particle_contacts
-from ._segment import (
-    _find_needle,
-    _Needle,
-    _particle_threshold,
-    _prepare,
-    _Prepared,
-    _segment,
-    _touching,
-    _upsample,
-)
+from ._needle import _find_needle, _Needle, _touching
+from ._particles import _segment
+from ._prepare import _particle_threshold, _prepare, _Prepared, _upsample
+from ._resolution import _choose_binning
 
 __all__ = ["FrameAnalysis", "analyze_frame"]
 
@@ -45,7 +39,12 @@ class FrameAnalysis:
     object), ``needle_tip_row`` and ``needle_tip_col`` (float, NaN without a needle),
     ``particle_diameter_px`` (float, the typical particle diameter measured on this
     frame in input pixels: twice the area-weighted median inscribed radius of the
-    particle regions; 0 without particles)."""
+    particle regions; 0 without particles), ``particle_diameter_nm`` (float, the same
+    in nm; NaN without a pixel size or particles), ``scale_mismatch`` (bool: with a
+    pixel size, that diameter is more than a factor 2 off
+    ``AnalysisConfig.particle_diameter_nm``, or off 20-100 nm when that is not set:
+    the pixel size or the configuration is likely wrong), ``binning`` (int, input
+    pixels per analysis pixel along each axis)."""
     contacts: np.ndarray
     """(K, 2) int32 pairs of touching particle labels, see :func:`particle_contacts`."""
     analysis_labels: np.ndarray
@@ -132,19 +131,31 @@ def _analyze(
     pixel_size_nm: float | None = None,
 ) -> tuple[FrameAnalysis, _Prepared, _Needle]:
     """:func:`analyze_frame`, also handing back the flattened frame (for drift)."""
-    config = (config if config is not None else AnalysisConfig()).at_pixel_size(pixel_size_nm)
-    prepared = _prepare(image, config)
-    needle = _find_needle(prepared, config)
+    given = config if config is not None else AnalysisConfig()
+    config = given.at_pixel_size(pixel_size_nm)
+    if image.ndim != 2:
+        raise ValueError(f"Expected a 2-D image. Got shape {image.shape}.")
+    ready = None
+    if given.binning == 0:
+        config, _, ready = _choose_binning(image, config, pixel_size_nm=pixel_size_nm)
+    # The scale is read on a coarse copy; when the frame is analysed at that same
+    # binning, its preparation and opaque objects are the analysis' own.
+    if ready is not None:
+        prepared, needle = ready
+    else:
+        prepared = _prepare(image, config)
+        needle = _find_needle(prepared, config)
     b = prepared.binning
     # Measured at analysis resolution, in input pixels: upsampled to be measured, the
     # labels took 125 of 174 ms per frame at 2048² (4x4 binning), for the same table.
     from_image = not (pixel_size_nm is not None and math.isfinite(pixel_size_nm)
                       and pixel_size_nm > 0)
-    labels, radius = _segment(prepared, needle.mask | needle.grid, config,
-                              from_image=from_image)
+    labels, radius, areas = _segment(prepared, needle.mask | needle.grid, config,
+                                     from_image=from_image)
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
-                                  contact_px=config.needle_contact_px, binning=b)
+                                  contact_px=config.needle_contact_px, binning=b,
+                                  areas_px=areas)
     if particles["label"].size and needle.mask.any():
         excluded = needle.mask | needle.grid
         touches = _touching(labels, prepared.flat, needle, config, b,
@@ -152,6 +163,9 @@ def _analyze(
         particles["touches_needle"] = touches[particles["label"]]
     area_px = int(particles["area_px"].sum())
     has_size = pixel_size_nm is not None and math.isfinite(pixel_size_nm)
+    diameter_px = 2.0 * radius * b
+    diameter_nm = (diameter_px * float(pixel_size_nm)
+                   if has_size and pixel_size_nm is not None and diameter_px > 0 else math.nan)
     cluster = {
         "area_px": area_px,
         "area_nm2": (area_px * float(pixel_size_nm) ** 2
@@ -162,10 +176,30 @@ def _analyze(
         "grid_area_px": int(np.count_nonzero(needle.grid)) * b * b,
         "needle_tip_row": needle.tip[0],
         "needle_tip_col": needle.tip[1],
-        "particle_diameter_px": 2.0 * radius * b,
+        "particle_diameter_px": diameter_px,
+        "particle_diameter_nm": diameter_nm,
+        "scale_mismatch": _scale_mismatch(diameter_nm, given.particle_diameter_nm),
+        "binning": b,
     }
     analysis = FrameAnalysis(particles=particles, cluster=cluster,
                              contacts=particle_contacts(labels), analysis_labels=labels,
                              analysis_needle_mask=needle.mask, analysis_grid_mask=needle.grid,
                              binning=b, shape=prepared.shape)
     return analysis, prepared, needle
+
+
+_DEFAULT_DIAMETERS_NM = (20.0, 100.0)
+"""The particle diameters the defaults suit (see :class:`AnalysisConfig`)."""
+_MISMATCH_FACTOR = 2.0
+"""A measured particle diameter more than this factor off the expected one (or outside
+the range the defaults suit) flags the pixel size, or the configuration, as wrong."""
+
+
+def _scale_mismatch(measured_nm: float, expected_nm: float) -> bool:
+    """Whether the diameter measured on a frame (nm, NaN without a pixel size or
+    particles) is more than ``_MISMATCH_FACTOR`` off ``expected_nm`` (0: the range
+    ``_DEFAULT_DIAMETERS_NM``)."""
+    if not (math.isfinite(measured_nm) and measured_nm > 0):
+        return False
+    low, high = (expected_nm, expected_nm) if expected_nm > 0 else _DEFAULT_DIAMETERS_NM
+    return bool(measured_nm < low / _MISMATCH_FACTOR or measured_nm > high * _MISMATCH_FACTOR)

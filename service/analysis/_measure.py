@@ -30,6 +30,7 @@ def measure_particles(
     pixel_size_nm: float | None = None,
     contact_px: int = 2,
     binning: int = 1,
+    areas_px: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure every labelled particle.
 
@@ -50,6 +51,12 @@ def measure_particles(
         The arrays are at analysis resolution: each pixel stands for a ``binning`` x
         ``binning`` block of input pixels, and ``image`` holds the blocks' means. The
         table is in input pixels all the same (see Notes).
+    areas_px : 1-D ndarray, optional
+        Each label's area in pixels of ``labels``, indexed by label, when measured
+        finer than by counting its pixels (sub-pixel outlines, see
+        ``AnalysisConfig.subpixel_areas``); by default the pixel counts. The areas are
+        rounded to whole input pixels in ``area_px``; ``area_nm2`` and
+        ``equivalent_diameter_nm`` keep the fraction.
 
     Returns
     -------
@@ -64,10 +71,11 @@ def measure_particles(
     -----
     With ``binning`` b, the table is the one the labels and the mask upsampled to input
     resolution (each pixel repeated over its block) would give, computed b² times
-    cheaper: areas count b² input pixels per pixel, a centroid (r, c) is at input
-    coordinates ((r + 0.5) b - 0.5, (c + 0.5) b - 0.5) (the centre of the blocks),
-    means over blocks' means are means over their pixels, and the needle is dilated
-    by the blocks that hold a pixel within ``contact_px`` of one of its pixels.
+    cheaper: areas count b² input pixels per pixel (``areas_px``: b² times those), a
+    centroid (r, c) is at input coordinates ((r + 0.5) b - 0.5, (c + 0.5) b - 0.5)
+    (the centre of the blocks), means over blocks' means are means over their pixels
+    (to half a count where the analysis rounded the blocks' means), and the needle is
+    dilated by the blocks that hold a pixel within ``contact_px`` of one of its pixels.
     """
     if binning < 1:
         raise ValueError(f"Expected binning >= 1. Got {binning}.")
@@ -85,10 +93,10 @@ def measure_particles(
     cols = labels.shape[1]
     rows_of, cols_of = np.divmod(where, cols)
     size = int(ids.max()) + 1
-    area = np.bincount(ids, minlength=size)
-    present = np.flatnonzero(area)
+    counts = np.bincount(ids, minlength=size)
+    present = np.flatnonzero(counts)
     present = present[present > 0]
-    area = area[present]
+    count = counts[present]
     sum_row = np.bincount(ids, weights=rows_of, minlength=size)[present]
     sum_col = np.bincount(ids, weights=cols_of, minlength=size)[present]
     values = image.ravel()[where].astype(np.float64)
@@ -107,8 +115,14 @@ def measure_particles(
         hit[labels[near.view(np.bool_)]] = True
         touches = hit[present]
 
-    centroid_row, centroid_col = sum_row / area, sum_col / area
-    mean_intensity = sum_value / area
+    centroid_row, centroid_col = sum_row / count, sum_col / count
+    mean_intensity = sum_value / count
+    area = count.astype(np.float64)
+    if areas_px is not None:
+        if areas_px.ndim != 1 or areas_px.size < size:
+            raise ValueError(f"Expected areas_px indexed by label, of length >= {size}. "
+                             f"Got shape {areas_px.shape}.")
+        area = np.asarray(areas_px, np.float64)[present]
     if binning > 1:
         centroid_row = (centroid_row + 0.5) * binning - 0.5
         centroid_col = (centroid_col + 0.5) * binning - 0.5
@@ -119,7 +133,7 @@ def measure_particles(
         area_nm2 = area * float(pixel_size_nm) ** 2
     return {
         "label": present.astype(np.int32),
-        "area_px": area.astype(np.int64),
+        "area_px": np.rint(area).astype(np.int64),
         "area_nm2": area_nm2.astype(np.float64),
         "centroid_row": centroid_row,
         "centroid_col": centroid_col,

@@ -137,6 +137,11 @@ class SessionAnalyzer:
       expansion onset, read as diffusion into a sphere of the reference radius).
       The cluster's D is that of the particle touching the needle that swelled most:
       the one fed directly, whose kinetics the sphere model describes.
+    * Resolution: with automatic binning (``config.binning`` 0), the binning chosen
+      on the first frame with particles (from their size, see
+      :class:`AnalysisConfig`) is kept for the following frames at the same pixel
+      size (:meth:`frame_config`, used by :meth:`update`), so that A and A0 are
+      measured on one grid. :func:`measure_frame` chooses per frame unless given it.
     * Alerts come from :class:`AlertDetector` on the cluster area, with the drift
       step; the particles concerned are filled in here.
 
@@ -173,6 +178,9 @@ class SessionAnalyzer:
         self._fed_detector: AlertDetector | None = None
         self._onset_reported = False
         """An expansion onset was raised in the current contact (by either detector)."""
+        self._binning: tuple[float | None, int] | None = None
+        """(pixel size, binning) chosen automatically on the first frame with particles,
+        kept for the session's frames at that pixel size (see :meth:`update`)."""
 
     def update(
         self, image: np.ndarray, *, t_s: float, index: int, pixel_size_nm: float | None,
@@ -199,10 +207,22 @@ class SessionAnalyzer:
         alerts : list of Alert
             Alerts this frame completes.
         """
-        analysis, measurement = _measure(image, self.config, pixel_size_nm)
+        analysis, measurement = _measure(image, self.frame_config(pixel_size_nm),
+                                         pixel_size_nm)
         self.last = analysis
         return self.update_measured(measurement, t_s=t_s, index=index,
                                     pixel_size_nm=pixel_size_nm)
+
+    def frame_config(self, pixel_size_nm: float | None) -> AnalysisConfig:
+        """The options to measure the session's next frame of ``pixel_size_nm`` with:
+        :attr:`config`, its automatic binning replaced by the one of the session's
+        first frame with particles at that pixel size (see Notes). Whoever measures
+        frames elsewhere (:func:`measure_frame` in other processes) passes it along so
+        that they too are measured on one grid."""
+        locked = self._binning
+        if self.config.binning == 0 and locked is not None and locked[0] == pixel_size_nm:
+            return replace(self.config, binning=locked[1])
+        return self.config
 
     def update_measured(
         self, measurement: FrameMeasurement, *, t_s: float, index: int,
@@ -211,6 +231,10 @@ class SessionAnalyzer:
         """:meth:`update` for a frame already through :func:`measure_frame` (e.g. in
         another process). Frames must come in acquisition order; ``self.last`` is not
         set (there is no label image here)."""
+        cluster_in = measurement.cluster
+        if (self.config.binning == 0 and self._binning is None
+                and cluster_in.get("particle_diameter_px", 0) > 0 and "binning" in cluster_in):
+            self._binning = (pixel_size_nm, int(cluster_in["binning"]))
         step = self.drift.update_image(measurement.drift_image, scale=measurement.drift_scale)
         drift = self.drift.drift_px
         table, contacts = measurement.particles, measurement.contacts

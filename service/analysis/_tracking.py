@@ -36,7 +36,7 @@ _NEIGHBOUR_DISTANCE = 0.75
 """Touching particles' centres are about the sum of their radii apart; a piece bitten
 off a particle has its centroid well inside it."""
 _VACUUM = 128
-"""Level of vacuum in the flattened frames (see ``_segment``)."""
+"""Level of vacuum in the flattened frames (see ``_prepare``)."""
 
 
 class DriftEstimator:

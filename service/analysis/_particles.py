@@ -1,0 +1,331 @@
+"""Particles: seeded, outlined and cut back to their own contrast, at a scale read
+from the frame when no pixel size is known (OpenCV)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ._config import AnalysisConfig
+from ._prepare import (
+    _VACUUM,
+    _blur_width,
+    _components,
+    _components4,
+    _particle_threshold,
+    _Prepared,
+    _vacuum_noise,
+)
+from ._split import _SPLIT_SHAPE_WEIGHT, _split
+
+__all__: list[str] = []
+
+_SMOOTHING_PER_RADIUS = 5.0
+"""Without a pixel size, particles are smoothed at their radius over this."""
+_SCALE_ROUNDS = 4
+_SCALE_GROWTH = 1.25
+"""Without a pixel size, the frame is smoothed again at the scale measured after
+smoothing while that grew by more than this factor, at most ``_SCALE_ROUNDS`` times."""
+_MIN_AREA_FLOOR_PX = 6
+"""No region under this many analysis pixels is a particle: a blob of smoothed noise
+at 4 sigmas is about this big at the smallest smoothing."""
+_EDGE_MIN_AREA_PX = 2 * _MIN_AREA_FLOOR_PX
+"""Regions cut by the frame edge are particles down to this many analysis pixels."""
+_OUTLINE_MIN_CONTRAST = 0.05
+_OUTLINE_NOISE_SIGMAS = 4.0
+"""A particle's outline is where it is darker than the vacuum by this much (relative)
+plus this many sigmas of the flattened vacuum's noise (flattening leaves the vacuum
+within a few percent of its level)."""
+
+
+def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: np.ndarray,
+                   smoothing_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """The kept regions cut back to where they are half as dark as their own rim.
+
+    A blurred edge crosses half-way between the two levels it separates exactly at the
+    edge, whatever the contrast: each region's rim level is read just inside its
+    outline, past the blur, and its boundary drawn at half-way between that level and
+    the vacuum. The outline near the vacuum (which finds faint particles and keeps a
+    clump in one piece) lies a blur width outside the particles, by a share of the
+    area that changes as they swell. ``smoothing_px``: the Gaussian sigma ``flat`` was
+    smoothed at (analysis px), which sets how far in the blur reaches.
+
+    Returns the mask and each region's cut level (NaN where the outline was kept).
+    """
+    grown = keep[components]
+    inner = cv2.distanceTransform(grown.view(np.uint8), cv2.DIST_L2, 5)
+    blur = _blur_width(smoothing_px)
+    ring = (inner > blur) & (inner <= blur + 2.0)
+    ids = components[ring]
+    total = np.bincount(ids, weights=flat[ring].astype(np.float64), minlength=count)
+    number = np.bincount(ids, minlength=count)
+    rim = np.full(count, np.nan)
+    np.divide(total, number, out=rim, where=number > 0)
+    # Regions too small to have a rim beyond the blur keep their outline.
+    cut = np.where(np.isfinite(rim), (rim + _VACUUM) / 2.0, float(_VACUUM))
+    cut[0] = 0.0
+    result: np.ndarray = grown & (flat < cut[components])
+    return result, np.where(np.isfinite(rim), cut, np.nan)
+
+
+def _boundary_areas(labels: np.ndarray, flat: np.ndarray, level: np.ndarray,
+                    excluded: np.ndarray) -> np.ndarray:
+    """Each label's area (analysis px², indexed by label) with its outline placed
+    between pixels: where the smoothed frame ``flat`` crosses the label's cut
+    ``level`` (per label), interpolated linearly between the pixel inside and its
+    4-neighbour outside.
+
+    The pixel count puts every outline half-way between the two pixel centres. Along
+    a row, the run of a particle's pixels is lengthened at each end by how far past
+    that half-way point the interpolated crossing lies (-0.5 to +0.5 px); summed
+    over the rows this is the area by the midpoint rule across rows, and the same
+    along columns; the two are averaged, so that an outline nearly parallel to one
+    axis is still measured across it by the other. Boundaries with another particle,
+    the needle or the grid (``excluded``) and the frame edge are not moved: the split
+    and the opaque objects are not intensity edges of this particle.
+
+    References
+    ----------
+    W. E. Lorensen and H. E. Cline, "Marching cubes: a high resolution 3D surface
+    construction algorithm", Comput. Graph. 21 (1987) 163-169 (the crossing placed by
+    linear interpolation between samples).
+    """
+    size = int(labels.max()) + 1
+    area = np.bincount(labels.ravel(), minlength=size).astype(np.float64)
+    values = flat.astype(np.float32)
+    free = (labels == 0) & ~excluded
+    shift = np.zeros(size, np.float64)
+    for axis in (0, 1):
+        first = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        second = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        a, b = labels[first], labels[second]
+        va, vb = values[first], values[second]
+        for inside, outside, v_in, v_out in ((a, free[second], va, vb),
+                                             (b, free[first], vb, va)):
+            edge = (inside > 0) & outside
+            ids = inside[edge]
+            low, high = v_in[edge], v_out[edge]
+            rise = high - low
+            cut = level[ids].astype(np.float32)
+            t = np.clip((cut - low) / np.where(rise > 0, rise, 1.0), 0.0, 1.0)
+            moved = np.where(rise > 0, t - 0.5, 0.0)
+            shift += np.bincount(ids, weights=moved, minlength=size)
+    result: np.ndarray = area + shift / 2.0
+    result[0] = 0.0
+    return result
+
+
+def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
+    """Typical particle radius (analysis px) of a foreground mask: the area-weighted
+    median of each region's largest inscribed radius (the peak of its distance
+    transform), regions under ``min_area`` left out; 0 without any region.
+
+    The inscribed radius of a clump of touching particles is one particle's, so dense
+    clusters do not inflate the scale, and weighting by area lets noise specks (many,
+    but small) count for little.
+    """
+    from scipy import ndimage
+
+    count, components, stats, _ = _components(foreground.view(np.uint8))
+    if count <= 1:
+        return 0.0
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    keep = np.flatnonzero(areas >= max(1, min_area)) + 1
+    if keep.size == 0:
+        return 0.0
+    distance = cv2.distanceTransform(
+        cv2.copyMakeBorder(foreground.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE),
+        cv2.DIST_L2, 5)[1:-1, 1:-1]
+    inside = components > 0  # (only the regions' pixels: the sort is the cost)
+    peaks = np.asarray(ndimage.maximum(distance[inside], components[inside], keep),
+                       np.float64)
+    weights = areas[keep - 1]
+    order = np.argsort(peaks)
+    cumulative = np.cumsum(weights[order])
+    return float(peaks[order][int(np.searchsorted(cumulative, cumulative[-1] / 2))])
+
+
+def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """``mask`` with its enclosed background pockets under ``max_area`` filled: a
+    particle's bright facet, thin spot or Fresnel fringe is part of it, while a larger
+    pocket (vacuum ringed by several particles) stays background."""
+    background = (~mask).view(np.uint8)
+    count, components, stats, _ = _components4(background)
+    if count <= 1:
+        return mask
+    x, y, w, h, area = (stats[:, i] for i in range(5))
+    rows, cols = mask.shape
+    on_edge = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
+    hole = ~on_edge & (area < max_area)
+    hole[0] = False
+    if not hole.any():
+        return mask
+    filled: np.ndarray = mask | hole[components]
+    return filled
+
+
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    """The particle scale a frame was segmented at (analysis px)."""
+
+    radius_px: float
+    """Typical particle radius measured on the frame (0: no particle)."""
+    smoothing_sigma_px: float
+    min_area_px: float
+    split_min_distance_px: float
+
+
+def _sizes(radius: float, config: AnalysisConfig, binning: int,
+           from_image: bool) -> _Scale:
+    """Sizes to segment at, in analysis px: from the measured particle radius when
+    ``from_image`` (no pixel size known), else the configured ones."""
+    base_sigma = config.smoothing_sigma_px / binning
+    if not from_image or radius <= 0:
+        # Binned coarser than the reference pixel (large particles, see _resolution),
+        # the configured smallest particle may shrink to a speck of noise or of a
+        # needle's blurred rim: never under the floor.
+        return _Scale(radius, base_sigma,
+                      max(_MIN_AREA_FLOOR_PX, config.min_particle_area_px / binning ** 2),
+                      config.split_min_distance_px / binning)
+    return _Scale(
+        radius_px=radius,
+        # A fifth of the radius smooths the noise and the texture inside a particle
+        # while moving its half-contrast outline by a fraction of a pixel.
+        smoothing_sigma_px=max(base_sigma, radius / _SMOOTHING_PER_RADIUS),
+        # A particle of a third of the typical diameter is still a particle; smaller
+        # regions are the noise's and the support's dark spots.
+        min_area_px=max(_MIN_AREA_FLOOR_PX, math.pi * (radius / 3) ** 2),
+        # Particles down to half the typical radius are split off a clump.
+        split_min_distance_px=max(1.0, radius / 2),
+    )
+
+
+def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
+             *, from_image: bool = False) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """int32 labels at analysis resolution, the particle radius (analysis px)
+    measured on the frame, and the particles' areas (analysis px², indexed by label)
+    with sub-pixel outlines (:func:`_boundary_areas`; None with
+    ``subpixel_areas=False`` or no particle); ``needle``: every opaque pixel to leave
+    out.
+
+    ``from_image``: no pixel size is known, so the smoothing, the minimum area and the
+    splitting distance follow the particle radius measured here (a first pass at the
+    configured smoothing) rather than the configured lengths.
+
+    On the frame smoothed at that scale, particles are seeded below the noise-capped
+    Otsu threshold, outlined where they rise into the vacuum's fluctuation and cut back
+    to half their own rim contrast (:func:`_half_contrast`): the outline then stays on
+    each particle's edge whatever its darkness, whether a crystal's diffraction
+    contrast or a particle lightening as it lithiates.
+    """
+    flat = prepared.flat
+    b = prepared.binning
+    if not flat.any():
+        return np.zeros(flat.shape, np.int32), 0.0, None
+    base = flat
+    otsu = _particle_threshold(base, needle, config, capped=False)
+    # The first scale from Otsu's threshold alone: at the configured smoothing, a
+    # noisy frame's noise cap keeps only fragments of faint particles.
+    radius = _particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
+    base_sigma = config.smoothing_sigma_px / b
+    weight = (~needle).astype(np.float32)
+    for _ in range(_SCALE_ROUNDS):
+        scale = _sizes(radius, config, b, from_image)
+        if scale.smoothing_sigma_px > base_sigma + 0.25:
+            extra = math.sqrt(scale.smoothing_sigma_px ** 2 - base_sigma ** 2)
+            # Normalized convolution leaving out the opaque objects: smoothed with
+            # the rest, their darkness would spill past their rim and be taken for
+            # particles hugging them.
+            total = cv2.GaussianBlur(base.astype(np.float32) * weight, (0, 0), extra)
+            norm = cv2.GaussianBlur(weight, (0, 0), extra)
+            flat = np.where(needle | (norm < 1e-3), base, np.clip(
+                total / np.maximum(norm, 1e-3) + 0.5, 0, 255)).astype(np.uint8)
+            # Otsu's threshold stays the one between the two classes' levels (at the
+            # configured smoothing); only the noise cap is the smoother frame's.
+            threshold = min(otsu, _particle_threshold(flat, needle, config))
+        else:
+            flat = base
+            threshold = _particle_threshold(flat, needle, config)
+        if not from_image:
+            break
+        # Smoothed at the particles' scale, fragments of a faint particle join up:
+        # measured again, the scale grows, and the frame is smoothed again.
+        # (Measured, like the first, on Otsu's regions of the smoothed frame: the
+        # noise cap would cut faint particles into pieces.)
+        measured = _particle_radius(
+            (flat < _particle_threshold(flat, needle, config, capped=False)) & ~needle,
+            round(scale.min_area_px))
+        grew = measured > _SCALE_GROWTH * radius
+        radius = measured
+        if not grew:
+            break
+    scale = _sizes(radius, config, b, from_image)
+    sigma = scale.smoothing_sigma_px
+    # Particles are found at the threshold (seeds) and outlined where they rise into
+    # the vacuum's fluctuation (hysteresis), then each is cut back to half its own
+    # rim contrast (_half_contrast). A threshold between the classes' means cuts a
+    # particle inside its blurred rim, and deeper as lithiation makes it lighter
+    # (a rim from 0.6 to 0.7 of vacuum moved that outline 1.1 px; near the vacuum,
+    # 0.3 px), which biased A/A0 by 8 % over a swelling; on real crystals, each its
+    # own darkness, it cut the fainter ones inside their outline. The outline clears
+    # both the pixel noise (neighbour differences) and the support's texture (the
+    # histogram's spread, in the noise cap), so that it never wanders into either.
+    outline = max(threshold, min(
+        round(_VACUUM * (1.0 - _OUTLINE_MIN_CONTRAST)
+              - _OUTLINE_NOISE_SIGMAS * _vacuum_noise(flat, threshold, sigma)),
+        _particle_threshold(flat, needle, config, noise_led=True)))
+    foreground = (flat < outline) & ~needle
+    count, components, stats, _ = _components(foreground.view(np.uint8))
+    rows, cols = flat.shape
+    # A particle cut by the frame edge shows only part of its area: it is kept down
+    # to the size of a noise speck.
+    x, y, w, h = (stats[:, i] for i in range(4))
+    cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
+    min_area = np.where(cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
+    # Seeded by a quarter of a smallest particle below the threshold, so that a patch
+    # of vacuum a little off its level is not grown into a particle.
+    seeds = np.bincount(components[(flat < threshold) & foreground], minlength=count)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= min_area) & (seeds >= min_area / 4)
+    keep[0] = False
+    if not keep.any():
+        return np.zeros(flat.shape, np.int32), radius, None
+    foreground, levels = _half_contrast(flat, components, count, keep, sigma)
+    # Each region's cut level over its pixels, for the sub-pixel outline (where the
+    # outline was kept, its own level).
+    cut_image = np.where(keep, np.nan_to_num(levels, nan=float(outline)), 0.0).astype(
+        np.float32)[components]
+    if radius > 0:
+        foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
+    # Labelled again: holes filled join their particle, and a sliver the cut-back
+    # left is judged on its own size.
+    count, components, stats, _ = _components(foreground.view(np.uint8))
+    x, y, w, h = (stats[:, i] for i in range(4))
+    cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
+    keep = stats[:, cv2.CC_STAT_AREA] >= np.where(
+        cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
+    keep[0] = False
+    if not keep.any():
+        return np.zeros(flat.shape, np.int32), radius, None
+    lookup = np.zeros(count, np.int32)
+    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    labels: np.ndarray = lookup[components]
+    if config.split_touching:
+        if not from_image:
+            labels = _split(labels, int(keep.sum()), scale.split_min_distance_px, flat)
+        else:
+            # Without a pixel size the marker spacing is half the typical radius and
+            # the grid a seventh of it (at a fifth, whether two discs of radius 40 and
+            # 30 px were split hung on the rounding of the spacing).
+            labels = _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
+                            _SPLIT_SHAPE_WEIGHT, cells_per_spacing=7.0, flood_on_shape=True)
+    if not config.subpixel_areas:
+        return labels, radius, None
+    # The split moves pixels between the pieces of one region, and filled holes lie
+    # inside theirs: every label's pixels carry its region's cut (or 0, a filled hole).
+    level = np.zeros(int(labels.max()) + 1, np.float32)
+    placed = (labels > 0) & (cut_image > 0)
+    level[labels[placed]] = cut_image[placed]
+    return labels, radius, _boundary_areas(labels, flat, level, needle)

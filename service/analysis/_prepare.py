@@ -1,0 +1,355 @@
+"""Frame preparation: bin, flatten the illumination, and the thresholds read from
+the flattened frame (OpenCV)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ._config import AnalysisConfig
+
+__all__: list[str] = []
+
+_VACUUM = 128
+"""Flattened images are uint8 with the vacuum level at this value (headroom above)."""
+_COARSE_SIDE = 64
+"""The illumination is estimated on a grid about this many cells on its short side."""
+_HOT_PIXEL_CEILING = 1.5
+"""Pixels brighter than this multiple of the brightest coarse cell are camera defects
+(hot pixels, cosmic rays): clipped before smoothing so they do not punch holes in
+particles or bias the vacuum level."""
+_VACUUM_BAND = 0.075
+"""Coarse cells within this fraction of the fitted upper envelope are vacuum when the
+illumination is estimated."""
+_NOISE_ROW_STEP = 4
+"""The vacuum's noise is measured on every this many rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A frame ready for thresholding, at analysis (binned) resolution."""
+
+    flat: np.ndarray
+    """uint8, smoothed image over the vacuum level, vacuum at ``_VACUUM``; None if blank."""
+    binning: int
+    shape: tuple[int, int]
+    """Shape of the input frame."""
+    image: np.ndarray
+    """The input frame at analysis resolution, what intensities are measured on: each
+    pixel the mean of its ``binning``² block of raw counts (float32; for integer frames
+    bright enough, see ``_ROUNDING_SHARE``, rounded to a whole count), before any
+    correction; the input frame itself when unbinned."""
+
+
+_RESIZABLE = frozenset({"uint8", "uint16", "int16", "float32", "float64"})
+"""Dtypes OpenCV's area resize bins as they are (others are binned as float32)."""
+_ROUNDING_SHARE = 0.01
+"""Integer frames are binned in their own dtype (OpenCV rounds each block's mean to a
+count) when that rounding (variance 1/12 count²) adds at most this share to the
+variance of a block's mean, ``mean counts / binning²`` at the least (shot noise at
+one count per electron); fainter frames are binned in float32, stripe by stripe."""
+_STRIPE_ROWS = 256
+"""Rows of binned output made per float32 stripe of the input frame."""
+
+
+def _bin_counts(image: np.ndarray, binning: int, rows: int, cols: int,
+                mean_counts: float) -> np.ndarray:
+    """Block means of the raw counts at ``binning``, float32, without a full-size
+    float copy of the frame: an integer frame bright enough (``mean_counts`` per
+    pixel, see ``_ROUNDING_SHARE``) is binned in its own dtype, anything else in
+    float32 stripes of ``_STRIPE_ROWS`` binned rows."""
+    b = binning
+    if (np.issubdtype(image.dtype, np.integer) and image.dtype.name in _RESIZABLE
+            and mean_counts * _ROUNDING_SHARE * 12 >= b * b):
+        binned = cv2.resize(image[: rows * b, : cols * b], (cols, rows),
+                            interpolation=cv2.INTER_AREA)
+        return binned.astype(np.float32)
+    out = np.empty((rows, cols), np.float32)
+    for start in range(0, rows, _STRIPE_ROWS):
+        stop = min(rows, start + _STRIPE_ROWS)
+        stripe = image[start * b: stop * b, : cols * b].astype(np.float32)
+        out[start:stop] = cv2.resize(stripe, (cols, stop - start), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _otsu_index(hist: np.ndarray) -> int:
+    """Otsu's threshold on a histogram: the last bin of the lower class."""
+    p = hist.astype(np.float64)
+    total = p.sum()
+    if total <= 0:
+        return len(p) - 1
+    p /= total
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(len(p)))
+    between = (mu[-1] * omega - mu) ** 2
+    denominator = omega * (1.0 - omega)
+    valid = denominator > 1e-12
+    between[valid] /= denominator[valid]
+    between[~valid] = -1.0
+    return int(np.argmax(between))
+
+
+def _vacuum_level(smooth: np.ndarray, config: AnalysisConfig, binning: int) -> np.ndarray | None:
+    """The local vacuum (background) level at every pixel, or None for a blank frame.
+
+    On a coarse grid: first the upper envelope of the frame as a quadratic surface
+    (least squares, refitted on the pixels not darker than the last fit, so objects
+    drop out whatever the gradient); then, with vacuum taken as everything within
+    half the particle contrast of that surface, the vacuum pixels interpolated across
+    the objects by normalized convolution, which follows illumination shapes a
+    quadratic cannot. Twice, re-selecting the vacuum against the new level.
+    """
+    rows, cols = smooth.shape
+    factor = max(1, min(rows, cols) // _COARSE_SIDE)
+    small = cv2.resize(smooth, (max(1, cols // factor), max(1, rows // factor)),
+                       interpolation=cv2.INTER_AREA)
+    high = float(small.max())
+    if not (math.isfinite(high) and math.isfinite(float(small.min()))) or high <= 0:
+        return None
+    keep = np.float32(1.0 - _VACUUM_BAND)
+    surface = _upper_envelope(small, keep)
+    vacuum = small > surface * keep
+    sigma = config.background_sigma_px / binning / factor
+    level = surface
+    for _ in range(2):
+        if not vacuum.any():
+            break
+        weight = vacuum.astype(np.float32)
+        numerator = cv2.GaussianBlur(small * weight, (0, 0), sigma)
+        denominator = cv2.GaussianBlur(weight, (0, 0), sigma)
+        # Far from any vacuum pixel, trust the smooth surface instead.
+        level = np.where(denominator > 1e-2, numerator / np.maximum(denominator, 1e-2),
+                         surface).astype(np.float32)
+        vacuum = small > level * keep
+    if not float(np.median(level)) > 0:
+        return None
+    return cv2.resize(level, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _upper_envelope(small: np.ndarray, keep: np.float32) -> np.ndarray:
+    """Quadratic surface through the bright (vacuum) pixels of a coarse frame."""
+    rows, cols = small.shape
+    y, x = np.mgrid[-1:1:rows * 1j, -1:1:cols * 1j]
+    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    values = small.reshape(-1).astype(np.float64)
+    if values.size < 6 * 4:
+        return np.full(small.shape, np.float32(np.median(values)))
+    chosen = np.ones(values.size, np.bool_)
+    fit = values
+    for iteration in range(4):
+        # Normal equations: six well-scaled terms on [-1, 1], and a 6x6 solve costs a
+        # fraction of lstsq's SVD, which also stalls when BLAS threads compete.
+        a = design[chosen]
+        try:
+            coefficients = np.linalg.solve(a.T @ a, a.T @ values[chosen])
+        except np.linalg.LinAlgError:  # degenerate choice (all on one line): least squares
+            coefficients = np.linalg.lstsq(a, values[chosen], rcond=None)[0]
+        fit = design @ coefficients
+        # First keep what is brighter than the fit through everything, then what is
+        # within half the particle contrast of the fit through the bright pixels.
+        update = values > (fit if iteration == 0 else fit * keep)
+        if update.sum() < 6 * 4:
+            break
+        chosen = update
+    return fit.reshape(small.shape).astype(np.float32)
+
+
+def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
+    """Bin, correct and flatten a frame (see :class:`_Prepared`).
+
+    The frame is binned first, in its own dtype, and only the binned copy is turned
+    into float: at 2048² and 4x4 binning the float copies of the whole frame cost
+    more than everything after them. Hot pixels are clipped all the same, as if
+    before binning: each block holding one is lowered by the clipped excess over
+    its pixel count.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"Expected a 2-D image. Got shape {image.shape}.")
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    binning = int(config.binning)
+    rows, cols = shape[0] // binning, shape[1] // binning
+    if rows < 1 or cols < 1:
+        binning, rows, cols = 1, shape[0], shape[1]
+    dark = float(config.dark_level_counts)
+    coarse = cv2.resize(image if image.dtype.name in _RESIZABLE else image.astype(np.float32),
+                        (max(1, shape[1] // 8), max(1, shape[0] // 8)),
+                        interpolation=cv2.INTER_AREA)
+    ceiling = (float(coarse.max()) - dark) * _HOT_PIXEL_CEILING
+    if binning > 1:
+        # Block means of the raw counts, before the dark level and the clipping: the
+        # particles' mean intensity is read from these.
+        raw = _bin_counts(image, binning, rows, cols, float(coarse.mean()))
+        pixels = raw.copy()
+    else:
+        raw = image
+        pixels = image.astype(np.float32)  # a copy: the caller's array is never touched
+    if math.isfinite(ceiling) and ceiling > 0:
+        _clip_hot(image, pixels, dark + ceiling, binning)
+    if dark:
+        pixels -= np.float32(dark)
+    if min(pixels.shape) >= 3:
+        # Single defective pixels (saturated hot pixels, dead ones; binned, a block
+        # holding one) differ from their 3x3 median by more than a factor of two, which
+        # shot noise at 1 e/A^2/s rarely does. Left in, one saturated pixel raised its
+        # coarse cell's vacuum level by a fifth at low dose, and the vacuum around it
+        # read as particle.
+        median = cv2.medianBlur(pixels, 3)
+        np.copyto(pixels, median, where=(pixels > 2 * median) | (2 * pixels < median))
+    if config.smoothing_sigma_px > 0:
+        pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
+    level = _vacuum_level(pixels, config, binning)
+    if level is None:
+        blank = np.zeros(pixels.shape, np.uint8)
+        return _Prepared(flat=blank, binning=binning, shape=shape, image=raw)
+    flat = cv2.divide(pixels, level, scale=_VACUUM, dtype=cv2.CV_8U)
+    return _Prepared(flat=flat, binning=binning, shape=shape, image=raw)
+
+
+def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: int) -> None:
+    """Lower ``pixels`` (``image`` binned by ``binning``, float32) as if every pixel of
+    ``image`` above ``ceiling`` (raw counts) had been clipped to it before binning."""
+    rows, cols = pixels.shape
+    cropped = image[: rows * binning, : cols * binning]
+    if not float(cropped.max()) > ceiling:  # (a reduction: no copy of the frame)
+        return
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        if ceiling >= info.max:
+            return
+        # An integer threshold: compared with a float, numpy would make a float copy.
+        hot = np.flatnonzero(cropped > image.dtype.type(max(info.min, math.floor(ceiling))))
+    else:
+        hot = np.flatnonzero(cropped > ceiling)
+    if hot.size == 0:
+        return
+    r, c = np.divmod(hot, cropped.shape[1])
+    excess = (cropped[r, c].astype(np.float64) - ceiling) / (binning * binning)
+    np.subtract.at(pixels, (r // binning, c // binning), excess.astype(np.float32))
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected components with statistics (Grana's block-based labelling is the fastest
+    of OpenCV's when statistics are wanted)."""
+    count, labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
+        mask, 8, cv2.CV_32S, cv2.CCL_GRANA
+    )
+    return int(count), labels, stats, centroids
+
+
+def _components4(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """4-connected components (the background's, complement of 8-connected objects)."""
+    count, labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
+        mask, 4, cv2.CV_32S, cv2.CCL_DEFAULT)
+    return int(count), labels, stats, centroids
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = max(0, round(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _upsample(array: np.ndarray, binning: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour back to input resolution ``shape`` (edge rows/cols lost to
+    binning padded with zeros)."""
+    if binning == 1:
+        return array
+    b = binning
+    rows, cols = array.shape
+    out = np.zeros(shape, array.dtype)
+    # One pass, each block written from its analysis pixel (splitting axes gives a view
+    # even of the cropped, non-contiguous region).
+    out[: rows * b, : cols * b].reshape(rows, b, cols, b)[...] = array[:, None, :, None]
+    return out
+
+
+def _bin_mask(mask: np.ndarray, prepared: _Prepared) -> np.ndarray:
+    """A caller's input-resolution mask at analysis resolution (any pixel set)."""
+    shape = prepared.flat.shape
+    mask = np.asarray(mask, dtype=np.bool_)
+    if mask.shape != prepared.shape:
+        raise ValueError(f"Expected a needle mask of shape {prepared.shape}. Got {mask.shape}.")
+    b = prepared.binning
+    if b == 1:
+        return mask
+    rows, cols = shape
+    cropped = mask[: rows * b, : cols * b].reshape(rows, b, cols, b)
+    return np.asarray(cropped.any(axis=(1, 3)))
+
+
+def _blur_width(smoothing_px: float) -> float:
+    """``_blur_rim`` for a frame smoothed at a Gaussian sigma of ``smoothing_px``
+    (analysis px)."""
+    return 2.2 * math.hypot(smoothing_px, 1.0) + 1.0
+
+
+def _vacuum_noise(flat: np.ndarray, threshold: int, smoothing_px: float) -> float:
+    """Standard deviation of the flattened frame's noise in the vacuum, grey levels.
+
+    From differences of horizontal neighbours that are both vacuum (at or above the
+    particle ``threshold``), so slow residues of the flattening do not count; the
+    smoothing correlates neighbours, ``rho = exp(-1 / (4 s^2))`` for a Gaussian of
+    sigma ``s``, and the difference of two has variance ``2 sigma^2 (1 - rho)``.
+    """
+    # Every fourth row: a quarter of a million pairs at 1024x1024 px is plenty for a
+    # median, and the whole frame cost 70 ms.
+    pixels = flat[::_NOISE_ROW_STEP].astype(np.int16)
+    left, right = pixels[:, :-1], pixels[:, 1:]
+    both = (left >= threshold) & (right >= threshold)
+    if np.count_nonzero(both) < 64:
+        return 0.0
+    differences = (left - right)[both]
+    mad = float(np.median(np.abs(differences - np.median(differences))))
+    rho = math.exp(-1.0 / (4.0 * smoothing_px**2)) if smoothing_px > 0 else 0.0
+    return 1.4826 * mad / math.sqrt(max(2.0 * (1.0 - rho), 1e-6))
+
+
+def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
+                        config: AnalysisConfig, *, capped: bool = True,
+                        noise_led: bool = False) -> int:
+    """Otsu between particles and vacuum (opaque pixels left out), capped by the noise.
+
+    The cap keeps the threshold at least ``particle_noise_sigmas`` standard deviations
+    of the vacuum's own fluctuation (shot noise and the support's texture, measured on
+    this frame) and ``particle_min_contrast`` below the vacuum level, so that a frame
+    with no particles yields none, whatever its dose, while faint particles on a quiet
+    frame are not cut off by a fixed contrast.
+
+    References
+    ----------
+    N. Otsu, "A threshold selection method from gray-level histograms",
+    IEEE Trans. Syst. Man Cybern. 9 (1979) 62-66.
+    """
+    mask = None if exclude is None else (~exclude).view(np.uint8)
+    hist = cv2.calcHist([flat], [0], mask, [256], [0, 256]).ravel()
+    floor = round(config.needle_threshold_fraction * _VACUUM)
+    hist[:floor] = 0
+    # The flattened vacuum is at _VACUUM: a threshold above it is Otsu splitting the
+    # vacuum from a bright tail (fringes, a brighter patch) when particles are few
+    # (2048², 0.4 nm/px, 5x5 binning: the whole vacuum taken for particles).
+    otsu = min(_otsu_index(hist) + 1, _VACUUM)
+    if not capped:
+        return max(floor + 1, otsu)
+    # The vacuum level is the histogram's brightest mode above Otsu's threshold, and
+    # the noise the spread of the pixels brighter than it (median absolute
+    # deviation): the particles' tail is all on the dark side.
+    upper = hist[otsu:]
+    total = float(upper.sum())
+    if total > 0:
+        level = otsu + int(np.argmax(upper))
+        above = hist[level + 1:]
+        if float(above.sum()) > 0:
+            cumulative = np.cumsum(above) / float(above.sum())
+            mad = 1.0 + float(np.searchsorted(cumulative, 0.5))
+        else:
+            mad = 0.5
+        noise = 1.4826 * mad
+    else:
+        level, noise = _VACUUM, 0.0
+    margin = max(config.particle_noise_sigmas * noise, config.particle_min_contrast * level)
+    cap = math.floor(level - margin)
+    if noise_led:  # the cap alone: the level nearest the vacuum that noise never reaches
+        return max(floor + 1, cap)
+    return max(floor + 1, min(otsu, cap))
