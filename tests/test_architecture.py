@@ -260,3 +260,18 @@ def test_a_running_monitor_does_not_import_opencv(tmp_path: Path) -> None:
                 if line.startswith("import time:")}
     assert "lithoscope.clients.monitor" in imported
     assert imported.isdisjoint({"cv2", "zarr", "skimage", "tifffile"})
+
+
+def test_every_package_folder_is_in_the_distribution() -> None:
+    """pyproject.toml lists the packages one by one (the package-dir mapping needs it);
+    a folder left out installs with ``pip install -e .`` and is missing from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    on_disk = {
+        ".".join(["lithoscope", *init.parent.relative_to(ROOT).parts])
+        for top in ("service", "clients", "replay") for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - on_disk == set(), "these are listed but have no __init__.py"
