@@ -25,6 +25,7 @@ from lithoscope.service.protocol import EventKind
 
 from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, _analyze
+from ._labels import track_lut
 from ._tracking import DriftEstimator, ParticleTracker, drift_image
 
 __all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
@@ -154,6 +155,8 @@ class SessionAnalyzer:
         self.detector = AlertDetector(self.alert_config)
         self.last: FrameAnalysis | None = None
         """The latest frame's per-frame analysis (labels, masks), for display and tests."""
+        self.last_track_lut: dict[int, int] = {}
+        """The latest frame's segmentation label -> track id (see :func:`track_lut`)."""
         self._first_area_px: float | None = None
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         """(drift-compensated centroids, areas, frames joined) of the last frame's
@@ -225,6 +228,8 @@ class SessionAnalyzer:
         radii = np.sqrt(table["area_px"] / np.pi)
         ids = self.tracker.update(np.column_stack([table["centroid_row"], table["centroid_col"]]),
                                   radii, drift_px=drift)
+        self.last_track_lut = track_lut(measurement.particles["label"], measurement.contacts,
+                                        table["label"], ids)
         # A particle found merged with a neighbour: its id, but not its area.
         merged = self.tracker.merged_with > 0
         cluster = dict(measurement.cluster)
