@@ -55,8 +55,7 @@ class FrameOutput:
     published and archived, without its operando rows."""
     labels: FrameLabels | None = None
     """The frame's particles (by track id), needle and grid as images, for the archive's
-    ``labels/`` group; None where no label image was made (a frame measured in another
-    process)."""
+    ``labels/`` group; None where the measurement came without them."""
 
 
 @dataclass(frozen=True)
@@ -168,9 +167,17 @@ class SessionPipeline:
         cluster, particles, alerts = self.analyzer.update_measured(
             measurement, t_s=t_s, index=index,
             pixel_size_nm=self.pixel_size_nm(pixel_size_nm))
+        labels = None
+        if measurement.labels is not None and measurement.regions is not None:
+            b = measurement.binning
+            rows, cols = measurement.labels.shape
+            labels = FrameLabels(
+                particles=track_label_image(measurement.labels, self.analyzer.last_track_lut),
+                needle=measurement.regions == 1, grid=measurement.regions == 2, binning=b,
+                shape=image.shape if image is not None else (rows * b, cols * b))
         return self._complete(image, cluster, particles, alerts, index=index, t_s=t_s,
                               pixel_size_nm=pixel_size_nm, exposure_s=exposure_s,
-                              metadata=metadata, acquired_at=acquired_at)
+                              metadata=metadata, acquired_at=acquired_at, labels=labels)
 
     def _complete(self, image: np.ndarray | None, cluster: dict[str, Any],
                   particles: dict[str, np.ndarray], alerts: list[Alert], *, index: int,

@@ -41,9 +41,11 @@ class FrameMeasurement:
     """One frame's stateless analysis: all :meth:`SessionAnalyzer.update_measured` needs.
 
     The split lets frames be measured in parallel (other processes, other hosts) and
-    joined up in order by the session's one analyzer; it holds no full-frame arrays, so
-    it is cheap to send: a few kB of columns and a drift image of half the bytes of
-    a uint16 frame analysed unbinned, an eighth at 2x2 binning.
+    joined up in order by the session's one analyzer; it holds no input-resolution
+    arrays, so it is cheap to send: a few kB of columns, a drift image of half the
+    bytes of a uint16 frame analysed unbinned (an eighth at 2x2 binning), and the label
+    image and region masks at analysis resolution, for the archive's ``labels/`` and the
+    results' outlines.
     """
 
     particles: dict[str, np.ndarray]
@@ -56,6 +58,13 @@ class FrameMeasurement:
     """float32, see :func:`drift_image`."""
     drift_scale: float
     """Input pixels per pixel of ``drift_image``."""
+    labels: np.ndarray | None = None
+    """The segmentation's label image at analysis resolution (values: the ``label``
+    column), or None where it was not kept."""
+    regions: np.ndarray | None = None
+    """uint8 at analysis resolution: 1 on the needle, 2 on grid bars, else 0."""
+    binning: int = 1
+    """Input pixels per pixel of ``labels`` and ``regions``."""
 
 
 def measure_frame(
@@ -70,10 +79,13 @@ def _measure(image: np.ndarray, config: AnalysisConfig | None, pixel_size_nm: fl
              ) -> tuple[FrameAnalysis, FrameMeasurement]:
     analysis, prepared, needle = _analyze(image, config=config, pixel_size_nm=pixel_size_nm)
     drift = drift_image(prepared.flat, exclude=needle.mask, downsample=_DRIFT_DOWNSAMPLE)
+    regions = analysis.analysis_needle_mask.astype(np.uint8)
+    regions[analysis.analysis_grid_mask] = 2
     return analysis, FrameMeasurement(
         particles=analysis.particles, cluster=dict(analysis.cluster),
         contacts=analysis.contacts, drift_image=drift,
-        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE))
+        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE),
+        labels=analysis.analysis_labels, regions=regions, binning=prepared.binning)
 
 SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = schema.SESSION_PARTICLE_COLUMNS
 """Per-particle columns of :meth:`SessionAnalyzer.update`: those of
