@@ -100,6 +100,21 @@ def _nullable(values: np.ndarray) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values.tolist()]
 
 
+_REGION_NAMES = {1: "needle", 2: "grid"}
+_MAX_REGION_POINTS = 4096
+
+
+def _region_outlines(labels: FrameLabels) -> list[dict[str, Any]]:
+    """The needle's and the grid's outlines, as a result's ``regions``."""
+    if not (labels.needle.any() or labels.grid.any()):
+        return []
+    classes = labels.needle.astype(np.uint8)
+    classes[labels.grid] = 2
+    return [{"region": _REGION_NAMES[o["track_id"]], "points": o["points"]}
+            for o in particle_outlines(classes, binning=labels.binning,
+                                       max_points=_MAX_REGION_POINTS)]
+
+
 class SessionPipeline:
     """Analysis, operando bookkeeping and row shaping for one session, frame by frame.
 
@@ -213,9 +228,10 @@ class SessionPipeline:
         rows += [("events", event_row(event)) for event in events]
         outlines = ([] if labels is None else
                     particle_outlines(labels.particles, binning=labels.binning))
+        regions = [] if labels is None else _region_outlines(labels)
         result = Result(session_id=session_id, index=index, t_s=t_s, latency_s=latency_s,
                         cluster=cluster, particles={k: v.tolist() for k, v in particles.items()},
-                        outlines=outlines)
+                        outlines=outlines, regions=regions)
         return FrameOutput(result=result, events=events, rows=rows, operando_error=error,
                            labels=labels)
 

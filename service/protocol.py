@@ -287,6 +287,10 @@ class Result:
         "pixel of the boundary), `track_id` as in `particles`; at most 16384 vertices in "
         "all. Empty where the frame was measured without a label image.",
         default_factory=list)
+    regions: list[dict[str, Any]] = _doc(
+        "Outlines of the opaque regions: `{\"region\": \"needle\" or \"grid\", "
+        "\"points\": [[row, col], ...]}`, polygons as in `outlines`; at most 4096 vertices "
+        "in all.", default_factory=list)
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 

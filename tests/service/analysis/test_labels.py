@@ -71,3 +71,28 @@ def test_the_label_image_holds_the_track_ids_of_the_particles_table() -> None:
                                    particles["area_px"].tolist(), strict=True):
                 assert math.isclose(np.count_nonzero(image == track) * b * b, area,
                                     rel_tol=0.15)  # sub-pixel areas differ a little
+
+
+def test_results_outline_the_particles_and_the_needle() -> None:
+    from lithoscope.service.pipeline import SessionPipeline
+    from lithoscope.service.protocol import SessionStart
+
+    config = SimConfig(shape=(192, 192), pixel_size_nm=1.5, fps=1.0, duration_s=8.0,
+                       contact_s=2.0, bias_on_s=3.0, withdraw_s=7.0)
+    pipeline = SessionPipeline(SessionStart(session_id="s", source="sim", source_kind="sim",
+                                            t0_unix=0.0, live=False,
+                                            pixel_size_nm=config.pixel_size_nm))
+    needles = 0
+    with SimulatedSource(config) as source:
+        for frame in source:
+            output = pipeline.analyse(frame.image, index=frame.index, t_s=frame.t_s,
+                                      pixel_size_nm=None, exposure_s=None, metadata={},
+                                      acquired_at=0.0)
+            result, labels = output.result, output.labels
+            assert labels is not None
+            assert {o["track_id"] for o in result.outlines} == set(
+                result.particles["track_id"])
+            needle = [r for r in result.regions if r["region"] == "needle"]
+            assert bool(needle) == bool(labels.needle.any())
+            needles += bool(needle)
+    assert needles >= 4  # the needle is in view for most of the session
