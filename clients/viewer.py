@@ -154,7 +154,7 @@ class _AreaPlot:
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = FigureCanvasQTAgg(self.figure)  # type: ignore[no-untyped-call]
         self.axes = self.figure.add_subplot()
         (self.line,) = self.axes.plot([], [], color="tab:orange")
         self.axes.set_xlabel("t (s)")
@@ -170,7 +170,7 @@ class _AreaPlot:
                          for t_s, _ in events]
         self.axes.relim()
         self.axes.autoscale_view()
-        self.canvas.draw_idle()
+        self.canvas.draw_idle()  # type: ignore[no-untyped-call]
 
 
 def _docks(viewer: Any) -> tuple[Any, _AreaPlot]:
@@ -191,10 +191,10 @@ class LiveView:
         self.state = state or ViewState()
         self.frame = viewer.add_image(np.zeros((2, 2), np.uint8), name="frame",
                                       colormap="gray", contrast_limits=(0, 255))
-        self.needle = viewer.add_shapes(name="needle", face_color=_NEEDLE_RGBA,
+        self.needle = viewer.add_shapes(name="needle", face_color=np.asarray(_NEEDLE_RGBA),
                                         edge_width=0, shape_type="polygon")
-        self.grid = viewer.add_shapes(name="grid", face_color=_GRID_RGBA, edge_width=0,
-                                      shape_type="polygon")
+        self.grid = viewer.add_shapes(name="grid", face_color=np.asarray(_GRID_RGBA),
+                                      edge_width=0, shape_type="polygon")
         self.particles = viewer.add_shapes(
             name="particles", shape_type="polygon", edge_width=2, face_color="transparent",
             features={"track_id": np.zeros(0, int)},
@@ -221,16 +221,16 @@ class LiveView:
             if shapes:
                 self.particles.add_polygons(shapes)
                 self.particles.features = {"track_id": np.asarray(ids, int)}
-                self.particles.edge_color = [_rgba(i) for i in ids]
-                self.particles.face_color = [(0, 0, 0, 0)] * len(ids)
+                self.particles.edge_color = np.array([_rgba(i) for i in ids])
+                self.particles.face_color = np.zeros((len(ids), 4))
                 self.particles.refresh_text()
             for layer, name in ((self.needle, "needle"), (self.grid, "grid")):
                 polygons = state.region_polygons(name)
                 layer.data = []
                 if polygons:
                     layer.add_polygons(polygons)
-                    layer.face_color = [(_NEEDLE_RGBA if name == "needle" else _GRID_RGBA)] \
-                        * len(polygons)
+                    layer.face_color = np.tile(
+                        _NEEDLE_RGBA if name == "needle" else _GRID_RGBA, (len(polygons), 1))
             if state.index is not None:
                 self.viewer.text_overlay.text = (f"{state.session_id}  frame {state.index}  "
                                                  f"t = {state.t_s:.1f} s")
@@ -308,30 +308,30 @@ def open_archive(path: str | Path, *, show: bool = True, run: bool = True) -> An
     if reader.frame_count == 0:
         raise ConfigError(f"{path} holds no frames to show.")
     pixel = reader.pixel_size_nm or 1.0
-    unit = "nm" if reader.pixel_size_nm else "px"
     viewer = napari.Viewer(title=f"lithoscope view: {Path(path).name}", show=show)
+    units = ("dimensionless", "nm", "nm") if reader.pixel_size_nm else None
     viewer.add_image(reader.frames[: reader.frame_count], name="frames",
-                     scale=(1.0, pixel, pixel), colormap="gray")
-    labels_group = reader.group.get("labels")
+                     scale=(1.0, pixel, pixel), colormap="gray", units=units)
+    labels_group: Any = reader.group.get("labels")
     if labels_group is not None:
         for name in LABEL_NAMES:
             array = labels_group[f"{name}/0"]
             recorded = labels_group[name].attrs.get("lithoscope", {})
-            b = int(recorded.get("binning", 1)) if isinstance(recorded, Mapping) else 1
+            binning = recorded.get("binning", 1) if isinstance(recorded, Mapping) else 1
+            b = binning if isinstance(binning, int) and binning >= 1 else 1
             offset = pixel * (b - 1) / 2
             kwargs: dict[str, Any] = {
                 "name": name, "scale": (1.0, pixel * b, pixel * b),
-                "translate": (0.0, offset, offset), "opacity": 0.9 if name == "particles"
-                else 0.35}
+                "translate": (0.0, offset, offset), "units": units,
+                "opacity": 0.9 if name == "particles" else 0.35}
             layer = viewer.add_labels(array[: reader.frame_count], **kwargs)
             if name == "particles":
                 layer.contour = 1
                 _colour_tracks(layer, reader)
             else:
                 _one_colour(layer, _NEEDLE_RGBA if name == "needle" else _GRID_RGBA)
-        _track_ids(viewer, reader, pixel)
+        _track_ids(viewer, reader, pixel, units)
     viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = unit
     events, plot = _docks(viewer)
     archived = reader.events()
     events.addItems([f"{e['t_s']:8.1f} s  frame {e['frame']:>5}  "
@@ -374,7 +374,7 @@ def _one_colour(layer: Any, rgba: tuple[float, float, float, float]) -> None:
     layer.opacity = 1.0
 
 
-def _track_ids(viewer: Any, reader: Any, pixel: float) -> None:
+def _track_ids(viewer: Any, reader: Any, pixel: float, units: Any) -> None:
     """Each particle's track id as text at its centroid, frame by frame."""
     particles = reader.table("particles")
     if not particles or not len(particles.get("frame", [])):
@@ -385,6 +385,6 @@ def _track_ids(viewer: Any, reader: Any, pixel: float) -> None:
     keep = frames >= 0
     coords = np.column_stack([frames[keep], particles["centroid_row"][keep] * pixel,
                               particles["centroid_col"][keep] * pixel])
-    viewer.add_points(coords, name="track ids", size=0, features={
+    viewer.add_points(coords, name="track ids", size=0, units=units, features={
         "track_id": particles["track_id"][keep]},
         text={"string": "{track_id}", "color": "white", "size": 9})
