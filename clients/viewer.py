@@ -43,7 +43,8 @@ from lithoscope.service.schema import label_colour
 if TYPE_CHECKING:
     from lithoscope.service.security import ClientCurve
 
-__all__ = ["ViewState", "follow_service", "open_archive", "require_napari"]
+__all__ = ["LiveView", "ViewState", "draw_overlay", "follow_service", "open_archive",
+           "require_napari"]
 
 VIEW_TOPICS = ("session_start", "result", "event", "heartbeat", "session_closed", "preview")
 _MAX_EVENTS = 500
@@ -183,6 +184,61 @@ def _docks(viewer: Any) -> tuple[Any, _AreaPlot]:
     return events, plot
 
 
+_OVERLAY_MAX_SIDE = 1024
+"""Longest side of the live overlay image: outlines drawn sharper than the preview they
+lie on, without drawing a 2048² RGBA image per result."""
+_PLOT_INTERVAL_S = 1.0
+
+
+def draw_overlay(state: ViewState, *, max_side: int = _OVERLAY_MAX_SIDE,
+                 ) -> tuple[np.ndarray, float]:
+    """The newest result drawn as one RGBA image: each particle's outline in its track's
+    colour with its id, the needle and grid shaded; and frame pixels per overlay pixel.
+
+    One image per result rather than a napari shape per particle: napari's shapes layer
+    takes seconds to replace a hundred polygons with their texts, an image a few ms.
+    """
+    import cv2
+
+    if state.frame_shape is not None:
+        rows, cols = state.frame_shape
+    else:  # no preview yet: as far as the outlines reach
+        reach = [np.asarray(o["points"]) for o in (*state.outlines, *state.regions)]
+        top = np.max([p.max(axis=0) for p in reach if p.size], axis=0) if reach else (1, 1)
+        rows, cols = int(top[0]) + 1, int(top[1]) + 1
+    f = max(1.0, max(rows, cols) / max_side)
+    overlay = np.zeros((max(1, math.ceil(rows / f)), max(1, math.ceil(cols / f)), 4), np.uint8)
+
+    def xy(points: Any) -> np.ndarray:  # (row, col) frame pixels -> (x, y) overlay pixels
+        array = np.asarray(points, float)
+        return np.rint(((array[:, ::-1] + 0.5) / f) - 0.5).astype(np.int32)
+
+    for name, rgba in (("needle", _NEEDLE_RGBA), ("grid", _GRID_RGBA)):
+        polygons = [xy(p) for p in state.region_polygons(name)]
+        if polygons:
+            colour = tuple(round(255 * c) for c in rgba)
+            cv2.fillPoly(overlay, polygons, colour)
+    shapes, ids = state.polygons()
+    labels: dict[int, tuple[int, int]] = {}
+    for shape, track in zip(shapes, ids, strict=True):
+        r, g, b, _ = label_colour(track)
+        points = xy(shape)
+        cv2.polylines(overlay, [points], True, (r, g, b, 255), 2, cv2.LINE_AA)
+        if track not in labels or len(points) > 3:
+            centre = points.mean(axis=0)
+            labels[track] = (int(centre[0]), int(centre[1]))
+    text = np.zeros(overlay.shape[:2], np.uint8)
+    for track, (x, y) in labels.items():
+        cv2.putText(text, str(track), (x - 6, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1,
+                    cv2.LINE_AA)
+    if labels:
+        rim = cv2.dilate((text > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        overlay[rim] = (0, 0, 0, 255)
+        ink = text > 0
+        overlay[ink] = np.column_stack([text[ink]] * 3 + [np.full(ink.sum(), 255)])
+    return overlay, f
+
+
 class LiveView:
     """A napari viewer following a results stream (see :func:`follow_service`)."""
 
@@ -191,17 +247,12 @@ class LiveView:
         self.state = state or ViewState()
         self.frame = viewer.add_image(np.zeros((2, 2), np.uint8), name="frame",
                                       colormap="gray", contrast_limits=(0, 255))
-        self.needle = viewer.add_shapes(name="needle", face_color=np.asarray(_NEEDLE_RGBA),
-                                        edge_width=0, shape_type="polygon")
-        self.grid = viewer.add_shapes(name="grid", face_color=np.asarray(_GRID_RGBA),
-                                      edge_width=0, shape_type="polygon")
-        self.particles = viewer.add_shapes(
-            name="particles", shape_type="polygon", edge_width=2, face_color="transparent",
-            features={"track_id": np.zeros(0, int)},
-            text={"string": "{track_id}", "color": "white", "size": 10})
+        self.analysis = viewer.add_image(np.zeros((2, 2, 4), np.uint8), name="analysis",
+                                         rgb=True)
         self.event_list, self.plot = _docks(viewer)
         self.frames_shown = 0
         self._fitted = False
+        self._plotted_at = -math.inf
 
     def take(self, msg: Message) -> None:
         self.apply(self.state.update(msg))
@@ -215,22 +266,10 @@ class LiveView:
             if not self._fitted:
                 self.viewer.reset_view()
                 self._fitted = True
-        if "outlines" in changed:
-            shapes, ids = state.polygons()
-            self.particles.data = []
-            if shapes:
-                self.particles.add_polygons(shapes)
-                self.particles.features = {"track_id": np.asarray(ids, int)}
-                self.particles.edge_color = np.array([_rgba(i) for i in ids])
-                self.particles.face_color = np.zeros((len(ids), 4))
-                self.particles.refresh_text()
-            for layer, name in ((self.needle, "needle"), (self.grid, "grid")):
-                polygons = state.region_polygons(name)
-                layer.data = []
-                if polygons:
-                    layer.add_polygons(polygons)
-                    layer.face_color = np.tile(
-                        _NEEDLE_RGBA if name == "needle" else _GRID_RGBA, (len(polygons), 1))
+        if "outlines" in changed or "frame" in changed:
+            overlay, f = draw_overlay(state)
+            self.analysis.data = overlay
+            self.analysis.scale = (f, f)
             if state.index is not None:
                 self.viewer.text_overlay.text = (f"{state.session_id}  frame {state.index}  "
                                                  f"t = {state.t_s:.1f} s")
@@ -238,7 +277,10 @@ class LiveView:
             self.event_list.clear()
             self.event_list.addItems([_event_line(e) for e in state.events])
             self.event_list.scrollToBottom()
-        if "area" in changed or "events" in changed:
+        now = time.monotonic()
+        if ("events" in changed or ("area" in changed
+                                    and now - self._plotted_at >= _PLOT_INTERVAL_S)):
+            self._plotted_at = now
             self.plot.show(state.area_t, state.area, state.area_unit,
                            [(e.t_s, e.kind) for e in state.events])
 

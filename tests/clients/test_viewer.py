@@ -229,7 +229,10 @@ def test_following_a_service_shows_its_previews_and_outlines(display: str,
                                            thread.is_alive(), out, worker.counters))
             publishing.joined(thread, out, 60.0)
             _process_events(lambda: True)
-            assert len(view.particles.data) == len(view.state.polygons()[0]) > 0
+            shapes, ids = view.state.polygons()
+            assert shapes
+            overlay = view.analysis.data
+            f = view.analysis.scale[-1]
             view.frame.visible = False
             outlines = view.viewer.screenshot(canvas_only=True, flash=False)
             view.frame.visible = True
@@ -239,6 +242,13 @@ def test_following_a_service_shows_its_previews_and_outlines(display: str,
             view.timer.stop()
             view.subscriber.close()
             view.viewer.close()
+    # The overlay holds each outline in its track's colour, where the result put it.
+    for shape, track in zip(shapes, ids, strict=True):
+        rows, cols = (np.rint((shape.T + 0.5) / f - 0.5).astype(int)
+                      .clip(0, np.array(overlay.shape[:2])[:, None] - 1))
+        colour = np.array(label_colour(track)[:3])
+        near = np.abs(overlay[rows, cols, :3].astype(int) - colour).max(axis=1) < 60
+        assert near.mean() > 0.5, track
     coloured = outlines[..., :3].astype(int)
     drawn = (coloured.max(axis=2) - coloured.min(axis=2)) > 60
-    assert drawn.sum() > 50
+    assert drawn.sum() > 50  # and the canvas shows them
