@@ -7,7 +7,8 @@ Starts ``lithoscope serve`` (its own ports, a temporary sessions folder) and
 with the viewer in this process (napari, the ``[view]`` extra; under an Xvfb started
 here when there is no display). Counts, over the run:
 
-* results the service published and the viewer drew (outlines redrawn), per second;
+* results the viewer received, and the redraws it made of them, per second (a redraw
+  takes every result that arrived since the last one and draws the newest);
 * previews it drew (the frame image), per second (the service sends at most 2 a second);
 * the time the viewer's redraw of one result takes (median, 95th percentile);
 
@@ -126,8 +127,9 @@ def main() -> None:
         print(f"followed {elapsed:.1f} s of `publish sim --speed {args.speed}`")
         print(f"service analysed (heartbeats, median): "
               f"{np.median(service_fps) if service_fps else float('nan'):.2f} frames/s")
-        print(f"viewer drew results:  {results / elapsed:.2f} /s ({results} in all)")
-        print(f"viewer drew previews: {previews / elapsed:.2f} /s ({previews} in all)")
+        print(f"viewer received results: {results / elapsed:.2f} /s ({results} in all)")
+        print(f"viewer redrew outlines:  {len(redraws) / elapsed:.2f} /s ({len(redraws)} in all)")
+        print(f"viewer drew previews:    {previews / elapsed:.2f} /s ({previews} in all)")
         if ms.size:
             print(f"redraw of one result: median {np.median(ms):.1f} ms, "
                   f"p95 {np.percentile(ms, 95):.1f} ms")

@@ -21,8 +21,7 @@ from lithoscope.service.schema import label_colour
 # napari's own imports and Qt's start-up warn about their dependencies' deprecations
 # (pydantic v1-style models, ...): not ours to fix, and not a failure of the viewer.
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")]
+              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 """Where the tests leave their screenshots (README's images are taken from here)."""
