@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +56,13 @@ _GRID_RGBA = (0.27, 0.43, 0.9, 0.3)
 
 
 def require_napari() -> Any:
-    """napari, or a ConfigError that says how to install it."""
+    """napari, or a ConfigError that says how to install it (or that there is no display
+    to open a window on: Qt would abort the process)."""
+    if (sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+            and not os.environ.get("WAYLAND_DISPLAY")
+            and not os.environ.get("QT_QPA_PLATFORM")):
+        raise ConfigError("lithoscope view needs a display: none is set (DISPLAY). Run it "
+                          "on the desktop, over ssh -X, or under xvfb-run.")
     try:
         import napari
     except ImportError as exc:

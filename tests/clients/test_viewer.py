@@ -251,3 +251,21 @@ def test_following_a_service_shows_its_previews_and_outlines(display: str,
     coloured = outlines[..., :3].astype(int)
     drawn = (coloured.max(axis=2) - coloured.min(axis=2)) > 60
     assert drawn.sum() > 50  # and the canvas shows them
+
+
+def test_view_names_what_is_wrong_in_one_line(tmp_path: Path, display: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lithoscope.service.cli import app
+
+    result = CliRunner().invoke(app, ["view", str(tmp_path / "missing.zarr")])
+    assert result.exit_code == 1
+    assert "not a lithoscope archive" in result.output
+    assert "Traceback" not in result.output
+    # Without a display Qt would abort the process: refused first, in one line.
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["view"])
+    assert result.exit_code == 1
+    assert "needs a display" in result.output
