@@ -6,14 +6,15 @@
     particle_areas.png   area of the highlighted particles vs time, events marked
     rates.png            expansion / contraction rate and apparent diffusion
                          coefficient per highlighted particle
-    montage.png          the frame at each event, segmentation outlines and ids drawn
+    montage.png          the frame at each event, the analysis' outlines and track ids
     summary.md           the session, its events and the per-particle numbers, tying
                          the figures together
 
 Particles are followed by ``track_id`` when the archive has it (the service's
-tracker), otherwise linked here by nearest centroid. The montage re-segments the
-event frames with the analysis settings stored in the archive (that needs OpenCV,
-imported only here), so outlines are what the service saw.
+tracker), otherwise linked here by nearest centroid. The montage draws the archive's
+own label images (``labels/``: what the service saw, ids by track; OpenCV is imported
+only here); nothing is segmented again. An event frame the service did not analyse,
+or an archive recorded before labels were archived, is shown without outlines.
 """
 
 from __future__ import annotations
@@ -270,53 +271,30 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a region whose 4-neighbour belongs elsewhere (the inner outline)."""
-    lab = np.asarray(labels)
-    edge = np.zeros(lab.shape, dtype=bool)
-    edge[:-1] |= lab[:-1] != lab[1:]
-    edge[1:] |= lab[1:] != lab[:-1]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    inner: np.ndarray = edge & (lab != 0)
-    return inner
-
-
-def _tile(image: np.ndarray, analysis: Any, ids: Mapping[int, int], caption: str) -> np.ndarray:
+def _tile(image: np.ndarray, labels: Mapping[str, np.ndarray] | None, caption: str
+          ) -> np.ndarray:
     import cv2
 
+    from lithoscope.service.analysis import draw_labels, put_text
+
     rgb = cv2.cvtColor(_to_uint8(image), cv2.COLOR_GRAY2BGR)
-    rgb[_boundaries(analysis.labels)] = (0, 200, 255)  # particles: amber
-    rgb[_boundaries(analysis.needle_mask)] = (255, 120, 0)  # needle: blue
     scale = _TILE_WIDTH / rgb.shape[1]
     rgb = cv2.resize(rgb, (_TILE_WIDTH, max(int(round(rgb.shape[0] * scale)), 1)),
                      interpolation=cv2.INTER_AREA)
-    p = analysis.particles
-    for label, row, col in zip(p["label"], p["centroid_row"], p["centroid_col"], strict=True):
-        text = str(ids.get(int(label), int(label)))
-        org = (int(col * scale) - 6, int(row * scale) + 5)
-        cv2.putText(rgb, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(rgb, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+    if labels is not None:
+        size = (rgb.shape[1], rgb.shape[0])
+        small = {name: cv2.resize(np.asarray(value, np.float32 if name == "particles"
+                                             else np.uint8), size,
+                                  interpolation=cv2.INTER_NEAREST)
+                 for name, value in labels.items()}
+        draw_labels(rgb, {"particles": small["particles"].astype(np.uint32),
+                          "needle": small["needle"] > 0, "grid": small["grid"] > 0},
+                    text_scale=0.5)
+    else:
+        caption += "  (no labels)"
     band = np.zeros((24, _TILE_WIDTH, 3), np.uint8)
-    cv2.putText(band, caption, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    put_text(band, caption, (6, 17), 0.45, (255, 255, 255))
     return np.vstack([band, rgb])
-
-
-def _ids_for_frame(analysis: Any, particles: Mapping[str, np.ndarray], ids: np.ndarray,
-                   frame: int) -> dict[int, int]:
-    """Re-segmented label -> the id used in the plots (nearest archived centroid)."""
-    rows = np.flatnonzero(particles["frame"] == frame) if ids.size else np.zeros(0, int)
-    if rows.size == 0:
-        return {}
-    archived = np.column_stack([particles["centroid_row"][rows], particles["centroid_col"][rows]])
-    p = analysis.particles
-    out = {}
-    for label, row, col in zip(p["label"], p["centroid_row"], p["centroid_col"], strict=True):
-        nearest = int(np.argmin(np.hypot(*(archived - (row, col)).T)))
-        out[int(label)] = int(ids[rows[nearest]])
-    return out
 
 
 def _montage(tiles: Sequence[np.ndarray], columns: int = 3) -> np.ndarray:
@@ -409,17 +387,10 @@ def make_report(archive: str | Path, out_dir: str | Path, *, on_progress: Progre
     if montage_events:
         import cv2
 
-        from lithoscope.service.analysis import AnalysisConfig, analyze_frame
+        from lithoscope.service.archive import read_labels
 
-        try:
-            config = AnalysisConfig.from_dict(reader.meta.get("config", {}).get("analysis", {}))
-        except ConfigError:  # an archive from another version: its settings do not apply
-            config = AnalysisConfig()
         positions = {int(i): p for p, i in enumerate(reader.table("frame_table")["index"]
                                                      [: reader.frame_count])}
-        all_ids = np.zeros(particle_area.size, np.int64)
-        for pid, (_, _, rows) in tracks.items():
-            all_ids[rows] = pid
         tiles = []
         for e in montage_events:
             step(f"montage: frame {e['frame']} ({e['kind']})")
@@ -427,9 +398,7 @@ def make_report(archive: str | Path, out_dir: str | Path, *, on_progress: Progre
             if position is None:
                 continue
             image = reader.frame(position)
-            analysis = analyze_frame(image, config=config, pixel_size_nm=pixel_size)
-            ids = _ids_for_frame(analysis, particles, all_ids, int(e["frame"]))
-            tiles.append(_tile(image, analysis, ids,
+            tiles.append(_tile(image, read_labels(reader.group, position),
                                f"t = {e['t_s']:.1f} s  frame {e['frame']}  {e['kind']}"))
         if tiles:
             path = out / "montage.png"

@@ -43,6 +43,9 @@ M = TypeVar("M")
 RESULT_TOPICS = (MessageType.SESSION_START, MessageType.RESULT, MessageType.EVENT,
                  MessageType.HEARTBEAT, MessageType.SESSION_CLOSED)
 """What a worker publishes on its results stream (frames never travel there)."""
+ON_REQUEST_TOPICS = (MessageType.PREVIEW,)
+"""Published only to those who name them (never part of the default subscription): a
+downsampled frame costs the worker a resize and the network a quarter of a MiB."""
 
 # A successful ZMTP handshake means a real ZeroMQ peer answered, not merely a TCP port.
 _UP = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
@@ -71,7 +74,7 @@ def parse_topics(topics: Iterable[str | MessageType] | None) -> tuple[MessageTyp
             raise ConfigError(
                 f"Expected topics among {', '.join(t.value for t in RESULT_TOPICS)}. "
                 f"Got {str(topic)!r}.") from None
-        if kind not in RESULT_TOPICS:
+        if kind not in RESULT_TOPICS and kind not in ON_REQUEST_TOPICS:
             raise ConfigError(f"Topic {kind.value!r} is not published on the results stream.")
         parsed.append(kind)
     if not parsed:

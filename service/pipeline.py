@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from .alerts import Alert, AlertConfig
-from .analysis import CLUSTER_COLUMNS, AnalysisConfig, FrameMeasurement, SessionAnalyzer
+from .analysis import (
+    CLUSTER_COLUMNS,
+    AnalysisConfig,
+    FrameLabels,
+    FrameMeasurement,
+    SessionAnalyzer,
+    particle_outlines,
+    track_label_image,
+)
 from .operando.context import OperandoConfig, OperandoContext
 from .protocol import Echem, Event, Result, SessionStart
 
@@ -45,6 +53,9 @@ class FrameOutput:
     operando_error: BaseException | None = None
     """Set when the operando bookkeeping failed on this frame: the analysis is still
     published and archived, without its operando rows."""
+    labels: FrameLabels | None = None
+    """The frame's particles (by track id), needle and grid as images, for the archive's
+    ``labels/`` group; None where the measurement came without them."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,21 @@ def event_row(event: Event) -> dict[str, Any]:
 
 def _nullable(values: np.ndarray) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+
+
+_REGION_NAMES = {1: "needle", 2: "grid"}
+_MAX_REGION_POINTS = 4096
+
+
+def _region_outlines(labels: FrameLabels) -> list[dict[str, Any]]:
+    """The needle's and the grid's outlines, as a result's ``regions``."""
+    if not (labels.needle.any() or labels.grid.any()):
+        return []
+    classes = labels.needle.astype(np.uint8)
+    classes[labels.grid] = 2
+    return [{"region": _REGION_NAMES[o["track_id"]], "points": o["points"]}
+            for o in particle_outlines(classes, binning=labels.binning,
+                                       max_points=_MAX_REGION_POINTS)]
 
 
 class SessionPipeline:
@@ -138,9 +164,15 @@ class SessionPipeline:
         """
         cluster, particles, alerts = self.analyzer.update(
             image, t_s=t_s, index=index, pixel_size_nm=self.pixel_size_nm(pixel_size_nm))
+        analysis = self.analyzer.last
+        assert analysis is not None
+        labels = FrameLabels(
+            particles=track_label_image(analysis.analysis_labels, self.analyzer.last_track_lut),
+            needle=analysis.analysis_needle_mask, grid=analysis.analysis_grid_mask,
+            binning=analysis.binning, shape=analysis.shape)
         return self._complete(image, cluster, particles, alerts, index=index, t_s=t_s,
                               pixel_size_nm=pixel_size_nm, exposure_s=exposure_s,
-                              metadata=metadata, acquired_at=acquired_at)
+                              metadata=metadata, acquired_at=acquired_at, labels=labels)
 
     def analyse_measured(self, measurement: FrameMeasurement, image: np.ndarray | None, *,
                          index: int, t_s: float, pixel_size_nm: float | None,
@@ -150,14 +182,23 @@ class SessionPipeline:
         cluster, particles, alerts = self.analyzer.update_measured(
             measurement, t_s=t_s, index=index,
             pixel_size_nm=self.pixel_size_nm(pixel_size_nm))
+        labels = None
+        if measurement.labels is not None and measurement.regions is not None:
+            b = measurement.binning
+            rows, cols = measurement.labels.shape
+            labels = FrameLabels(
+                particles=track_label_image(measurement.labels, self.analyzer.last_track_lut),
+                needle=measurement.regions == 1, grid=measurement.regions == 2, binning=b,
+                shape=image.shape if image is not None else (rows * b, cols * b))
         return self._complete(image, cluster, particles, alerts, index=index, t_s=t_s,
                               pixel_size_nm=pixel_size_nm, exposure_s=exposure_s,
-                              metadata=metadata, acquired_at=acquired_at)
+                              metadata=metadata, acquired_at=acquired_at, labels=labels)
 
     def _complete(self, image: np.ndarray | None, cluster: dict[str, Any],
                   particles: dict[str, np.ndarray], alerts: list[Alert], *, index: int,
                   t_s: float, pixel_size_nm: float | None, exposure_s: float | None,
-                  metadata: Mapping[str, Any], acquired_at: float) -> FrameOutput:
+                  metadata: Mapping[str, Any], acquired_at: float,
+                  labels: FrameLabels | None = None) -> FrameOutput:
         rows: list[tuple[str, dict[str, Any]]] = []
         error: BaseException | None = None
         try:
@@ -185,9 +226,14 @@ class SessionPipeline:
         session_id = self.start.session_id
         events = [event_message(session_id, alert) for alert in alerts]
         rows += [("events", event_row(event)) for event in events]
+        outlines = ([] if labels is None else
+                    particle_outlines(labels.particles, binning=labels.binning))
+        regions = [] if labels is None else _region_outlines(labels)
         result = Result(session_id=session_id, index=index, t_s=t_s, latency_s=latency_s,
-                        cluster=cluster, particles={k: v.tolist() for k, v in particles.items()})
-        return FrameOutput(result=result, events=events, rows=rows, operando_error=error)
+                        cluster=cluster, particles={k: v.tolist() for k, v in particles.items()},
+                        outlines=outlines, regions=regions)
+        return FrameOutput(result=result, events=events, rows=rows, operando_error=error,
+                           labels=labels)
 
     # -- echem -------------------------------------------------------------------------
     def add_echem(self, t_unix: np.ndarray, bias_v: np.ndarray, current_a: np.ndarray, *,

@@ -5,7 +5,8 @@ Every message is three ZeroMQ frames ``[topic, header, payload]``:
 * ``topic``  -- ASCII message type (``frame``, ``result`` ...), so SUB sockets can filter;
 * ``header`` -- one UTF-8 JSON object (JSON rather than msgpack so that any language's
   standard library can read it, and because headers are small next to the images);
-* ``payload`` -- the raw C-ordered pixel buffer for ``frame`` messages, empty otherwise.
+* ``payload`` -- the raw C-ordered pixel buffer for ``frame`` and ``preview`` messages,
+  empty otherwise.
 
 The schema lives here, one frozen dataclass per kind; docs/protocol.md's field tables
 are generated from these classes (``python -m lithoscope.service.protocol``) and a test
@@ -49,6 +50,7 @@ __all__ = [
     "MAX_JSON_ITEMS",
     "MAX_STRING_CHARS",
     "PROTOCOL_VERSION",
+    "Preview",
     "Decoder",
     "Echem",
     "Event",
@@ -56,6 +58,7 @@ __all__ = [
     "Frame",
     "FrameLimits",
     "Heartbeat",
+    "MAX_PREVIEW_SIDE",
     "MessageType",
     "Message",
     "Result",
@@ -92,6 +95,9 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """C0, DEL and C1: no name field may hold them (a newline in a session id would write
 a second line into the service's log; an escape sequence would drive the terminal)."""
 
+MAX_PREVIEW_SIDE = 512
+"""Longest side of a ``preview`` image, pixels."""
+
 ALLOWED_DTYPES = frozenset(
     {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 )
@@ -110,6 +116,7 @@ class MessageType(StrEnum):
     HEARTBEAT = "heartbeat"
     SESSION_CLOSED = "session_closed"
     ECHEM = "echem"
+    PREVIEW = "preview"
 
 
 class EventKind(StrEnum):
@@ -274,6 +281,16 @@ class Result:
         + names_markdown(schema.PARTICLE_DOSE.names("operando")) + ". Columns of the "
         "archive's `particles` and `particle_dose` tables (docs/archive.md)."
     )
+    outlines: list[dict[str, Any]] = _doc(
+        "Particle outlines: `{\"track_id\": int, \"points\": [[row, col], ...]}` per "
+        "particle (one per piece), simplified polygons in frame pixels (within one analysis "
+        "pixel of the boundary), `track_id` as in `particles`; at most 16384 vertices in "
+        "all. Empty where the frame was measured without a label image.",
+        default_factory=list)
+    regions: list[dict[str, Any]] = _doc(
+        "Outlines of the opaque regions: `{\"region\": \"needle\" or \"grid\", "
+        "\"points\": [[row, col], ...]}`, polygons as in `outlines`; at most 4096 vertices "
+        "in all.", default_factory=list)
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 
@@ -378,12 +395,35 @@ class SessionClosed:
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A frame to look at, downsampled: for viewers on other machines, sent only while
+    someone subscribes to `preview`, at most a few per second."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PREVIEW
+    session_id: str = _doc("Session of the frame.")
+    index: int = _doc("Frame number within the session (its `result` has the same).")
+    t_s: float = _doc("Acquisition time of the frame, seconds since t0.")
+    shape: list[int] = _doc(f"[rows, cols] of the payload, each at most {MAX_PREVIEW_SIDE}; "
+                            "the payload is uint8, C order.")
+    frame_shape: list[int] = _doc("[rows, cols] of the full frame.")
+    scale: float = _doc("Frame pixels per preview pixel along each axis (>= 1): frame "
+                        "(row, col) = preview (row, col) x `scale`, as in a `result`'s "
+                        "`outlines`.")
+    display_range: list[float] = _doc(
+        "[low, high]: the frame values mapped to 0 and 255 (a robust stretch of this frame).")
+    seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
+    sent_at: float = _doc("Worker's clock at sending.", default=0.0)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False,
+                                     metadata={"payload": True})
+
+
 Message = (SessionStart | Frame | SessionStop | Result | Event | Heartbeat | SessionClosed
-           | Echem)
+           | Echem | Preview)
 _CLASSES: dict[MessageType, type[Any]] = {
     cls.TYPE: cls
     for cls in (SessionStart, Frame, SessionStop, Result, Event, Heartbeat, SessionClosed,
-                Echem)
+                Echem, Preview)
 }
 
 
@@ -436,6 +476,12 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         if image.dtype.byteorder == ">":
             image = image.astype(image.dtype.newbyteorder("<"))
         payload = image.data.cast("B")
+    elif isinstance(msg, Preview):
+        image = msg.image
+        if (image is None or image.dtype != np.uint8 or list(image.shape) != list(msg.shape)):
+            raise ProtocolError(f"A preview needs a uint8 image of its shape {msg.shape}.",
+                                reason="size_mismatch")
+        payload = np.ascontiguousarray(image).data.cast("B")
     return [kind.value.encode("ascii"), json.dumps(header, allow_nan=False).encode(), payload]
 
 
@@ -629,6 +675,21 @@ def _parse_frame_payload(values: dict[str, Any], payload: Any, limits: FrameLimi
     return image
 
 
+def _parse_preview_payload(values: dict[str, Any], payload: Any) -> np.ndarray:
+    shape = values["shape"]
+    if len(shape) != 2 or any(n < 1 or n > MAX_PREVIEW_SIDE for n in shape):
+        raise ProtocolError(f"Expected a preview shape with sides 1..{MAX_PREVIEW_SIDE}. "
+                            f"Got {shape}.", reason="bad_shape")
+    buffer = payload.buffer if hasattr(payload, "buffer") else payload
+    nbytes = memoryview(buffer).nbytes
+    if nbytes != shape[0] * shape[1]:
+        raise ProtocolError(f"Preview payload of {nbytes} bytes does not match "
+                            f"{shape[0]}x{shape[1]} uint8.", reason="size_mismatch")
+    image = np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
+    image.flags.writeable = False
+    return image
+
+
 def _check_echem(values: dict[str, Any]) -> None:
     samples = len(values["t_unix"])
     if samples > MAX_ECHEM_SAMPLES:
@@ -666,6 +727,8 @@ def decode(parts: Sequence[Any], *, limits: FrameLimits | None = None) -> Messag
         _check_echem(values)
     if cls is Frame:
         values["image"] = _parse_frame_payload(values, payload, limits)
+    elif cls is Preview:
+        values["image"] = _parse_preview_payload(values, payload)
     else:
         buffer: Any = getattr(payload, "buffer", payload)
         if memoryview(buffer).nbytes:

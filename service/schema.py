@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "label_colour",
     "CLUSTER",
     "CLUSTER_VALUES",
     "ECHEM",
@@ -308,6 +309,19 @@ RESULT_CLUSTER_VALUES: tuple[str, ...] = CLUSTER_VALUES + OPERANDO_VALUES
 RESULT_PARTICLE_VALUES: tuple[str, ...] = (tuple(SESSION_PARTICLE_COLUMNS)
                                            + PARTICLE_DOSE.names("operando"))
 """Columns of a result's ``particles`` (the operando ones only with operando context)."""
+
+
+def label_colour(track_id: int) -> tuple[int, int, int, int]:
+    """The colour (RGBA, 0-255) of a particle's ``track_id`` wherever it is drawn: the
+    archive's label metadata, the viewer, exported movies and the report's montage.
+    Hues step by the golden ratio, so neighbouring ids look different."""
+    hue = (track_id * 0.618033988749895) % 1.0
+    sector, fraction = divmod(hue * 6.0, 1.0)
+    high, low = 1.0, 0.25  # value 1, saturation 0.75 (HSV)
+    rising, falling = low + (high - low) * fraction, high - (high - low) * fraction
+    r, g, b = [(high, rising, low), (falling, high, low), (low, high, rising),
+               (low, falling, high), (rising, low, high), (high, low, falling)][int(sector)]
+    return round(255 * r), round(255 * g), round(255 * b), 255
 
 
 def names_markdown(names: Iterable[str]) -> str:

@@ -9,7 +9,9 @@ columns that go straight into zarr arrays and DataFrames.
 from __future__ import annotations
 
 from ._config import AnalysisConfig
+from ._draw import draw_labels, put_text
 from ._frame import FrameAnalysis, analyze_frame
+from ._labels import FrameLabels, particle_outlines, track_label_image, track_lut
 from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
 from ._segment import detect_needle, segment_particles
 from ._session import (
@@ -30,19 +32,25 @@ __all__ = [
     "AnalysisConfig",
     "DriftEstimator",
     "FrameAnalysis",
+    "FrameLabels",
     "FrameMeasurement",
     "ParticleTracker",
     "SessionAnalyzer",
     "analyze_frame",
     "detect_needle",
+    "draw_labels",
     "drift_image",
     "drift_iter",
     "empty_particles",
     "measure_frame",
     "measure_particles",
     "particle_contacts",
+    "particle_outlines",
+    "put_text",
     "rejoin_split_particles",
     "segment_particles",
     "session_iter",
     "track_iter",
+    "track_label_image",
+    "track_lut",
 ]

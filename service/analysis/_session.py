@@ -25,6 +25,7 @@ from lithoscope.service.protocol import EventKind
 
 from ._config import AnalysisConfig
 from ._frame import FrameAnalysis, _analyze
+from ._labels import track_lut
 from ._tracking import DriftEstimator, ParticleTracker, drift_image
 
 __all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
@@ -40,9 +41,11 @@ class FrameMeasurement:
     """One frame's stateless analysis: all :meth:`SessionAnalyzer.update_measured` needs.
 
     The split lets frames be measured in parallel (other processes, other hosts) and
-    joined up in order by the session's one analyzer; it holds no full-frame arrays, so
-    it is cheap to send: a few kB of columns and a drift image of half the bytes of
-    a uint16 frame analysed unbinned, an eighth at 2x2 binning.
+    joined up in order by the session's one analyzer; it holds no input-resolution
+    arrays, so it is cheap to send: a few kB of columns, a drift image of half the
+    bytes of a uint16 frame analysed unbinned (an eighth at 2x2 binning), and the label
+    image and region masks at analysis resolution, for the archive's ``labels/`` and the
+    results' outlines.
     """
 
     particles: dict[str, np.ndarray]
@@ -55,6 +58,13 @@ class FrameMeasurement:
     """float32, see :func:`drift_image`."""
     drift_scale: float
     """Input pixels per pixel of ``drift_image``."""
+    labels: np.ndarray | None = None
+    """The segmentation's label image at analysis resolution (values: the ``label``
+    column), or None where it was not kept."""
+    regions: np.ndarray | None = None
+    """uint8 at analysis resolution: 1 on the needle, 2 on grid bars, else 0."""
+    binning: int = 1
+    """Input pixels per pixel of ``labels`` and ``regions``."""
 
 
 def measure_frame(
@@ -69,10 +79,13 @@ def _measure(image: np.ndarray, config: AnalysisConfig | None, pixel_size_nm: fl
              ) -> tuple[FrameAnalysis, FrameMeasurement]:
     analysis, prepared, needle = _analyze(image, config=config, pixel_size_nm=pixel_size_nm)
     drift = drift_image(prepared.flat, exclude=needle.mask, downsample=_DRIFT_DOWNSAMPLE)
+    regions = analysis.analysis_needle_mask.astype(np.uint8)
+    regions[analysis.analysis_grid_mask] = 2
     return analysis, FrameMeasurement(
         particles=analysis.particles, cluster=dict(analysis.cluster),
         contacts=analysis.contacts, drift_image=drift,
-        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE))
+        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE),
+        labels=analysis.analysis_labels, regions=regions, binning=prepared.binning)
 
 SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = schema.SESSION_PARTICLE_COLUMNS
 """Per-particle columns of :meth:`SessionAnalyzer.update`: those of
@@ -159,6 +172,8 @@ class SessionAnalyzer:
         self.detector = AlertDetector(self.alert_config)
         self.last: FrameAnalysis | None = None
         """The latest frame's per-frame analysis (labels, masks), for display and tests."""
+        self.last_track_lut: dict[int, int] = {}
+        """The latest frame's segmentation label -> track id (see :func:`track_lut`)."""
         self._first_area_px: float | None = None
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         """(drift-compensated centroids, areas, frames joined) of the last frame's
@@ -249,6 +264,8 @@ class SessionAnalyzer:
         radii = np.sqrt(table["area_px"] / np.pi)
         ids = self.tracker.update(np.column_stack([table["centroid_row"], table["centroid_col"]]),
                                   radii, drift_px=drift)
+        self.last_track_lut = track_lut(measurement.particles["label"], measurement.contacts,
+                                        table["label"], ids)
         # A particle found merged with a neighbour: its id, but not its area.
         merged = self.tracker.merged_with > 0
         cluster = dict(measurement.cluster)

@@ -12,6 +12,8 @@ Layout (docs/archive.md is the user-facing description)::
         frame t_s label area_px area_nm2 centroid_row centroid_col ...
       events/                     one row per alert
         frame t_s kind magnitude confidence particle_ids message
+      labels/                     OME-Zarr labels: particles (track ids), needle, grid
+        particles/0 needle/0 grid/0   (T, Y/b, X/b), one frame per chunk (see .labels)
 
       frame_log.jsonl             while recording: one JSON line per frame (see below)
 
@@ -36,6 +38,7 @@ log is removed, arrays are trimmed to their exact length and ``status`` becomes
 
 from __future__ import annotations
 
+from .labels import LABEL_NAMES, ArchiveLabels, read_labels
 from .layout import (
     ARCHIVE_FORMAT_VERSION,
     CLUSTER_COLUMNS,
@@ -64,14 +67,17 @@ __all__ = [
     "FRAME_LOG",
     "FRAME_TABLE_COLUMNS",
     "MAX_NAME_CHARS",
+    "LABEL_NAMES",
     "OPERANDO_COLUMNS",
     "PARTICLE_COLUMNS",
     "PARTICLE_DOSE_COLUMNS",
     "REGION_DOSE_COLUMNS",
     "ROW_DIMENSION",
+    "ArchiveLabels",
     "ArchiveReader",
     "ArchiveWriter",
     "directory_size",
+    "read_labels",
     "recover_abandoned",
     "safe_archive_name",
     "update_archive_meta",

@@ -20,6 +20,7 @@ from zarr.core.sync import sync as _zarr_sync
 
 from .. import schema
 from ..errors import ArchiveError
+from .labels import ArchiveLabels, LabelImages
 from .layout import (
     ARCHIVE_FORMAT_VERSION,
     FRAME_LOG,
@@ -189,6 +190,8 @@ class ArchiveWriter:
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.closed = False
+        self.labels = ArchiveLabels(self.group, self._meta)
+        """The ``labels/`` group (OME-Zarr label images), created at the first labels."""
 
     def _write_meta(self) -> None:
         self.group.attrs["lithoscope"] = json.loads(json.dumps(self._meta, default=str))
@@ -247,8 +250,20 @@ class ArchiveWriter:
             raise ArchiveError(f"Cannot write frame {index} to {self.path}: "
                                f"{exc.strerror or exc}.") from None
         self.frame_count = position + 1
+        self.labels.frame_written(index, position)
         self.flush_if_due()
         return position
+
+    def append_labels(self, index: int, images: LabelImages) -> bool:
+        """Write analysed frame ``index``'s label images beside its pixels (see
+        :mod:`.labels`); False if the frame is not in this archive."""
+        if self.closed:
+            raise ArchiveError(f"Archive {self.path} is closed.")
+        try:
+            return self.labels.append(index, images)
+        except OSError as exc:
+            raise ArchiveError(f"Cannot write the labels of frame {index} to {self.path}: "
+                               f"{exc.strerror or exc}.") from None
 
     def append_rows(self, table: str, rows: Mapping[str, Any]) -> None:
         """Buffer measurement rows (``cluster``, ``particles``, ``events``, or an operando
@@ -298,6 +313,7 @@ class ArchiveWriter:
             self.frames.resize((self.frame_count, *self.frames.shape[1:]))
         for table in self.tables.values():
             table.trim()
+        self.labels.close(self.frame_count)
         self._meta.update(status=status, frame_count=self.frame_count,
                           closed_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                           **summary)

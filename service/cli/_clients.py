@@ -1,6 +1,6 @@
 """Client commands: follow a running service from any machine.
 
-``monitor``, ``log``, ``forward`` and ``plot``; each imports its client from
+``monitor``, ``log``, ``forward``, ``plot`` and ``view``; each imports its client from
 :mod:`lithoscope.clients` when run, and none loads the analysis (no OpenCV).
 """
 
@@ -162,3 +162,25 @@ def plot(
         if live_plot.t:
             live_plot.draw()
             console.print(f"Wrote {out}.", highlight=False)
+
+
+@app.command(rich_help_panel=PANEL)
+def view(
+    archive: Annotated[Path | None, typer.Argument(
+        help="A session archive to open; without it, follow the running service.")] = None,
+    connect: Connect = DEFAULT_RESULTS_ENDPOINT,
+    server_key: ServerKey = None,
+    key: ClientKey = None,
+) -> None:
+    """See what the analysis sees, in napari: the frame with each particle's outline and
+    track id, the needle and grid shaded, the events and the cluster area; live from a
+    running service, or an archive with a time slider. Needs the [view] extra."""
+    from lithoscope.clients.viewer import follow_service, open_archive, require_napari
+
+    with friendly_errors():
+        require_napari()
+        if archive is not None:
+            open_archive(archive)
+            return
+        parse_endpoint(connect, what="results endpoint", allow_remote=True)
+        follow_service(connect, curve=client_curve(server_key, key))

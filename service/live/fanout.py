@@ -95,7 +95,17 @@ def encode_measurement(key: int, measurement: FrameMeasurement | None, *,
         cluster=measurement.cluster, rows=int(arrays[0].shape[0]),
         contacts=int(contacts.shape[0]), drift_shape=list(drift.shape),
         drift_scale=measurement.drift_scale)
-    return [_MEASUREMENT, json.dumps(header).encode(), *arrays, contacts, drift]
+    images: list[np.ndarray] = []
+    if measurement.labels is not None and measurement.regions is not None:
+        # The label image for the archive's labels/ and the outlines: uint16 when the
+        # labels fit (they nearly always do), half the bytes of int32.
+        labels = measurement.labels
+        dtype = np.uint16 if int(labels.max(initial=0)) < 2**16 else np.uint32
+        images = [np.ascontiguousarray(labels, dtype=dtype),
+                  np.ascontiguousarray(measurement.regions, dtype=np.uint8)]
+        header.update(labels_shape=list(labels.shape), labels_dtype=np.dtype(dtype).name,
+                      binning=measurement.binning)
+    return [_MEASUREMENT, json.dumps(header).encode(), *arrays, contacts, drift, *images]
 
 
 def decode_measurement(parts: Sequence[Any]) -> tuple[int, FrameMeasurement | None, dict[str, Any]]:
@@ -107,6 +117,16 @@ def decode_measurement(parts: Sequence[Any]) -> tuple[int, FrameMeasurement | No
     if "error" in header:
         return key, None, header
     buffers = parts[2:]
+    labels = regions = None
+    if "labels_shape" in header:
+        shape = tuple(int(n) for n in header["labels_shape"])
+        if len(buffers) != len(PARTICLE_COLUMNS) + 4 or len(shape) != 2:
+            raise ValueError(f"expected {len(PARTICLE_COLUMNS) + 4} buffers and a 2-D "
+                             f"labels shape, got {len(buffers)} and {shape}")
+        label_dtype = {"uint16": np.uint16, "uint32": np.uint32}[str(header["labels_dtype"])]
+        labels = np.frombuffer(memoryview(buffers[-2]), dtype=label_dtype).reshape(shape)
+        regions = np.frombuffer(memoryview(buffers[-1]), dtype=np.uint8).reshape(shape)
+        buffers = buffers[:-2]
     if len(buffers) != len(PARTICLE_COLUMNS) + 2:
         raise ValueError(f"expected {len(PARTICLE_COLUMNS) + 2} buffers, got {len(buffers)}")
     rows = int(header["rows"])
@@ -122,7 +142,9 @@ def decode_measurement(parts: Sequence[Any]) -> tuple[int, FrameMeasurement | No
         tuple(header["drift_shape"]))
     measurement = FrameMeasurement(particles=particles, cluster=header["cluster"],
                                    contacts=contacts, drift_image=drift,
-                                   drift_scale=float(header["drift_scale"]))
+                                   drift_scale=float(header["drift_scale"]),
+                                   labels=labels, regions=regions,
+                                   binning=int(header.get("binning", 1)))
     return key, measurement, header
 
 

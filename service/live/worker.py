@@ -55,7 +55,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from .. import __version__
 from ..alerts import Alert
-from ..analysis import FrameMeasurement
+from ..analysis import FrameLabels, FrameMeasurement
 from ..archive import ArchiveWriter, recover_abandoned, safe_archive_name, update_archive_meta
 from ..archive.thread import ArchiveThread, SessionArchive
 from ..config import ServiceConfig
@@ -79,6 +79,7 @@ from ..protocol import (
 from ..security import ServerCurve
 from ..sockets import harden_socket
 from .fanout import AnalysisPool, Outcome
+from .preview import PreviewGate, make_preview
 
 __all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 
@@ -332,6 +333,8 @@ class Worker:
         self._stopping = threading.Event()
         """The stop event of :meth:`run`."""
         self._closed = False
+        self._preview = PreviewGate()
+        """Sends ``preview`` messages while someone subscribes to them (.preview)."""
 
     # -- sockets ---------------------------------------------------------------------
     def bind(self) -> tuple[str, str]:
@@ -497,6 +500,7 @@ class Worker:
                 continue
             option = zmq.SUBSCRIBE if kind == b"\x01" else zmq.UNSUBSCRIBE
             self._results.setsockopt(option, topic)
+            self._preview.subscription(kind == b"\x01", topic)
 
     def _drain(self) -> None:
         assert self._frames is not None
@@ -1133,10 +1137,16 @@ class Worker:
         self._interval_analysed += 1
         self._interval_latencies.append(latency)
         self._send(output.result)
+        if frame.image is not None and self._preview.due(time.monotonic()):
+            self._send(make_preview(frame.image, session_id=session.start.session_id,
+                                    index=frame.index, t_s=frame.t_s))
         if session.archive is not None:
             for table, rows in output.rows:
                 self._archive.write(session.archive, functools.partial(_append_rows, table,
                                                                        rows))
+            if output.labels is not None:  # labels/ beside the frame (archive.labels)
+                self._archive.write(session.archive, functools.partial(
+                    _append_labels, frame.index, output.labels))
         for event in output.events:
             self._announce(event)
 
@@ -1290,6 +1300,10 @@ def _append_frame(image: np.ndarray, writer: ArchiveWriter, **row: Any) -> None:
 
 def _append_rows(table: str, rows: dict[str, Any], writer: ArchiveWriter) -> None:
     writer.append_rows(table, rows)
+
+
+def _append_labels(index: int, labels: FrameLabels, writer: ArchiveWriter) -> None:
+    writer.append_labels(index, labels)
 
 
 def _accounted(session: _Session) -> int:

@@ -13,12 +13,15 @@ as a movie with the analysis burned in.
   reader open it at scale (BigTIFF without ImageJ metadata above 4 GiB, which ImageJ
   TIFFs cannot exceed; the pixel size is then in the resolution tags).
 * ``mp4`` / ``avi``: a movie for talks: each frame contrast-stretched to 8 bits (one
-  stretch for the whole session, so brightness changes stay visible), particle
-  outlines in green, the needle tinted red, a clock and relative area in the corner,
-  a scale bar when the pixel size is known, and each alert as a banner for
-  ``banner_s`` seconds of experiment time after it fired. The segmentation is
-  recomputed with the analysis settings stored in the archive (masks are not
-  archived), so it shows what the live analysis saw.
+  stretch for the whole session, so brightness changes stay visible), each particle's
+  outline in its track's colour with its id, the needle tinted orange and the grid
+  blue, a clock and relative area in the corner, a scale bar when the pixel size is
+  known, and each alert as a banner for ``banner_s`` seconds of experiment time after
+  it fired. Outlines and masks are the archive's own label images (``labels/``, what
+  the live analysis saw; a frame it did not analyse has none): nothing is segmented
+  again. MP4 is H.264 in yuv420p (plays in browsers and slide software), written by
+  FFmpeg through imageio-ffmpeg (the ``[movie]`` extra); AVI is Motion JPEG through
+  OpenCV.
 
 Frames are read one at a time: a session larger than memory exports as well.
 """
@@ -34,8 +37,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..analysis import AnalysisConfig, analyze_frame
-from ..archive import ArchiveReader
+from ..analysis import draw_labels, put_text
+from ..archive import ArchiveReader, read_labels
 from ..errors import ArchiveError, ConfigError, require
 from ..schema import TABLES
 from .interchange import export_hspy, export_ome_tiff
@@ -229,14 +232,47 @@ def _scale_bar_nm(width_px: int, pixel_size_nm: float) -> float:
     return float(max((m * power for m in (1, 2, 5) if m * power <= target), default=power))
 
 
-def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float,
-              colour: tuple[int, int, int]) -> None:
-    # Dark outline under the text: readable on bright vacuum and dark particles alike.
-    thickness = max(1, round(scale * 2))
-    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-                thickness + 2, cv2.LINE_AA)
-    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness,
-                cv2.LINE_AA)
+class _H264Writer:
+    """H.264 (yuv420p) MP4 through FFmpeg (imageio-ffmpeg ships it): the codec every
+    browser and presentation program plays, which OpenCV's wheels cannot write."""
+
+    def __init__(self, target: Path, width: int, height: int, rate: float) -> None:
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            raise ConfigError("MP4 export needs imageio-ffmpeg: pip install "
+                              "'lithoscope[movie]' (or export --to avi).") from None
+        # yuv420p halves the chroma resolution: both sides must be even.
+        self.width, self.height = width + width % 2, height + height % 2
+        self._gen = imageio_ffmpeg.write_frames(
+            str(target), (self.width, self.height), fps=rate, codec="libx264",
+            pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=7, macro_block_size=2,
+            ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
+        self._gen.send(None)
+
+    def write(self, canvas: np.ndarray) -> None:
+        rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+        if rgb.shape[:2] != (self.height, self.width):
+            rgb = cv2.copyMakeBorder(rgb, 0, self.height - rgb.shape[0], 0,
+                                     self.width - rgb.shape[1], cv2.BORDER_REPLICATE)
+        self._gen.send(np.ascontiguousarray(rgb))
+
+    def release(self) -> None:
+        self._gen.close()
+
+
+class _OpenCVWriter:
+    def __init__(self, target: Path, width: int, height: int, rate: float) -> None:
+        self._writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"MJPG"), rate,
+                                       (width, height), isColor=True)
+        if not self._writer.isOpened():
+            raise ArchiveError(f"OpenCV cannot write AVI (MJPG) to {target}.")
+
+    def write(self, canvas: np.ndarray) -> None:
+        self._writer.write(canvas)
+
+    def release(self) -> None:
+        self._writer.release()
 
 
 def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
@@ -246,8 +282,6 @@ def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
     cluster = tables["cluster"]
     relative = dict(zip(cluster["frame"].tolist(), cluster["relative_area"].tolist(),
                         strict=True)) if len(cluster) else {}
-    settings = reader.meta.get("config", {}).get("analysis")
-    config = AnalysisConfig.from_dict(settings) if isinstance(settings, dict) else AnalysisConfig()
     pixel_size_nm = reader.pixel_size_nm
     frame_table = reader.table("frame_table")
     times = frame_table["t_s"][: reader.frame_count]
@@ -256,11 +290,8 @@ def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
     height, width = (int(size) for size in reader.frames.shape[1:])
     interval = _frame_interval_s(reader)
     rate = fps or (1.0 / interval if interval else 10.0)
-    fourcc = "mp4v" if kind is ExportFormat.mp4 else "MJPG"
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*fourcc), rate,
-                             (width, height), isColor=True)
-    if not writer.isOpened():
-        raise ArchiveError(f"OpenCV cannot write {kind} ({fourcc}) to {target}.")
+    writer = (_H264Writer if kind is ExportFormat.mp4 else _OpenCVWriter)(
+        target, width, height, rate)
     text_scale = max(0.45, width / 800)
     line = round(28 * text_scale) + 4
     try:
@@ -269,29 +300,27 @@ def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
             t_s, index = float(times[position]), int(indices[position])
             gray = np.clip((image.astype(np.float32) - low) * (255.0 / (high - low)), 0, 255)
             canvas = cv2.cvtColor(gray.astype(np.uint8), cv2.COLOR_GRAY2BGR)
-            analysis = analyze_frame(image, config=config, pixel_size_nm=pixel_size_nm)
-            needle = analysis.needle_mask
-            canvas[needle] = (0.5 * canvas[needle] + (0, 0, 127)).astype(np.uint8)
-            outlines = (analysis.labels > 0).astype(np.uint8)
-            contours, _ = cv2.findContours(outlines, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(canvas, contours, -1, (0, 255, 0), 1)
+            labels = read_labels(reader.group, position, shape=(height, width)) \
+                if index in relative else None
+            if labels is not None:
+                draw_labels(canvas, labels, text_scale=text_scale)
             label = f"t = {t_s:7.2f} s  frame {index}"
             area = relative.get(index)
             if area is not None and math.isfinite(area):
                 label += f"  area x{area:.3f}"
-            _put_text(canvas, label, (6, line - 6), text_scale, (255, 255, 255))
+            put_text(canvas, label, (6, line - 6), text_scale, (255, 255, 255))
             active = events[(events["t_s"] <= t_s) & (events["t_s"] > t_s - banner_s)] \
                 if len(events) else events
             for row_number, kind_name in enumerate(active.get("kind", [])):
-                _put_text(canvas, str(kind_name).replace("_", " ").upper(),
-                          (6, line * (row_number + 2) - 6), text_scale, (0, 255, 255))
+                put_text(canvas, str(kind_name).replace("_", " ").upper(),
+                         (6, line * (row_number + 2) - 6), text_scale, (0, 255, 255))
             if pixel_size_nm is not None:
                 bar_nm = _scale_bar_nm(width, pixel_size_nm)
                 bar_px = round(bar_nm / pixel_size_nm)
                 y = height - 10
                 cv2.line(canvas, (width - 10 - bar_px, y), (width - 10, y), (255, 255, 255), 3)
-                _put_text(canvas, f"{bar_nm:g} nm", (width - 10 - bar_px, y - 8),
-                          text_scale * 0.8, (255, 255, 255))
+                put_text(canvas, f"{bar_nm:g} nm", (width - 10 - bar_px, y - 8),
+                         text_scale * 0.8, (255, 255, 255))
             writer.write(canvas)
     finally:
         writer.release()

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from lithoscope.replay.readers import TiffSource, VideoSource
-from lithoscope.service.archive import ArchiveReader
+from lithoscope.service.analysis import put_text
+from lithoscope.service.archive import ArchiveReader, read_labels
 from lithoscope.service.errors import ArchiveError, ConfigError
 from lithoscope.service.offline.export import export_archive
 from lithoscope.service.schema import TABLES
@@ -68,16 +69,71 @@ def test_movie_has_overlay_and_alert_banners(archive: Path, tmp_path: Path, to: 
         b, g, r = (frame[..., c].astype(int) for c in range(3))
         return int(((g > 180) & (r > 180) & (b < 100)).sum())
 
-    def green(frame: np.ndarray) -> int:  # particle outlines
-        b, g, r = (frame[..., c].astype(int) for c in range(3))
-        return int(((g > 180) & (r < 100) & (b < 100)).sum())
+    def coloured(frame: np.ndarray) -> np.ndarray:  # outlines: saturated track colours
+        wide = frame.astype(int)
+        return np.asarray((wide.max(axis=2) - wide.min(axis=2)) > 90)
 
     assert yellow(frames[contact]) > 20
     assert yellow(frames[contact - 2]) < yellow(frames[contact]) / 4
-    assert green(frames[0]) > 20
+    # The outlines are the archive's labels: coloured pixels lie on their boundaries.
+    labels = read_labels(reader.group, 0, shape=SMALL_SIM.shape)
+    assert labels is not None
+    edge = _boundary(labels["particles"])
+    on_frame = coloured(frames[0])
+    on_frame[:40] = False  # the clock's corner
+    assert (on_frame & edge).sum() > 20
+    drawn = (labels["particles"] > 0) | labels["needle"]  # outlines and the needle's tint
+    near = cv2.dilate(drawn.astype(np.uint8), np.ones((5, 5), np.uint8))
+    assert (on_frame & (near == 0)).sum() <= 0.05 * on_frame.sum()  # nothing elsewhere
     # Still a recognisable movie of the session.
     with VideoSource(path) as source:
         assert source.info.frame_count == reader.frame_count
+
+
+def _boundary(labels: np.ndarray) -> np.ndarray:
+    """Pixels within two pixels of a change of label (where an outline is drawn)."""
+    import cv2
+
+    edge = np.zeros(labels.shape, bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    return cv2.dilate(edge.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def test_mp4_is_h264_in_yuv420p(archive: Path, tmp_path: Path) -> None:
+    import imageio_ffmpeg
+
+    (path,) = export_archive(archive, "mp4", tmp_path / "talk.mp4")
+    frames = imageio_ffmpeg.read_frames(str(path))
+    meta = next(frames)
+    frames.close()
+    assert meta["codec"].startswith("h264")
+    assert meta["pix_fmt"].startswith("yuv420p")
+
+
+TEXT = "t =   12.34 s  frame 567  area x1.234  CONTACT MADE"
+
+
+@pytest.mark.parametrize("scale", [0.45, 0.8, 1.6])
+def test_burned_in_text_is_legible(scale: float) -> None:
+    """Measured on the rendered pixels: the glyphs are as wide as OpenCV says a line of
+    that text is, and a dark rim separates every glyph from the background (the two-pass
+    outline of OpenCV 5, drawn at another thickness, drifts off the glyphs)."""
+    import cv2
+
+    # A green background: white ink over its dark rim is grey, never this colour.
+    green = np.array([60, 160, 90], np.uint8)
+    canvas = np.empty((40 + round(60 * scale), 40 + round(1200 * scale), 3), np.uint8)
+    canvas[:] = green
+    put_text(canvas, TEXT, (20, 20 + round(40 * scale)), scale, (255, 255, 255))
+    light = canvas.min(axis=2) > 160
+    columns = np.flatnonzero(light.any(axis=0))
+    thickness = max(1, round(scale * 2))
+    expected = cv2.getTextSize(TEXT, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+    assert abs((columns[-1] - columns[0] + 1) - expected) <= 0.05 * expected + 2
+    ring = (cv2.dilate(light.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ~light
+    background = np.all(np.abs(canvas.astype(int) - green) <= 6, axis=2)
+    assert (ring & background).sum() <= 0.01 * ring.sum()
 
 
 def test_bad_requests(archive: Path, tmp_path: Path) -> None:

@@ -67,6 +67,10 @@ def test_two_measuring_processes_archive_what_one_thread_does(in_thread: Archive
                                   np.arange(len(SimulatedSource(MOVIE))))
     _same_tables(in_thread, fanned)
     assert fanned.meta["config"]["workers"] == 2
+    # The label images come back from the measuring processes too: the same images.
+    for name in ("particles", "needle", "grid"):
+        np.testing.assert_array_equal(in_thread.group[f"labels/{name}/0"][:],
+                                      fanned.group[f"labels/{name}/0"][:], err_msg=name)
 
 
 def test_a_measurer_on_another_host_can_do_the_work(in_thread: ArchiveReader,

@@ -1,0 +1,99 @@
+"""Label images in session archives: OME-Zarr labels that napari and ome-zarr-py read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+
+from lithoscope.service.analysis import FrameLabels
+from lithoscope.service.archive import ArchiveReader, ArchiveWriter, read_labels
+from lithoscope.service.schema import label_colour
+
+from support.archives import SMALL_SIM, record_sim_archive
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_sim_archive(tmp_path_factory.mktemp("labels") / "sim.zarr")
+
+
+def _labels(track: int, binning: int = 2) -> FrameLabels:
+    particles = np.zeros((4, 6), np.uint32)
+    particles[1:3, 1:3] = track
+    needle = np.zeros((4, 6), bool)
+    needle[:, 5] = True
+    return FrameLabels(particles=particles, needle=needle, grid=np.zeros((4, 6), bool),
+                       binning=binning, shape=(8, 12))
+
+
+def test_labels_sit_at_their_frames_position_and_scale(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path / "s.zarr", session={"session_id": "s", "source": "t",
+                                                         "pixel_size_nm": 0.5, "fps": 4.0})
+    for i in range(4):
+        writer.append_frame(np.full((8, 12), i, np.uint16), seq=i + 1, index=10 + i,
+                            t_s=i * 0.25, acquired_at=float(i))
+    assert writer.append_labels(11, _labels(3))
+    assert writer.append_labels(13, _labels(5))
+    assert not writer.append_labels(99, _labels(5))  # not a frame of this archive
+    writer.close()
+    group = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    assert read_labels(group, 0)["particles"].max() == 0  # frame 10: not analysed
+    at_1 = read_labels(group, 1, shape=(8, 12))
+    assert at_1 is not None
+    assert at_1["particles"].shape == (8, 12)
+    assert set(np.unique(at_1["particles"]).tolist()) == {0, 3}
+    assert np.count_nonzero(at_1["particles"]) == 16  # 2x2 label pixels at binning 2
+    assert at_1["needle"][:, 10:].all()
+    assert not at_1["needle"][:, :10].any()
+    assert read_labels(group, 3)["particles"].max() == 5
+    # NGFF: the label image is in front of the frames at twice their pixel size.
+    (image, *nodes) = list(Reader(parse_url(str(tmp_path / "s.zarr")))())
+    labels = {node.metadata.get("name"): node for node in nodes}
+    assert {"particles", "needle", "grid"} <= set(labels)
+    particles = labels["particles"]
+    transforms = particles.metadata["coordinateTransformations"][0]
+    assert transforms[0] == {"type": "scale", "scale": [0.25, 1.0, 1.0]}
+    assert transforms[1] == {"type": "translation", "translation": [0.0, 0.25, 0.25]}
+    assert particles.data[0].shape == (4, 4, 6)
+    ome = group["labels/particles"].attrs["ome"]
+    assert ome["image-label"]["colors"] == [
+        {"label-value": 3, "rgba": list(label_colour(3))},
+        {"label-value": 5, "rgba": list(label_colour(5))}]
+    assert ome["image-label"]["properties"][0] == {
+        "label-value": 3, "track_id": 3, "first_frame": 11, "last_frame": 11,
+        "frames_seen": 1}
+
+
+def test_a_recorded_session_has_the_tracks_of_its_particles_table(archive: Path) -> None:
+    reader = ArchiveReader(archive)
+    particles = reader.table("particles")
+    frame_table = reader.table("frame_table")
+    cluster = reader.table("cluster")
+    positions = {int(index): p for p, index in enumerate(frame_table["index"])}
+    assert len(cluster["frame"]) == reader.frame_count  # a replay analyses every frame
+    for index in cluster["frame"].tolist():
+        labels = read_labels(reader.group, positions[index])
+        assert labels is not None
+        expected = set(particles["track_id"][particles["frame"] == index].tolist())
+        assert set(np.unique(labels["particles"]).tolist()) - {0} == expected
+    contact = next(e["frame"] for e in reader.events() if e["kind"] == "contact_made")
+    assert read_labels(reader.group, positions[contact])["needle"].any()
+    labels_array = reader.group["labels/particles/0"]
+    assert labels_array.shape[0] == reader.frame_count
+    assert labels_array.shape[1] * 2 >= SMALL_SIM.shape[0] // 2
+
+
+def test_napari_ome_zarr_reads_frames_and_labels(archive: Path) -> None:
+    napari_ome_zarr = pytest.importorskip(
+        "napari_ome_zarr", reason="napari-ome-zarr is in the [view] extra")
+    reader = napari_ome_zarr.napari_get_reader(str(archive))
+    assert reader is not None
+    layers = reader(str(archive))
+    kinds = [layer[2] if len(layer) > 2 else "image" for layer in layers]
+    assert kinds.count("labels") == 3
+    assert "image" in kinds
