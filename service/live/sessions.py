@@ -75,8 +75,6 @@ class _Sessions(_Analysing):
     _by_archive: dict[SessionArchive, _Session]
     _closing: dict[str, _Session]
     """Sessions stopped whose archive the archive thread is closing."""
-    _backlog_bytes: int
-    """Bytes of replay frames waiting for analysis, all sessions."""
 
     def _owned(self, session_id: str | None, token: str | None
                ) -> _Session | None:
@@ -165,7 +163,8 @@ class _Sessions(_Analysing):
         writer = ArchiveWriter(
             path, session=meta, config=self.config.to_dict(), software_version=__version__,
             flush_interval_s=self.config.measurement_flush_s,
-            compression_level=self.config.compression_level)
+            compression=self.config.archive.compression.value,
+            compression_level=self.config.archive.compression_level)
         if previous is not None:
             try:
                 update_archive_meta(previous, continued_in=path.name)
@@ -228,10 +227,10 @@ class _Sessions(_Analysing):
         queued before, and ``session_closed`` (which promises the frames are on disk)
         is sent once that is done (see :meth:`_archive_closed`)."""
         session = self.sessions.pop(session_id)
-        for frame in session.backlog:  # shutdown: archived, never to be analysed
-            assert frame.image is not None
-            self._backlog_bytes -= frame.image.nbytes
+        # Shutdown or idle: archived, never to be analysed (their memory is given back
+        # to the budget once the archive thread has written them).
         session.backlog.clear()
+        session.pending = None
         session.close_reason = reason
         if frames_sent is not None and frames_sent != _accounted(session):
             self._frames_sent_differ(session, frames_sent)
@@ -406,12 +405,15 @@ class _Sessions(_Analysing):
             session = self._by_archive.get(archive)
             if session is None:
                 continue
-            if kind == "frame":
-                session.archived += 1
-                self.counters["archived"] += 1
+            if kind in ("frames", "lost"):
+                session.archive_queued -= value
+                session.archive_progress_at = time.monotonic()
+            if kind == "frames":
+                session.archived += value
+                self.counters["archived"] += value
             elif kind == "lost":
-                session.lost += 1
-                self.counters["frames_lost"] += 1
+                session.lost += value
+                self.counters["frames_lost"] += value
             elif kind == "error":
                 self._archive_failed(session, value)
             elif kind == "fallback":
@@ -445,8 +447,6 @@ class _Sessions(_Analysing):
                 self._analyse(session, frame)
             elif session.backlog:
                 frame = session.backlog.popleft()
-                assert frame.image is not None
-                self._backlog_bytes -= frame.image.nbytes
                 self._analyse(session, frame)
                 if not session.backlog:  # caught up: the stall clock starts now
                     session.last_frame_monotonic = max(session.last_frame_monotonic,

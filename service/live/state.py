@@ -108,6 +108,12 @@ class _Session:
     archive_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The session metadata its archive was created with (a fallback archive's too)."""
     archive_bytes: int | None = None
+    archive_queued: int = 0
+    """Frames handed to the archive thread and not yet written (or counted lost)."""
+    archive_progress_at: float = dataclasses.field(default_factory=time.monotonic)
+    """When the archive thread last wrote (or gave up) a frame of this session, or
+    when a frame was queued for it while none was."""
+    archive_stall_alerted: bool = False
     backlog: collections.deque[Frame] = dataclasses.field(default_factory=collections.deque)
     """Replay frames archived and waiting for analysis, oldest first."""
     stopping: SessionStop | None = None

@@ -21,16 +21,19 @@ Each session's analysis and row shaping is a
 :class:`~lithoscope.service.pipeline.SessionPipeline`; each archive's whole life (open,
 writes, size, close) belongs to the archive thread
 (:class:`~lithoscope.service.archive.thread.ArchiveThread`), behind a bounded queue of
-frames (``archive_queue_frames``). When that queue is full the worker stops reading
-frames: the frames socket fills to its high-water mark and the publisher waits. A
-session's ``session_closed`` is sent once the archive thread has closed its archive.
+frames that writes what has queued up in batches. Memory is bounded in bytes: every
+frame the worker holds (waiting for the archive, for analysis, out for measuring) is
+counted once against ``memory_budget_bytes`` (:mod:`.budget`); when it is full the
+worker stops reading frames, the frames socket fills to its high-water mark
+(``frame_hwm``) and the publisher waits: nothing accepted is dropped. A session's
+``session_closed`` is sent once the archive thread has closed its archive.
 
 Every frame is handed to the archive thread as it is received, before any analysis.
 Live policy: a camera does not wait, so in a live session the worker analyses only the
 newest frame that has arrived; the frames it did not analyse are counted as
 ``skipped`` (heartbeat) and announced with an ``analysis_skipped`` event. A replay
-session (``live = false``) analyses every frame: its frames wait in a backlog
-(``analysis_backlog_bytes``). The pipelines run in one analysis thread, one frame at a
+session (``live = false``) analyses every frame: its frames wait in a backlog (within
+the memory budget). The pipelines run in one analysis thread, one frame at a
 time, while the loop goes on receiving and archiving; the loop publishes and archives
 what the analysis thread hands back.
 """
@@ -38,7 +41,6 @@ what the analysis thread hands back.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import shutil
@@ -58,7 +60,7 @@ from ..alerts import Alert
 from ..archive import ArchiveWriter, recover_abandoned
 from ..archive.thread import ArchiveThread, SessionArchive
 from ..config import ServiceConfig
-from ..errors import ArchiveError, LithoscopeError
+from ..errors import LithoscopeError
 from ..operando.echem import EchemBacklog
 from ..protocol import (
     Decoder,
@@ -75,6 +77,7 @@ from ..protocol import (
 from ..security import ServerCurve
 from ..sockets import harden_socket
 from .analysing import _AnalysisThread
+from .budget import MemoryBudget
 from .fanout import AnalysisPool
 from .sessions import _Sessions, default_archive_path
 from .state import SkipRate, _printable, _Session
@@ -98,10 +101,8 @@ _DRAIN_TIMEOUT_S = 120.0
 it (a hung disk) the archive is left to the next start's recovery, never closed under
 the writer thread's feet."""
 _ARCHIVE_STALL_S = 10.0
-"""A frame waiting this long for room in the archive queue raises ``archive_stalled``."""
-_STOP_WAIT_S = 2.0
-"""Stopped while a frame waits for room in the archive queue: how long the disk still
-has to take it before it is given up (and said so)."""
+"""Frames waiting this long for the archive thread with none written raise
+``archive_stalled``."""
 
 
 class Worker(_Sessions):
@@ -134,7 +135,7 @@ class Worker(_Sessions):
         self.closed_sessions: dict[str, SessionClosed] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "analysed", "archived", "dropped", "skipped", "archive_errors",
-             "analysis_errors", "late", "archive_queue_full", "message_errors",
+             "analysis_errors", "late", "memory_full", "message_errors",
              "sessions_closed_idle", "frames_lost"), 0)
         self._message_errors: collections.Counter[str] = collections.Counter()
         """Unexpected exceptions while handling one message, by message type and
@@ -155,12 +156,16 @@ class Worker(_Sessions):
         self._last_close_retry = time.monotonic()
         self._analysis = _AnalysisThread()
         self._frames_in_analysis = 0
-        self._archive = ArchiveThread(self.config.archive_queue_frames,
+        self._archive = ArchiveThread(inline=self.config.archive.inline,
+                                      batch_frames=self.config.archive.batch_frames,
                                       fallback=self._open_fallback)
+        self.budget = MemoryBudget(self.config.memory_budget_bytes)
+        """The bytes of every frame held (see :mod:`.budget`)."""
+        self._reading = True
+        """Whether the loop reads the frames socket (False while the budget is full)."""
         self._by_archive: dict[SessionArchive, _Session] = {}
         self._closing: dict[str, _Session] = {}
         """Sessions stopped whose archive the archive thread is closing."""
-        self._backlog_bytes = 0
         self._size_asked = -math.inf
         self._pool: AnalysisPool | None = None
         """Measuring processes (``workers`` > 0 or measuring endpoints set), else None:
@@ -290,15 +295,16 @@ class Worker(_Sessions):
         assert self._results is not None
         poller.register(self._results, zmq.POLLIN)
         while not stop.is_set():
-            # Frames are taken (and archived at once) while the replay frames waiting
-            # for analysis fit in analysis_backlog_bytes; past it ZeroMQ holds the
-            # publisher back. Live sessions keep only their newest frame.
-            if self._backlog_bytes < self.config.analysis_backlog_bytes:
+            # Frames are taken (and archived at once) while the frames held fit in the
+            # memory budget; past it ZeroMQ holds the publisher back.
+            if self._budget_has_room():
                 poller.register(self._frames, zmq.POLLIN)
             elif self._frames in dict(poller.sockets):
                 poller.unregister(self._frames)
-            timeout_ms = (0 if self._analysis_ready() else 5 if self._analysis.pending
-                          else 100)
+            # Not reading (the budget is full): look again soon, as the archive and
+            # analysis threads give memory back, so the publisher is not held long.
+            timeout_ms = (0 if self._analysis_ready() else 5 if (
+                self._analysis.pending or not self._reading) else 100)
             ready = dict(poller.poll(timeout_ms))
             self._analysis.complete()
             if self._pool is not None:
@@ -335,18 +341,30 @@ class Worker(_Sessions):
             self._results.setsockopt(option, topic)
 
     def _drain(self) -> None:
+        """Take what the frames socket holds (at most ``_MAX_BATCH`` messages), one
+        message at a time while the memory budget has room."""
         assert self._frames is not None
-        batch: list[list[zmq.Frame]] = []
         for _ in range(_MAX_BATCH):
+            if not self._budget_has_room():
+                break
             try:
-                batch.append(self._frames.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+                parts = self._frames.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-        for parts in batch:
             msg = self.decoder(parts)
+            del parts  # a refused message's buffers go now, not at the next one
             if msg is not None:
                 self._dispatch(msg)
         self._collect()
+
+    def _budget_has_room(self) -> bool:
+        """May the loop read another frame? Counts each time it must stop
+        (``memory_full``)."""
+        room = self.budget.has_room()
+        if not room and self._reading:
+            self.counters["memory_full"] += 1
+        self._reading = room
+        return room
 
     def _dispatch(self, msg: Message) -> None:
         """Handle one decoded message. Whatever it holds, the loop goes on: an
@@ -392,6 +410,7 @@ class Worker(_Sessions):
         for session in self.sessions.values():
             if session.archive is not None:
                 self._archive.write(session.archive, ArchiveWriter.flush_if_due)
+                self._check_archive_progress(session, now)
             # Frames still waiting for analysis, or a stop: the source is not stalled,
             # the analysis is behind.
             if (not session.stalled and not session.backlog and session.stopping is None
@@ -426,19 +445,20 @@ class Worker(_Sessions):
                 message=f"{gap} frame(s) lost before the worker (sequence gap)."))
         session.last_seq = frame.seq
         assert frame.image is not None
+        # The image is a read-only view of the received message: the archive thread,
+        # the analysis and the budget share it without a copy.
+        self.budget.hold(frame.image)
         if self._stopping.is_set() and session.archive_failed:
-            session.lost += 1  # after "frame N and later not archived" (_wait_for_archive)
+            session.lost += 1  # the archive failed for good and the service is stopping
             self.counters["frames_lost"] += 1
         elif session.archive is not None:
-            # The image is a view of the received message, which the job keeps alive;
-            # analysis only reads it, so both threads share it without a copy.
-            write = functools.partial(
-                _append_frame, frame.image, seq=frame.seq, index=frame.index,
-                t_s=frame.t_s, acquired_at=frame.acquired_at, exposure_s=frame.exposure_s,
-                metadata=_frame_metadata(frame))
-            if not self._archive.write(session.archive, write, frame=True, timeout_s=0.0):
-                self.counters["archive_queue_full"] += 1
-                self._wait_for_archive(session, frame, write)
+            if not session.archive_queued:
+                session.archive_progress_at = time.monotonic()
+            session.archive_queued += 1
+            self._archive.write_frame(session.archive, frame.image, {
+                "seq": frame.seq, "index": frame.index, "t_s": frame.t_s,
+                "acquired_at": frame.acquired_at, "exposure_s": frame.exposure_s,
+                "metadata": _frame_metadata(frame)})
         if session.start.live:
             if session.pending is not None:
                 self._skip(session, session.pending)
@@ -447,40 +467,28 @@ class Worker(_Sessions):
             # Analysed from the loop, one frame at a time between receiving (see
             # _analyse_pending): the archive never waits for analysis.
             session.backlog.append(frame)
-            self._backlog_bytes += frame.image.nbytes
 
-    def _wait_for_archive(self, session: _Session, frame: Frame,
-                          write: Callable[[ArchiveWriter], object]) -> None:
-        """The archive is the slowest stage right now: wait, and let ZeroMQ's high-water
-        mark hold the publisher back. Meanwhile keep the heartbeat going (a monitor must
-        tell a slow disk from a dead worker) and say so if the disk is stuck."""
-        since = time.monotonic()
-        alerted = False
+    def _check_archive_progress(self, session: _Session, now: float) -> None:
+        """Say so once when a session's frames wait for a disk that takes nothing (full,
+        hung, a stalled network drive): a monitor must tell a slow disk from a dead
+        worker, and the heartbeats go on meanwhile."""
+        waited = now - session.archive_progress_at
+        if not session.archive_queued or waited < _ARCHIVE_STALL_S:
+            session.archive_stall_alerted = False
+            return
+        if session.archive_stall_alerted:
+            return
+        session.archive_stall_alerted = True
         assert session.archive is not None
-        stopped_at: float | None = None
-        while not self._archive.write(session.archive, write, frame=True, timeout_s=0.25):
-            if self._stopping.is_set() and stopped_at is None:
-                stopped_at = time.monotonic()
-            if stopped_at is not None and time.monotonic() - stopped_at >= _STOP_WAIT_S:
-                # Stopped (Ctrl-C, SIGTERM) while the disk takes nothing: this frame
-                # cannot be kept; say so and let the shutdown close what it can.
-                self._archive_failed(session, ArchiveError(
-                    f"frame {frame.index} and later not archived: the service was stopped "
-                    "while the disk was not taking data"))
-                return
-            self._collect()
-            now = time.monotonic()
-            if now - self._last_heartbeat >= self.config.heartbeat_s:
-                self._heartbeat(now)
-            if not alerted and now - since >= _ARCHIVE_STALL_S:
-                alerted = True
-                self._emit(session, Alert(
-                    kind=EventKind.ARCHIVE_STALLED, t_s=frame.t_s, frame=frame.index,
-                    magnitude=now - since, confidence=1.0, particle_ids=(),
-                    message=f"Archive writes blocked for {now - since:.0f} s: the disk "
-                    f"{session.archive.path} is not taking data "
-                    "(full, hung or a stalled network drive?). Frames wait in the queue and "
-                    "the publisher is held back; nothing is lost yet."))
+        held = self.budget.held_bytes / 2**20
+        self._emit(session, Alert(
+            kind=EventKind.ARCHIVE_STALLED, t_s=session.last_t_s, frame=session.last_index,
+            magnitude=waited, confidence=1.0, particle_ids=(),
+            message=f"Archive writes blocked for {waited:.0f} s: the disk "
+            f"{session.archive.path} is not taking data (full, hung or a stalled network "
+            f"drive?). {session.archive_queued} frame(s) wait in memory ({held:.0f} MiB of "
+            f"memory_budget_bytes); when it is full the publisher is held back. Nothing is "
+            "lost yet."))
 
     def _heartbeat(self, now: float) -> None:
         elapsed = max(now - self._last_heartbeat, 1e-9)
@@ -495,6 +503,8 @@ class Worker(_Sessions):
             self._size_asked = now
             self._archive.measure_size(archive)  # counted in the archive thread
         counters = dict(self.counters)
+        counters["memory_held_bytes"] = self.budget.held_bytes
+        counters["memory_peak_bytes"] = self.budget.peak_bytes
         counters["rejected"] = sum(self.decoder.rejected.values())
         counters.update({f"rejected_{k}": v for k, v in self.decoder.rejected.items()})
         self._send(Heartbeat(

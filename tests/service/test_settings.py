@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize(("text", "key", "expected", "given"), [
     ('heartbeat_s = "1.0"', "heartbeat_s", "a number", "'1.0' (a string)"),
-    ("archive_queue_frames = true", "archive_queue_frames", "an integer", "True (a boolean)"),
+    ("memory_budget_bytes = true", "memory_budget_bytes", "an integer", "True (a boolean)"),
     ('[limits]\nmax_side = "x"', "limits.max_side", "an integer", "'x' (a string)"),
     ("[analysis]\nbinning = 2.5", "analysis.binning", "an integer", "2.5 (a number)"),
     ("[alerts]\ncontact_debounce_frames = [1]", "alerts.contact_debounce_frames",
