@@ -10,7 +10,8 @@ Frames are written in batches: the frames of one archive that are waiting in the
 when the thread gets to them (at most ``batch_frames``) go to
 :meth:`ArchiveWriter.append_frames` in one call, whose pixel writes zarr encodes and
 stores in parallel. The thread never waits for a batch to fill: a frame that arrives
-while the disk is idle is written alone, at once. How many frames may wait is not this
+while the disk is idle is written alone, at once. A batch that fails is written again
+one frame at a time, so a failure costs the same frames as without batches. How many frames may wait is not this
 thread's business: the worker holds every frame it has taken within its memory budget
 (``memory_budget_bytes``) and stops reading its socket when the budget is full.
 
@@ -234,6 +235,13 @@ class ArchiveThread:
         try:
             result = call(writer)
         except Exception as exc:
+            if frames > 1:
+                # Which frame did the disk refuse? One at a time, as unbatched: those
+                # before it stay in this archive, it and the rest go where a single
+                # frame's failure sends them (the fallback archive, or counted lost).
+                for item in job.frames:
+                    self._execute(_Job(archive, "frames", job.call, [item]))
+                return
             if kind == "size":
                 self.outcomes.append(("size", archive, None))
             elif kind == "close":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import errno
 import json
 import logging
 import math
@@ -226,8 +227,8 @@ class ArchiveWriter:
         of them go in one gathered zarr call, which encodes and stores the chunks in
         parallel (the archive thread hands over the frames that queued up while it
         was writing); then their journal lines, in one write; then their rows. On a
-        failure nothing of the batch is counted, so the same batch can be written
-        again (into a fallback archive).
+        failure nothing of the batch is counted, so its frames can be written again
+        (one at a time, to find the one the disk refused).
         """
         if self.closed:
             raise ArchiveError(f"Archive {self.path} is closed.")
@@ -347,9 +348,11 @@ def _append_line(path: Path, line: str) -> None:
     """One ``write`` on an O_APPEND descriptor: the line reaches the OS whole (it then
     survives a kill of this process), and no descriptor stays open for a writer that
     is abandoned; opening per line costs little next to writing a frame."""
+    data = (line + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line + "\n").encode())
+        if os.write(fd, data) != len(data):  # a disk that filled mid-write
+            raise OSError(errno.ENOSPC, "short write to the frame journal")
     finally:
         os.close(fd)
 

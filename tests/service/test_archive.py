@@ -268,3 +268,42 @@ def test_the_archive_thread_writes_what_queued_up_in_batches(
     assert reader.status == "complete"
     np.testing.assert_array_equal(reader.frames[:], frames)
     np.testing.assert_array_equal(reader.table("frame_table")["seq"], np.arange(len(frames)))
+
+
+def test_a_refused_batch_keeps_the_frames_before_the_refused_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As without batches: the frames before the one the disk refused are in the
+    archive, that one and the later ones are counted lost (no fallback here)."""
+    append_frames = ArchiveWriter.append_frames
+    busy, release = threading.Event(), threading.Event()
+
+    def refuses_frame_5(self: ArchiveWriter, frames: list[Any]) -> int:
+        if frames[0][1]["index"] == 0:  # hold the first write so the rest queue up
+            busy.set()
+            assert release.wait(30.0)
+        if any(row["index"] == 5 for _, row in frames):
+            raise ArchiveError("No space left on device.")
+        return append_frames(self, frames)
+
+    monkeypatch.setattr(ArchiveWriter, "append_frames", refuses_frame_5)
+    thread = ArchiveThread(batch_frames=8)
+    archive = SessionArchive(session_id="s1", path=tmp_path / "a.zarr")
+    thread.open(archive, lambda: ArchiveWriter(archive.path, session=SESSION))
+    frames = np.arange(10 * 3 * 2, dtype=np.uint16).reshape(10, 3, 2)
+    for i in range(len(frames)):
+        thread.write_frame(archive, frames[i], {"seq": i, "index": i, "t_s": 0.0,
+                                                "acquired_at": 0.0})
+        if i == 0:
+            assert busy.wait(30.0)
+    release.set()
+    thread.close(archive, lambda writer: {"status": "interrupted"})
+    assert thread.stop(30.0)
+    outcomes = [(kind, value) for kind, _, value in thread.outcomes
+                if kind in ("frames", "lost", "error")]
+    written = sum(v for k, v in outcomes if k == "frames")
+    lost = sum(v for k, v in outcomes if k == "lost")
+    assert (written, lost) == (5, 5)
+    assert [k for k, _ in outcomes].count("error") == 1
+    reader = ArchiveReader(archive.path)
+    np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:5])
+    assert reader.frame_count == 5
