@@ -39,6 +39,9 @@ __all__ = ["default_archive_path"]
 
 log = logging.getLogger(__name__)
 
+_ARCHIVE_STALL_S = 10.0
+"""Frames waiting this long for the archive thread with none written raise
+``archive_stalled``."""
 _CLOSED_KEPT = 1024
 """Closed sessions remembered (to repeat their acknowledgement, to count late frames)."""
 _TOKEN_MIN_CHARS = 16
@@ -423,6 +426,28 @@ class _Sessions(_Analysing):
             elif kind == "closed":
                 self._archive_closed(session, value)
         self._archive.maybe_raise()
+
+    def _check_archive_progress(self, session: _Session, now: float) -> None:
+        """Say so once when a session's frames wait for a disk that takes nothing (full,
+        hung, a stalled network drive): a monitor must tell a slow disk from a dead
+        worker, and the heartbeats go on meanwhile."""
+        waited = now - session.archive_progress_at
+        if not session.archive_queued or waited < _ARCHIVE_STALL_S:
+            session.archive_stall_alerted = False
+            return
+        if session.archive_stall_alerted:
+            return
+        session.archive_stall_alerted = True
+        assert session.archive is not None
+        held = self.budget.held_bytes / 2**20
+        self._emit(session, Alert(
+            kind=EventKind.ARCHIVE_STALLED, t_s=session.last_t_s, frame=session.last_index,
+            magnitude=waited, confidence=1.0, particle_ids=(),
+            message=f"Archive writes blocked for {waited:.0f} s: the disk "
+            f"{session.archive.path} is not taking data (full, hung or a stalled network "
+            f"drive?). {session.archive_queued} frame(s) wait in memory ({held:.0f} MiB of "
+            f"memory_budget_bytes); when it is full the publisher is held back. Nothing is "
+            "lost yet."))
 
     # -- which frame is analysed next -------------------------------------------------
     def _analysis_ready(self) -> bool:

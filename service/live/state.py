@@ -29,6 +29,7 @@ from ..config import ServiceConfig
 from ..errors import ArchiveError
 from ..pipeline import SessionPipeline, event_message, event_row
 from ..protocol import Decoder, Event, EventKind, Frame, Message, SessionStart, SessionStop, encode
+from .budget import MemoryBudget
 
 __all__ = ["SkipRate", "token_digest"]
 
@@ -137,6 +138,7 @@ class _WorkerState:
     _results: zmq.Socket[Any] | None
     _results_seq: int
     _archive: ArchiveThread
+    budget: MemoryBudget
     _stopping: threading.Event
 
     def _reject(self, reason: str, detail: str) -> None:

@@ -20,8 +20,8 @@ of :class:`Worker` is in its bases, one concern each:
 Each session's analysis and row shaping is a
 :class:`~lithoscope.service.pipeline.SessionPipeline`; each archive's whole life (open,
 writes, size, close) belongs to the archive thread
-(:class:`~lithoscope.service.archive.thread.ArchiveThread`), behind a bounded queue of
-frames that writes what has queued up in batches. Memory is bounded in bytes: every
+(:class:`~lithoscope.service.archive.thread.ArchiveThread`), which writes the frames
+that queued up while it was busy in batches. Memory is bounded in bytes: every
 frame the worker holds (waiting for the archive, for analysis, out for measuring) is
 counted once against ``memory_budget_bytes`` (:mod:`.budget`); when it is full the
 worker stops reading frames, the frames socket fills to its high-water mark
@@ -100,9 +100,6 @@ _DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the queued archive writes at a session's end or at shutdown; past
 it (a hung disk) the archive is left to the next start's recovery, never closed under
 the writer thread's feet."""
-_ARCHIVE_STALL_S = 10.0
-"""Frames waiting this long for the archive thread with none written raise
-``archive_stalled``."""
 
 
 class Worker(_Sessions):
@@ -468,28 +465,6 @@ class Worker(_Sessions):
             # _analyse_pending): the archive never waits for analysis.
             session.backlog.append(frame)
 
-    def _check_archive_progress(self, session: _Session, now: float) -> None:
-        """Say so once when a session's frames wait for a disk that takes nothing (full,
-        hung, a stalled network drive): a monitor must tell a slow disk from a dead
-        worker, and the heartbeats go on meanwhile."""
-        waited = now - session.archive_progress_at
-        if not session.archive_queued or waited < _ARCHIVE_STALL_S:
-            session.archive_stall_alerted = False
-            return
-        if session.archive_stall_alerted:
-            return
-        session.archive_stall_alerted = True
-        assert session.archive is not None
-        held = self.budget.held_bytes / 2**20
-        self._emit(session, Alert(
-            kind=EventKind.ARCHIVE_STALLED, t_s=session.last_t_s, frame=session.last_index,
-            magnitude=waited, confidence=1.0, particle_ids=(),
-            message=f"Archive writes blocked for {waited:.0f} s: the disk "
-            f"{session.archive.path} is not taking data (full, hung or a stalled network "
-            f"drive?). {session.archive_queued} frame(s) wait in memory ({held:.0f} MiB of "
-            f"memory_budget_bytes); when it is full the publisher is held back. Nothing is "
-            "lost yet."))
-
     def _heartbeat(self, now: float) -> None:
         elapsed = max(now - self._last_heartbeat, 1e-9)
         latencies = np.asarray(self._interval_latencies)
@@ -518,10 +493,6 @@ class Worker(_Sessions):
         self._interval_received = self._interval_analysed = 0
         self._interval_latencies.clear()
         self._last_heartbeat = now
-
-
-def _append_frame(image: np.ndarray, writer: ArchiveWriter, **row: Any) -> None:
-    writer.append_frame(image, **row)
 
 
 def _frame_metadata(frame: Frame) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.archive.options import ArchiveConfig
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ArchiveError
-from lithoscope.service.live import worker as worker_module
+from lithoscope.service.live import sessions as sessions_module
 from lithoscope.service.live.budget import MemoryBudget
 from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Event, Heartbeat, decode
@@ -157,7 +157,7 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
     """While the worker waits for the disk with its memory budget full, a monitor must
     still hear it (a slow disk is not a dead worker), and a disk stuck for long is an
     alert."""
-    monkeypatch.setattr(worker_module, "_ARCHIVE_STALL_S", 0.5)
+    monkeypatch.setattr(sessions_module, "_ARCHIVE_STALL_S", 0.5)
     frames = noisy_frames(30, shape=(64, 64))
     with WorkerThread(Worker(config(tmp_path))) as thread:
         worker = thread.worker
