@@ -22,8 +22,9 @@ the archive), analysed/s, p50/p99 latency of the analysed frames (acquisition to
 result, from the published results), the worker's peak RSS (``VmHWM``) and the peak
 bytes of frames it held (its memory budget's ``memory_peak_bytes``). Then, in this
 process, the per-stage cost at that size, to say what limits the rates: receive
-(ZeroMQ ipc, one frame), archive (the ArchiveWriter, batches of 8 frames) and analysis
-(``analyze_frame``), in ms per frame. Timings on a shared machine are noisy; the
+(ZeroMQ ipc, one frame), archive (the ArchiveWriter, batches of 8 frames) against its
+lean floor (numcodecs blosc-lz4 and a plain file write per frame, two threads) and
+analysis (``analyze_frame``), in ms per frame. Timings on a shared machine are noisy; the
 stages are measured in the same run as the session so the ratios hold.
 """
 
@@ -217,6 +218,25 @@ def stage_archive_ms(folder: Path, frames: np.ndarray, count: int) -> float:
     return 1000 * elapsed / count
 
 
+def stage_floor_ms(folder: Path, frames: np.ndarray, count: int) -> float:
+    """The lean reference for the archive: numcodecs' blosc-lz4 + bitshuffle at level 1
+    and one ``write`` per frame, two threads (the archive's codec, no zarr)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from numcodecs import Blosc
+
+    codec = Blosc(cname="lz4", clevel=1, shuffle=Blosc.BITSHUFFLE)
+
+    def write(i: int) -> None:
+        (folder / f"floor{i}").write_bytes(codec.encode(frames[i % len(frames)]))
+
+    with ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        list(pool.map(write, range(count)))
+        elapsed = time.perf_counter() - start
+    return 1000 * elapsed / count
+
+
 def stage_analysis_ms(frames: np.ndarray, pixel_size_nm: float, count: int) -> float:
     from lithoscope.service.analysis import analyze_frame
 
@@ -250,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              pixel_size_nm=args.pixel_size, settings=args.settings)
             receive = stage_receive_ms(folder, 50 if size_px <= 2048 else 20)
             archive = stage_archive_ms(folder, frames, 32 if size_px <= 2048 else 16)
+            floor = stage_floor_ms(folder, frames, 32 if size_px <= 2048 else 16)
         analysis = stage_analysis_ms(frames, args.pixel_size, 5)
         analysed = r["frames_analysed"] or 0
         per_s = analysed / args.seconds
@@ -263,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f" frames held at most {r['budget_peak_mb']:.0f} MiB, budget full "
               f"{r['memory_full']} time(s)")
         print(f"  per frame, this machine now: receive {receive:.1f} ms, archive "
-              f"{archive:.1f} ms (batches of 8), analysis {analysis:.0f} ms")
+              f"{archive:.1f} ms (batches of 8; lean floor: blosc + write in 2 threads "
+              f"{floor:.1f} ms), analysis {analysis:.0f} ms")
         target = TARGETS.get(size_px)
         all_archived = r["on_disk"] == r["offered"] and r["seq_contiguous"]
         ok = all_archived and (target is None or per_s >= target[0]) and (
