@@ -10,10 +10,12 @@ Frames are written in batches: the frames of one archive that are waiting in the
 when the thread gets to them (at most ``batch_frames``) go to
 :meth:`ArchiveWriter.append_frames` in one call, whose pixel writes zarr encodes and
 stores in parallel. The thread never waits for a batch to fill: a frame that arrives
-while the disk is idle is written alone, at once. A batch that fails is written again
-one frame at a time, so a failure costs the same frames as without batches. How many frames may wait is not this
-thread's business: the worker holds every frame it has taken within its memory budget
-(``memory_budget_bytes``) and stops reading its socket when the budget is full.
+while the disk is idle is written alone, at once. Row writes queued among the frames
+run right after their batch. A batch that fails is written again one frame at a time,
+so a failure costs the same frames as without batches. How many frames may wait is
+not this thread's business: the worker holds every frame it has taken within its
+memory budget (``memory_budget_bytes``) and stops reading its socket when the budget
+is full.
 
 What happened is handed back through :attr:`ArchiveThread.outcomes` for the worker's
 thread, which owns the sockets, to count and announce:
@@ -183,13 +185,23 @@ class ArchiveThread:
                 job = self._jobs.get()
             if job is None:
                 return
+            rows: list[_Job] = []
             if job.kind == "frames":
-                self._gather(job)
+                self._gather(job, rows)
             self._execute(job)
+            for later in rows:
+                self._execute(later)
+            # Let the frames go now, not when the next job comes: the worker's memory
+            # budget waits for their bytes, and an idle thread must not hold them.
+            job = None
+            rows.clear()
 
-    def _gather(self, job: _Job) -> None:
-        """Merge into ``job`` the frames of the same archive queued right behind it (up
-        to ``batch_frames``); the first other job taken is kept for next."""
+    def _gather(self, job: _Job, rows: list[_Job]) -> None:
+        """Merge into ``job`` the frames of the same archive queued behind it (up to
+        ``batch_frames``). Row writes queued among them go to ``rows``, run right after
+        the batch: measurement rows do not depend on the frames' order on disk, and
+        the analysis of a live session hands rows over between most frames. The first
+        other job taken is kept for next."""
         while len(job.frames) < self.batch_frames:
             try:
                 following = self._jobs.get_nowait()
@@ -198,6 +210,9 @@ class ArchiveThread:
             if following is None:  # stop() asked: after this batch
                 self._stop_next = True
                 return
+            if following.kind == "rows":
+                rows.append(following)
+                continue
             if following.kind != "frames" or following.archive is not job.archive:
                 self._next = following
                 return
@@ -309,7 +324,15 @@ def _as_archive_error(archive: SessionArchive, exc: Exception) -> ArchiveError:
     writer) logged with its traceback and made one: it costs that archive, never the
     service."""
     if isinstance(exc, ArchiveError):
+        # Kept in outcomes, logs and the session: without its traceback and context,
+        # whose frames would keep the failed batch's images (and the worker's memory
+        # budget) alive as long as the error is.
+        exc.__traceback__ = None
+        exc.__context__ = None
         return exc
     log.error("Unexpected %s writing %s: %s", type(exc).__name__, archive.path, exc,
               exc_info=exc)
-    return ArchiveError(f"unexpected {type(exc).__name__} while writing {archive.path}: {exc}")
+    error = ArchiveError(f"unexpected {type(exc).__name__} while writing {archive.path}: "
+                         f"{exc}")
+    error.__context__ = None
+    return error

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -115,6 +116,8 @@ class _Session:
     """When the archive thread last wrote (or gave up) a frame of this session, or
     when a frame was queued for it while none was."""
     archive_stall_alerted: bool = False
+    flush_asked_at: float = -math.inf
+    """When the archive thread was last asked to flush this session's rows."""
     backlog: collections.deque[Frame] = dataclasses.field(default_factory=collections.deque)
     """Replay frames archived and waiting for analysis, oldest first."""
     stopping: SessionStop | None = None

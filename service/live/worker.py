@@ -406,7 +406,11 @@ class Worker(_Sessions):
             self._close_session(session_id, reason="idle")
         for session in self.sessions.values():
             if session.archive is not None:
-                self._archive.write(session.archive, ArchiveWriter.flush_if_due)
+                # Rows must not wait for the next frame, but once a flush interval is
+                # enough: a job per loop turn would split the archive thread's batches.
+                if now - session.flush_asked_at >= self.config.measurement_flush_s:
+                    session.flush_asked_at = now
+                    self._archive.write(session.archive, ArchiveWriter.flush_if_due)
                 self._check_archive_progress(session, now)
             # Frames still waiting for analysis, or a stop: the source is not stalled,
             # the analysis is behind.

@@ -257,6 +257,10 @@ def test_the_archive_thread_writes_what_queued_up_in_batches(
     assert busy.wait(30.0)  # the first frame is being written, alone
     for i in range(1, len(frames)):
         thread.write_frame(archive, frames[i], row(i))
+        # Rows queued among the frames (as the analysis hands them over) wait for the
+        # batch rather than splitting it.
+        thread.write(archive, lambda writer, i=i: writer.append_rows(
+            "cluster", {**cluster_row(i), "frame": i}))
     release.set()
     assert thread.drain(30.0)
     thread.close(archive, lambda writer: {})
@@ -268,6 +272,7 @@ def test_the_archive_thread_writes_what_queued_up_in_batches(
     assert reader.status == "complete"
     np.testing.assert_array_equal(reader.frames[:], frames)
     np.testing.assert_array_equal(reader.table("frame_table")["seq"], np.arange(len(frames)))
+    np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(1, len(frames)))
 
 
 def test_a_refused_batch_keeps_the_frames_before_the_refused_one(
