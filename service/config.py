@@ -64,13 +64,15 @@ class ServiceConfig:
     while the worker does not read (its memory budget is full), before a lossless
     publisher is made to wait. Counted in frames, not bytes (ZeroMQ's limit), so it is
     kept small: the budget below is the buffer that absorbs stalls."""
-    memory_budget_bytes: int = 2**30
+    memory_budget_bytes: int = 512 * 2**20
     """Bytes of frames the worker holds at once, whoever holds them: frames waiting for
     the archive thread, a live session's newest frame, replay frames waiting for
     analysis, frames out for measuring or being analysed (each frame counted once:
     they share one buffer). When it is full the worker stops reading frames, ZeroMQ
     queues ``frame_hwm`` more and a lossless publisher waits: nothing accepted is
-    dropped. 1 GiB: 32 frames of 4096² uint16, 128 of 2048²."""
+    dropped. 512 MiB: 16 frames of 4096² uint16 (0.8 s at 20 fps), 64 of 2048² (1.3 s
+    at 50 fps), so that the whole worker stays within 1.5 GiB at 4096² (the analysis
+    and the libraries take the rest)."""
     workers: int = 0
     """Measuring processes (``serve --workers N``): frames are segmented and measured in N
     processes and joined up in order in the worker (tracks, alerts, archive tables).
