@@ -17,7 +17,7 @@ microscope) the bench runs:
   the worker's session_closed acknowledgement (all frames on disk).
   The service as shipped (``thread``: archive writes in a writer thread, overlapping
   analysis) and, with ``--variants``, the same run with ``inline`` archive writes
-  (``archive_queue_frames = 0``), with ``malloc`` (glibc told to keep freed memory:
+  (``[archive] inline = true``), with ``malloc`` (glibc told to keep freed memory:
   ``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_`` 1 GiB, in the service's
   environment), or ``workers1``/``workers2`` (``serve --workers N``), one after the
   other on the same frames.
@@ -77,7 +77,7 @@ LEAN_MAX_SIDE = 512
 DISTINCT_FRAMES = 6
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "thread": ("", {}),
-    "inline": ("archive_queue_frames = 0\n", {}),
+    "inline": ("archive = { inline = true }\n", {}),
     "malloc": ("", {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}),
     "workers1": ("workers = 1\n", {}),
     "workers2": ("workers = 2\n", {}),

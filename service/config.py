@@ -17,6 +17,7 @@ from typing import Any
 from . import settings
 from .alerts import AlertConfig
 from .analysis import AnalysisConfig
+from .archive.options import ArchiveConfig
 from .endpoints import (
     DEFAULT_FRAMES_ENDPOINT,
     DEFAULT_RESULTS_ENDPOINT,
@@ -58,16 +59,20 @@ class ServiceConfig:
     """Folder of the public keys (``*.key``) of the clients allowed to connect."""
     heartbeat_s: float = 1.0
     """Interval between heartbeats on the results stream."""
-    frame_hwm: int = 64
-    """ZeroMQ high-water mark of the frames socket, in frames: the buffer that absorbs
-    short stalls before a lossless publisher is made to wait."""
-    archive_queue_frames: int = 8
-    """Frames that may wait for the archive writer thread while the worker analyses the
-    next ones. When it is full the worker stops reading frames until the writer catches
-    up, so the frames socket fills to ``frame_hwm`` and a lossless publisher waits: no
-    frame is dropped. Costs up to this many frames of memory (32 MiB each at 4096²
-    uint16) on top of ``frame_hwm``. 0 writes inline, in the worker's thread, without
-    overlap."""
+    frame_hwm: int = 4
+    """ZeroMQ high-water mark of the frames socket, in messages: frames ZeroMQ queues
+    while the worker does not read (its memory budget is full), before a lossless
+    publisher is made to wait. Counted in frames, not bytes (ZeroMQ's limit), so it is
+    kept small: the budget below is the buffer that absorbs stalls."""
+    memory_budget_bytes: int = 512 * 2**20
+    """Bytes of frames the worker holds at once, whoever holds them: frames waiting for
+    the archive thread, a live session's newest frame, replay frames waiting for
+    analysis, frames out for measuring or being analysed (each frame counted once:
+    they share one buffer). When it is full the worker stops reading frames, ZeroMQ
+    queues ``frame_hwm`` more and a lossless publisher waits: nothing accepted is
+    dropped. 512 MiB: 16 frames of 4096² uint16 (0.8 s at 20 fps), 64 of 2048² (1.3 s
+    at 50 fps), so that the whole worker stays within 1.5 GiB at 4096² (the analysis
+    and the libraries take the rest)."""
     workers: int = 0
     """Measuring processes (``serve --workers N``): frames are segmented and measured in N
     processes and joined up in order in the worker (tracks, alerts, archive tables).
@@ -86,16 +91,8 @@ class ServiceConfig:
     """High-water mark of the results socket; a slow subscriber loses updates beyond it."""
     measurement_flush_s: float = 1.0
     """Longest time measurement rows stay in memory before reaching the archive."""
-    compression_level: int = 1
-    """Blosc-lz4 level for frames (1: fast; higher levels gain little on noisy frames)."""
     stall_timeout_s: float = 10.0
     """A session with no frame for this long raises ``source_stalled``."""
-    analysis_backlog_bytes: int = 256 * 2**20
-    """Replay frames (``live = false``) that may wait for analysis, in bytes of pixels.
-    A frame is archived as it is received and analysed when the worker gets to it, so
-    the archive never waits for analysis; past this many bytes waiting the worker stops
-    reading frames and ZeroMQ holds the publisher back (256 MiB: 128 frames of
-    1024² uint16)."""
     fallback_dir: str | None = None
     """Where a session goes on when its archive fails (disk full, folder gone): a new
     archive ``<name>.zarr`` here, linked both ways to the failed one. Default (None):
@@ -107,6 +104,8 @@ class ServiceConfig:
     idle_session_timeout_s: float = 600.0
     """A session with no frame, echem or stop for this long is closed (status
     ``interrupted``, stop reason ``idle``), so abandoned sessions do not pile up."""
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    """How frames are compressed and written (docs/archive.md)."""
     limits: FrameLimits = field(default_factory=FrameLimits)
     """Bounds on received frames, checked before a header is believed (docs/security.md)."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -143,10 +142,9 @@ class ServiceConfig:
                         f"Listening on {endpoint} needs CURVE authentication: give "
                         "server_key and client_keys (--server-key, --client-keys; make them "
                         "with `lithoscope keys`). See docs/security.md.")
-        if not (isinstance(self.analysis_backlog_bytes, int)
-                and self.analysis_backlog_bytes > 0):
-            raise ConfigError(f"Expected analysis_backlog_bytes to be a positive integer. "
-                              f"Got {self.analysis_backlog_bytes!r} instead.")
+        if not (isinstance(self.memory_budget_bytes, int) and self.memory_budget_bytes > 0):
+            raise ConfigError(f"Expected memory_budget_bytes to be a positive integer. "
+                              f"Got {self.memory_budget_bytes!r} instead.")
         if not (isinstance(self.max_sessions, int) and self.max_sessions > 0):
             raise ConfigError(f"Expected max_sessions to be a positive integer. "
                               f"Got {self.max_sessions!r} instead.")
@@ -158,9 +156,6 @@ class ServiceConfig:
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise ConfigError(f"Expected {name} to be a positive integer. "
                                   f"Got {getattr(self, name)!r}.")
-        if not (isinstance(self.archive_queue_frames, int) and self.archive_queue_frames >= 0):
-            raise ConfigError("Expected archive_queue_frames to be an integer >= 0. "
-                              f"Got {self.archive_queue_frames!r} instead.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> ServiceConfig:

@@ -4,6 +4,7 @@ Layout (docs/archive.md is the user-facing description)::
 
     SESSION.zarr/                 group; attrs["lithoscope"] = session metadata
       frames                      (T, Y, X) source dtype, one frame per chunk, blosc-lz4
+                                  (``[archive] compression``: lz4, zstd or none)
       frame_table/                one row per archived frame
         seq index t_s acquired_at received_at exposure_s metadata_json
       cluster/                    one row per analysed frame
@@ -31,7 +32,9 @@ every column, more work than writing the frame itself. What must not wait for
 a batch is the frame's own row, so after its pixels are written each frame's row is
 appended to ``frame_log.jsonl`` (one short line, no zarr): a reader of an archive cut
 short takes the zarr rows, then the log's rows after them. A torn last line is
-ignored (its frame is then not counted). On a clean close the table is complete, the
+ignored (its frame is then not counted). Frames that queued up together are written
+in one call (:meth:`ArchiveWriter.append_frames`) in the same order: all their pixels,
+then their journal lines, then their rows. On a clean close the table is complete, the
 log is removed, arrays are trimmed to their exact length and ``status`` becomes
 ``complete``.
 """

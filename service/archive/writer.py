@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import errno
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -154,6 +155,7 @@ class ArchiveWriter:
         config: Mapping[str, Any] | None = None,
         software_version: str = "unknown",
         flush_interval_s: float = 1.0,
+        compression: str = "lz4",
         compression_level: int = 1,
     ) -> None:
         self.path = Path(path)
@@ -167,8 +169,7 @@ class ArchiveWriter:
             **{k: v for k, v in session.items() if k not in ("seq", "sent_at")},
             "config": dict(config or {}),
         }
-        self._compressor = zarr.codecs.BloscCodec(cname="lz4", clevel=compression_level,
-                                                  shuffle="bitshuffle")
+        self._compressors = frame_compressors(compression, compression_level)
         self.frames: zarr.Array[Any] | None = None
         self.frame_count = 0
         # Everything that touches the disk: a disk that fills while the tables are being
@@ -201,7 +202,7 @@ class ArchiveWriter:
         # before writing, a full pass over each frame, and a dark frame must be kept anyway.
         frames = self.group.create_array(
             "frames", shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0,
-            compressors=self._compressor, config={"write_empty_chunks": True},
+            compressors=self._compressors, config={"write_empty_chunks": True},
             dimension_names=("t", "y", "x"),
         )
         # OME-Zarr (NGFF 0.5) multiscales: napari and other viewers open it at scale.
@@ -220,37 +221,66 @@ class ArchiveWriter:
         metadata: Mapping[str, Any] | None = None,
     ) -> int:
         """Write one frame and its frame_table row; returns its position in the archive."""
+        return self.append_frames([(image, {
+            "seq": seq, "index": index, "t_s": t_s, "acquired_at": acquired_at,
+            "exposure_s": exposure_s, "metadata": metadata})])
+
+    def append_frames(self, frames: Sequence[tuple[np.ndarray, Mapping[str, Any]]]) -> int:
+        """Write frames and their frame_table rows; returns the first one's position.
+
+        Each item is the pixels and the row's values (``seq``, ``index``, ``t_s``,
+        ``acquired_at``, optional ``exposure_s`` and ``metadata``). The pixels of all
+        of them go in one gathered zarr call, which encodes and stores the chunks in
+        parallel (the archive thread hands over the frames that queued up while it
+        was writing); then their journal lines, in one write; then their rows. On a
+        failure nothing of the batch is counted, so its frames can be written again
+        (one at a time, to find the one the disk refused).
+        """
         if self.closed:
             raise ArchiveError(f"Archive {self.path} is closed.")
+        if not frames:
+            return self.frame_count
+        first = frames[0][0]
         if self.frames is None:
-            self.frames = self._create_frames(image.shape, image.dtype)
-        elif image.shape != self.frames.shape[1:] or image.dtype != self.frames.dtype:
-            raise ArchiveError(
-                f"Frame {index} is {image.shape} {image.dtype}; this session's archive holds "
-                f"{self.frames.shape[1:]} {self.frames.dtype}."
-            )
+            self.frames = self._create_frames(first.shape, first.dtype)
+        for image, row in frames:
+            if image.shape != self.frames.shape[1:] or image.dtype != self.frames.dtype:
+                raise ArchiveError(
+                    f"Frame {row.get('index')} is {image.shape} {image.dtype}; this session's "
+                    f"archive holds {self.frames.shape[1:]} {self.frames.dtype}.")
         position = self.frame_count
-        try:
-            if position >= self.frames.shape[0]:
-                self.frames.resize((position + self.FRAME_GROWTH, *image.shape))
-            row = {
-                "seq": seq, "index": index, "t_s": t_s, "acquired_at": acquired_at,
-                "received_at": time.time(),
+        stop = position + len(frames)
+        received_at = time.time()
+        rows = []
+        for _, row in frames:
+            exposure_s = row.get("exposure_s")
+            rows.append({
+                "seq": row["seq"], "index": row["index"], "t_s": row["t_s"],
+                "acquired_at": row["acquired_at"], "received_at": received_at,
                 "exposure_s": math.nan if exposure_s is None else exposure_s,
-                "metadata_json": json.dumps(dict(metadata or {}), default=_json_default),
-            }
-            _write_all([(self.frames, position, image)])
-            # Pixels first, then the journal line: a logged frame always has its pixels.
-            _append_line(self.path / FRAME_LOG, json.dumps(
-                {"position": position,
-                 **{k: None if isinstance(v, float) and math.isnan(v) else v
-                    for k, v in row.items()}}))
-            self.tables["frame_table"].append(row)
+                "metadata_json": json.dumps(dict(row.get("metadata") or {}),
+                                            default=_json_default),
+            })
+        try:
+            if stop > self.frames.shape[0]:
+                grown = -(-stop // self.FRAME_GROWTH) * self.FRAME_GROWTH
+                self.frames.resize((grown, *first.shape))
+            _write_all([(self.frames, position + k, image)
+                        for k, (image, _) in enumerate(frames)])
+            # Pixels first, then the journal lines: a logged frame always has its pixels.
+            _append_line(self.path / FRAME_LOG, "\n".join(json.dumps(
+                {"position": position + k,
+                 **{key: None if isinstance(v, float) and math.isnan(v) else v
+                    for key, v in row.items()}}) for k, row in enumerate(rows)))
+            table = self.tables["frame_table"]
+            for row in rows:
+                table.append(row)
         except OSError as exc:
-            raise ArchiveError(f"Cannot write frame {index} to {self.path}: "
-                               f"{exc.strerror or exc}.") from None
-        self.frame_count = position + 1
-        self.labels.frame_written(index, position)
+            raise ArchiveError(f"Cannot write frame {frames[0][1].get('index')} to "
+                               f"{self.path}: {exc.strerror or exc}.") from None
+        self.frame_count = stop
+        for k, (_, row) in enumerate(frames):
+            self.labels.frame_written(row["index"], position + k)
         self.flush_if_due()
         return position
 
@@ -323,13 +353,26 @@ class ArchiveWriter:
         self.closed = True
 
 
+def frame_compressors(compression: str, level: int) -> tuple[zarr.codecs.BloscCodec, ...]:
+    """The codecs of the ``frames`` array for ``[archive] compression``: blosc with
+    bitshuffle (``lz4`` or ``zstd``), or none (``none``: raw chunks)."""
+    if compression == "none":
+        return ()
+    if compression not in ("lz4", "zstd"):
+        raise ArchiveError(f"Expected compression lz4, zstd or none. Got {compression!r}.")
+    cname: Literal["lz4", "zstd"] = "lz4" if compression == "lz4" else "zstd"
+    return (zarr.codecs.BloscCodec(cname=cname, clevel=level, shuffle="bitshuffle"),)
+
+
 def _append_line(path: Path, line: str) -> None:
     """One ``write`` on an O_APPEND descriptor: the line reaches the OS whole (it then
     survives a kill of this process), and no descriptor stays open for a writer that
     is abandoned; opening per line costs little next to writing a frame."""
+    data = (line + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line + "\n").encode())
+        if os.write(fd, data) != len(data):  # a disk that filled mid-write
+            raise OSError(errno.ENOSPC, "short write to the frame journal")
     finally:
         os.close(fd)
 

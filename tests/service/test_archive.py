@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from lithoscope.service.archive import (
     ArchiveReader,
     ArchiveWriter,
 )
+from lithoscope.service.archive.thread import ArchiveThread, SessionArchive
 from lithoscope.service.errors import ArchiveError
 
 SESSION = {"session_id": "s1", "source": "test", "source_kind": "sim", "pixel_size_nm": 0.5,
@@ -178,3 +182,133 @@ def test_a_clean_close_leaves_no_journal(tmp_path: Path) -> None:
     writer.close()
     assert not (tmp_path / "a.zarr" / "frame_log.jsonl").exists()
     assert ArchiveReader(tmp_path / "a.zarr").table("frame_table")["seq"].tolist() == [0]
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_batches_of_frames_round_trip_with_every_codec(tmp_path: Path, compression: str
+                                                       ) -> None:
+    """Frames written several per call, past the array's growth step, come back equal
+    and in order, with their rows and journal lines, whatever the codec."""
+    rng = np.random.default_rng(1)
+    frames = rng.poisson(100, size=(70, 16, 12)).astype(np.uint16)
+    path = tmp_path / f"{compression}.zarr"
+    writer = ArchiveWriter(path, session=SESSION, flush_interval_s=3600.0,
+                           compression=compression, compression_level=1)
+    positions = [writer.append_frames([(frames[i], {"seq": i, "index": i, "t_s": i / 4,
+                                                    "acquired_at": 1.0})
+                                       for i in range(start, min(start + 8, len(frames)))])
+                 for start in range(0, len(frames), 8)]
+    assert positions == list(range(0, len(frames), 8))
+    journal = (path / "frame_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["position"] for line in journal] == list(range(len(frames)))
+    reader = ArchiveReader(path)  # cut short: rows from the journal
+    assert reader.frame_count == len(frames)
+    np.testing.assert_array_equal(reader.frames[: len(frames)], frames)
+    writer.close()
+    reader = ArchiveReader(path)
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    np.testing.assert_array_equal(reader.table("frame_table")["seq"], np.arange(len(frames)))
+    codecs = json.loads((path / "frames" / "zarr.json").read_text())["codecs"]
+    names = [codec["name"] for codec in codecs]
+    assert ("blosc" in names) == (compression != "none")
+    if compression != "none":
+        blosc = next(codec for codec in codecs if codec["name"] == "blosc")
+        assert blosc["configuration"]["cname"] == compression
+
+
+def test_a_failed_batch_counts_none_of_its_frames(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path / "a.zarr", session=SESSION)
+    image = np.zeros((4, 4), np.uint8)
+    batch = [(image, {"seq": 0, "index": 0, "t_s": 0.0, "acquired_at": 0.0}),
+             (np.zeros((5, 4), np.uint8), {"seq": 1, "index": 1, "t_s": 0.0,
+                                           "acquired_at": 0.0})]
+    with pytest.raises(ArchiveError, match=r"Frame 1 is \(5, 4\)"):
+        writer.append_frames(batch)
+    assert writer.frame_count == 0
+    assert writer.append_frames(batch[:1]) == 0
+    assert writer.frame_count == 1
+
+
+def test_the_archive_thread_writes_what_queued_up_in_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames queued while the disk is busy go together (at most batch_frames a call);
+    a frame queued while the thread is idle is written alone, without waiting."""
+    busy = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+    append_frames = ArchiveWriter.append_frames
+
+    def slow_disk(self: ArchiveWriter, frames: list[Any]) -> int:
+        calls.append(len(frames))
+        busy.set()
+        assert release.wait(30.0)
+        return append_frames(self, frames)
+
+    monkeypatch.setattr(ArchiveWriter, "append_frames", slow_disk)
+    thread = ArchiveThread(batch_frames=8)
+    archive = SessionArchive(session_id="s1", path=tmp_path / "a.zarr")
+    thread.open(archive, lambda: ArchiveWriter(archive.path, session=SESSION))
+    frames = np.arange(21 * 3 * 2, dtype=np.uint16).reshape(21, 3, 2)
+
+    def row(i: int) -> dict[str, Any]:
+        return {"seq": i, "index": i, "t_s": float(i), "acquired_at": 0.0}
+
+    thread.write_frame(archive, frames[0], row(0))
+    assert busy.wait(30.0)  # the first frame is being written, alone
+    for i in range(1, len(frames)):
+        thread.write_frame(archive, frames[i], row(i))
+        # Rows queued among the frames (as the analysis hands them over) wait for the
+        # batch rather than splitting it.
+        thread.write(archive, lambda writer, i=i: writer.append_rows(
+            "cluster", {**cluster_row(i), "frame": i}))
+    release.set()
+    assert thread.drain(30.0)
+    thread.close(archive, lambda writer: {})
+    assert thread.stop(30.0)
+    assert calls == [1, 8, 8, 4]
+    written = [value for kind, _, value in thread.outcomes if kind == "frames"]
+    assert written == calls
+    reader = ArchiveReader(archive.path)
+    assert reader.status == "complete"
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    np.testing.assert_array_equal(reader.table("frame_table")["seq"], np.arange(len(frames)))
+    np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(1, len(frames)))
+
+
+def test_a_refused_batch_keeps_the_frames_before_the_refused_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As without batches: the frames before the one the disk refused are in the
+    archive, that one and the later ones are counted lost (no fallback here)."""
+    append_frames = ArchiveWriter.append_frames
+    busy, release = threading.Event(), threading.Event()
+
+    def refuses_frame_5(self: ArchiveWriter, frames: list[Any]) -> int:
+        if frames[0][1]["index"] == 0:  # hold the first write so the rest queue up
+            busy.set()
+            assert release.wait(30.0)
+        if any(row["index"] == 5 for _, row in frames):
+            raise ArchiveError("No space left on device.")
+        return append_frames(self, frames)
+
+    monkeypatch.setattr(ArchiveWriter, "append_frames", refuses_frame_5)
+    thread = ArchiveThread(batch_frames=8)
+    archive = SessionArchive(session_id="s1", path=tmp_path / "a.zarr")
+    thread.open(archive, lambda: ArchiveWriter(archive.path, session=SESSION))
+    frames = np.arange(10 * 3 * 2, dtype=np.uint16).reshape(10, 3, 2)
+    for i in range(len(frames)):
+        thread.write_frame(archive, frames[i], {"seq": i, "index": i, "t_s": 0.0,
+                                                "acquired_at": 0.0})
+        if i == 0:
+            assert busy.wait(30.0)
+    release.set()
+    thread.close(archive, lambda writer: {"status": "interrupted"})
+    assert thread.stop(30.0)
+    outcomes = [(kind, value) for kind, _, value in thread.outcomes
+                if kind in ("frames", "lost", "error")]
+    written = sum(v for k, v in outcomes if k == "frames")
+    lost = sum(v for k, v in outcomes if k == "lost")
+    assert (written, lost) == (5, 5)
+    assert [k for k, _ in outcomes].count("error") == 1
+    reader = ArchiveReader(archive.path)
+    np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:5])
+    assert reader.frame_count == 5

@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize(("text", "key", "expected", "given"), [
     ('heartbeat_s = "1.0"', "heartbeat_s", "a number", "'1.0' (a string)"),
-    ("archive_queue_frames = true", "archive_queue_frames", "an integer", "True (a boolean)"),
+    ("memory_budget_bytes = true", "memory_budget_bytes", "an integer", "True (a boolean)"),
     ('[limits]\nmax_side = "x"', "limits.max_side", "an integer", "'x' (a string)"),
     ("[analysis]\nbinning = 2.5", "analysis.binning", "an integer", "2.5 (a number)"),
     ("[alerts]\ncontact_debounce_frames = [1]", "alerts.contact_debounce_frames",
@@ -149,3 +149,28 @@ def test_to_dict_and_from_dict_are_inverses(config: Any) -> None:
     plain = settings.options_to_dict(config)
     assert settings.parse_options(type(config), plain) == config
     assert type(config).from_dict(plain) == config
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[archive]\ncompression = "lzma"', "archive.compression: Expected one of 'lz4', 'zstd', "
+     "'none'. Got 'lzma' (a string) instead."),
+    ("[archive]\ncompression_level = 0", "[archive]: Expected archive.compression_level from "
+     "1 to 9. Got 0."),
+    ("memory_budget_bytes = 0", "Expected memory_budget_bytes to be a positive integer. "
+     "Got 0 instead."),
+])
+def test_archive_and_memory_settings_are_checked(tmp_path: Path, text: str, message: str
+                                                 ) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_archive_settings_round_trip(tmp_path: Path) -> None:
+    path = write(tmp_path, '[archive]\ncompression = "zstd"\nbatch_frames = 4\n')
+    config = load_config(path)
+    assert config.archive.compression == "zstd"
+    assert config.archive.batch_frames == 4
+    assert load_config(write(tmp_path, "")).archive.compression == "lz4"
+    assert type(config).from_dict(config.to_dict()) == config

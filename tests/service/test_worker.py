@@ -10,6 +10,7 @@ a deadline.
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +22,11 @@ import pytest
 import zmq
 
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
+from lithoscope.service.archive.options import ArchiveConfig
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ArchiveError
-from lithoscope.service.live import worker as worker_module
+from lithoscope.service.live import sessions as sessions_module
+from lithoscope.service.live.budget import MemoryBudget
 from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Event, Heartbeat, decode
 from lithoscope.service.publisher import Publisher, PublishReport
@@ -32,11 +35,13 @@ from support import publishing
 from support.arrays import ArraySource, noisy_frames
 
 DEADLINE_S = 60.0
-QUEUE_FRAMES = 2
+BUDGET_FRAMES = 2
+BUDGET_BYTES = BUDGET_FRAMES * 128 * 128 * 2
+"""A memory budget of two 128² uint16 frames (eight of 64²)."""
 
 
 def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
-    settings: dict[str, Any] = {"archive_queue_frames": QUEUE_FRAMES, "frame_hwm": 2,
+    settings: dict[str, Any] = {"memory_budget_bytes": BUDGET_BYTES, "frame_hwm": 2,
                                 **overrides}
     return ServiceConfig(frames_endpoint=f"ipc://{tmp_path}/frames",
                          results_endpoint=f"ipc://{tmp_path}/results",
@@ -47,14 +52,14 @@ def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Frames reach the disk only while the gate is open."""
     opened = threading.Event()
-    append_frame = ArchiveWriter.append_frame
+    append_frames = ArchiveWriter.append_frames
 
     def held(self: ArchiveWriter, *args: Any, **kwargs: Any) -> int:
         if not opened.wait(DEADLINE_S):
             raise AssertionError("the test never opened the gate")
-        return append_frame(self, *args, **kwargs)
+        return append_frames(self, *args, **kwargs)
 
-    monkeypatch.setattr(ArchiveWriter, "append_frame", held)
+    monkeypatch.setattr(ArchiveWriter, "append_frames", held)
     yield opened
     opened.set()
 
@@ -79,16 +84,17 @@ def joined(thread: threading.Thread, out: dict[str, Any]) -> PublishReport:
     return publishing.joined(thread, out, DEADLINE_S)
 
 
-def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
+def test_a_full_memory_budget_makes_the_publisher_wait_and_loses_nothing(
         tmp_path: Path, gate: threading.Event) -> None:
     frames = noisy_frames(60, shape=(128, 128))
     with WorkerThread(Worker(config(tmp_path))) as thread:
         worker = thread.worker
         publisher, out = publish_in_thread(worker, frames)
-        wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
-        # The writer is stalled and the queue full: the worker stops reading, so frames
-        # pile up in ZeroMQ's queues and the publisher waits instead of dropping.
-        assert worker.counters["received"] < len(frames)
+        wait_for(lambda: worker.counters["memory_full"] >= 1, "a full budget")
+        # The writer is stalled and the budget full: the worker stops reading, so
+        # frames pile up in ZeroMQ's queues and the publisher waits instead of dropping.
+        assert worker.counters["received"] == BUDGET_FRAMES
+        assert worker.budget.held_bytes == BUDGET_BYTES
         assert publisher.is_alive()
         gate.set()
         report = joined(publisher, out)
@@ -101,6 +107,34 @@ def test_a_full_archive_queue_makes_the_publisher_wait_and_loses_nothing(
     np.testing.assert_array_equal(reader.frames[:], frames)
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(len(frames)))
     np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
+    # Every frame's bytes came back once written and analysed: nothing leaks.
+    wait_for(lambda: worker.budget.held_bytes == 0, "the budget to empty")
+    assert worker.budget.peak_bytes <= BUDGET_BYTES
+
+
+def test_the_budget_counts_a_frame_once_until_its_last_holder_lets_go() -> None:
+    budget = MemoryBudget(3 * 800)
+    frames = [np.zeros((20, 20), np.uint16) for _ in range(3)]  # 800 bytes each
+    assert budget.has_room()
+    budget.hold(frames[0])
+    view = frames[0][::2]  # another holder of the same frame: not counted again
+    budget.hold(frames[1])
+    assert budget.held_bytes == 1600
+    assert budget.has_room()
+    budget.hold(frames[2])
+    assert not budget.has_room()
+    frames.pop(0)
+    assert budget.held_bytes == 2400  # the view still holds the first frame
+    del view
+    gc.collect()
+    assert budget.held_bytes == 1600
+    assert budget.has_room()
+    frames.clear()
+    assert budget.held_bytes == 0
+    assert budget.peak_bytes == 2400
+    big = np.zeros(10_000, np.uint8)  # larger than the whole budget: taken alone
+    budget.hold(big)
+    assert not budget.has_room()
 
 
 @contextlib.contextmanager
@@ -120,15 +154,16 @@ def _watching(worker: Worker) -> Iterator[zmq.Socket[Any]]:
 
 def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
         tmp_path: Path, gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the worker waits for room in the archive queue, a monitor must still hear
-    it (a slow disk is not a dead worker), and a disk stuck for long is an alert."""
-    monkeypatch.setattr(worker_module, "_ARCHIVE_STALL_S", 0.5)
+    """While the worker waits for the disk with its memory budget full, a monitor must
+    still hear it (a slow disk is not a dead worker), and a disk stuck for long is an
+    alert."""
+    monkeypatch.setattr(sessions_module, "_ARCHIVE_STALL_S", 0.5)
     frames = noisy_frames(30, shape=(64, 64))
     with WorkerThread(Worker(config(tmp_path))) as thread:
         worker = thread.worker
         with _watching(worker) as watch:
             publisher, out = publish_in_thread(worker, frames)
-            wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+            wait_for(lambda: worker.counters["memory_full"] >= 1, "a full budget")
             heartbeats, stalled = 0, []
             deadline = time.monotonic() + DEADLINE_S
             while (heartbeats < 5 or not stalled) and time.monotonic() < deadline:
@@ -142,7 +177,7 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
             report = joined(publisher, out)
     assert heartbeats >= 5
     assert len(stalled) == 1
-    assert "nothing is lost yet" in stalled[0].message
+    assert "Nothing is lost yet" in stalled[0].message
     assert received < len(frames)  # it was still waiting when the alert came
     assert report.closed is not None
     assert report.closed.frames_archived == len(frames)
@@ -151,16 +186,16 @@ def test_a_stuck_disk_keeps_the_heartbeat_going_and_is_announced(
 def test_a_failed_write_goes_on_in_the_fallback_archive_and_the_service_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_at = 5
-    append_frame = ArchiveWriter.append_frame
+    append_frames = ArchiveWriter.append_frames
 
-    def disk_full_at_frame_5(self: ArchiveWriter, image: np.ndarray, **kwargs: Any) -> int:
+    def disk_full_at_frame_5(self: ArchiveWriter, frames: list[Any]) -> int:
         if (self.path.name.startswith("failing") and self.path.parent.name == "sessions"
-                and kwargs["index"] == fail_at):
+                and any(row["index"] == fail_at for _, row in frames)):
             raise ArchiveError(f"Cannot write frame {fail_at} to {self.path}: "
                                "No space left on device.")
-        return append_frame(self, image, **kwargs)
+        return append_frames(self, frames)
 
-    monkeypatch.setattr(ArchiveWriter, "append_frame", disk_full_at_frame_5)
+    monkeypatch.setattr(ArchiveWriter, "append_frames", disk_full_at_frame_5)
     frames = noisy_frames(20, shape=(64, 64))
     fallback = tmp_path / "fallback"
     with WorkerThread(Worker(config(tmp_path, fallback_dir=str(fallback)))) as thread:
@@ -193,12 +228,15 @@ def test_a_failed_write_goes_on_in_the_fallback_archive_and_the_service_goes_on(
     assert reader.status == "interrupted"
     assert "No space left on device" in reader.meta["archive_error"]
     assert reader.meta["continued_in"] == str(moved)
-    assert reader.frame_count == fail_at
-    np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:fail_at])
-    rest = ArchiveReader(moved)  # the frame that failed and every one after it
+    # The batch that failed (the frame at fail_at and those queued with it) and every
+    # frame after it went on in the fallback archive, each once, in order.
+    kept = reader.frame_count
+    assert kept <= fail_at
+    np.testing.assert_array_equal(reader.frames[:kept], frames[:kept])
+    rest = ArchiveReader(moved)
     assert rest.status == "complete"
     assert rest.meta["continues"] == failing.archive_path
-    np.testing.assert_array_equal(rest.frames[:], frames[fail_at:])
+    np.testing.assert_array_equal(rest.frames[:], frames[kept:])
     assert after.frames_archived == len(frames)
     following = ArchiveReader(after.archive_path)
     assert following.status == "complete"
@@ -209,14 +247,14 @@ def _fill_the_queue(tmp_path: Path, frames: np.ndarray) -> tuple[
         Worker, threading.Thread, threading.Event,
         tuple[threading.Thread, dict[str, Any], threading.Event]]:
     """A worker run in a thread (stopped by the returned event, as SIGTERM does), and a
-    publisher streaming ``frames`` to it until the gated disk has filled its queue."""
+    publisher streaming ``frames`` to it until the gated disk has filled its budget."""
     worker = Worker(config(tmp_path))
     worker.bind()
     stop_worker, stop_publisher = threading.Event(), threading.Event()
     runner = threading.Thread(target=worker.run, args=(stop_worker,), daemon=True)
     runner.start()
     publisher, out = publish_in_thread(worker, frames, stop=stop_publisher, ack_timeout_s=1.0)
-    wait_for(lambda: worker.counters["archive_queue_full"] >= 1, "a full queue")
+    wait_for(lambda: worker.counters["memory_full"] >= 1, "a full budget")
     return worker, runner, stop_worker, (publisher, out, stop_publisher)
 
 
@@ -226,14 +264,14 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
     worker, runner, stop_worker, (publisher, out, stop_publisher) = _fill_the_queue(
         tmp_path, frames)
     try:
-        # SIGTERM while the queue is full and frames wait for the disk: the worker
-        # finishes the frames it has taken from the socket, then closing drains them.
+        # SIGTERM while the budget is full and frames wait for the disk: the worker
+        # stops reading, and closing writes every frame it took from the socket.
         stop_worker.set()
         gate.set()
         runner.join(DEADLINE_S)
         assert not runner.is_alive()
         received = worker.counters["received"]
-        assert QUEUE_FRAMES < received < len(frames)
+        assert BUDGET_FRAMES <= received < len(frames)
     finally:
         worker.close()
         stop_publisher.set()
@@ -249,7 +287,7 @@ def test_stopping_drains_the_queue_before_closing_the_archive(
     np.testing.assert_array_equal(reader.table("frame_table")["index"], np.arange(received))
 
 
-def test_stopping_while_the_disk_takes_nothing_returns_and_says_what_was_not_kept(
+def test_stopping_while_the_disk_takes_nothing_returns_at_once_and_keeps_what_it_took(
         tmp_path: Path, gate: threading.Event) -> None:
     frames = noisy_frames(50, shape=(64, 64))
     worker, runner, stop_worker, (publisher, out, stop_publisher) = _fill_the_queue(
@@ -268,16 +306,18 @@ def test_stopping_while_the_disk_takes_nothing_returns_and_says_what_was_not_kep
     (path,) = (tmp_path / "sessions").glob("*.zarr")
     reader = ArchiveReader(path)
     assert reader.status == "interrupted"
-    assert "stopped while the disk was not taking data" in reader.meta["archive_error"]
-    assert reader.frame_count == worker.counters["archived"]
-    assert worker.counters["archived"] < worker.counters["received"]  # the one not kept
+    # The loop never waits for the disk (the budget stops it reading instead): it stops
+    # at once, and what it had taken is written when the disk comes back.
+    assert "archive_error" not in reader.meta
+    assert reader.frame_count == worker.counters["archived"] == worker.counters["received"]
+    assert worker.counters["frames_lost"] == 0
     np.testing.assert_array_equal(reader.frames[:], frames[: reader.frame_count])
 
 
 def test_inline_archive_writes_without_the_thread_still_count_every_frame(
         tmp_path: Path) -> None:
     frames = noisy_frames(12, shape=(32, 32))
-    with WorkerThread(Worker(config(tmp_path, archive_queue_frames=0))) as thread:
+    with WorkerThread(Worker(config(tmp_path, archive=ArchiveConfig(inline=True)))) as thread:
         worker = thread.worker
         with Publisher(worker.frames_endpoint or "", results_endpoint=worker.results_endpoint,
                        ack_timeout_s=DEADLINE_S) as pub:
