@@ -123,6 +123,8 @@ class MonitorState:
             self.latency_p50_s, self.latency_p99_s = msg.latency_p50_s, msg.latency_p99_s
             if msg.archive_path is not None:
                 self.archive_path, self.archive_bytes = msg.archive_path, msg.archive_bytes
+            if msg.source is not None and self.source is None:  # joined mid-session
+                self.source, self.live = msg.source, msg.live
         elif isinstance(msg, Result):
             self._on_result(msg)
         elif isinstance(msg, Event):

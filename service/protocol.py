@@ -376,6 +376,10 @@ class Heartbeat:
     archive_path: str | None = _doc("Archive of the current session.", default=None)
     archive_bytes: int | None = _doc("Size of that archive on disk (recounted at most every 30 s).",
                                      default=None)
+    source: str | None = _doc("The current session's source, as in its `session_start` (so a "
+                              "client that joins mid-session can show it).", default=None)
+    live: bool | None = _doc("The current session's `live` flag, as in its `session_start`.",
+                             default=None)
     seq: int = _doc("Per-stream sequence number of the results stream.", default=0)
     sent_at: float = _doc("Worker's clock at sending.", default=0.0)
 

@@ -497,7 +497,9 @@ class Worker(_Sessions):
             latency_p50_s=float(np.percentile(latencies, 50)) if latencies.size else None,
             latency_p99_s=float(np.percentile(latencies, 99)) if latencies.size else None,
             archive_path=str(archive.path) if archive else None,
-            archive_bytes=session.archive_bytes if session else None))
+            archive_bytes=session.archive_bytes if session else None,
+            source=session.start.source if session else None,
+            live=session.start.live if session else None))
         self._interval_received = self._interval_analysed = 0
         self._interval_latencies.clear()
         self._last_heartbeat = now

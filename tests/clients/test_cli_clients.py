@@ -75,9 +75,9 @@ def service(tmp_path: Path) -> Iterator[Service]:
     s.stop()
 
 
-def publish(movie: Path, service: Service, cwd: Path) -> None:
+def publish(movie: Path, service: Service, cwd: Path, *, speed: str = "max") -> None:
     done = run("publish", str(movie), "--connect", service.frames, "--results", service.results,
-               "--speed", "max", "--fps", "4", cwd=cwd)
+               "--speed", speed, "--fps", "4", cwd=cwd)
     assert done.returncode == 0, done.stderr
 
 
@@ -95,7 +95,9 @@ def test_monitor_waits_for_a_service_started_after_it(tmp_path: Path, movie: Pat
                                text=True, env=ENV)
     service = Service(tmp_path, results=endpoint)
     try:
-        publish(movie, service, tmp_path)
+        # In real time (3 s): a monitor that connects after the session_start went by
+        # still learns the source from the heartbeats.
+        publish(movie, service, tmp_path, speed="1")
         out, err = monitor.communicate(timeout=60)
     finally:
         if monitor.poll() is None:

@@ -303,3 +303,16 @@ def test_particle_rate_and_lithium_columns_show_a_real_results_numbers(sim_run: 
     rate, li = msg.particles["area_rate_nm2_per_s"][i], msg.particles["lithium_x"][i]
     assert f"{rate:+,.1f}" in row.split(), row
     assert f"{li:.2f}" in row.split(), row
+
+
+def test_a_monitor_joining_mid_session_learns_the_source_from_heartbeats() -> None:
+    """Started after the session_start went by, the monitor still names the source."""
+    state = connected()
+    state.update(heartbeat())
+    assert state.source is None  # heartbeats without a source say nothing of it
+    state.update(Heartbeat(session_id=SESSION, counters={}, fps_in=1.0, fps_analysed=1.0,
+                           latency_p50_s=None, latency_p99_s=None,
+                           source="tiff:/data/run3.tif", live=False))
+    assert "tiff:/data/run3.tif (replay)" in screen(state)
+    state.update(start())  # a session_start still wins
+    assert "sim:lithiation (live)" in screen(state)
