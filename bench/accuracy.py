@@ -1,7 +1,8 @@
 """How right is the analysis? Every simulated scenario, scored against the exact truth.
 
-    .venv/bin/python bench/accuracy.py [--draws 4] [--seed 0] [--size 256]
+    .venv/bin/python bench/accuracy.py [--draws 4] [--seed 0] [--size 256] [--realistic]
                                        [--pixel-size NM] [--scenarios ...] [--pipeline]
+                                       [--set KEY=VALUE ...]
                                        [--json bench/results/accuracy_draws.json]
     .venv/bin/python bench/accuracy.py --fixed [--seeds 0 1] [--size 512] ...
 
@@ -21,8 +22,18 @@ and the share of frames whose contact state is right. Frames go through
 ``--pipeline`` sends them through publisher, ZeroMQ, worker and archive instead.
 At 256x256 px a draw takes a few seconds per scenario; ``--draws`` sets how many.
 
-**Fixed (``--fixed``).** Each scenario (the simulator's ``SCENARIOS``: bias lithiation,
-control without bias, chemical lithiation on contact, heavy drift, low dose) is rendered
+**Real-looking crystals (``--realistic``).** The same draws with the simulator's
+``crystal`` look, its physics drawn too (``CRYSTAL_RANGES``: each crystal's own darkness
+from faint to near-black, moving bend contours and thickness fringes, facets, amorphous
+shells, a textured support, separate and edge-cut particles), on the needle scenarios and
+on ``no_needle`` (the first minutes of a session: no needle in view, nothing may be
+alerted and contact must never be reported).
+
+``--set KEY=VALUE`` imposes a simulator value on every draw, to take one drawn effect
+out of a run (``--set drift_px_per_frame=0``).
+
+**Fixed (``--fixed``).** Each disc-look scenario (bias lithiation, control without
+bias, chemical lithiation on contact, heavy drift, low dose) is rendered
 with realistic imaging (Fresnel fringes, hot pixels, a shrinking crystalline core, a
 grid bar, slow drift, flicker) and sent through ``run_local_session``: publisher ->
 ZeroMQ on loopback -> worker (archive + ``SessionAnalyzer``) -> zarr archive. The
@@ -65,10 +76,16 @@ import numpy as np
 
 from lithoscope.service.analysis import SessionAnalyzer
 from lithoscope.service.archive import ArchiveReader
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources.base import SourceFrame
 from lithoscope.service.sources.sim import SCENARIOS, SimConfig, SimulatedSource
 from lithoscope.service.sources.sim_draws import draw_sim_config
+
+DISC_SCENARIOS = [name for name, scenario in SCENARIOS.items()
+                  if "particle_look" not in dict(scenario.overrides)]
+"""The scenarios run by default: those that keep the caller's particle look."""
+REALISTIC_SCENARIOS = ["lithiation", "control", "chemical", "no_needle"]
+"""The scenarios run with ``--realistic`` (crystal look drawn from its ranges)."""
 
 REALISTIC = {"fresnel_fringe": 0.2, "hot_pixel_fraction": 1e-4, "core_contrast": 0.2,
              "grid_bar": True, "drift_px_per_frame": 0.3, "flicker": 0.02}
@@ -234,10 +251,12 @@ DRAW_TARGETS = {"expansion_onset": (0.0, 2.0), "contact_lost": (None, 1.0),
 
 
 def run_draw(scenario: str, seed: int, size: int, pixel_size_nm: float,
-             pipeline: bool) -> dict[str, Any]:
-    """One random draw of the physics through the analysis, scored."""
+             pipeline: bool, look: str = "disc",
+             imposed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One random draw of the physics through the analysis, scored; ``imposed``
+    SimConfig values replace the drawn ones (to take one effect out)."""
     config = draw_sim_config(seed, shape=(size, size), pixel_size_nm=pixel_size_nm,
-                             **DRAW_TIMING)
+                             look=look, **{**DRAW_TIMING, **(imposed or {})})
     source = SimulatedSource(config, scenario=scenario)
     truth: dict[int, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -349,8 +368,10 @@ def main_draws(args: argparse.Namespace) -> int:
     size = args.size
     pixel_size = args.pixel_size if args.pixel_size else 0.5 * 512 / size
     seeds = [args.seed + k for k in range(args.draws)]
+    look = "crystal" if args.realistic else "disc"
     print(f"{args.draws} random draws per scenario (seeds {seeds[0]}..{seeds[-1]}), "
-          f"{size}x{size} px at {pixel_size:g} nm/px, {DRAW_TIMING['fps']:g} fps, "
+          + (f"imposed {args.set}, " if args.set else "")
+          + f"{look} look, {size}x{size} px at {pixel_size:g} nm/px, {DRAW_TIMING['fps']:g} fps, "
           f"{round(DRAW_TIMING['duration_s'] * DRAW_TIMING['fps'])} frames each", flush=True)
     header = f"{'scenario':<12}{'':>7}" + "".join(f"{t:>11}" for _, t, _, _ in DRAW_COLUMNS)
     print(header, flush=True)
@@ -359,7 +380,8 @@ def main_draws(args: argparse.Namespace) -> int:
         runs = []
         for seed in seeds:
             row = {"scenario": scenario, "seed": seed,
-                   **run_draw(scenario, seed, size, pixel_size, args.pipeline)}
+                   **run_draw(scenario, seed, size, pixel_size, args.pipeline, look,
+                              args.set)}
             runs.append(row)
             if args.verbose:
                 print(f"  {scenario} seed {seed}: " + ", ".join(
@@ -377,10 +399,21 @@ def main_draws(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"size": size, "pixel_size_nm": pixel_size,
+                                         "look": look, "imposed": args.set,
                                          "draws": args.draws, "seed": args.seed,
                                          "timing": DRAW_TIMING, "runs": results},
                                         indent=2, default=float))
     return 0
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"Expected KEY=VALUE. Got {text!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,12 +432,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline", action="store_true",
                         help="draws through publisher, ZeroMQ, worker and archive")
     parser.add_argument("--verbose", action="store_true", help="one line per draw")
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS),
-                        choices=list(SCENARIOS))
+    parser.add_argument("--realistic", action="store_true",
+                        help="draws of real-looking crystals (the simulator's crystal look)")
+    parser.add_argument("--scenarios", nargs="+", default=None, choices=list(SCENARIOS),
+                        help="default: the disc-look scenarios; with --realistic "
+                        f"{', '.join(REALISTIC_SCENARIOS)}")
+    parser.add_argument("--set", type=_setting, action="append", default=[],
+                        metavar="KEY=VALUE", help="impose a SimConfig value on every draw "
+                        "(JSON value; repeatable), e.g. drift_px_per_frame=0")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)
+    args.set = dict(args.set)
     if args.draws < 1:
         parser.error(f"Expected --draws >= 1. Got {args.draws}.")
+    if args.fixed and args.realistic:
+        parser.error("Expected --realistic with random draws, not with --fixed.")
+    if args.fixed and args.set:
+        parser.error("Expected --set with random draws, not with --fixed.")
+    if args.scenarios is None:
+        args.scenarios = REALISTIC_SCENARIOS if args.realistic else DISC_SCENARIOS
     if not args.fixed:
         args.size = args.size or 256
         return main_draws(args)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lithoscope.service.analysis import SessionAnalyzer, analyze_frame
 from lithoscope.service.archive import ArchiveWriter
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources.base import SourceBase, SourceFrame, SourceInfo
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 

@@ -50,9 +50,8 @@ _MIN_NOISE_SAMPLES = 10
 class AlertConfig:
     """Options of :class:`AlertDetector`. Relative changes are fractions (0.01 = 1 %).
 
-    The defaults are not tuned to one movie: thresholds are in units of the noise
-    the detector measures, with floors that keep segmentation jitter from counting
-    as a physical change.
+    Thresholds are in units of the noise the detector measures in each session, with
+    floors that keep segmentation jitter from counting as a physical change.
     """
 
     contact_debounce_frames: int = 2
@@ -63,7 +62,7 @@ class AlertConfig:
     noise_window_frames: int = 40
     """Recent frame-to-frame relative area differences used to estimate the noise."""
     noise_floor: float = 0.002
-    """Smallest relative area noise assumed (0.2 %), however quiet the measurements."""
+    """Smallest relative area noise assumed, however quiet the measurements."""
     drift_sigmas: float = 1.0
     """CUSUM reference value k, in noise standard deviations: smaller changes are ignored."""
     threshold_sigmas: float = 8.0
@@ -216,14 +215,16 @@ class AlertDetector:
     Notes
     -----
     The noise ``sigma`` is estimated online as ``1.4826 * MAD / sqrt(2)`` of the
-    recent frame-to-frame relative area differences (robust to the odd bad frame
-    and to a steady trend), floored at ``noise_floor``, and fixed for a CUSUM when it
-    starts (at its baseline). While the needle is in
-    contact, the median area of the first ``baseline_frames`` contact frames is the
-    reference ``B`` and a one-sided CUSUM with reference value ``k = drift_sigmas *
-    sigma`` and threshold ``h = threshold_sigmas * sigma`` watches ``(A - B) / B``
-    for an increase; after contact is lost, the median of the last frames in contact
-    is the reference and the CUSUM watches for a decrease.
+    recent relative area differences (robust to the odd bad frame and to a steady
+    trend), between neighbouring frames and between frames ``baseline_frames`` apart
+    (the slow wander), the larger of the two, floored at ``noise_floor``, and fixed
+    for a CUSUM when it starts (at its baseline). While the needle is in contact, the
+    median area of the first ``baseline_frames`` contact frames is the reference
+    ``B`` and a one-sided CUSUM with reference value ``k = drift_sigmas * sigma``
+    (plus two standard errors of ``B``) and threshold ``h = threshold_sigmas *
+    sigma`` watches ``(A - B) / B`` for an increase, alarming once the change also
+    reaches ``min_relative_change``; after contact is lost, the median of the last
+    frames in contact is the reference and the CUSUM watches for a decrease.
 
     References
     ----------
@@ -295,8 +296,8 @@ class AlertDetector:
         sigma = 1.4826 * mad / math.sqrt(2.0)
         # Segmentation noise is not white: flicker, drift over the illumination and
         # the coating's edge make the area wander over seconds, which differences of
-        # neighbouring frames do not see. Differences over a baseline's span do (in a
-        # random-draw control the area wandered +-1 % and a +0.5 % excursion alarmed).
+        # neighbouring frames do not see. Differences over a baseline's span do, so a
+        # slow wander counts as noise rather than as a change.
         lag = self.config.baseline_frames
         areas = np.fromiter(self._areas, float)
         if areas.size >= lag + _MIN_NOISE_SAMPLES:

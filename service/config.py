@@ -24,7 +24,7 @@ from .endpoints import (
     parse_endpoint,
 )
 from .errors import ConfigError
-from .operando import OperandoConfig
+from .operando.context import OperandoConfig
 from .protocol import FrameLimits
 from .settings import options_to_dict, parse_options
 

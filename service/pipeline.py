@@ -27,7 +27,7 @@ import numpy as np
 
 from .alerts import Alert, AlertConfig
 from .analysis import CLUSTER_COLUMNS, AnalysisConfig, FrameMeasurement, SessionAnalyzer
-from .operando import OperandoConfig, OperandoContext
+from .operando.context import OperandoConfig, OperandoContext
 from .protocol import Echem, Event, Result, SessionStart
 
 __all__ = ["EchemOutput", "FrameOutput", "SessionPipeline", "event_message", "event_row",

@@ -105,12 +105,11 @@ GROUND = ("service.errors", "service.schema", "service.protocol",
           "service.settings", "service._options", "service.physics", "service.sockets")
 """Imported by everyone; import only each other (and numpy)."""
 SOURCES = ("service.sources*",)
-ANALYSIS = ("service.analysis*", "service.alerts", "service.operando", "service.dose",
-            "service.echem", "service.pipeline")
-ARCHIVE = ("service.archive", "service.archiving", "service.ngff")
-LIVE = ("service.worker", "service.fanout", "service.publisher", "service.session",
+ANALYSIS = ("service.analysis*", "service.alerts", "service.operando*", "service.pipeline")
+ARCHIVE = ("service.archive*",)
+LIVE = ("service.live*", "service.publisher",
         "service.security", "service.config", "service.endpoints")
-OFFLINE = ("service.export", "service.reanalyze", "service.xr")
+OFFLINE = ("service.offline*",)
 CLI = ("service.cli*", "service.__main__")
 CLIENTS = ("clients*",)
 REPLAY = ("replay*",)
@@ -119,7 +118,7 @@ CONTRACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] =
     # room: (its modules, what they may import at module level, and also lazily)
     "package": (PACKAGE, GROUND, OFFLINE),
     "ground floor": (GROUND, GROUND, ()),
-    "sources": (SOURCES, GROUND + SOURCES + ("service.echem",), ()),
+    "sources": (SOURCES, GROUND + SOURCES + ("service.operando.echem",), ()),
     "analysis": (ANALYSIS, GROUND + ANALYSIS, ()),
     "archive": (ARCHIVE, GROUND + ARCHIVE, ()),
     "live I/O": (LIVE, GROUND + SOURCES + ANALYSIS + ARCHIVE + LIVE, ()),

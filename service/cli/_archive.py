@@ -23,7 +23,7 @@ def show_session(path: Path, *, summary: dict[str, Any] | None = None,
     """Print :func:`.render.session_summary` of the archive at ``path``."""
     from ..archive import ArchiveReader
     from ..errors import ArchiveError
-    from ..operando import bookkeeping_summary
+    from ..operando.context import bookkeeping_summary
 
     reader = ArchiveReader(path)
     try:
@@ -108,7 +108,7 @@ def export(
         "live ones.")] = None,
 ) -> None:
     """Export an archive for other tools: tables, a TIFF stack, or a movie for talks."""
-    from ..export import export_archive
+    from ..offline.export import export_archive
 
     with friendly_errors():
         written = export_archive(archive, to.value, output, reanalysis=reanalysis)
@@ -139,7 +139,7 @@ def reanalyze(
     open_archive(path, reanalysis="latest") or export --reanalysis latest.
     """
     from ..config import load_config
-    from ..reanalyze import reanalyze as run_reanalysis
+    from ..offline.reanalyze import reanalyze as run_reanalysis
 
     setup_logging(verbose)
     with friendly_errors():

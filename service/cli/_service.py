@@ -68,7 +68,8 @@ def demo(
         parser=_scenario, metavar="SCENARIO",
         help="Simulated experiment, one of the simulator's scenarios: lithiation (bias on, "
         "particles swell), control (no bias), chemical (lithiation on contact, without "
-        "bias), heavy_drift, low_dose.")] = "lithiation",
+        "bias), heavy_drift, low_dose, crystalline (real-looking crystals), no_needle "
+        "(crystals, no needle in view).")] = "lithiation",
     speed: Annotated[float, typer.Option(
         min=0.01, help="Pace of the simulated experiment relative to real time.")] = 2.0,
     monitor: Annotated[bool, typer.Option(
@@ -84,8 +85,8 @@ def demo(
     """
     from .. import __version__
     from ..config import ServiceConfig
+    from ..live.session import run_local_session
     from ..protocol import Event
-    from ..session import run_local_session
     from ..sources.echem import SimulatedEchem
     from ..sources.sim import SimulatedSource
     from ._archive import show_session
@@ -256,7 +257,7 @@ def serve(
 
     from .. import __version__
     from ..config import load_config
-    from ..worker import Worker
+    from ..live.worker import Worker
 
     setup_logging(verbose)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: a service that seems
@@ -302,7 +303,7 @@ def measure(
     measurements back; the service joins them up in order. Start as many as there
     are spare cores; they may come and go during a session.
     """
-    from ..fanout import run_measurer
+    from ..live.fanout import run_measurer
 
     setup_logging(verbose)
     with friendly_errors():
@@ -358,8 +359,8 @@ def replay(
     With --connect, the running service archives it in its own folder under the name
     of --archive.
     """
+    from ..live.session import run_local_session
     from ..publisher import Publisher
-    from ..session import run_local_session
 
     setup_logging(verbose)
     with friendly_errors():

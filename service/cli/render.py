@@ -44,11 +44,19 @@ def _operando_rows(table: Table, operando: Mapping[str, Sequence[float]] | None,
             table.add_row("electron dose", f"{dose[-1]:.0f} e/Å² in total{peak}")
     if book is None:
         return
-    table.add_row("charge passed", f"{book['charge_c']:.3g} C = "
-                                   f"{book['lithium_from_charge']:.3g} Li")
+    passed = book["lithium_from_charge"]
+    if not (math.isfinite(passed) and passed > 0):  # no bias, or no current (no needle)
+        table.add_row("charge passed", "none: no lithium to count")
+        return
+    table.add_row("charge passed", f"{book['charge_c']:.3g} C = {passed:.3g} Li")
+    if not math.isfinite(book["peak_visible"]):
+        table.add_row("Li in view", "not measured (no pixel size or no particles)")
+        return
+    share = book["uptake_fraction"]
+    share_text = (f" ({100 * share:.0f} % of the {book['peak_from_charge']:.3g} passed by then)"
+                  if math.isfinite(share) else "")
     table.add_row("Li in view, peak", f"{book['peak_visible']:.3g} ± {book['peak_sigma']:.2g} "
-                  f"at t = {book['peak_t_s']:.1f} s ({100 * book['uptake_fraction']:.0f} % of "
-                  f"the {book['peak_from_charge']:.3g} passed by then)")
+                  f"at t = {book['peak_t_s']:.1f} s{share_text}")
     table.add_row("Li in view, end", f"{book['end_visible']:.3g} ± {book['end_sigma']:.2g}; "
                   f"out of view {book['out_of_view_end']:.3g}")
 

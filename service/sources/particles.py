@@ -21,6 +21,12 @@ particles, as bright-field TEM shows them and as a first real movie looks:
 
 None of the contrast moves an outline, so the truth (``labels``: one int32 label per
 particle, 0 the support) is exact in every frame. Stateless: any frame, any order.
+
+This is a still field with a label image, for scoring segmentation one frame at a time
+(``bench/realdata.py``, ``tests/service/sources/test_particles.py``). The same contrast
+model in a whole experiment (a cluster, the needle, lithiation, drift; truth per frame
+through :class:`~lithoscope.service.sources.sim.SimulatedSource`) is the simulator's
+``crystal`` look (:mod:`.sim_crystal`; scenarios ``crystalline`` and ``no_needle``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Simulated experiments drawn at random from physical ranges, not from one parameter set.
 
-An analysis tuned on one simulated movie learns that movie's constants (a 2 nm coating,
-a sharp tip, particles at 45 % transmission, single-pixel defects at 3-12x vacuum); a
-real session differs in every one of them. :func:`draw_sim_config` draws each physical
-assumption of :class:`~lithoscope.service.sources.sim.SimConfig` from the range a real
-operando session can show (:data:`PHYSICAL_RANGES`), so that a benchmark over many draws
-scores the analysis on what it measures from the image rather than on what it was told.
-Every effect stays exact in the simulator's truth.
+One simulated movie has one value of every physical constant (coating thickness, tip
+shape, particle contrast, camera defects); a real session may have any other.
+:func:`draw_sim_config` draws each physical assumption of
+:class:`~lithoscope.service.sources.sim.SimConfig` from the range a real operando session
+can show (:data:`PHYSICAL_RANGES`; with the crystal look also :data:`CRYSTAL_RANGES`), so
+that a benchmark over many draws scores the analysis on what it measures from the image
+rather than on what it was told. Every effect stays exact in the simulator's truth.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lithoscope.service.errors import ConfigError
 
 from .sim import SCENARIOS, SimConfig, SimulatedSource
 
-__all__ = ["PHYSICAL_RANGES", "draw_sim_config"]
+__all__ = ["CRYSTAL_RANGES", "PHYSICAL_RANGES", "draw_sim_config"]
 
 PHYSICAL_RANGES: Mapping[str, tuple[float, float]] = {
     "dose_rate_e_per_a2_s": (1.0, 20.0),
@@ -60,6 +60,24 @@ opposite one, so a bar lies along every edge in some draws (a bar beside the nee
 path puts the needle along or behind it, which a microscopist avoids); a third of the
 draws have saturated hot pixels."""
 
+CRYSTAL_RANGES: Mapping[str, tuple[float, float]] = {
+    "crystal_darkness_low": (0.1, 0.5),
+    "crystal_darkness_spread": (0.1, 0.35),
+    "bend_contour_darkness": (0.1, 0.35),
+    "bend_contour_speed_nm_per_s": (0.0, 10.0),
+    "fringe_amplitude": (0.0, 0.08),
+    "faceted_fraction": (0.2, 0.8),
+    "shell_fraction": (0.0, 0.5),
+    "support_texture": (0.01, 0.06),
+    "separate_particle_count": (0, 6),
+    "edge_particle_count": (0, 3),
+}
+"""The ranges of the ``crystal`` look (``look="crystal"``): each crystal's darkness is
+drawn between ``crystal_darkness_low`` and that plus ``crystal_darkness_spread``, from
+faint to near-black with its bend contour; no more edge-cut particles than separate
+ones. Drawn from their own random stream, so a seed's other physics is the same with
+either look."""
+
 _TIP_SHARE = 0.073
 """The widest tip's radius as a share of the field of view (60 nm of 820 nm)."""
 _NEEDLE_IN_VIEW = 2.5
@@ -72,7 +90,8 @@ _TRIES = 32
 
 
 def draw_sim_config(seed: int, *, shape: tuple[int, int] = (512, 512),
-                    pixel_size_nm: float = 0.5, **fixed: Any) -> SimConfig:
+                    pixel_size_nm: float = 0.5, look: str = "disc",
+                    **fixed: Any) -> SimConfig:
     """A :class:`SimConfig` whose physics is drawn from :data:`PHYSICAL_RANGES`.
 
     Parameters
@@ -81,6 +100,9 @@ def draw_sim_config(seed: int, *, shape: tuple[int, int] = (512, 512),
         Seed of the draw (and of the simulator): the same seed gives the same config.
     shape, pixel_size_nm
         The camera: frame size and pixel size.
+    look : str
+        ``disc`` or ``crystal`` (:attr:`SimConfig.particle_look`); with ``crystal`` the
+        crystals' physics is drawn from :data:`CRYSTAL_RANGES` too.
     **fixed
         Any other :class:`SimConfig` values to impose (timing, for instance); they
         override the draw.
@@ -96,10 +118,14 @@ def draw_sim_config(seed: int, *, shape: tuple[int, int] = (512, 512),
     if unknown:
         raise ConfigError(f"Unknown simulator option {unknown[0]!r}. Expected one of "
                           f"{', '.join(sorted(known))}.")
+    if look not in ("disc", "crystal"):
+        raise ConfigError(f"Expected look 'disc' or 'crystal'. Got {look!r}.")
     rng = np.random.default_rng([seed, 0x5EED])
+    crystal = _draw_crystal(np.random.default_rng([seed, 0xC7])) if look == "crystal" else {}
     error: ConfigError | None = None
     for attempt in range(_TRIES):
         values = _draw(rng, attempt, shape, pixel_size_nm)
+        values.update(crystal)
         values.update(shape=tuple(shape), pixel_size_nm=float(pixel_size_nm), seed=int(seed))
         values["stage_jump_px"] = values.pop("stage_jump_nm") / pixel_size_nm
         values.update(fixed)
@@ -176,4 +202,22 @@ def _draw(rng: np.random.Generator, attempt: int, shape: tuple[int, int],
         needle_layer_length_nm=tip_radius * _uniform(rng, "needle_layer_length_tip_radii"),
         grid_bar=grid_bar,
     )
+    return values
+
+
+def _draw_crystal(rng: np.random.Generator) -> dict[str, Any]:
+    low, high = CRYSTAL_RANGES["crystal_darkness_low"]
+    dark_low = float(rng.uniform(low, high))
+    low, high = CRYSTAL_RANGES["crystal_darkness_spread"]
+    dark_high = min(0.85, dark_low + float(rng.uniform(low, high)))
+    values: dict[str, Any] = {
+        name: float(rng.uniform(*CRYSTAL_RANGES[name])) for name in (
+            "bend_contour_darkness", "bend_contour_speed_nm_per_s", "fringe_amplitude",
+            "faceted_fraction", "shell_fraction", "support_texture")}
+    low, high = CRYSTAL_RANGES["separate_particle_count"]
+    separate = int(rng.integers(int(low), int(high) + 1))
+    low, high = CRYSTAL_RANGES["edge_particle_count"]
+    edge = int(rng.integers(int(low), int(high) + 1))
+    values.update(particle_look="crystal", crystal_darkness=(dark_low, dark_high),
+                  separate_particle_count=separate, edge_particle_count=min(edge, separate))
     return values

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.protocol import Message, Result
-from lithoscope.service.session import run_local_session
 from lithoscope.service.sources.echem import SimulatedEchem
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 

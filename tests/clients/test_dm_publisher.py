@@ -15,8 +15,8 @@ import pytest
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Frame, SessionStart, SessionStop, decode
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support.media import make_frames
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lithoscope.service.config import ServiceConfig
-from lithoscope.service.worker import Worker, WorkerThread
+from lithoscope.service.live.worker import Worker, WorkerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docs" / "examples" / "raw-subscriber.sh"

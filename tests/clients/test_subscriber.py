@@ -15,9 +15,9 @@ from lithoscope.clients import ConnectionState, Subscriber
 from lithoscope.replay.readers import open_source
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ConfigError
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Event, Heartbeat, Message, Result, encode
 from lithoscope.service.publisher import Publisher
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support.arrays import noisy_frames
 from support.media import write_tiff_stack

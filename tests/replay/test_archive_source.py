@@ -11,7 +11,7 @@ import pytest
 from lithoscope.replay.archive_source import ArchiveSource
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.errors import SourceError
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources import Source
 
 from support.arrays import ArraySource, noisy_frames

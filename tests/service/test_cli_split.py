@@ -76,6 +76,25 @@ def test_session_summary_adds_dose_and_lithium_when_recorded() -> None:
     assert "how it ended" not in shown
 
 
+def test_session_summary_without_charge_says_so_instead_of_nan() -> None:
+    """A session with no current (no needle in view): no 'nan %' in the summary."""
+    nan = float("nan")
+    book = {"charge_c": 0.0, "lithium_from_charge": 0.0, "peak_visible": nan,
+            "peak_sigma": nan, "peak_t_s": 0.0, "uptake_fraction": nan,
+            "peak_from_charge": 0.0, "end_visible": nan, "end_sigma": nan,
+            "out_of_view_end": nan}
+    shown = text(session_summary({**SUMMARY, "status": "complete", "events": []},
+                                 bookkeeping=book))
+    assert "none: no lithium to count" in shown
+    assert "nan" not in shown
+    measured_nothing = {**book, "charge_c": 1e-12, "lithium_from_charge": 6e6}
+    shown = text(session_summary({**SUMMARY, "status": "complete", "events": []},
+                                 bookkeeping=measured_nothing))
+    assert "1e-12 C = 6e+06 Li" in shown
+    assert "not measured" in shown
+    assert "nan" not in shown
+
+
 def test_how_it_ended_and_event_lines() -> None:
     assert how_it_ended("strange") == "stopped early (strange)"
     assert event_line(1.5, 3, "contact_made", "hello") == (
@@ -125,7 +144,7 @@ def test_demo_runs_the_scenario_it_is_given(monkeypatch: pytest.MonkeyPatch, tmp
         seen["echem"] = kwargs["echem"].name
         raise LithoscopeError("stopped by the test before any frame")
 
-    monkeypatch.setattr("lithoscope.service.session.run_local_session", run_local_session)
+    monkeypatch.setattr("lithoscope.service.live.session.run_local_session", run_local_session)
     done = runner.invoke(app, ["demo", "--scenario", scenario, "--no-monitor", "--sessions",
                                str(tmp_path)])
     assert done.exit_code == 1, done.output

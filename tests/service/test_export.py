@@ -11,7 +11,7 @@ import pytest
 from lithoscope.replay.readers import TiffSource, VideoSource
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import ArchiveError, ConfigError
-from lithoscope.service.export import export_archive
+from lithoscope.service.offline.export import export_archive
 
 from support.archives import SMALL_SIM, record_sim_archive
 

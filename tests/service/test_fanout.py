@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lithoscope.service.analysis import AnalysisConfig, SessionAnalyzer, measure_frame
-from lithoscope.service.fanout import (
+from lithoscope.service.live.fanout import (
     AnalysisPool,
     decode_job,
     decode_measurement,

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import (
     ALLOWED_DTYPES,
     Decoder,
@@ -43,7 +44,6 @@ from lithoscope.service.protocol import (
     encode,
 )
 from lithoscope.service.publisher import Publisher, PublishReport
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support import publishing
 from support.arrays import ArraySource, noisy_frames

@@ -37,8 +37,9 @@ from lithoscope.service.archive import (
     safe_archive_name,
 )
 from lithoscope.service.config import ServiceConfig
-from lithoscope.service.echem import EchemBacklog, echem_message_bytes
 from lithoscope.service.errors import ConfigError, ProtocolError
+from lithoscope.service.live.worker import Worker, WorkerThread, default_archive_path
+from lithoscope.service.operando.echem import EchemBacklog, echem_message_bytes
 from lithoscope.service.protocol import (
     Echem,
     Frame,
@@ -51,7 +52,6 @@ from lithoscope.service.protocol import (
     encode,
 )
 from lithoscope.service.sources.echem import CsvEchemSource, EchemBatch
-from lithoscope.service.worker import Worker, WorkerThread, default_archive_path
 
 from support.arrays import noisy_frames
 

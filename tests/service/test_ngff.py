@@ -12,7 +12,7 @@ from ome_zarr.reader import Reader
 from ome_zarr_models.v05.image import Image
 
 from lithoscope.service.archive import ArchiveWriter
-from lithoscope.service.ngff import frames_ngff_metadata
+from lithoscope.service.archive.ngff import frames_ngff_metadata
 
 
 def write_archive(path: Path, **session: object) -> Path:

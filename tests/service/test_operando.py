@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lithoscope.service.alerts import Alert
-from lithoscope.service.dose import DoseAccumulator, dose_rate_from_counts
-from lithoscope.service.echem import (
+from lithoscope.service.operando.context import OperandoConfig, OperandoContext, bookkeeping_summary
+from lithoscope.service.operando.dose import DoseAccumulator, dose_rate_from_counts
+from lithoscope.service.operando.echem import (
     ELEMENTARY_CHARGE_C,
     EchemTrace,
     align_samples,
@@ -17,7 +18,6 @@ from lithoscope.service.echem import (
     silicon_atoms,
     visible_lithium,
 )
-from lithoscope.service.operando import OperandoConfig, OperandoContext, bookkeeping_summary
 from lithoscope.service.protocol import EventKind
 from lithoscope.service.sources.echem import SimulatedEchem
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource

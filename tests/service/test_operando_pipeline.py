@@ -14,13 +14,13 @@ import pytest
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
-from lithoscope.service.operando import bookkeeping_summary
+from lithoscope.service.live.session import run_local_session
+from lithoscope.service.live.worker import Worker, WorkerThread
+from lithoscope.service.operando.context import bookkeeping_summary
 from lithoscope.service.protocol import Result
 from lithoscope.service.publisher import SESSION_TOKEN_ENV, EchemPublisher, Publisher
-from lithoscope.service.session import run_local_session
 from lithoscope.service.sources.echem import CsvEchemSource, SimulatedEchem
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support.eclab import GCPL, MB, OCV
 

@@ -17,6 +17,7 @@ import zmq
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import (
     Echem,
     Frame,
@@ -26,7 +27,6 @@ from lithoscope.service.protocol import (
     SessionStop,
     encode,
 )
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support.arrays import noisy_frames
 

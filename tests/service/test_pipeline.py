@@ -14,9 +14,9 @@ import zmq
 from lithoscope.clients import Subscriber
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
+from lithoscope.service.live.worker import SkipRate, Worker, WorkerThread, default_archive_path
 from lithoscope.service.protocol import Event, Frame, Heartbeat, SessionStart, encode
 from lithoscope.service.publisher import Publisher
-from lithoscope.service.worker import SkipRate, Worker, WorkerThread, default_archive_path
 
 from support.arrays import ArraySource, noisy_frames
 

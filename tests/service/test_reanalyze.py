@@ -17,7 +17,7 @@ from lithoscope.service.alerts import AlertConfig
 from lithoscope.service.analysis import AnalysisConfig
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import ArchiveError, ConfigError
-from lithoscope.service.reanalyze import reanalyze
+from lithoscope.service.offline.reanalyze import reanalyze
 
 from support.archives import record_sim_archive
 
@@ -108,9 +108,9 @@ def _record_operando_session(path: Path) -> Path:
     """A replayed simulator session with echem, over a real socket into a real worker:
     the echem batches first, then the frames, all on one socket (so in that order)."""
     from lithoscope.service.config import ServiceConfig
+    from lithoscope.service.live.worker import Worker, WorkerThread
     from lithoscope.service.protocol import Echem, Frame, SessionStart, SessionStop, encode
     from lithoscope.service.sources.sim import SimulatedSource
-    from lithoscope.service.worker import Worker, WorkerThread
 
     from support.archives import SMALL_SIM
 
@@ -159,7 +159,7 @@ def test_every_table_of_the_live_archive_is_reproduced(tmp_path: Path) -> None:
     """The live worker and re-analysis shape rows in one place (SessionPipeline): with
     the settings it was recorded with, re-analysis writes every table the live worker
     wrote, operando, echem and dose tables included, value for value."""
-    from lithoscope.service.reanalyze import TABLES
+    from lithoscope.service.offline.reanalyze import TABLES
 
     archive = _record_operando_session(tmp_path / "operando.zarr")
     live = ArchiveReader(archive)

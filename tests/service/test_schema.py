@@ -13,7 +13,7 @@ import zarr
 from lithoscope.service import protocol, schema
 from lithoscope.service.analysis import SessionAnalyzer
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
-from lithoscope.service.operando import OperandoContext
+from lithoscope.service.operando.context import OperandoContext
 from lithoscope.service.sources.sim import SimulatedSource
 
 from support.archives import SMALL_SIM

@@ -23,10 +23,10 @@ from zmq.utils.monitor import recv_monitor_message
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ConfigError
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Frame, Heartbeat, SessionStart, decode, encode
 from lithoscope.service.publisher import Publisher
 from lithoscope.service.security import ClientCurve, create_keys
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support.arrays import ArraySource, noisy_frames
 from support.media import write_tiff_stack

@@ -22,7 +22,7 @@ from lithoscope.service.config import (
     settings_markdown,
 )
 from lithoscope.service.errors import ConfigError
-from lithoscope.service.operando import OperandoConfig
+from lithoscope.service.operando.context import OperandoConfig
 from lithoscope.service.protocol import FrameLimits
 from lithoscope.service.sources.sim import SimConfig
 

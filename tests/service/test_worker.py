@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import zmq
 
-from lithoscope.service import worker as worker_module
 from lithoscope.service.archive import ArchiveReader, ArchiveWriter
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ArchiveError
+from lithoscope.service.live import worker as worker_module
+from lithoscope.service.live.worker import Worker, WorkerThread
 from lithoscope.service.protocol import Event, Heartbeat, decode
 from lithoscope.service.publisher import Publisher, PublishReport
-from lithoscope.service.worker import Worker, WorkerThread
 
 from support import publishing
 from support.arrays import ArraySource, noisy_frames

@@ -16,9 +16,9 @@ import pytest
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.config import ServiceConfig
 from lithoscope.service.errors import ConfigError
-from lithoscope.service.fanout import run_measurer
+from lithoscope.service.live.fanout import run_measurer
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.publisher import Publisher
-from lithoscope.service.session import run_local_session
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
 from support.arrays import ArraySource, noisy_frames

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
 __all__ = ["SMALL_SIM", "record_sim_archive"]

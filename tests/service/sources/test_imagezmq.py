@@ -14,7 +14,7 @@ import zmq
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.errors import SourceError
-from lithoscope.service.session import run_local_session
+from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources import Source
 from lithoscope.service.sources.imagezmq import ImagezmqSource, decode_imagezmq
 

@@ -53,17 +53,16 @@ import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import __version__
-from .alerts import Alert
-from .analysis import FrameMeasurement
-from .archive import ArchiveWriter, recover_abandoned, safe_archive_name, update_archive_meta
-from .archiving import ArchiveThread, SessionArchive
-from .config import ServiceConfig
-from .echem import EchemBacklog
-from .errors import ArchiveError, LithoscopeError
-from .fanout import AnalysisPool, Outcome
-from .pipeline import EchemOutput, FrameOutput, SessionPipeline, event_message, event_row
-from .protocol import (
+from .. import __version__
+from ..alerts import Alert
+from ..analysis import FrameMeasurement
+from ..archive import ArchiveWriter, recover_abandoned, safe_archive_name, update_archive_meta
+from ..archive.thread import ArchiveThread, SessionArchive
+from ..config import ServiceConfig
+from ..errors import ArchiveError, LithoscopeError
+from ..operando.echem import EchemBacklog
+from ..pipeline import EchemOutput, FrameOutput, SessionPipeline, event_message, event_row
+from ..protocol import (
     Decoder,
     Echem,
     Event,
@@ -77,8 +76,9 @@ from .protocol import (
     SessionStop,
     encode,
 )
-from .security import ServerCurve
-from .sockets import harden_socket
+from ..security import ServerCurve
+from ..sockets import harden_socket
+from .fanout import AnalysisPool, Outcome
 
 __all__ = ["SkipRate", "Worker", "WorkerThread", "default_archive_path"]
 

@@ -29,9 +29,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .analysis import AnalysisConfig, analyze_frame
-from .archive import ArchiveReader
-from .errors import ArchiveError, ConfigError
+from ..analysis import AnalysisConfig, analyze_frame
+from ..archive import ArchiveReader
+from ..errors import ArchiveError, ConfigError
 
 __all__ = ["ExportFormat", "export_archive"]
 

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from . import __version__
-from .alerts import AlertConfig
-from .analysis import AnalysisConfig
-from .archive import (
+from .. import __version__
+from ..alerts import AlertConfig
+from ..analysis import AnalysisConfig
+from ..archive import (
     CLUSTER_COLUMNS,
     ECHEM_COLUMNS,
     EVENT_COLUMNS,
@@ -51,10 +51,10 @@ from .archive import (
     REGION_DOSE_COLUMNS,
     ArchiveReader,
 )
-from .errors import ArchiveError, ConfigError
-from .operando import OperandoConfig
-from .pipeline import SessionPipeline
-from .protocol import SessionStart
+from ..errors import ArchiveError, ConfigError
+from ..operando.context import OperandoConfig
+from ..pipeline import SessionPipeline
+from ..protocol import SessionStart
 from .xr import REANALYSIS_GROUP
 
 __all__ = ["ReanalysisResult", "analyze_archive", "reanalyze"]

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ServiceConfig
-from .protocol import Message
-from .publisher import EchemPublisher, Publisher, PublishReport, new_session_token
-from .sources.base import Source, SourceFrame
-from .sources.echem import EchemSourceBase
+from ..config import ServiceConfig
+from ..protocol import Message
+from ..publisher import EchemPublisher, Publisher, PublishReport, new_session_token
+from ..sources.base import Source, SourceFrame
+from ..sources.echem import EchemSourceBase
 from .worker import Worker, WorkerThread
 
 __all__ = ["run_local_session"]

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from ._options import options_from_dict, options_to_dict
-from .alerts import Alert
+from .._options import options_from_dict, options_to_dict
+from ..alerts import Alert
+from ..errors import ConfigError
+from ..protocol import EventKind
+from ..schema import OPERANDO_VALUES
 from .dose import DoseAccumulator, dose_rate_from_counts, region_levels
 from .echem import ELEMENTARY_CHARGE_C, EchemTrace, lithium_terms
-from .errors import ConfigError
-from .protocol import EventKind
-from .schema import OPERANDO_VALUES
 
 __all__ = ["OPERANDO_COLUMNS", "FrameContext", "OperandoConfig", "OperandoContext"]
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from . import physics
-from .protocol import Echem
+from .. import physics
+from ..protocol import Echem
 
 __all__ = [
     "ELEMENTARY_CHARGE_C",

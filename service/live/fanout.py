@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .analysis import PARTICLE_COLUMNS, AnalysisConfig, FrameMeasurement, measure_frame
-from .errors import LithoscopeError
-from .protocol import FrameLimits
-from .security import ClientCurve, ServerCurve
-from .sockets import harden_socket
+from ..analysis import PARTICLE_COLUMNS, AnalysisConfig, FrameMeasurement, measure_frame
+from ..errors import LithoscopeError
+from ..protocol import FrameLimits
+from ..security import ClientCurve, ServerCurve
+from ..sockets import harden_socket
 
 __all__ = ["AnalysisPool", "Outcome", "decode_job", "decode_measurement", "encode_job",
            "encode_measurement", "run_measurer"]
@@ -200,7 +200,7 @@ class AnalysisPool:
         return self._measurements
 
     def _spawn(self, extra: Sequence[str]) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "lithoscope.service.fanout",
+        command = [sys.executable, "-m", "lithoscope.service.live.fanout",
                    "--jobs", self.jobs_endpoint, "--measurements", self.measurements_endpoint,
                    "--parent", str(os.getpid()), *extra]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL)
@@ -369,7 +369,7 @@ def run_measurer(jobs_endpoint: str, measurements_endpoint: str, *,
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lithoscope.service.fanout``: what AnalysisPool starts locally."""
+    """``python -m lithoscope.service.live.fanout``: what AnalysisPool starts locally."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

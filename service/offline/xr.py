@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from .archive import ArchiveReader
-from .errors import ArchiveError
+from ..archive import ArchiveReader
+from ..errors import ArchiveError
 
 if TYPE_CHECKING:
     import pandas as pd

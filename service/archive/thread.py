@@ -39,8 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archive import ArchiveWriter, directory_size
-from .errors import ArchiveError, LithoscopeError
+from ..errors import ArchiveError, LithoscopeError
+from .layout import directory_size
+from .writer import ArchiveWriter
 
 __all__ = ["ArchiveThread", "Outcome", "SessionArchive"]
 
