@@ -208,6 +208,8 @@ PARTICLES = Table("particles", "one row per particle per analysed frame", key="f
     _c("mean_intensity", "float64", "counts", "mean pixel value inside the particle",
        "measured"),
     _c("touches_needle", "bool", "", "the particle touches the needle", "measured"),
+    _c("touches_frame_edge", "bool", "", "the particle is cut by the frame's edge (its area "
+       "in view changes with drift)", "measured"),
     _c("track_id", "int64", "", "the particle's id, stable across frames (drift-compensated "
        "tracking)", "tracked"),
     _c("neighbour_ids", "str", "", "`track_id`s of the particles it touches, "
