@@ -65,6 +65,10 @@ class _Needle:
     contact: np.ndarray | None = None
     """bool, the needle's outer surface (the coating's outer edge, at half its
     contrast): particles touching it touch the needle. None: ``mask``."""
+    edge_level: float | None = None
+    """Grey level of the coating's outer edge (half-way between the coating and the
+    vacuum): a pixel darker than this next to the surface is not vacuum. None: no
+    coating measured."""
 
 
 def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
@@ -136,11 +140,11 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     tip = ((r[apex].mean() + 0.5) * b - 0.5, (c[apex].mean() + 0.5) * b - 0.5)
 
     x_all, y_all = stats[keep, 0], stats[keep, 1]
-    mask, contact = _coating(flat, core, grid, config, b, (
+    mask, contact, edge_level = _coating(flat, core, grid, config, b, (
         int(y_all.min()), int(x_all.min()), int((y_all + stats[keep, 3]).max()),
         int((x_all + stats[keep, 2]).max())), (float(r[apex].mean()), float(c[apex].mean())))
     return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])),
-                   contact=contact)
+                   contact=contact, edge_level=edge_level)
 
 
 def _entry(components: np.ndarray, stats: np.ndarray, label: int, entry: np.ndarray,
@@ -228,7 +232,7 @@ def _grid_band(components: np.ndarray, label: int, side: int) -> np.ndarray:
 
 def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: AnalysisConfig,
              binning: int, box: tuple[int, int, int, int], apex: tuple[float, float],
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """The needle with its coating: what particles leave out, and what they touch.
 
     The coating is the grey band along the metal, its thickness measured in this
@@ -244,7 +248,8 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     covers ``_COATING_MIN_RIM`` of the metal's rim near the apex (within three times
     ``coating_max_px``), the coating is what ``needle_layer_px`` says.
 
-    Returns the mask to leave out and the needle's outer surface for contact.
+    Returns the mask to leave out, the needle's outer surface for contact, and the
+    grey level of that surface (None without a measured coating).
     """
     rows, cols = flat.shape
     layer_px = config.needle_layer_px / binning
@@ -258,7 +263,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     window = (slice(r0, r1), slice(c0, c1))
     metal = core[window]
     if not metal.any():
-        return core, core
+        return core, core, None
     threshold = _particle_threshold(flat, core | grid, config)
     noise = _vacuum_noise(flat, threshold, config.smoothing_sigma_px / binning)
     faint = max(threshold, round(_VACUUM * (1.0 - _COATING_MIN_CONTRAST)
@@ -295,7 +300,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     if rough is None:
         exclude[window] |= (grey & (to_metal <= layer_px)) | (tail & (to_metal <= layer_px + blur))
         contact[window] |= grey & (to_metal <= layer_px) & (local < threshold)
-        return exclude, contact
+        return exclude, contact, None
     inside = grey & (to_metal > blur) & (to_metal <= rough)
     level = float(np.median(local[inside])) if inside.any() else float(threshold)
     half = (level + _VACUUM) / 2.0
@@ -311,7 +316,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     exclude[window] |= (grey & (to_metal <= thickness + 0.5)) | (
         tail & (to_metal <= thickness + blur))
     contact[window] |= grey & (to_metal <= thickness + 0.5)
-    return exclude, contact
+    return exclude, contact, half
 
 
 def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: AnalysisConfig,
@@ -341,8 +346,39 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
         reach = cv2.dilate(reach, kernel)
     near = reach.view(np.bool_) & (flat < threshold)
     hit[labels[near]] = True
+    if needle.edge_level is not None:
+        hit[labels[_bridged(labels, flat, surface, needle.edge_level, config, binning)]] = True
     hit[0] = False
     return hit
+
+
+def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: float,
+             config: AnalysisConfig, binning: int) -> np.ndarray:
+    """bool image: particle pixels joined to the needle's surface by pixels darker than
+    its edge ``level`` (no vacuum between them).
+
+    A lithiated (amorphous, lighter) shell pressed on the coating can be lighter than
+    the particles' threshold where it meets the coating: the particle's pixels at that
+    threshold then end a few pixels out (3.6 px at t = 25 s of a crystal-look draw),
+    though nothing as light as the vacuum beyond the coating's own edge lies between.
+    The bridge runs through pixels outside the particles, within a blur width of the
+    surface (farther, a particle's own rim would join it to its neighbours); a gap
+    the blur fills to below the edge level is under a blur width and already within
+    reach of the contact rule above.
+    """
+    blur = _blur_rim(config, binning)
+    size = 2 * math.ceil(blur) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    around = cv2.dilate(surface.view(np.uint8), kernel).view(np.bool_)
+    bridge = (around & (flat < level) & (labels == 0)) | surface
+    count, components = cv2.connectedComponents(bridge.view(np.uint8), connectivity=8)
+    joined = np.zeros(count, np.bool_)
+    joined[components[surface]] = True
+    joined[0] = False
+    region = joined[components]
+    reached: np.ndarray = cv2.dilate(region.view(np.uint8), np.ones((3, 3), np.uint8)).view(
+        np.bool_) & (labels > 0)
+    return reached
 
 
 def _grid_rim(band: np.ndarray, flat: np.ndarray, config: AnalysisConfig,

@@ -160,3 +160,20 @@ def test_same_field_at_any_pixel_size_gives_the_same_particles(size: int) -> Non
     assert abs(found.cluster["particle_count"] - frame.truth["particle_count"]) <= 1
     true_nm2 = frame.truth["cluster_area_px"] * pixel**2
     assert found.cluster["area_nm2"] == pytest.approx(true_nm2, rel=0.03)
+
+
+@pytest.mark.parametrize("t_s", [8.0, 25.0, 40.0, 46.0])
+def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
+    """A crystal-look draw (seed 2) whose touched particle's lithiated shell, lighter
+    than the particles' threshold where it meets the coating, ended its threshold
+    pixels 3.6 px from the coating's edge: contact was lost from 22 s to the
+    withdrawal (45 s). No vacuum lies between them; before contact (10 s) and after
+    the withdrawal, the vacuum gap keeps them apart."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(2, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    frame = SimulatedSource(config, scenario="lithiation").render(round(t_s * 4))
+    found = analyze_frame(frame.image, pixel_size_nm=1.0).cluster["needle_contact"]
+    assert found == frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
