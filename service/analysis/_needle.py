@@ -80,9 +80,11 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     dark particle or the dark overlap of two, is not grid); the **needle** if they are
     widest where they enter and reach into the frame (a metal tip tapers from the edge
     and is longer than a circle segment of the same chord); anything else, such as a
-    dark particle cut by the frame edge, is left to the particles. The needle's
-    coating is then the grey band along the metal, of a thickness measured in this
-    frame (:func:`_coating`).
+    dark particle cut by the frame edge, is left to the particles. Of several
+    needle-shaped objects only the largest is the needle (one needle per holder; a
+    near-black crystal cut by the edge can be needle-shaped). The needle's coating is
+    then the grey band along the metal, of a thickness measured in this frame
+    (:func:`_coating`).
     """
     flat = prepared.flat
     b = prepared.binning
@@ -127,7 +129,10 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     needles = [int(label) for label in keep if _is_needle(components, stats, int(label), entry)]
     if not needles:
         return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
-    keep = np.array(needles)
+    # One needle feeds the cluster: of several needle-shaped objects the largest is it;
+    # a smaller one is a near-black crystal cut by the frame edge (its coating-less
+    # edge would otherwise "touch" particles as it drifts across the edge).
+    keep = np.array([max(needles, key=lambda label: int(stats[label, cv2.CC_STAT_AREA]))])
     lookup = np.zeros(count, np.bool_)
     lookup[keep] = True
     core = lookup[components] & ~grid

@@ -177,3 +177,22 @@ def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
     frame = SimulatedSource(config, scenario="lithiation").render(round(t_s * 4))
     found = analyze_frame(frame.image, pixel_size_nm=1.0).cluster["needle_contact"]
     assert found == frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
+
+
+def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:
+    """Crystal-look control draw (seed 1) at 55.5 s, after the withdrawal: a near-black
+    crystal (transmission about 0.26) cut by the frame edge is needle-shaped in this
+    frame; taken for a second needle, it touched its neighbours (a false contact and a
+    contraction alert). The needle is the largest needle-shaped object only."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(1, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    source = SimulatedSource(config, scenario="control")
+    before, frame = source.render(220), source.render(222)
+    cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
+    assert not frame.truth["needle_contact"]
+    assert not cluster["needle_contact"]
+    needle_before = analyze_frame(before.image, pixel_size_nm=1.0).cluster["needle_area_px"]
+    assert cluster["needle_area_px"] < 1.05 * needle_before
