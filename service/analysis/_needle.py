@@ -351,10 +351,20 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
         reach = cv2.dilate(reach, kernel)
     near = reach.view(np.bool_) & (flat < threshold)
     hit[labels[near]] = True
-    if needle.edge_level is not None:
-        hit[labels[_bridged(labels, flat, surface, needle.edge_level, config, binning)]] = True
     hit[0] = False
     return hit
+
+
+def _joined(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: AnalysisConfig,
+            binning: int) -> bool:
+    """Whether a particle is joined to the needle's surface with no vacuum between them
+    (:func:`_bridged`). Weaker than :func:`_touching` (a closing gap under a blur width
+    joins them a frame or more before they touch), so a session only holds a contact
+    already made with it."""
+    surface = needle.contact if needle.contact is not None else needle.mask
+    if needle.edge_level is None or not surface.any() or not labels.any():
+        return False
+    return bool(_bridged(labels, flat, surface, needle.edge_level, config, binning).any())
 
 
 def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: float,
@@ -367,9 +377,9 @@ def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: f
     threshold then end a few pixels out (3.6 px at t = 25 s of a crystal-look draw),
     though nothing as light as the vacuum beyond the coating's own edge lies between.
     The bridge runs through pixels outside the particles, within a blur width of the
-    surface (farther, a particle's own rim would join it to its neighbours); a gap
-    the blur fills to below the edge level is under a blur width and already within
-    reach of the contact rule above.
+    surface (farther, a particle's own rim would join it to its neighbours). A closing
+    gap that the blur fills to below the edge level joins them too, a frame or more
+    before they touch: see :func:`_joined`.
     """
     blur = _blur_rim(config, binning)
     size = 2 * math.ceil(blur) + 1

@@ -150,6 +150,11 @@ class SessionAnalyzer:
       the particles newly seen and less those gone (:meth:`_watched_area`). A particle
       crossing the edge enters or leaves it without a step; with no particle at the
       edge it is the cluster area.
+    * Contact (``needle_contact``) is made by the frame's contact rule (a particle
+      within ``needle_contact_px`` of the coating's edge) and held while a particle
+      stays joined to the needle with no vacuum between (``needle_joined``): a
+      lithiated shell pressed on the coating may be lighter than the particles'
+      threshold, and a closing gap joins them a frame or more before they touch.
 
     References
     ----------
@@ -278,11 +283,16 @@ class SessionAnalyzer:
         step_ref = step_px * float(pixel_size_nm) / ref if ref > 0 and known and pixel_size_nm \
             else step_px
         watched = self._watched_area(table, ids)
+        # Contact is made when a particle comes within reach of the coating's edge and
+        # held while one stays joined to it with no vacuum between (a lithiated shell
+        # lighter than the particles' threshold pressed on the coating).
+        contact = bool(cluster["needle_contact"]) or (
+            bool(cluster.get("needle_joined", False)) and self.detector.in_contact)
+        cluster["needle_contact"] = contact
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=watched,
-                                      needle_contact=bool(cluster["needle_contact"]),
-                                      drift_step_px=step_ref)
+                                      needle_contact=contact, drift_step_px=step_ref)
         alerts = self._merge_fed_onset(alerts, table, ids, merged, t_s, index,
-                                       bool(cluster["needle_contact"]), watched)
+                                       contact, watched)
         for alert in alerts:
             if alert.kind is EventKind.CONTACT_MADE:
                 # References stay those of the first contact (the pristine cluster);

@@ -20,7 +20,8 @@ from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
 SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0)  # whole experiments, quickly
-CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_area_px",
+CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_joined",
+                "needle_area_px",
                 "grid_area_px",
                 "needle_tip_row", "needle_tip_col", "particle_diameter_px",
                 "particle_diameter_nm", "scale_mismatch", "binning"}
@@ -167,7 +168,8 @@ def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
     """A crystal-look draw (seed 2) whose touched particle's lithiated shell, lighter
     than the particles' threshold where it meets the coating, ended its threshold
     pixels 3.6 px from the coating's edge: contact was lost from 22 s to the
-    withdrawal (45 s). No vacuum lies between them; before contact (10 s) and after
+    withdrawal (45 s). No vacuum lies between them: they are joined, and a session
+    holds the contact; before contact (10 s) and after
     the withdrawal, the vacuum gap keeps them apart."""
     from lithoscope.service.sources.sim_draws import draw_sim_config
 
@@ -175,8 +177,10 @@ def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
                              fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
                              withdraw_s=45.0, approach_distance_nm=30.0)
     frame = SimulatedSource(config, scenario="lithiation").render(round(t_s * 4))
-    found = analyze_frame(frame.image, pixel_size_nm=1.0).cluster["needle_contact"]
-    assert found == frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
+    cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
+    assert frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
+    assert cluster["needle_joined"] == frame.truth["needle_contact"]
+    assert cluster["needle_contact"] <= cluster["needle_joined"]
 
 
 def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:

@@ -233,7 +233,7 @@ def _two_contacts() -> tuple[list[tuple[float, list]], SessionAnalyzer]:
         particles["area_px"] = np.round(base.particles["area_px"] * scale).astype(np.int64)
         particles["touches_needle"] = touching & contact
         cluster = dict(base.cluster, area_px=float(particles["area_px"].sum()),
-                       needle_contact=contact)
+                       needle_contact=contact, needle_joined=contact)
         measurement = FrameMeasurement(particles=particles, cluster=cluster,
                                        contacts=base.contacts, drift_image=base.drift_image,
                                        drift_scale=base.drift_scale)
@@ -330,3 +330,29 @@ def test_particles_cut_by_the_frame_edge_raise_no_alert() -> None:
         kinds = _edge_swing(edge_flag=True, crossing=crossing)
         assert EventKind.CONTACT_MADE in kinds
         assert not [k for k in kinds if k in watched], kinds
+
+
+def test_contact_is_held_while_the_particle_stays_joined() -> None:
+    """Contact is made by the contact rule (``needle_contact``) and held while a
+    particle stays joined to the needle (``needle_joined``): lost when neither holds,
+    never made by joining alone."""
+    base = measure_frame(SimulatedSource(MOVIE).render(18).image, pixel_size_nm=1.0)
+    analyzer = SessionAnalyzer()
+    found = []
+    for k in range(4 * 40):
+        t = k / 4
+        strict = 10 <= t < 20
+        joined = 5 <= t < 8 or 10 <= t < 30
+        cluster = dict(base.cluster, needle_contact=strict, needle_joined=joined)
+        particles = dict(base.particles)
+        particles["touches_needle"] = base.particles["touches_needle"] & strict
+        measurement = FrameMeasurement(particles=particles, cluster=cluster,
+                                       contacts=base.contacts, drift_image=base.drift_image,
+                                       drift_scale=base.drift_scale)
+        values, _, alerts = analyzer.update_measured(measurement, t_s=t, index=k,
+                                                     pixel_size_nm=1.0)
+        assert values["needle_contact"] == (strict or (joined and 10 < t < 30))
+        found += [(a.kind, a.t_s) for a in alerts]
+    contacts = [(kind, t) for kind, t in found
+                if kind in (EventKind.CONTACT_MADE, EventKind.CONTACT_LOST)]
+    assert contacts == [(EventKind.CONTACT_MADE, 10.0), (EventKind.CONTACT_LOST, 30.0)]
