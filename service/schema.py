@@ -166,7 +166,11 @@ CLUSTER = Table("cluster", "one row per analysed frame: the particles in view ta
     _c("particle_count", "int32", "", "particles found", "tracked"),
     _c("relative_area", "float64", "", "`area_px` / area of the first frame with particles",
        "tracked"),
-    _c("needle_contact", "bool", "", "the needle touches a particle", "tracked"),
+    _c("needle_contact", "bool", "", "the needle touches a particle (in a session: made "
+       "when a particle comes within `needle_contact_px` of the coating's edge, held while "
+       "`needle_joined`)", "tracked"),
+    _c("needle_joined", "bool", "", "a particle is joined to the needle's surface with no "
+       "vacuum between (e.g. a lithiated shell pressed on the coating)", "tracked"),
     _c("needle_area_px", "int64", "px", "needle area in view", "tracked"),
     _c("grid_area_px", "int64", "px", "opaque grid-bar area in view", "tracked"),
     _c("needle_tip_row", "float64", "px", "needle tip row (NaN if no needle)", "tracked"),
@@ -209,6 +213,8 @@ PARTICLES = Table("particles", "one row per particle per analysed frame", key="f
     _c("mean_intensity", "float64", "counts", "mean pixel value inside the particle",
        "measured"),
     _c("touches_needle", "bool", "", "the particle touches the needle", "measured"),
+    _c("touches_frame_edge", "bool", "", "the particle is cut by the frame's edge (its area "
+       "in view changes with drift)", "measured"),
     _c("track_id", "int64", "", "the particle's id, stable across frames (drift-compensated "
        "tracking)", "tracked"),
     _c("neighbour_ids", "str", "", "`track_id`s of the particles it touches, "

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._config import AnalysisConfig
 from ._measure import measure_particles, particle_contacts
-from ._needle import _find_needle, _Needle, _touching
+from ._needle import _find_needle, _joined, _Needle, _touching
 from ._particles import _segment
 from ._prepare import _particle_threshold, _prepare, _Prepared, _upsample
 from ._resolution import _choose_binning
@@ -35,8 +35,10 @@ class FrameAnalysis:
     cluster: Mapping[str, Any]
     """``area_px`` (int, total particle area), ``area_nm2`` (float, NaN without a pixel
     size), ``particle_count`` (int), ``needle_contact`` (bool, the needle touches a
-    particle), ``needle_area_px`` and ``grid_area_px`` (int, the two kinds of opaque
-    object), ``needle_tip_row`` and ``needle_tip_col`` (float, NaN without a needle),
+    particle), ``needle_joined`` (bool, a particle is joined to the needle with no
+    vacuum between; a session holds a contact while this lasts), ``needle_area_px``
+    and ``grid_area_px`` (int, the two kinds of opaque object), ``needle_tip_row``
+    and ``needle_tip_col`` (float, NaN without a needle),
     ``particle_diameter_px`` (float, the typical particle diameter measured on this
     frame in input pixels: twice the area-weighted median inscribed radius of the
     particle regions; 0 without particles), ``particle_diameter_nm`` (float, the same
@@ -161,6 +163,9 @@ def _analyze(
         touches = _touching(labels, prepared.flat, needle, config, b,
                             _particle_threshold(prepared.flat, excluded, config))
         particles["touches_needle"] = touches[particles["label"]]
+    joined = bool(particles["touches_needle"].any()) or (
+        bool(particles["label"].size) and needle.mask.any()
+        and _joined(labels, prepared.flat, needle, config, b))
     area_px = int(particles["area_px"].sum())
     has_size = pixel_size_nm is not None and math.isfinite(pixel_size_nm)
     diameter_px = 2.0 * radius * b
@@ -172,6 +177,7 @@ def _analyze(
                      if has_size and pixel_size_nm is not None else math.nan),
         "particle_count": int(particles["label"].size),
         "needle_contact": bool(particles["touches_needle"].any()),
+        "needle_joined": bool(joined),
         "needle_area_px": int(np.count_nonzero(needle.mask)) * b * b,
         "grid_area_px": int(np.count_nonzero(needle.grid)) * b * b,
         "needle_tip_row": needle.tip[0],

@@ -65,7 +65,9 @@ def measure_particles(
         :data:`PARTICLE_COLUMNS`: ``label`` (int32), ``area_px`` (int64),
         ``area_nm2``, ``centroid_row``, ``centroid_col``, ``equivalent_diameter_nm``
         (diameter of the disc of the same area), ``mean_intensity`` (float64) and
-        ``touches_needle`` (bool). Zero-length columns if there is no particle.
+        ``touches_needle`` and ``touches_frame_edge`` (bool: it has pixels on the
+        image's border, so part of it may be out of view). Zero-length columns if there
+        is no particle.
 
     Notes
     -----
@@ -115,6 +117,10 @@ def measure_particles(
         hit[labels[near.view(np.bool_)]] = True
         touches = hit[present]
 
+    border = np.zeros(size, np.bool_)
+    border[labels[[0, -1], :]] = True
+    border[labels[:, [0, -1]]] = True
+
     centroid_row, centroid_col = sum_row / count, sum_col / count
     mean_intensity = sum_value / count
     area = count.astype(np.float64)
@@ -140,6 +146,7 @@ def measure_particles(
         "equivalent_diameter_nm": np.sqrt(4.0 * area_nm2 / np.pi),
         "mean_intensity": mean_intensity,
         "touches_needle": touches,
+        "touches_frame_edge": border[present],
     }
 
 

@@ -65,6 +65,10 @@ class _Needle:
     contact: np.ndarray | None = None
     """bool, the needle's outer surface (the coating's outer edge, at half its
     contrast): particles touching it touch the needle. None: ``mask``."""
+    edge_level: float | None = None
+    """Grey level of the coating's outer edge (half-way between the coating and the
+    vacuum): a pixel darker than this next to the surface is not vacuum. None: no
+    coating measured."""
 
 
 def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
@@ -76,9 +80,11 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     dark particle or the dark overlap of two, is not grid); the **needle** if they are
     widest where they enter and reach into the frame (a metal tip tapers from the edge
     and is longer than a circle segment of the same chord); anything else, such as a
-    dark particle cut by the frame edge, is left to the particles. The needle's
-    coating is then the grey band along the metal, of a thickness measured in this
-    frame (:func:`_coating`).
+    dark particle cut by the frame edge, is left to the particles. Of several
+    needle-shaped objects only the largest is the needle (one needle per holder; a
+    near-black crystal cut by the edge can be needle-shaped). The needle's coating is
+    then the grey band along the metal, of a thickness measured in this frame
+    (:func:`_coating`).
     """
     flat = prepared.flat
     b = prepared.binning
@@ -123,7 +129,10 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     needles = [int(label) for label in keep if _is_needle(components, stats, int(label), entry)]
     if not needles:
         return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
-    keep = np.array(needles)
+    # One needle feeds the cluster: of several needle-shaped objects the largest is it;
+    # a smaller one is a near-black crystal cut by the frame edge (its coating-less
+    # edge would otherwise "touch" particles as it drifts across the edge).
+    keep = np.array([max(needles, key=lambda label: int(stats[label, cv2.CC_STAT_AREA]))])
     lookup = np.zeros(count, np.bool_)
     lookup[keep] = True
     core = lookup[components] & ~grid
@@ -136,11 +145,11 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     tip = ((r[apex].mean() + 0.5) * b - 0.5, (c[apex].mean() + 0.5) * b - 0.5)
 
     x_all, y_all = stats[keep, 0], stats[keep, 1]
-    mask, contact = _coating(flat, core, grid, config, b, (
+    mask, contact, edge_level = _coating(flat, core, grid, config, b, (
         int(y_all.min()), int(x_all.min()), int((y_all + stats[keep, 3]).max()),
         int((x_all + stats[keep, 2]).max())), (float(r[apex].mean()), float(c[apex].mean())))
     return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])),
-                   contact=contact)
+                   contact=contact, edge_level=edge_level)
 
 
 def _entry(components: np.ndarray, stats: np.ndarray, label: int, entry: np.ndarray,
@@ -228,7 +237,7 @@ def _grid_band(components: np.ndarray, label: int, side: int) -> np.ndarray:
 
 def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: AnalysisConfig,
              binning: int, box: tuple[int, int, int, int], apex: tuple[float, float],
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """The needle with its coating: what particles leave out, and what they touch.
 
     The coating is the grey band along the metal, its thickness measured in this
@@ -244,7 +253,8 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     covers ``_COATING_MIN_RIM`` of the metal's rim near the apex (within three times
     ``coating_max_px``), the coating is what ``needle_layer_px`` says.
 
-    Returns the mask to leave out and the needle's outer surface for contact.
+    Returns the mask to leave out, the needle's outer surface for contact, and the
+    grey level of that surface (None without a measured coating).
     """
     rows, cols = flat.shape
     layer_px = config.needle_layer_px / binning
@@ -258,7 +268,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     window = (slice(r0, r1), slice(c0, c1))
     metal = core[window]
     if not metal.any():
-        return core, core
+        return core, core, None
     threshold = _particle_threshold(flat, core | grid, config)
     noise = _vacuum_noise(flat, threshold, config.smoothing_sigma_px / binning)
     faint = max(threshold, round(_VACUUM * (1.0 - _COATING_MIN_CONTRAST)
@@ -295,7 +305,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     if rough is None:
         exclude[window] |= (grey & (to_metal <= layer_px)) | (tail & (to_metal <= layer_px + blur))
         contact[window] |= grey & (to_metal <= layer_px) & (local < threshold)
-        return exclude, contact
+        return exclude, contact, None
     inside = grey & (to_metal > blur) & (to_metal <= rough)
     level = float(np.median(local[inside])) if inside.any() else float(threshold)
     half = (level + _VACUUM) / 2.0
@@ -311,7 +321,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     exclude[window] |= (grey & (to_metal <= thickness + 0.5)) | (
         tail & (to_metal <= thickness + blur))
     contact[window] |= grey & (to_metal <= thickness + 0.5)
-    return exclude, contact
+    return exclude, contact, half
 
 
 def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: AnalysisConfig,
@@ -343,6 +353,47 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
     hit[labels[near]] = True
     hit[0] = False
     return hit
+
+
+def _joined(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: AnalysisConfig,
+            binning: int) -> bool:
+    """Whether a particle is joined to the needle's surface with no vacuum between them
+    (:func:`_bridged`). Weaker than :func:`_touching` (a closing gap under a blur width
+    joins them a frame or more before they touch), so a session only holds a contact
+    already made with it."""
+    surface = needle.contact if needle.contact is not None else needle.mask
+    if needle.edge_level is None or not surface.any() or not labels.any():
+        return False
+    return bool(_bridged(labels, flat, surface, needle.edge_level, config, binning).any())
+
+
+def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: float,
+             config: AnalysisConfig, binning: int) -> np.ndarray:
+    """bool image: particle pixels joined to the needle's surface by pixels darker than
+    its edge ``level`` (no vacuum between them).
+
+    A lithiated (amorphous, lighter) shell pressed on the coating can be lighter than
+    the particles' threshold where it meets the coating: the particle's pixels at that
+    threshold then end a few pixels out (3.6 px at t = 25 s of a crystal-look draw),
+    though nothing as light as the vacuum beyond the coating's own edge lies between.
+    The bridge runs through pixels outside the particles, within a blur width of the
+    surface (farther, a particle's own rim would join it to its neighbours). A closing
+    gap that the blur fills to below the edge level joins them too, a frame or more
+    before they touch: see :func:`_joined`.
+    """
+    blur = _blur_rim(config, binning)
+    size = 2 * math.ceil(blur) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    around = cv2.dilate(surface.view(np.uint8), kernel).view(np.bool_)
+    bridge = (around & (flat < level) & (labels == 0)) | surface
+    count, components = cv2.connectedComponents(bridge.view(np.uint8), connectivity=8)
+    joined = np.zeros(count, np.bool_)
+    joined[components[surface]] = True
+    joined[0] = False
+    region = joined[components]
+    reached: np.ndarray = cv2.dilate(region.view(np.uint8), np.ones((3, 3), np.uint8)).view(
+        np.bool_) & (labels > 0)
+    return reached
 
 
 def _grid_rim(band: np.ndarray, flat: np.ndarray, config: AnalysisConfig,

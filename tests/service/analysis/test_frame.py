@@ -20,7 +20,8 @@ from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
 SMALL = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=2.0)
 MOVIE = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0)  # whole experiments, quickly
-CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_area_px",
+CLUSTER_KEYS = {"area_px", "area_nm2", "particle_count", "needle_contact", "needle_joined",
+                "needle_area_px",
                 "grid_area_px",
                 "needle_tip_row", "needle_tip_col", "particle_diameter_px",
                 "particle_diameter_nm", "scale_mismatch", "binning"}
@@ -89,7 +90,8 @@ def test_without_pixel_size() -> None:
 def test_blank_frame(dtype: type) -> None:
     result = analyze_frame(np.zeros((64, 64), dtype), pixel_size_nm=1.0)
     assert result.cluster == {"area_px": 0, "area_nm2": 0.0, "particle_count": 0,
-                              "needle_contact": False, "needle_area_px": 0, "grid_area_px": 0,
+                              "needle_contact": False, "needle_joined": False, "needle_area_px": 0,
+                              "grid_area_px": 0,
                               "needle_tip_row": pytest.approx(math.nan, nan_ok=True),
                               "needle_tip_col": pytest.approx(math.nan, nan_ok=True),
                               "particle_diameter_px": 0.0,
@@ -160,3 +162,42 @@ def test_same_field_at_any_pixel_size_gives_the_same_particles(size: int) -> Non
     assert abs(found.cluster["particle_count"] - frame.truth["particle_count"]) <= 1
     true_nm2 = frame.truth["cluster_area_px"] * pixel**2
     assert found.cluster["area_nm2"] == pytest.approx(true_nm2, rel=0.03)
+
+
+@pytest.mark.parametrize("t_s", [8.0, 25.0, 40.0, 46.0])
+def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
+    """A crystal-look draw (seed 2) whose touched particle's lithiated shell, lighter
+    than the particles' threshold where it meets the coating, ended its threshold
+    pixels 3.6 px from the coating's edge: contact was lost from 22 s to the
+    withdrawal (45 s). No vacuum lies between them: they are joined, and a session
+    holds the contact; before contact (10 s) and after
+    the withdrawal, the vacuum gap keeps them apart."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(2, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    frame = SimulatedSource(config, scenario="lithiation").render(round(t_s * 4))
+    cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
+    assert frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
+    assert cluster["needle_joined"] == frame.truth["needle_contact"]
+    assert cluster["needle_contact"] <= cluster["needle_joined"]
+
+
+def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:
+    """Crystal-look control draw (seed 1) at 55.5 s, after the withdrawal: a near-black
+    crystal (transmission about 0.26) cut by the frame edge is needle-shaped in this
+    frame; taken for a second needle, it touched its neighbours (a false contact and a
+    contraction alert). The needle is the largest needle-shaped object only."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(1, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    source = SimulatedSource(config, scenario="control")
+    before, frame = source.render(220), source.render(222)
+    cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
+    assert not frame.truth["needle_contact"]
+    assert not cluster["needle_contact"]
+    needle_before = analyze_frame(before.image, pixel_size_nm=1.0).cluster["needle_area_px"]
+    assert cluster["needle_area_px"] < 1.05 * needle_before

@@ -17,7 +17,7 @@ from lithoscope.service.analysis import (
 )
 
 COLUMNS = ["label", "area_px", "area_nm2", "centroid_row", "centroid_col",
-           "equivalent_diameter_nm", "mean_intensity", "touches_needle"]
+           "equivalent_diameter_nm", "mean_intensity", "touches_needle", "touches_frame_edge"]
 
 
 def discs(shape: tuple[int, int], circles: list[tuple[int, int, int]]) -> np.ndarray:
@@ -195,3 +195,11 @@ def test_contacts_of_binned_labels_are_those_of_the_upsampled(seed: int, binning
     shape = (30 * binning + 1, 30 * binning + 2)
     np.testing.assert_array_equal(particle_contacts(labels),
                                   particle_contacts(upsample(labels, binning, shape)))
+
+
+def test_touches_frame_edge_marks_particles_cut_by_the_border() -> None:
+    labels = discs((100, 200), [(50, 5, 10), (50, 100, 10), (95, 150, 10)])
+    table = measure_particles(labels, np.ones((100, 200)))
+    assert table["touches_frame_edge"].tolist() == [True, False, True]
+    binned = measure_particles(labels[::2, ::2], np.ones((50, 100)), binning=2)
+    assert binned["touches_frame_edge"].tolist() == [True, False, True]

@@ -233,7 +233,7 @@ def _two_contacts() -> tuple[list[tuple[float, list]], SessionAnalyzer]:
         particles["area_px"] = np.round(base.particles["area_px"] * scale).astype(np.int64)
         particles["touches_needle"] = touching & contact
         cluster = dict(base.cluster, area_px=float(particles["area_px"].sum()),
-                       needle_contact=contact)
+                       needle_contact=contact, needle_joined=contact)
         measurement = FrameMeasurement(particles=particles, cluster=cluster,
                                        contacts=base.contacts, drift_image=base.drift_image,
                                        drift_scale=base.drift_scale)
@@ -283,3 +283,76 @@ def test_a_merged_fed_particle_raises_no_onset_before_the_bias() -> None:
     assert EventKind.CONTACT_MADE in kinds
     assert EventKind.EXPANSION_ONSET not in kinds
     assert merged  # the frames that raised it are still there
+
+
+def _edge_swing(edge_flag: bool, crossing: bool = False) -> list:
+    """A cluster in contact from t = 10 s, no lithium, and one separate particle cut by
+    the frame edge whose area in view swings by its whole size as the stage drifts
+    (flagged ``touches_frame_edge`` or not); with ``crossing`` it is wholly in view
+    from t = 45 s, when its swing peaks (its area stays, its flag goes off)."""
+    frame = SimulatedSource(MOVIE).render(18)
+    base = measure_frame(frame.image, pixel_size_nm=1.0)
+    touching = base.particles["touches_needle"].copy()
+    assert touching.any()
+    n = base.particles["label"].size
+    analyzer = SessionAnalyzer()
+    found = []
+    total = float(base.particles["area_px"].sum())
+    for k in range(4 * 70):
+        t = k / 4
+        contact = t >= 10
+        particles = {name: np.append(column, column[:1]) for name, column in
+                     base.particles.items()}
+        particles["label"][n] = int(base.particles["label"].max()) + 1
+        particles["centroid_row"][n], particles["centroid_col"][n] = 3.0, 3.0
+        inside = crossing and t >= 45
+        swing = 0.5 + 0.4 * math.sin(2 * math.pi * min(t, 45 if crossing else t) / 20)
+        particles["area_px"][n] = round(0.3 * total * swing)
+        particles["touches_needle"] = np.append(touching & contact, False)
+        particles["touches_frame_edge"] = np.zeros(n + 1, bool)
+        particles["touches_frame_edge"][n] = edge_flag and not inside
+        cluster = dict(base.cluster, area_px=float(particles["area_px"].sum()),
+                       needle_contact=contact)
+        measurement = FrameMeasurement(particles=particles, cluster=cluster,
+                                       contacts=base.contacts, drift_image=base.drift_image,
+                                       drift_scale=base.drift_scale)
+        found += analyzer.update_measured(measurement, t_s=t, index=k, pixel_size_nm=1.0)[2]
+    return [a.kind for a in found]
+
+
+def test_particles_cut_by_the_frame_edge_raise_no_alert() -> None:
+    """A particle drifting in and out of view at the frame edge changes the cluster
+    area, not its lithium: the alerts leave it out, and it enters them without a step
+    once wholly in view. Unflagged, the same swing reads as an expansion."""
+    watched = (EventKind.EXPANSION_ONSET, EventKind.CONTRACTION_ONSET)
+    assert EventKind.EXPANSION_ONSET in _edge_swing(edge_flag=False)
+    for crossing in (False, True):
+        kinds = _edge_swing(edge_flag=True, crossing=crossing)
+        assert EventKind.CONTACT_MADE in kinds
+        assert not [k for k in kinds if k in watched], kinds
+
+
+def test_contact_is_held_while_the_particle_stays_joined() -> None:
+    """Contact is made by the contact rule (``needle_contact``) and held while a
+    particle stays joined to the needle (``needle_joined``): lost when neither holds,
+    never made by joining alone."""
+    base = measure_frame(SimulatedSource(MOVIE).render(18).image, pixel_size_nm=1.0)
+    analyzer = SessionAnalyzer()
+    found = []
+    for k in range(4 * 40):
+        t = k / 4
+        strict = 10 <= t < 20
+        joined = 5 <= t < 8 or 10 <= t < 30
+        cluster = dict(base.cluster, needle_contact=strict, needle_joined=joined)
+        particles = dict(base.particles)
+        particles["touches_needle"] = base.particles["touches_needle"] & strict
+        measurement = FrameMeasurement(particles=particles, cluster=cluster,
+                                       contacts=base.contacts, drift_image=base.drift_image,
+                                       drift_scale=base.drift_scale)
+        values, _, alerts = analyzer.update_measured(measurement, t_s=t, index=k,
+                                                     pixel_size_nm=1.0)
+        assert values["needle_contact"] == (strict or (joined and 10 < t < 30))
+        found += [(a.kind, a.t_s) for a in alerts]
+    contacts = [(kind, t) for kind, t in found
+                if kind in (EventKind.CONTACT_MADE, EventKind.CONTACT_LOST)]
+    assert contacts == [(EventKind.CONTACT_MADE, 10.0), (EventKind.CONTACT_LOST, 30.0)]
