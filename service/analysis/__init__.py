@@ -13,16 +13,10 @@ from ._draw import draw_labels, put_text
 from ._frame import FrameAnalysis, analyze_frame
 from ._labels import FrameLabels, particle_outlines, track_label_image, track_lut
 from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
+from ._measurement import FrameMeasurement, measure_frame
+from ._rejoin import rejoin_split_particles
 from ._segment import detect_needle, segment_particles
-from ._session import (
-    CLUSTER_COLUMNS,
-    SESSION_PARTICLE_COLUMNS,
-    FrameMeasurement,
-    SessionAnalyzer,
-    measure_frame,
-    rejoin_split_particles,
-    session_iter,
-)
+from ._session import CLUSTER_COLUMNS, SESSION_PARTICLE_COLUMNS, SessionAnalyzer, session_iter
 from ._tracking import DriftEstimator, ParticleTracker, drift_image, drift_iter, track_iter
 
 __all__ = [

@@ -24,68 +24,13 @@ from lithoscope.service.alerts import Alert, AlertConfig, AlertDetector
 from lithoscope.service.protocol import EventKind
 
 from ._config import AnalysisConfig
-from ._frame import FrameAnalysis, _analyze
+from ._frame import FrameAnalysis
 from ._labels import track_lut
-from ._tracking import DriftEstimator, ParticleTracker, drift_image
+from ._measurement import _DRIFT_DOWNSAMPLE, FrameMeasurement, _measure
+from ._rejoin import _neighbours, rejoin_split_particles
+from ._tracking import DriftEstimator, ParticleTracker
 
-__all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "FrameMeasurement", "SessionAnalyzer",
-           "rejoin_split_particles",
-           "measure_frame", "session_iter"]
-
-_DRIFT_DOWNSAMPLE = 2
-"""The drift image is the analysed (binned) frame reduced this much again."""
-
-
-@dataclass(frozen=True, slots=True)
-class FrameMeasurement:
-    """One frame's stateless analysis: all :meth:`SessionAnalyzer.update_measured` needs.
-
-    The split lets frames be measured in parallel (other processes, other hosts) and
-    joined up in order by the session's one analyzer; it holds no input-resolution
-    arrays, so it is cheap to send: a few kB of columns, a drift image of half the
-    bytes of a uint16 frame analysed unbinned (an eighth at 2x2 binning), and the label
-    image and region masks at analysis resolution, for the archive's ``labels/`` and the
-    results' outlines.
-    """
-
-    particles: dict[str, np.ndarray]
-    """Columns of :data:`PARTICLE_COLUMNS`."""
-    cluster: dict[str, Any]
-    """The per-frame cluster values of :class:`FrameAnalysis`."""
-    contacts: np.ndarray
-    """(K, 2) int32 pairs of touching particle labels."""
-    drift_image: np.ndarray
-    """float32, see :func:`drift_image`."""
-    drift_scale: float
-    """Input pixels per pixel of ``drift_image``."""
-    labels: np.ndarray | None = None
-    """The segmentation's label image at analysis resolution (values: the ``label``
-    column), or None where it was not kept."""
-    regions: np.ndarray | None = None
-    """uint8 at analysis resolution: 1 on the needle, 2 on grid bars, else 0."""
-    binning: int = 1
-    """Input pixels per pixel of ``labels`` and ``regions``."""
-
-
-def measure_frame(
-    image: np.ndarray, *, config: AnalysisConfig | None = None,
-    pixel_size_nm: float | None = None,
-) -> FrameMeasurement:
-    """The stateless half of :meth:`SessionAnalyzer.update`; see :class:`FrameMeasurement`."""
-    return _measure(image, config, pixel_size_nm)[1]
-
-
-def _measure(image: np.ndarray, config: AnalysisConfig | None, pixel_size_nm: float | None,
-             ) -> tuple[FrameAnalysis, FrameMeasurement]:
-    analysis, prepared, needle = _analyze(image, config=config, pixel_size_nm=pixel_size_nm)
-    drift = drift_image(prepared.flat, exclude=needle.mask, downsample=_DRIFT_DOWNSAMPLE)
-    regions = analysis.analysis_needle_mask.astype(np.uint8)
-    regions[analysis.analysis_grid_mask] = 2
-    return analysis, FrameMeasurement(
-        particles=analysis.particles, cluster=dict(analysis.cluster),
-        contacts=analysis.contacts, drift_image=drift,
-        drift_scale=float(prepared.binning * _DRIFT_DOWNSAMPLE),
-        labels=analysis.analysis_labels, regions=regions, binning=prepared.binning)
+__all__ = ["CLUSTER_COLUMNS", "SESSION_PARTICLE_COLUMNS", "SessionAnalyzer", "session_iter"]
 
 SESSION_PARTICLE_COLUMNS: dict[str, np.dtype[Any]] = schema.SESSION_PARTICLE_COLUMNS
 """Per-particle columns of :meth:`SessionAnalyzer.update`: those of
@@ -571,121 +516,6 @@ class SessionAnalyzer:
         else:
             return alert
         return replace(alert, particle_ids=tuple(sorted(ids)))
-
-
-def rejoin_split_particles(
-    table: dict[str, np.ndarray], contacts: np.ndarray, previous_centroids: np.ndarray,
-    previous_areas: np.ndarray, *, previous_streak: np.ndarray | None = None,
-    area_tolerance: float = 0.25, max_frames: int = 10,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Join touching pieces of this frame that were one particle in the last.
-
-    A group of touching particles (``contacts``) is joined into one row when one
-    particle of the last frame (``previous_centroids``, already moved by this frame's
-    drift, and ``previous_areas``) accounts for it: its centroid lies within the
-    group's equivalent radius of the group's centroid, its area is the group's within
-    ``area_tolerance``, and no other particle of the last frame lies within the group.
-    A particle does not break in two between two frames, so such a split is the
-    segmentation's (diffraction contrast moving inside a crystal), not the
-    specimen's. :func:`measure_frame` stays stateless; this is the session's memory.
-    A split that lasts (``previous_streak``: how many frames in a row each particle
-    of the last frame was joined) more than ``max_frames`` frames is believed: two
-    particles that one frame merged are not kept merged for ever.
-
-    Returns the table (joined rows: summed areas, area-weighted centroids and mean
-    intensities, the lowest label), the contacts relabelled (pairs inside a joined
-    group dropped) and each row's streak of joined frames.
-    """
-    labels = table["label"]
-    none = np.zeros(labels.size, np.int64)
-    if labels.size < 2 or not contacts.size or not previous_areas.size:
-        return table, contacts, none
-    if previous_streak is None:
-        previous_streak = np.zeros(previous_areas.size, np.int64)
-    row_of = {int(label): row for row, label in enumerate(labels.tolist())}
-    parent = list(range(labels.size))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in contacts.tolist():
-        if a in row_of and b in row_of:
-            ra, rb = find(row_of[a]), find(row_of[b])
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for row in range(labels.size):
-        groups.setdefault(find(row), []).append(row)
-    area = table["area_px"].astype(np.float64)
-    rows_c, cols_c = table["centroid_row"], table["centroid_col"]
-    target = np.arange(labels.size)
-    streak = np.zeros(labels.size, np.int64)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        m = np.asarray(members)
-        total = float(area[m].sum())
-        centre = np.array([np.average(rows_c[m], weights=area[m]),
-                           np.average(cols_c[m], weights=area[m])])
-        radius = math.sqrt(total / math.pi)
-        near = np.flatnonzero(np.hypot(*(previous_centroids - centre).T) < radius)
-        if near.size != 1:
-            continue
-        if abs(previous_areas[near[0]] - total) > area_tolerance * total:
-            continue
-        if previous_streak[near[0]] >= max_frames:
-            continue
-        target[m] = m.min()
-        streak[m.min()] = previous_streak[near[0]] + 1
-    if np.array_equal(target, np.arange(labels.size)):
-        return table, contacts, none
-    keep = np.flatnonzero(target == np.arange(labels.size))
-    out: dict[str, np.ndarray] = {}
-    weights = area
-    joined: np.ndarray
-    for name, column in table.items():
-        if name in ("area_px", "area_nm2"):
-            joined = np.bincount(target, weights=column.astype(np.float64),
-                                 minlength=labels.size)
-        elif name in ("centroid_row", "centroid_col", "mean_intensity"):
-            joined = np.bincount(target, weights=column * weights, minlength=labels.size) \
-                / np.maximum(np.bincount(target, weights=weights, minlength=labels.size), 1e-12)
-        elif name in ("touches_needle", "touches_frame_edge"):
-            joined = np.bincount(target, weights=column.astype(np.float64),
-                                 minlength=labels.size) > 0
-        elif name == "equivalent_diameter_nm":
-            nm2 = np.bincount(target, weights=table["area_nm2"].astype(np.float64),
-                              minlength=labels.size)
-            joined = 2.0 * np.sqrt(nm2 / math.pi)
-        else:  # label: the group's first
-            joined = column
-        out[name] = np.asarray(joined[keep]).astype(column.dtype)
-    label_of = {int(labels[row]): int(labels[target[row]]) for row in range(labels.size)}
-    pairs = [(label_of.get(a, a), label_of.get(b, b)) for a, b in contacts.tolist()]
-    pairs = sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b})
-    joined_contacts = np.asarray(pairs, np.int32).reshape(-1, 2)
-    return out, joined_contacts, streak[keep]
-
-
-def _neighbours(contacts: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Space-separated track ids of each particle's contacts, as an object column."""
-    out = np.empty(labels.size, dtype=object)
-    out[:] = ""
-    if not contacts.size or not labels.size:
-        return out
-    track_of = dict(zip(labels.tolist(), ids.tolist(), strict=True))
-    row_of = {label: row for row, label in enumerate(labels.tolist())}
-    found: dict[int, list[int]] = {}
-    for a, b in contacts.tolist():
-        if a in track_of and b in track_of:
-            found.setdefault(row_of[a], []).append(track_of[b])
-            found.setdefault(row_of[b], []).append(track_of[a])
-    for row, others in found.items():
-        out[row] = " ".join(str(i) for i in sorted(others))
-    return out
 
 
 def session_iter(analyzer: SessionAnalyzer,
