@@ -97,10 +97,8 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     dark = (flat < threshold).view(np.uint8)
     if not dark.any():
         return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
-    count, components, stats, _ = _components(dark)
-    x, y, w, h, area = (stats[1:, i] for i in range(5))
-    on_edge = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
-    keep = np.flatnonzero(on_edge & (area * b * b >= config.needle_min_area_px)) + 1
+    count, components, area, on_edge = _components(dark)
+    keep = np.flatnonzero(on_edge[1:] & (area[1:] * b * b >= config.needle_min_area_px)) + 1
     if keep.size == 0:
         return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
     # Grid bars run along a side; the needle crosses the edge through a short stretch.
@@ -120,52 +118,44 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
         # What is left once the bars are taken out is the needle only if it enters
         # through the image border (a needle lying along a bar); what enters only
         # from the bar's edge hangs from it (dark particles, the overlap of two).
-        count, components, stats, _ = _components((dark.view(np.bool_) & ~band).view(np.uint8))
+        count, components, area, _ = _components((dark.view(np.bool_) & ~band).view(np.uint8))
         touching = np.zeros(count, np.bool_)
         touching[components[entry]] = True
         touching[0] = False
-        keep = np.flatnonzero(touching[1:] & (stats[1:, cv2.CC_STAT_AREA] * b * b
+        keep = np.flatnonzero(touching[1:] & (area[1:] * b * b
                                               >= config.needle_min_area_px)) + 1
-    needles = [int(label) for label in keep if _is_needle(components, stats, int(label), entry)]
+    needles = [int(label) for label in keep if _is_needle(components, int(label), entry)]
     if not needles:
         return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
     # One needle feeds the cluster: of several needle-shaped objects the largest is it;
     # a smaller one is a near-black crystal cut by the frame edge (its coating-less
     # edge would otherwise "touch" particles as it drifts across the edge).
-    keep = np.array([max(needles, key=lambda label: int(stats[label, cv2.CC_STAT_AREA]))])
-    lookup = np.zeros(count, np.bool_)
-    lookup[keep] = True
-    core = lookup[components] & ~grid
+    largest = max(needles, key=lambda label: int(area[label]))
+    core = (components == largest) & ~grid
 
-    # The tip: the metal pixel farthest from where the (largest) needle enters.
-    largest = int(keep[np.argmax(stats[keep, cv2.CC_STAT_AREA])])
-    r, c, entry_r, entry_c, _ = _entry(components, stats, largest, entry)
+    # The tip: the metal pixel farthest from where the needle enters.
+    r, c, entry_r, entry_c, _ = _entry(components, largest, entry)
     reach = np.hypot(r - entry_r, c - entry_c)
     apex = reach >= reach.max() - 1.5  # the front pixels, averaged against noise
     tip = ((r[apex].mean() + 0.5) * b - 0.5, (c[apex].mean() + 0.5) * b - 0.5)
 
-    x_all, y_all = stats[keep, 0], stats[keep, 1]
     mask, contact, edge_level = _coating(flat, core, grid, config, b, (
-        int(y_all.min()), int(x_all.min()), int((y_all + stats[keep, 3]).max()),
-        int((x_all + stats[keep, 2]).max())), (float(r[apex].mean()), float(c[apex].mean())))
+        int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1),
+        (float(r[apex].mean()), float(c[apex].mean())))
     return _Needle(mask=mask, core=core, grid=grid, tip=(float(tip[0]), float(tip[1])),
                    contact=contact, edge_level=edge_level)
 
 
-def _entry(components: np.ndarray, stats: np.ndarray, label: int, entry: np.ndarray,
+def _entry(components: np.ndarray, label: int, entry: np.ndarray,
            ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
     """A component's pixels (rows, cols), the mean of those where it enters (``entry``:
     the image border, and the edge of any grid bar), and which they are."""
-    x0, y0, w0, h0 = (int(v) for v in stats[label, :4])
-    r, c = np.nonzero(components[y0:y0 + h0, x0:x0 + w0] == label)
-    r += y0
-    c += x0
+    r, c = np.nonzero(components == label)
     border = entry[r, c]
     return r, c, float(r[border].mean()), float(c[border].mean()), border
 
 
-def _is_needle(components: np.ndarray, stats: np.ndarray, label: int,
-               entry: np.ndarray) -> bool:
+def _is_needle(components: np.ndarray, label: int, entry: np.ndarray) -> bool:
     """Whether an opaque component entering from an edge is shaped like a needle.
 
     Across the direction from where it enters to its farthest point, a needle is
@@ -175,7 +165,7 @@ def _is_needle(components: np.ndarray, stats: np.ndarray, label: int,
     inside than where it is cut (its centre is in the frame) or, widest at the cut,
     reaches in no more than half its chord.
     """
-    r, c, entry_r, entry_c, border = _entry(components, stats, label, entry)
+    r, c, entry_r, entry_c, border = _entry(components, label, entry)
     step = max(1, r.size // _SHAPE_SAMPLES)
     if step > 1:
         take = border | (np.arange(r.size) % step == 0)

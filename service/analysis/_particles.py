@@ -14,7 +14,6 @@ from ._prepare import (
     _VACUUM,
     _blur_width,
     _components,
-    _components4,
     _particle_threshold,
     _Prepared,
     _vacuum_noise,
@@ -127,21 +126,24 @@ def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     clusters do not inflate the scale, and weighting by area lets noise specks (many,
     but small) count for little.
     """
-    from scipy import ndimage
-
-    count, components, stats, _ = _components(foreground.view(np.uint8))
+    count, components, area, _ = _components(foreground.view(np.uint8))
     if count <= 1:
         return 0.0
-    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    areas = area[1:].astype(np.float64)
     keep = np.flatnonzero(areas >= max(1, min_area)) + 1
     if keep.size == 0:
         return 0.0
     distance = cv2.distanceTransform(
         cv2.copyMakeBorder(foreground.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE),
         cv2.DIST_L2, 5)[1:-1, 1:-1]
-    inside = components > 0  # (only the regions' pixels: the sort is the cost)
-    peaks = np.asarray(ndimage.maximum(distance[inside], components[inside], keep),
-                       np.float64)
+    # Each region's peak is a local maximum of its distance transform (its 8
+    # neighbours are its own pixels or background, at 0): the peaks are read from
+    # those few pixels, not by sorting every pixel by label as scipy's does.
+    top = np.flatnonzero((distance >= cv2.dilate(distance, np.ones((3, 3), np.uint8)))
+                         & (distance > 0))
+    highest = np.zeros(count, np.float32)
+    np.maximum.at(highest, components.ravel()[top], distance.ravel()[top])
+    peaks = highest[keep].astype(np.float64)
     weights = areas[keep - 1]
     order = np.argsort(peaks)
     cumulative = np.cumsum(weights[order])
@@ -153,12 +155,9 @@ def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     particle's bright facet, thin spot or Fresnel fringe is part of it, while a larger
     pocket (vacuum ringed by several particles) stays background."""
     background = (~mask).view(np.uint8)
-    count, components, stats, _ = _components4(background)
+    count, components, area, on_edge = _components(background, 4)
     if count <= 1:
         return mask
-    x, y, w, h, area = (stats[:, i] for i in range(5))
-    rows, cols = mask.shape
-    on_edge = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
     hole = ~on_edge & (area < max_area)
     hole[0] = False
     if not hole.any():
@@ -278,17 +277,14 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
               - _OUTLINE_NOISE_SIGMAS * _vacuum_noise(flat, threshold, sigma)),
         _particle_threshold(flat, needle, config, noise_led=True)))
     foreground = (flat < outline) & ~needle
-    count, components, stats, _ = _components(foreground.view(np.uint8))
-    rows, cols = flat.shape
+    count, components, area, cut = _components(foreground.view(np.uint8))
     # A particle cut by the frame edge shows only part of its area: it is kept down
     # to the size of a noise speck.
-    x, y, w, h = (stats[:, i] for i in range(4))
-    cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
     min_area = np.where(cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     # Seeded by a quarter of a smallest particle below the threshold, so that a patch
     # of vacuum a little off its level is not grown into a particle.
     seeds = np.bincount(components[(flat < threshold) & foreground], minlength=count)
-    keep = (stats[:, cv2.CC_STAT_AREA] >= min_area) & (seeds >= min_area / 4)
+    keep = (area >= min_area) & (seeds >= min_area / 4)
     keep[0] = False
     if not keep.any():
         return np.zeros(flat.shape, np.int32), radius, None
@@ -301,10 +297,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
     # Labelled again: holes filled join their particle, and a sliver the cut-back
     # left is judged on its own size.
-    count, components, stats, _ = _components(foreground.view(np.uint8))
-    x, y, w, h = (stats[:, i] for i in range(4))
-    cut = (x == 0) | (y == 0) | (x + w == cols) | (y + h == rows)
-    keep = stats[:, cv2.CC_STAT_AREA] >= np.where(
+    count, components, area, cut = _components(foreground.view(np.uint8))
+    keep = area >= np.where(
         cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     keep[0] = False
     if not keep.any():

@@ -230,20 +230,24 @@ def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: in
     np.subtract.at(pixels, (r // binning, c // binning), excess.astype(np.float32))
 
 
-def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """8-connected components with statistics (Grana's block-based labelling is the fastest
-    of OpenCV's when statistics are wanted)."""
-    count, labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
-        mask, 8, cv2.CV_32S, cv2.CCL_GRANA
-    )
-    return int(count), labels, stats, centroids
+def _components(mask: np.ndarray, connectivity: int = 8,
+                ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of a uint8 mask: their count (the background, label 0,
+    included), the int32 label image, each label's area in pixels (int64) and whether
+    it reaches the image border (bool), both indexed by label.
 
-
-def _components4(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """4-connected components (the background's, complement of 8-connected objects)."""
-    count, labels, stats, centroids = cv2.connectedComponentsWithStatsWithAlgorithm(
-        mask, 4, cv2.CV_32S, cv2.CCL_DEFAULT)
-    return int(count), labels, stats, centroids
+    Labelled without OpenCV's statistics and measured with a ``bincount`` and the four
+    border lines: the statistics (bounding boxes, centroids, updated pixel by pixel)
+    took five times the labelling itself at 1024², and nothing here needs more than
+    the areas and the border.
+    """
+    count, labels = cv2.connectedComponentsWithAlgorithm(
+        mask, connectivity, cv2.CV_32S, cv2.CCL_GRANA if connectivity == 8 else cv2.CCL_DEFAULT)
+    area = np.bincount(labels.ravel(), minlength=count)
+    on_edge = np.zeros(count, np.bool_)
+    for line in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        on_edge[line] = True
+    return int(count), labels, area, on_edge
 
 
 def _disc(radius: float) -> np.ndarray:
@@ -300,10 +304,26 @@ def _vacuum_noise(flat: np.ndarray, threshold: int, smoothing_px: float) -> floa
     both = (left >= threshold) & (right >= threshold)
     if np.count_nonzero(both) < 64:
         return 0.0
-    differences = (left - right)[both]
-    mad = float(np.median(np.abs(differences - np.median(differences))))
+    # The medians from the differences' histogram (integers from -255 to 255): the
+    # same values as sorting them, without the sort.
+    shifted = (left - right + 255).astype(np.uint16)
+    counts = cv2.calcHist([shifted], [0], both.view(np.uint8), [511], [0, 511]).ravel()
+    centre = _histogram_median(counts)
+    # |difference - centre|, doubled to stay an integer when the centre is a half.
+    deviations = np.abs(2 * np.arange(511) - round(2 * centre))
+    mad = _histogram_median(np.bincount(deviations, weights=counts)) / 2
     rho = math.exp(-1.0 / (4.0 * smoothing_px**2)) if smoothing_px > 0 else 0.0
     return 1.4826 * mad / math.sqrt(max(2.0 * (1.0 - rho), 1e-6))
+
+
+def _histogram_median(counts: np.ndarray) -> float:
+    """The median of values ``0 .. len(counts) - 1`` occurring ``counts`` times each, as
+    :func:`numpy.median` gives it (the mean of the two middle values of an even count)."""
+    cumulative = np.cumsum(counts)
+    total = int(round(float(cumulative[-1])))
+    low = int(np.searchsorted(cumulative, (total - 1) // 2, side="right"))
+    high = int(np.searchsorted(cumulative, total // 2, side="right"))
+    return (low + high) / 2
 
 
 def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
