@@ -41,7 +41,8 @@ within a few percent of its level)."""
 
 
 def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: np.ndarray,
-                   smoothing_px: float) -> tuple[np.ndarray, np.ndarray]:
+                   smoothing_px: float, grown: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The kept regions cut back to where they are half as dark as their own rim.
 
     A blurred edge crosses half-way between the two levels it separates exactly at the
@@ -52,9 +53,10 @@ def _half_contrast(flat: np.ndarray, components: np.ndarray, count: int, keep: n
     area that changes as they swell. ``smoothing_px``: the Gaussian sigma ``flat`` was
     smoothed at (analysis px), which sets how far in the blur reaches.
 
+    ``grown``: the kept regions' pixels (``keep[components]``).
+
     Returns the mask and each region's cut level (NaN where the outline was kept).
     """
-    grown = keep[components]
     inner = cv2.distanceTransform(grown.view(np.uint8), cv2.DIST_L2, 5)
     blur = _blur_width(smoothing_px)
     ring = (inner > blur) & (inner <= blur + 2.0)
@@ -288,7 +290,16 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     keep[0] = False
     if not keep.any():
         return np.zeros(flat.shape, np.int32), radius, None
-    foreground, levels = _half_contrast(flat, components, count, keep, sigma)
+    # From here on every step is local to the kept regions (a cut-back, holes, a
+    # split, outlines): done on their bounding box with a margin of background, the
+    # same results at a fraction of the cost (at 2048², 0.4 nm/px, the particles'
+    # box is 3 % of the frame).
+    grown = np.take(keep, components)
+    window = _box(grown, flat.shape)
+    result = np.zeros(flat.shape, np.int32)
+    flat, components, grown, needle = (flat[window], components[window], grown[window],
+                                       needle[window])
+    foreground, levels = _half_contrast(flat, components, count, keep, sigma, grown)
     # Each region's cut level over its pixels, for the sub-pixel outline (where the
     # outline was kept, its own level).
     cut_image = np.where(keep, np.nan_to_num(levels, nan=float(outline)), 0.0).astype(
@@ -296,13 +307,14 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     if radius > 0:
         foreground = _fill_holes(foreground, math.pi * radius ** 2) & ~needle
     # Labelled again: holes filled join their particle, and a sliver the cut-back
-    # left is judged on its own size.
+    # left is judged on its own size. (The box's edges are background but where they
+    # are the frame's: a region on its edge is cut by the frame edge.)
     count, components, area, cut = _components(foreground.view(np.uint8))
     keep = area >= np.where(
         cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     keep[0] = False
     if not keep.any():
-        return np.zeros(flat.shape, np.int32), radius, None
+        return result, radius, None
     lookup = np.zeros(count, np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     labels: np.ndarray = lookup[components]
@@ -315,11 +327,31 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
             # 30 px were split hung on the rounding of the spacing).
             labels = _split(labels, int(keep.sum()), scale.split_min_distance_px, flat,
                             _SPLIT_SHAPE_WEIGHT, cells_per_spacing=7.0, flood_on_shape=True)
+    result[window] = labels
     if not config.subpixel_areas:
-        return labels, radius, None
+        return result, radius, None
     # The split moves pixels between the pieces of one region, and filled holes lie
     # inside theirs: every label's pixels carry its region's cut (or 0, a filled hole).
     level = np.zeros(int(labels.max()) + 1, np.float32)
     placed = (labels > 0) & (cut_image > 0)
     level[labels[placed]] = cut_image[placed]
-    return labels, radius, _boundary_areas(labels, flat, level, needle)
+    return result, radius, _boundary_areas(labels, flat, level, needle)
+
+
+_BOX_MARGIN_PX = 2
+"""Background kept around the particles' bounding box (at least one pixel: holes open
+to it and outlines next to it are judged as on the whole frame)."""
+
+
+def _box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The bounding box of ``mask`` (not empty) with ``_BOX_MARGIN_PX`` of margin,
+    clipped to the frame, starting on even rows and columns (OpenCV labels components
+    by 2x2 blocks: aligned alike, the box numbers them in the frame's order)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0 = max(0, int(rows[0]) - _BOX_MARGIN_PX) // 2 * 2
+    c0 = max(0, int(cols[0]) - _BOX_MARGIN_PX) // 2 * 2
+    r1 = min(shape[0], int(rows[-1]) + 1 + _BOX_MARGIN_PX)
+    c1 = min(shape[1], int(cols[-1]) + 1 + _BOX_MARGIN_PX)
+    return slice(r0, r1), slice(c0, c1)
+
