@@ -65,7 +65,6 @@ def _split(regions: np.ndarray, count: int, spacing: float,
     (regional maxima, markers).
     """
     # Imported here: scikit-image's import costs a second, paid on the first split.
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     rows, cols = regions.shape
@@ -124,7 +123,7 @@ def _split(regions: np.ndarray, count: int, spacing: float,
         transmission = float(np.median(flat[r0:r1, c0:c1][window > 0])) / _VACUUM
         broad *= math.sqrt(min(max(transmission, 0.05), 1.0))
         height = max(height, _SPLIT_BROAD_SIGMAS * broad)
-    peaks = h_maxima(score, height).view(np.bool_) & inner  # type: ignore[no-untyped-call]
+    peaks = _h_maxima(score, height) & inner
     n_peaks, markers = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8)
     if n_peaks <= 2:
         return regions
@@ -167,6 +166,36 @@ def _split(regions: np.ndarray, count: int, spacing: float,
     relabel[used] = np.arange(used.size, dtype=np.int32)
     relabelled: np.ndarray = relabel[result]
     return relabelled
+
+
+_SQUARE = np.ones((3, 3), np.uint8)
+
+
+def _h_maxima(image: np.ndarray, height: float) -> np.ndarray:
+    """bool mask of the maxima of ``image`` (float32) at least ``height`` high:
+    :func:`skimage.morphology.h_maxima`, pixel for pixel, with its reconstruction by
+    dilation done as repeated OpenCV dilations (a few dozen on a particle landscape)
+    instead of scikit-image's sort of every pixel, ten times slower on these windows.
+
+    References
+    ----------
+    P. Soille, *Morphological Image Analysis*, 2nd ed., Springer (2003), ch. 6.
+    L. Vincent, "Morphological grayscale reconstruction in image analysis:
+    applications and efficient algorithms", IEEE Trans. Image Process. 2 (1993)
+    176-201.
+    """
+    if height > np.ptp(image):
+        return np.zeros(image.shape, np.bool_)
+    # As scikit-image: the seed lies ``height`` below, less a rounding allowance.
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    reconstructed = np.minimum(image - height - resolution, image)
+    while True:  # geodesic dilation under the image until nothing changes
+        grown = np.minimum(cv2.dilate(reconstructed, _SQUARE), image)
+        if np.array_equal(grown, reconstructed):
+            break
+        reconstructed = grown
+    peaks: np.ndarray = (image - reconstructed) >= height
+    return peaks
 
 
 def _deepest_disc(pieces: np.ndarray, distance: np.ndarray, reach: np.ndarray,
