@@ -35,15 +35,17 @@ _MIN_ANALYSIS_SIDE_PX = 64
 illumination, the needle and the grid are estimated on it."""
 
 
-def _coarse_scale(image: np.ndarray, config: AnalysisConfig,
+def _coarse_scale(image: np.ndarray, config: AnalysisConfig, most: int,
                   ) -> tuple[float, tuple[_Prepared, _Needle] | None]:
     """Typical particle diameter (input px) read off a copy of ``image`` binned to about
-    ``_COARSE_SIDE_PX`` a side: twice the area-weighted median inscribed radius of the
-    regions under Otsu's threshold, opaque objects (needle, grid) left out. NaN when
-    the frame is too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``.
-    Also the coarse copy prepared and its opaque objects, for reuse when the frame is
-    analysed at that binning."""
-    coarse = min(image.shape) // _COARSE_SIDE_PX
+    ``_COARSE_SIDE_PX`` a side, or by ``most`` if that is less (the most the analysis
+    may bin: the copy is then the analysis' own whenever the particles allow that
+    much): twice the area-weighted median inscribed radius of the regions under
+    Otsu's threshold, opaque objects (needle, grid) left out. NaN when the frame is
+    too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``. Also the
+    coarse copy prepared and its opaque objects, for reuse when the frame is analysed
+    at that binning."""
+    coarse = min(min(image.shape) // _COARSE_SIDE_PX, most)
     if coarse < 2:
         return math.nan, None
     options = dataclasses.replace(config, binning=coarse)
@@ -64,7 +66,8 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
                     ) -> tuple[AnalysisConfig, float, tuple[_Prepared, _Needle] | None]:
     """``config`` (already at the frame's pixel size, see
     :meth:`AnalysisConfig.at_pixel_size`) with the binning raised to what the particle
-    scale allows, the diameter (input px) it was chosen from (NaN: not known), and the
+    scale allows, the diameter (input px) it was chosen from (NaN: not known, or not
+    read because the limits below leave no choice), and the
     frame already prepared at that binning with its opaque objects, if the scale was
     read at it (None: prepare it).
 
@@ -78,17 +81,19 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
     if target <= 0:
         return config, math.nan, None
     known = pixel_size_nm is not None and math.isfinite(pixel_size_nm) and pixel_size_nm > 0
+    most = max(1, min(image.shape) // _MIN_ANALYSIS_SIDE_PX)
+    if known and pixel_size_nm is not None and config.max_analysis_pixel_nm > 0:
+        most = min(most, max(1, math.floor(
+            config.max_analysis_pixel_nm / pixel_size_nm * (1 + 1e-9))))
+    if most <= config.binning:  # no particle size would change it: nothing to read
+        return config, math.nan, None
     coarse: tuple[_Prepared, _Needle] | None = None
     if known and config.particle_diameter_nm > 0 and pixel_size_nm is not None:
         diameter = config.particle_diameter_nm / pixel_size_nm
     else:
-        diameter, coarse = _coarse_scale(image, config)
+        diameter, coarse = _coarse_scale(image, config, most)
     binning = config.binning
     if math.isfinite(diameter):
-        most = max(1, min(image.shape) // _MIN_ANALYSIS_SIDE_PX)
-        if known and pixel_size_nm is not None and config.max_analysis_pixel_nm > 0:
-            most = min(most, max(1, math.floor(
-                config.max_analysis_pixel_nm / pixel_size_nm * (1 + 1e-9))))
         binning = max(config.binning, min(most, math.floor(diameter / target)))
     if binning != config.binning:
         config = dataclasses.replace(config, binning=binning)
