@@ -124,7 +124,9 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
         touching[0] = False
         keep = np.flatnonzero(touching[1:] & (area[1:] * b * b
                                               >= config.needle_min_area_px)) + 1
-    needles = [int(label) for label in keep if _is_needle(components, int(label), entry)]
+    # Each candidate's pixels, gathered once: the needle's are read again for its tip.
+    pixels = {int(label): _entry(components, int(label), entry) for label in keep}
+    needles = [label for label, found in pixels.items() if _is_needle(*found)]
     if not needles:
         return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
     # One needle feeds the cluster: of several needle-shaped objects the largest is it;
@@ -134,7 +136,7 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     core = (components == largest) & ~grid
 
     # The tip: the metal pixel farthest from where the needle enters.
-    r, c, entry_r, entry_c, _ = _entry(components, largest, entry)
+    r, c, entry_r, entry_c, _ = pixels[largest]
     reach = np.hypot(r - entry_r, c - entry_c)
     apex = reach >= reach.max() - 1.5  # the front pixels, averaged against noise
     tip = ((r[apex].mean() + 0.5) * b - 0.5, (c[apex].mean() + 0.5) * b - 0.5)
@@ -155,8 +157,10 @@ def _entry(components: np.ndarray, label: int, entry: np.ndarray,
     return r, c, float(r[border].mean()), float(c[border].mean()), border
 
 
-def _is_needle(components: np.ndarray, label: int, entry: np.ndarray) -> bool:
-    """Whether an opaque component entering from an edge is shaped like a needle.
+def _is_needle(r: np.ndarray, c: np.ndarray, entry_r: float, entry_c: float,
+               border: np.ndarray) -> bool:
+    """Whether an opaque component entering from an edge, given by its pixels as
+    :func:`_entry` gives them, is shaped like a needle.
 
     Across the direction from where it enters to its farthest point, a needle is
     widest at the edge (its shaft tapers towards the tip) and reaches farther in than
@@ -165,7 +169,6 @@ def _is_needle(components: np.ndarray, label: int, entry: np.ndarray) -> bool:
     inside than where it is cut (its centre is in the frame) or, widest at the cut,
     reaches in no more than half its chord.
     """
-    r, c, entry_r, entry_c, border = _entry(components, label, entry)
     step = max(1, r.size // _SHAPE_SAMPLES)
     if step > 1:
         take = border | (np.arange(r.size) % step == 0)

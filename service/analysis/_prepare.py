@@ -197,7 +197,10 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
         # coarse cell's vacuum level by a fifth at low dose, and the vacuum around it
         # read as particle.
         median = cv2.medianBlur(pixels, 3)
-        np.copyto(pixels, median, where=(pixels > 2 * median) | (2 * pixels < median))
+        double = median * np.float32(2)  # (exact in float32, as numpy's 2 * median)
+        defective = cv2.bitwise_or(cv2.compare(pixels, double, cv2.CMP_GT),
+                                   cv2.compare(pixels * np.float32(2), median, cv2.CMP_LT))
+        np.copyto(pixels, median, where=defective.view(np.bool_))
     if config.smoothing_sigma_px > 0:
         pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
     level = _vacuum_level(pixels, config, binning)
@@ -213,19 +216,24 @@ def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: in
     ``image`` above ``ceiling`` (raw counts) had been clipped to it before binning."""
     rows, cols = pixels.shape
     cropped = image[: rows * binning, : cols * binning]
-    if not float(cropped.max()) > ceiling:  # (a reduction: no copy of the frame)
+    # Each row's brightest pixel (a reduction: no copy of the frame); only the rows
+    # holding a hot pixel are searched for them.
+    brightest = cropped.max(axis=1)
+    if not float(brightest.max()) > ceiling:
         return
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         if ceiling >= info.max:
             return
         # An integer threshold: compared with a float, numpy would make a float copy.
-        hot = np.flatnonzero(cropped > image.dtype.type(max(info.min, math.floor(ceiling))))
+        level = image.dtype.type(max(info.min, math.floor(ceiling)))
     else:
-        hot = np.flatnonzero(cropped > ceiling)
-    if hot.size == 0:
+        level = ceiling
+    hot_rows = np.flatnonzero(brightest > level)
+    if hot_rows.size == 0:
         return
-    r, c = np.divmod(hot, cropped.shape[1])
+    at_r, c = np.nonzero(cropped[hot_rows] > level)
+    r = hot_rows[at_r]
     excess = (cropped[r, c].astype(np.float64) - ceiling) / (binning * binning)
     np.subtract.at(pixels, (r // binning, c // binning), excess.astype(np.float32))
 
