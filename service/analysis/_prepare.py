@@ -185,7 +185,9 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
         pixels = raw.copy()
     else:
         raw = image
-        pixels = image.astype(np.float32)  # a copy: the caller's array is never touched
+        # A C-ordered copy: the caller's array is never touched, and _clip_hot
+        # subtracts from it through a flat view.
+        pixels = image.astype(np.float32, order="C")
     if math.isfinite(ceiling) and ceiling > 0:
         _clip_hot(image, pixels, dark + ceiling, binning)
     if dark:
@@ -235,7 +237,10 @@ def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: in
     at_r, c = np.nonzero(cropped[hot_rows] > level)
     r = hot_rows[at_r]
     excess = (cropped[r, c].astype(np.float64) - ceiling) / (binning * binning)
-    np.subtract.at(pixels, (r // binning, c // binning), excess.astype(np.float32))
+    # One flat index per hot pixel: numpy's fast path for unbuffered subtraction (a
+    # tuple of indices took 50 ms for the 26 000 hot pixels of a dim 2048² frame).
+    np.subtract.at(pixels.reshape(-1), r // binning * cols + c // binning,
+                   excess.astype(np.float32))
 
 
 def _components(mask: np.ndarray, connectivity: int = 8,
