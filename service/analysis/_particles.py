@@ -14,6 +14,7 @@ from ._prepare import (
     _VACUUM,
     _blur_width,
     _components,
+    _histogram,
     _particle_threshold,
     _Prepared,
     _vacuum_noise,
@@ -227,7 +228,9 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     if not flat.any():
         return np.zeros(flat.shape, np.int32), 0.0, None
     base = flat
-    otsu = _particle_threshold(base, needle, config, capped=False)
+    # The unsmoothed frame's histogram, read by every threshold taken on it.
+    histogram = _histogram(base, needle)
+    otsu = _particle_threshold(base, needle, config, capped=False, histogram=histogram)
     # The first scale from Otsu's threshold alone: at the configured smoothing, a
     # noisy frame's noise cap keeps only fragments of faint particles.
     radius = _particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
@@ -249,7 +252,7 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
             threshold = min(otsu, _particle_threshold(flat, needle, config))
         else:
             flat = base
-            threshold = _particle_threshold(flat, needle, config)
+            threshold = _particle_threshold(flat, needle, config, histogram=histogram)
         if not from_image:
             break
         # Smoothed at the particles' scale, fragments of a faint particle join up:
@@ -277,7 +280,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     outline = max(threshold, min(
         round(_VACUUM * (1.0 - _OUTLINE_MIN_CONTRAST)
               - _OUTLINE_NOISE_SIGMAS * _vacuum_noise(flat, threshold, sigma)),
-        _particle_threshold(flat, needle, config, noise_led=True)))
+        _particle_threshold(flat, needle, config, noise_led=True,
+                            histogram=histogram if flat is base else None)))
     foreground = (flat < outline) & ~needle
     count, components, area, cut = _components(foreground.view(np.uint8))
     # A particle cut by the frame edge shows only part of its area: it is kept down
