@@ -30,6 +30,11 @@ times too large (2048², 0.8 nm/px)."""
 _MIN_COARSE_DIAMETER_PX = 8.0
 """A diameter under this many coarse pixels is not trusted (blur and noise specks):
 the frame is then binned for its pixel size alone."""
+_SURE_AT_MOST = 1.5
+"""Particles read on the copy binned as far as the analysis may bin, at least this
+many times ``analysis_particle_diameter_px`` across there, are measured well enough
+on it to settle the binning (blur merging touching particles inflated the scale read
+by 1.6 only when they were 9 px across)."""
 _MIN_ANALYSIS_SIDE_PX = 64
 """The binned frame keeps at least this many pixels on its short side: the
 illumination, the needle and the grid are estimated on it."""
@@ -44,11 +49,27 @@ def _coarse_scale(image: np.ndarray, config: AnalysisConfig, most: int,
     Otsu's threshold, opaque objects (needle, grid) left out. NaN when the frame is
     too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``. Also the
     coarse copy prepared and its opaque objects, for reuse when the frame is analysed
-    at that binning."""
-    coarse = min(min(image.shape) // _COARSE_SIDE_PX, most)
+    at that binning.
+
+    When ``most`` bins further than that copy, the scale is first read at ``most``:
+    particles found there at least ``_SURE_AT_MOST`` times
+    ``analysis_particle_diameter_px`` across are large enough to be measured on it,
+    and the frame is analysed on that same copy; otherwise the scale is read again
+    on the finer copy."""
+    coarse = min(image.shape) // _COARSE_SIDE_PX
     if coarse < 2:
         return math.nan, None
-    options = dataclasses.replace(config, binning=coarse)
+    if most > coarse:
+        diameter, ready = _read_scale(image, config, most)
+        if diameter >= _SURE_AT_MOST * config.analysis_particle_diameter_px * most:
+            return diameter, ready
+    return _read_scale(image, config, min(coarse, most))
+
+
+def _read_scale(image: np.ndarray, config: AnalysisConfig, binning: int,
+                ) -> tuple[float, tuple[_Prepared, _Needle] | None]:
+    """:func:`_coarse_scale` on one copy of ``image``, binned by ``binning``."""
+    options = dataclasses.replace(config, binning=binning)
     prepared = _prepare(image, options)
     if not prepared.flat.any():
         return math.nan, None
