@@ -271,9 +271,11 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     to_metal = cv2.distanceTransform((~metal).view(np.uint8), cv2.DIST_L2, 5)
     # The coating grows over the tip: its share is taken of the rim near the apex
     # (within three of the thickest coatings), not of a shaft that may cross the field.
-    rows_w, cols_w = np.ogrid[r0:r1, c0:c1]
-    near_apex = (rows_w - apex[0]) ** 2 + (cols_w - apex[1]) ** 2 <= (3 * most + blur) ** 2
-    rim = (to_metal <= 1.5) & free & near_apex
+    # (The distance to the apex taken at the rim's pixels only, not over the window.)
+    rim = (to_metal <= 1.5) & free
+    rim_r, rim_c = np.nonzero(rim)
+    rim[rim_r, rim_c] = ((rim_r + r0 - apex[0]) ** 2 + (rim_c + c0 - apex[1]) ** 2
+                         <= (3 * most + blur) ** 2)
 
     def band(level: float) -> tuple[np.ndarray, float | None]:
         """Pixels darker than ``level`` and the band's thickness (None: no band)."""
