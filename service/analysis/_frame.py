@@ -142,8 +142,9 @@ def _analyze(
         config, _, ready = _choose_binning(image, config, pixel_size_nm=pixel_size_nm)
     # The scale is read on a coarse copy; when the frame is analysed at that same
     # binning, its preparation and opaque objects are the analysis' own.
+    first_radius = None
     if ready is not None:
-        prepared, needle = ready
+        prepared, needle, first_radius = ready
     else:
         prepared = _prepare(image, config)
         needle = _find_needle(prepared, config)
@@ -153,7 +154,7 @@ def _analyze(
     from_image = not (pixel_size_nm is not None and math.isfinite(pixel_size_nm)
                       and pixel_size_nm > 0)
     labels, radius, areas = _segment(prepared, needle.mask | needle.grid, config,
-                                     from_image=from_image)
+                                     from_image=from_image, first_radius=first_radius)
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
                                   contact_px=config.needle_contact_px, binning=b,

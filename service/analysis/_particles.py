@@ -206,7 +206,8 @@ def _sizes(radius: float, config: AnalysisConfig, binning: int,
 
 
 def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
-             *, from_image: bool = False) -> tuple[np.ndarray, float, np.ndarray | None]:
+             *, from_image: bool = False, first_radius: float | None = None,
+             ) -> tuple[np.ndarray, float, np.ndarray | None]:
     """int32 labels at analysis resolution, the particle radius (analysis px)
     measured on the frame, and the particles' areas (analysis px², indexed by label)
     with sub-pixel outlines (:func:`_boundary_areas`; None with
@@ -215,7 +216,9 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
 
     ``from_image``: no pixel size is known, so the smoothing, the minimum area and the
     splitting distance follow the particle radius measured here (a first pass at the
-    configured smoothing) rather than the configured lengths.
+    configured smoothing) rather than the configured lengths. ``first_radius``: that
+    first pass's radius when already measured on this copy (by the particle scale
+    read, :mod:`._resolution`, on the same regions).
 
     On the frame smoothed at that scale, particles are seeded below the noise-capped
     Otsu threshold, outlined where they rise into the vacuum's fluctuation and cut back
@@ -233,7 +236,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     otsu = _particle_threshold(base, needle, config, capped=False, histogram=histogram)
     # The first scale from Otsu's threshold alone: at the configured smoothing, a
     # noisy frame's noise cap keeps only fragments of faint particles.
-    radius = _particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
+    radius = (_particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
+              if first_radius is None else first_radius)
     base_sigma = config.smoothing_sigma_px / b
     weight = (~needle).astype(np.float32)
     for _ in range(_SCALE_ROUNDS):

@@ -22,6 +22,11 @@ from ._prepare import _particle_threshold, _prepare, _Prepared
 
 __all__: list[str] = []
 
+_Ready = tuple[_Prepared, _Needle, float]
+"""A copy of the frame the scale was read on: prepared, its opaque objects, and the
+particle radius (analysis px) of the regions under Otsu's threshold, opaque objects
+left out (the first scale :func:`_segment` reads, the same on the same copy)."""
+
 _COARSE_SIDE_PX = 512
 """The scale is read on a copy of the frame binned to about this many pixels on its
 short side (frames under twice this are not binned for their scale). At 256, touching
@@ -41,15 +46,15 @@ illumination, the needle and the grid are estimated on it."""
 
 
 def _coarse_scale(image: np.ndarray, config: AnalysisConfig, most: int,
-                  ) -> tuple[float, tuple[_Prepared, _Needle] | None]:
+                  ) -> tuple[float, _Ready | None]:
     """Typical particle diameter (input px) read off a copy of ``image`` binned to about
     ``_COARSE_SIDE_PX`` a side, or by ``most`` if that is less (the most the analysis
     may bin: the copy is then the analysis' own whenever the particles allow that
     much): twice the area-weighted median inscribed radius of the regions under
     Otsu's threshold, opaque objects (needle, grid) left out. NaN when the frame is
     too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``. Also the
-    coarse copy prepared and its opaque objects, for reuse when the frame is analysed
-    at that binning.
+    coarse copy prepared, its opaque objects and its particle radius (``_Ready``), for
+    reuse when the frame is analysed at that binning.
 
     When ``most`` bins further than that copy, the scale is first read at ``most``:
     particles found there at least ``_SURE_AT_MOST`` times
@@ -67,7 +72,7 @@ def _coarse_scale(image: np.ndarray, config: AnalysisConfig, most: int,
 
 
 def _read_scale(image: np.ndarray, config: AnalysisConfig, binning: int,
-                ) -> tuple[float, tuple[_Prepared, _Needle] | None]:
+                ) -> tuple[float, _Ready | None]:
     """:func:`_coarse_scale` on one copy of ``image``, binned by ``binning``."""
     options = dataclasses.replace(config, binning=binning)
     prepared = _prepare(image, options)
@@ -78,19 +83,19 @@ def _read_scale(image: np.ndarray, config: AnalysisConfig, binning: int,
     threshold = _particle_threshold(prepared.flat, opaque, options, capped=False)
     radius = _particle_radius((prepared.flat < threshold) & ~opaque, _MIN_AREA_FLOOR_PX)
     if 2 * radius < _MIN_COARSE_DIAMETER_PX:
-        return math.nan, (prepared, needle)
-    return 2.0 * radius * prepared.binning, (prepared, needle)
+        return math.nan, (prepared, needle, radius)
+    return 2.0 * radius * prepared.binning, (prepared, needle, radius)
 
 
 def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
                     pixel_size_nm: float | None,
-                    ) -> tuple[AnalysisConfig, float, tuple[_Prepared, _Needle] | None]:
+                    ) -> tuple[AnalysisConfig, float, _Ready | None]:
     """``config`` (already at the frame's pixel size, see
     :meth:`AnalysisConfig.at_pixel_size`) with the binning raised to what the particle
     scale allows, the diameter (input px) it was chosen from (NaN: not known, or not
     read because the limits below leave no choice), and the
-    frame already prepared at that binning with its opaque objects, if the scale was
-    read at it (None: prepare it).
+    frame already prepared at that binning with its opaque objects and particle radius
+    (``_Ready``), if the scale was read at it (None: prepare it).
 
     The binning is the largest that keeps a particle of that diameter
     ``analysis_particle_diameter_px`` analysis pixels across, leaves the frame
@@ -108,7 +113,7 @@ def _choose_binning(image: np.ndarray, config: AnalysisConfig, *,
             config.max_analysis_pixel_nm / pixel_size_nm * (1 + 1e-9))))
     if most <= config.binning:  # no particle size would change it: nothing to read
         return config, math.nan, None
-    coarse: tuple[_Prepared, _Needle] | None = None
+    coarse: _Ready | None = None
     if known and config.particle_diameter_nm > 0 and pixel_size_nm is not None:
         diameter = config.particle_diameter_nm / pixel_size_nm
     else:
