@@ -152,7 +152,7 @@ def _entry(components: np.ndarray, label: int, entry: np.ndarray,
            ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
     """A component's pixels (rows, cols), the mean of those where it enters (``entry``:
     the image border, and the edge of any grid bar), and which they are."""
-    r, c = np.nonzero(components == label)
+    r, c = np.divmod(np.flatnonzero(components == label), components.shape[1])
     border = entry[r, c]
     return r, c, float(r[border].mean()), float(c[border].mean()), border
 

@@ -234,8 +234,12 @@ def _clip_hot(image: np.ndarray, pixels: np.ndarray, ceiling: float, binning: in
     hot_rows = np.flatnonzero(brightest > level)
     if hot_rows.size == 0:
         return
-    at_r, c = np.nonzero(cropped[hot_rows] > level)
-    r = hot_rows[at_r]
+    # Searched in bands of rows (views, in order), only those holding hot rows: a dim
+    # frame has a hot pixel in every row, and gathering the rows copied all of it.
+    # (A flat index and divmod: numpy's 2-D nonzero took 45 ms on a 4096² frame.)
+    found = [start * cropped.shape[1] + np.flatnonzero(cropped[start:start + _STRIPE_ROWS] > level)
+             for start in np.unique(hot_rows // _STRIPE_ROWS) * _STRIPE_ROWS]
+    r, c = np.divmod(np.concatenate(found), cropped.shape[1])
     excess = (cropped[r, c].astype(np.float64) - ceiling) / (binning * binning)
     # One flat index per hot pixel: numpy's fast path for unbuffered subtraction (a
     # tuple of indices took 50 ms for the 26 000 hot pixels of a dim 2048² frame).
