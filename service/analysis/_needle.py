@@ -273,7 +273,7 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     # (within three of the thickest coatings), not of a shaft that may cross the field.
     # (The distance to the apex taken at the rim's pixels only, not over the window.)
     rim = (to_metal <= 1.5) & free
-    rim_r, rim_c = np.nonzero(rim)
+    rim_r, rim_c = np.divmod(np.flatnonzero(rim), rim.shape[1])
     rim[rim_r, rim_c] = ((rim_r + r0 - apex[0]) ** 2 + (rim_c + c0 - apex[1]) ** 2
                          <= (3 * most + blur) ** 2)
 
