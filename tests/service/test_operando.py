@@ -183,3 +183,16 @@ def test_a_particle_merged_or_missing_for_a_moment_keeps_its_lithium() -> None:
                                "lithium_x": np.array([(1.1 ** 1.5 - 1) / (2.8 / 3.75)])},
         alerts=[])
     assert only_three == pytest.approx(cluster["lithium_visible"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(64, 64), (100, 77), (2048, 1032)])
+def test_block_means_of_counts_match_numpys_mean(dtype: type, shape: tuple[int, int]) -> None:
+    from lithoscope.service.operando.dose import _block_means
+
+    rng = np.random.default_rng(shape[1])
+    image = rng.integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    rows, cols = shape[0] // 8 * 8, shape[1] // 8 * 8
+    expected = image[:rows, :cols].reshape(rows // 8, 8, cols // 8, 8).mean(
+        axis=(1, 3), dtype=np.float64)
+    np.testing.assert_array_equal(_block_means(image), expected)
