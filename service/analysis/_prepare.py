@@ -199,9 +199,10 @@ def _prepare(image: np.ndarray, config: AnalysisConfig) -> _Prepared:
         # coarse cell's vacuum level by a fifth at low dose, and the vacuum around it
         # read as particle.
         median = cv2.medianBlur(pixels, 3)
-        double = median * np.float32(2)  # (exact in float32, as numpy's 2 * median)
-        defective = cv2.bitwise_or(cv2.compare(pixels, double, cv2.CMP_GT),
-                                   cv2.compare(pixels * np.float32(2), median, cv2.CMP_LT))
+        # (Doubling is exact in float32: x + x is numpy's 2 * x.)
+        defective = cv2.bitwise_or(
+            cv2.compare(pixels, cv2.add(median, median), cv2.CMP_GT),
+            cv2.compare(cv2.add(pixels, pixels), median, cv2.CMP_LT))
         np.copyto(pixels, median, where=defective.view(np.bool_))
     if config.smoothing_sigma_px > 0:
         pixels = cv2.GaussianBlur(pixels, (0, 0), config.smoothing_sigma_px / binning)
