@@ -269,3 +269,87 @@ def test_view_names_what_is_wrong_in_one_line(tmp_path: Path, display: str,
     result = CliRunner().invoke(app, ["view"])
     assert result.exit_code == 1
     assert "needs a display" in result.output
+
+
+def test_following_survives_the_service_stopping_and_a_new_one_starting(
+        display: str, tmp_path: Path) -> None:
+    """A real ``lithoscope serve`` is stopped and another started on the same endpoints:
+    the viewer says it is waiting meanwhile and then shows the new session's frames and
+    outlines (a frame of another size, so nothing of the first session can pass for it)."""
+    from lithoscope.clients.viewer import follow_service
+
+    from support import publishing
+    from support.arrays import noisy_frames
+    from support.serving import DEADLINE_S, Serve
+
+    def publish(serve: Serve, frames: np.ndarray) -> None:
+        thread, out = publishing.publish_in_thread(
+            serve.frames, serve.results, frames, fps=4.0, ack_timeout_s=DEADLINE_S,
+            speed=None, live=False)
+        _process_events(lambda: not thread.is_alive() and view.state.results >= shown + 8,
+                        state=lambda: (view.state.results, thread.is_alive(), out))
+        publishing.joined(thread, out, DEADLINE_S)
+
+    def settled() -> None:  # the newest result and preview taken in and drawn
+        _process_events(lambda: view.state.index == 7 and view.state.preview is not None,
+                        state=lambda: (view.state.preview_index, view.state.index))
+
+    first = Serve(tmp_path)
+    second: Serve | None = None
+    view = follow_service(first.results, show=True, run=False)
+    try:
+        view.viewer.window._qt_window.resize(900, 700)
+        _process_events(lambda: view.state.connected, state=lambda: view.viewer.title)
+        assert "waiting" not in view.viewer.title
+        shown = 0
+        publish(first, noisy_frames(8, (600, 640)))
+        settled()
+        old_session = view.state.session_id
+        assert view.state.frame_shape == (600, 640)
+        shown = view.state.results
+
+        out, err = first.stop()
+        assert first.proc.returncode == 0, err
+        _process_events(lambda: "waiting" in view.viewer.title,
+                        state=lambda: view.viewer.title)
+        assert view.viewer.text_overlay.text == "waiting for the service"
+
+        second = Serve(tmp_path)
+        _process_events(lambda: "waiting" not in view.viewer.title,
+                        state=lambda: view.viewer.title)
+        frames_before = view.frames_shown
+        # Particles elsewhere than in the first session: moved by (150, 200).
+        moved = np.roll(noisy_frames(8, (480, 520), seed=1), (150, 200), axis=(1, 2))
+        publish(second, moved)
+        settled()
+        assert view.state.session_id not in (None, old_session)
+        assert view.subscriber.restarts >= 1
+        assert view.frames_shown > frames_before
+        assert view.state.frame_shape == (480, 520)
+        assert view.frame.data.shape == view.state.preview.shape  # type: ignore[union-attr]
+        shapes, ids = view.state.polygons()
+        assert shapes
+        centres = np.array([s.mean(axis=0) for s in shapes])
+        assert (centres.min(axis=0) > (150, 200)).all()  # the new session's particles
+        _process_events(lambda: True)
+        view.frame.visible = False
+        outlines = view.viewer.screenshot(canvas_only=True, flash=False)
+        view.frame.visible = True
+        _save("view-restarted.png", view.viewer.screenshot(canvas_only=True, flash=False))
+        overlay, f = view.analysis.data, view.analysis.scale[-1]
+        assert overlay.shape[:2] == tuple(-(-np.array((480, 520)) // int(f)))
+    finally:
+        view.timer.stop()
+        view.subscriber.close()
+        view.viewer.close()
+        for serve in (first, second):
+            if serve is not None and serve.proc.poll() is None:
+                serve.stop()
+    for shape, track in zip(shapes, ids, strict=True):
+        rows, cols = (np.rint((shape.T + 0.5) / f - 0.5).astype(int)
+                      .clip(0, np.array(overlay.shape[:2])[:, None] - 1))
+        colour = np.array(label_colour(track)[:3])
+        near = np.abs(overlay[rows, cols, :3].astype(int) - colour).max(axis=1) < 60
+        assert near.mean() > 0.5, track
+    coloured = outlines[..., :3].astype(int)
+    assert ((coloured.max(axis=2) - coloured.min(axis=2)) > 60).sum() > 50
