@@ -13,9 +13,11 @@ The results go into a new group ``reanalysis/<run>/`` of the same archive, with 
 ``cluster``, ``particles``, ``events``, ``echem``, ``operando``, ``particle_dose`` and
 ``region_dose`` tables in the live tables' columns (``latency_s`` is NaN: nothing was
 live; the events are the analysis's, not the worker's operational ones such as
-``frames_dropped``) and the settings used in its attributes. Re-analysed with the
-settings it was recorded with, a replayed session (every frame analysed, echem
-received before the frames) gets exactly its live tables. The
+``frames_dropped``), the label images under ``labels/`` (``particles``, ``needle``,
+``grid``, written by the live archive's own `ArchiveLabels`; the task writes them
+itself, as they are too big to send back) and the settings used in its attributes.
+Re-analysed with the settings it was recorded with, a replayed session (every frame
+analysed, echem received before the frames) gets exactly its live tables and labels. The
 frames, the frame table, the live measurement tables and the session metadata are
 never written to. ``open_archive(path, reanalysis="latest")`` reads a run back.
 
@@ -50,6 +52,7 @@ from ..archive import (
     PARTICLE_DOSE_COLUMNS,
     REGION_DOSE_COLUMNS,
     ROW_DIMENSION,
+    ArchiveLabels,
     ArchiveReader,
 )
 from ..errors import ArchiveError, ConfigError, require
@@ -111,17 +114,35 @@ def _session_start(reader: ArchiveReader) -> SessionStart:
                         fps=float(fps) if isinstance(fps, (int, float)) else None)
 
 
+def _open_labels(reader: ArchiveReader, group_path: str) -> ArchiveLabels:
+    """The label images of a run, written by the archive's own class into
+    ``<group_path>/labels`` (created here: a run's labels are too big to travel back
+    from a remote worker, so the task writes them where the archive is)."""
+    try:
+        root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
+        group = root.require_group(group_path)
+    except OSError as exc:
+        raise ArchiveError(f"Cannot write the re-analysis labels into {reader.path}: "
+                           f"{exc.strerror or exc}.") from None
+    depth = len([part for part in group_path.split("/") if part])
+    return ArchiveLabels(group, reader.meta, image_source="../" * (depth + 2))
+
+
 def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str, Any],
-                    operando: Mapping[str, Any] | None = None,
+                    operando: Mapping[str, Any] | None = None, *,
+                    labels_group: str | None = None,
                     ) -> dict[str, dict[str, np.ndarray]]:
     """Analyse every frame of an archive in order, as the live worker does: one Dask task.
 
     Takes plain values (a path, settings dicts) so that it pickles to a remote worker
     cheaply; the worker reads the frames itself. ``operando`` defaults to the settings
     the archive was recorded with. Returns every table of :data:`TABLES` as column
-    dicts.
+    dicts. With ``labels_group`` (a group path inside the archive, e.g.
+    ``reanalysis/<run>``), each analysed frame's label images are written to its
+    ``labels/`` as a live session writes the archive's own (:class:`ArchiveLabels`).
     """
     reader = ArchiveReader(path)
+    labels = None if labels_group is None else _open_labels(reader, labels_group)
     if operando is None:
         recorded = reader.meta.get("config", {}).get("operando")
         operando = recorded if isinstance(recorded, dict) else {}
@@ -142,15 +163,29 @@ def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str,
         metadata = json.loads(str(table["metadata_json"][position]) or "{}")
         exposure = float(table["exposure_s"][position])
         pixel_size = metadata.get("pixel_size_nm")
+        index = int(table["index"][position])
         output = pipeline.analyse(
-            reader.frame(position), index=int(table["index"][position]),
+            reader.frame(position), index=index,
             t_s=float(table["t_s"][position]),
             pixel_size_nm=float(pixel_size) if isinstance(pixel_size, (int, float)) else None,
             exposure_s=exposure if math.isfinite(exposure) else None,
             metadata=metadata, acquired_at=float(table["acquired_at"][position]))
         for name, part in output.rows:
             rows[name].append(part)
+        if labels is not None and output.labels is not None:
+            labels.frame_written(index, position)
+            _append_labels(labels, index, output.labels, reader.path)
+    if labels is not None:
+        labels.close(reader.frame_count)
     return {name: _concatenate(parts, TABLES[name]) for name, parts in rows.items()}
+
+
+def _append_labels(labels: ArchiveLabels, index: int, images: Any, path: Path) -> None:
+    try:
+        labels.append(index, images)
+    except OSError as exc:
+        raise ArchiveError(f"Cannot write the re-analysis labels of frame {index} into "
+                           f"{path}: {exc.strerror or exc}.") from None
 
 
 def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
@@ -238,13 +273,20 @@ def reanalyze(
     analysis = analysis if analysis is not None else AnalysisConfig()
     alerts = alerts if alerts is not None else AlertConfig()
     readers = [ArchiveReader(path) for path in paths]
+    seen: set[Path] = set()
+    for reader in readers:
+        where = reader.path.resolve()
+        if where in seen:
+            raise ConfigError(f"{reader.path} is given twice; re-analyse an archive once "
+                              "per call.")
+        seen.add(where)
     for reader in readers:
         if reader.status == "recording":
             log.warning("%s is still recording (or its writer was killed); re-analysing "
                         "the %d frames it holds.", reader.path, reader.frame_count)
-    if run is not None:
-        for reader in readers:
-            _run_name(reader.group, run)  # a taken or bad name fails before any work
+    # Named before any work (a taken or bad name fails first): the tasks write each
+    # run's labels into its group.
+    names = [_run_name(reader.group, run) for reader in readers]
     cluster = None
     if scheduler is None:
         # Loopback only, OS-picked ports: the scheduler's HTTP server (metrics, and the
@@ -266,10 +308,13 @@ def reanalyze(
     results = []
     try:
         futures = [client.submit(analyze_archive, str(reader.path.absolute()), settings,
-                                 alert_settings, pure=False) for reader in readers]
-        for reader, future in zip(readers, futures, strict=True):
+                                 alert_settings, pure=False,
+                                 labels_group=f"{REANALYSIS_GROUP}/{name}")
+                   for reader, name in zip(readers, names, strict=True)]
+        for reader, name, future in zip(readers, names, futures, strict=True):
             tables = future.result()
-            results.append(_store(reader, tables, analysis, alerts, run, scheduler or "local"))
+            results.append(_store(reader, tables, analysis, alerts, name,
+                                  scheduler or "local"))
             if progress is not None:
                 progress(len(results), len(readers))
     finally:
@@ -280,15 +325,13 @@ def reanalyze(
 
 
 def _store(reader: ArchiveReader, tables: Mapping[str, Mapping[str, np.ndarray]],
-           analysis: AnalysisConfig, alerts: AlertConfig, run: str | None,
+           analysis: AnalysisConfig, alerts: AlertConfig, name: str,
            scheduler: str) -> ReanalysisResult:
     cluster, events = tables["cluster"], tables["events"]
     frames_analysed = len(cluster.get("frame", ()))
     try:
         root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
-        name = _run_name(root, run)
-        parent = root.require_group(REANALYSIS_GROUP)
-        group = parent.create_group(name)
+        group = root.require_group(REANALYSIS_GROUP).require_group(name)  # labels: there
         for table, columns in TABLES.items():
             _write_table(group, table, columns, tables.get(table, {}))
         # Written last: a run with its attributes is complete.
