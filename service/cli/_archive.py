@@ -101,6 +101,7 @@ class ExportTarget(StrEnum):
     tiff = "tiff"
     ome_tiff = "ome-tiff"
     hspy = "hspy"
+    zspy = "zspy"
     mp4 = "mp4"
     avi = "avi"
 
@@ -111,9 +112,9 @@ def export(
     to: Annotated[ExportTarget, typer.Option(
         "--to", help="csv / parquet: one file per table, and trackpy's trajectories; tiff: "
         "the frames (ImageJ, at scale); ome-tiff: the frames for Fiji / Bio-Formats (OME-XML "
-        "calibration and plane times); hspy: the frames for HyperSpy (needs "
-        "lithoscope[formats]); mp4 / avi: a movie with outlines, needle, clock and alerts "
-        "burned in.")],
+        "calibration and plane times); hspy / zspy: the frames for HyperSpy, as HDF5 "
+        "or as a zarr folder (needs lithoscope[formats]); mp4 / avi: a movie with "
+        "outlines, needle, clock and alerts burned in.")],
     output: Annotated[Path | None, typer.Option(
         help="Folder (tables) or file (frames); default beside the archive.")] = None,
     reanalysis: Annotated[str | None, typer.Option(
@@ -122,8 +123,8 @@ def export(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object listing what was written.")] = False,
 ) -> None:
-    """Export an archive for other tools: tables, a TIFF / OME-TIFF stack, an .hspy file,
-    or a movie for talks."""
+    """Export an archive for other tools: tables, a TIFF / OME-TIFF stack, an .hspy file
+    or .zspy folder, or a movie for talks."""
     from ..archive import ArchiveReader
     from ..offline.export import export_archive
     from ..schema import TABLES

@@ -118,6 +118,7 @@ EXTRA_LINE = r"which the \[{extra}\] extra installs: pip install 'lithoscope\[{e
     ("pandas", "scale", "csv"),
     ("pyarrow", "scale", "parquet"),
     ("rsciio", "formats", "hspy"),
+    ("rsciio", "formats", "zspy"),
     ("distributed", "scale", "reanalyze"),
 ])
 def test_archive_tools_name_the_missing_extra(archive: Path, tmp_path: Path,
