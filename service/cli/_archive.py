@@ -19,6 +19,7 @@ from ._common import (
     err_console,
     friendly_errors,
     progress_bar,
+    progress_rows,
     setup_logging,
 )
 from .render import session_summary
@@ -133,8 +134,6 @@ def export(
         started = time.monotonic()
         if to in (ExportTarget.csv, ExportTarget.parquet):
             total: int | None = len(TABLES) + 1
-        elif to in (ExportTarget.mp4, ExportTarget.avi):
-            total = None
         else:
             total = ArchiveReader(archive).frame_count
         with progress_bar(f"export {to.value}", total) as advance:
@@ -174,6 +173,7 @@ def reanalyze(
     live ones; frames and live tables are not touched. Read them back with
     open_archive(path, reanalysis="latest") or export --reanalysis latest.
     """
+    from ..archive import ArchiveReader
     from ..config import load_config
     from ..offline.reanalyze import reanalyze as run_reanalysis
 
@@ -181,11 +181,13 @@ def reanalyze(
     with friendly_errors():
         settings = load_config(config)
         started = time.monotonic()
-        with progress_bar("reanalyze", len(archives)) as advance:
-            results = run_reanalysis(archives, analysis=settings.analysis,
-                                     alerts=settings.alerts, scheduler=scheduler, run=run,
-                                     local_workers=workers,
-                                     progress=lambda done, total: advance(1))
+        rows = {archive: row for row, archive in enumerate(archives)}
+        with progress_rows([(f"reanalyze {archive.name}", ArchiveReader(archive).frame_count)
+                            for archive in archives]) as set_row:
+            results = run_reanalysis(
+                archives, analysis=settings.analysis, alerts=settings.alerts,
+                scheduler=scheduler, run=run, local_workers=workers,
+                frame_progress=lambda archive, done, total: set_row(rows[archive], done))
     if as_json:
         sys.stdout.write(json.dumps([
             {"archive": str(result.path), "run": result.run,

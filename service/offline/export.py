@@ -153,7 +153,8 @@ def export_archive(
     elif kind is ExportFormat.zspy:
         export_zspy(reader, target, progress=progress)
     else:
-        _export_movie(reader, target, kind, reanalysis=reanalysis, fps=fps, banner_s=banner_s)
+        _export_movie(reader, target, kind, reanalysis=reanalysis, fps=fps, banner_s=banner_s,
+                      progress=progress)
     return [target]
 
 
@@ -280,7 +281,8 @@ class _OpenCVWriter:
 
 
 def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
-                  reanalysis: str | None, fps: float | None, banner_s: float) -> None:
+                  reanalysis: str | None, fps: float | None, banner_s: float,
+                  progress: Callable[[int], None] | None = None) -> None:
     tables = _tables(reader.path, reanalysis)
     events = tables["events"]
     cluster = tables["cluster"]
@@ -326,5 +328,7 @@ def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
                 put_text(canvas, f"{bar_nm:g} nm", (width - 10 - bar_px, y - 8),
                          text_scale * 0.8, (255, 255, 255))
             writer.write(canvas)
+            if progress is not None:
+                progress(1)
     finally:
         writer.release()

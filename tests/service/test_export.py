@@ -49,8 +49,11 @@ def test_tiff_round_trips_through_the_tiff_reader_at_scale(archive: Path, tmp_pa
 
 @pytest.mark.parametrize("to", ["mp4", "avi"])
 def test_movie_has_overlay_and_alert_banners(archive: Path, tmp_path: Path, to: str) -> None:
-    (path,) = export_archive(archive, to, tmp_path / f"talk.{to}", banner_s=2.0)
+    done: list[int] = []
+    (path,) = export_archive(archive, to, tmp_path / f"talk.{to}", banner_s=2.0,
+                             progress=done.append)
     reader = ArchiveReader(archive)
+    assert done == [1] * reader.frame_count  # a frame at a time, for the progress bar
     contact = next(e for e in reader.events() if e["kind"] == "contact_made")["frame"]
     import cv2
 

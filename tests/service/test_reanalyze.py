@@ -72,9 +72,20 @@ def test_new_settings_give_new_tables_beside_the_old(archive: Path) -> None:
 
 def test_several_archives_in_one_call(archive: Path, tmp_path: Path) -> None:
     second = Path(shutil.copytree(archive, tmp_path / "second.zarr"))
-    results = reanalyze([archive, second], run="both")
+    seen: dict[Path, list[int]] = {}
+    results = reanalyze([archive, second], run="both",
+                        frame_progress=lambda path, done, total:
+                        seen.setdefault(path, []).append(done))
     assert [r.path for r in results] == [archive, second]
-    assert all(r.frames_analysed == ArchiveReader(archive).frame_count for r in results)
+    frames = ArchiveReader(archive).frame_count
+    assert all(r.frames_analysed == frames for r in results)
+    assert set(seen) == {archive, second}
+    for done in seen.values():  # each archive's own count, frame by frame
+        assert done == sorted(set(done))
+        assert done[-1] == frames
+        assert len(done) >= frames // 2
+    with pytest.raises(ConfigError, match="given twice"):
+        reanalyze([archive, archive], run="twice")
 
 
 def test_bad_input_fails_before_any_work(archive: Path, tmp_path: Path) -> None:
@@ -89,9 +100,19 @@ def test_a_running_scheduler_with_worker_processes(archive: Path) -> None:
     """--scheduler ADDR: the task pickles to a worker process that opens the archive."""
     from distributed import LocalCluster
 
+    seen: list[tuple[Path, int, int]] = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       scheduler_port=0, dashboard_address="127.0.0.1:0") as cluster:
-        (result,) = reanalyze([archive], scheduler=cluster.scheduler_address, run="remote")
+        (result,) = reanalyze([archive], scheduler=cluster.scheduler_address, run="remote",
+                              frame_progress=lambda *args: seen.append(args))
+    # Progress frame by frame (40 frames: an event each), from the worker process
+    # through the scheduler, never going back, ending at the last frame.
+    frames = ArchiveReader(archive).frame_count
+    assert {(path, total) for path, _, total in seen} == {(archive, frames)}
+    done = [d for _, d, _ in seen]
+    assert done == sorted(set(done))
+    assert done[-1] == frames
+    assert len(done) >= frames // 2  # not only the final count the client adds itself
     live = lithoscope.service.open_archive(archive)
     remote = lithoscope.service.open_archive(archive, reanalysis="remote")
     assert result.frames_analysed == live.frames.sizes["t"]
