@@ -13,8 +13,10 @@ napari and a Qt binding are the ``[view]`` extra, imported only here, inside the
 functions. What the viewer holds from the results stream is :class:`ViewState`, plain
 Python with no Qt, so its logic is tested without a display.
 
-Reconnecting: the subscriber is a ZeroMQ SUB socket, which reconnects by itself; the
-window's title says whether a service is connected (as the monitor does).
+Reconnecting: the subscriber is a ZeroMQ SUB socket, which reconnects by itself, so a
+service stopped and started again on the same endpoints is followed on. While none is
+connected the window's title and the canvas' caption say the viewer is waiting (as the
+monitor does); a new session clears the last one's frame, outlines, events and plot.
 """
 
 from __future__ import annotations
@@ -113,7 +115,11 @@ class ViewState:
             self.area.clear()
             self.events.clear()
             self.outlines, self.regions = [], []
-            changed |= {"session", "area", "events", "outlines"}
+            # The last session's frame is not this one's (a restarted service may
+            # stream another camera size): shown blank until this session's preview.
+            self.preview = self.preview_index = self.frame_shape = None
+            self.scale = 1.0
+            changed |= {"session", "area", "events", "outlines", "frame"}
         if isinstance(msg, Preview) and msg.image is not None:
             self.preview, self.preview_index = msg.image, msg.index
             self.scale = float(msg.scale)
@@ -262,12 +268,24 @@ class LiveView:
         self._fitted = False
         self._plotted_at = -math.inf
 
+    def show_status(self) -> None:
+        """The canvas' caption: the newest result's frame, or that the service is gone."""
+        state = self.state
+        if not state.connected and state.session_id is not None:
+            self.viewer.text_overlay.text = "waiting for the service"
+        elif state.index is not None:
+            self.viewer.text_overlay.text = (f"{state.session_id}  frame {state.index}  "
+                                             f"t = {state.t_s:.1f} s")
+
     def take(self, msg: Message) -> None:
         self.apply(self.state.update(msg))
 
     def apply(self, changed: set[str]) -> None:
         state = self.state
-        if "frame" in changed and state.preview is not None:
+        if "frame" in changed and state.preview is None:  # a new session, no frame yet
+            self.frame.data = np.zeros((2, 2), np.uint8)
+            self._fitted = False
+        elif "frame" in changed and state.preview is not None:
             self.frame.data = state.preview
             self.frame.scale = (state.scale, state.scale)
             self.frames_shown += 1
@@ -278,9 +296,7 @@ class LiveView:
             overlay, f = draw_overlay(state)
             self.analysis.data = overlay
             self.analysis.scale = (f, f)
-            if state.index is not None:
-                self.viewer.text_overlay.text = (f"{state.session_id}  frame {state.index}  "
-                                                 f"t = {state.t_s:.1f} s")
+            self.show_status()
         if "events" in changed or "session" in changed:
             self.event_list.clear()
             self.event_list.addItems([_event_line(e) for e in state.events])
@@ -328,6 +344,7 @@ def follow_service(endpoint: str, *, curve: ClientCurve | None = None,
             view.state.connected = connected
             viewer.title = (f"lithoscope view: {endpoint}"
                             + ("" if connected else " (waiting for the service)"))
+            view.show_status()
 
     timer = QTimer()
     timer.timeout.connect(poll)

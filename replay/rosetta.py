@@ -92,6 +92,10 @@ KNOWN_SUFFIXES: Final = frozenset({
 })
 """Suffixes dispatched here even without RosettaSciIO (to say which extra reads them)."""
 
+FOLDER_SUFFIXES: Final = frozenset({".zspy"})
+"""Formats stored as a folder (HyperSpy's ZSPY in a zarr directory store): such a
+folder is this reader's, not a folder of frame files."""
+
 FRAME_KEYS: Final = ("exposure_s",)
 """Instrument values that every frame carries (the rest are the session's)."""
 
@@ -433,7 +437,9 @@ class RsciioSource(StackSource):
     ) -> None:
         fps = parse_optional_positive(fps, "fps")
         pixel_size_nm = parse_optional_positive(pixel_size_nm, "pixel_size_nm")
-        resolved = existing_file(path)
+        resolved = Path(path).expanduser().absolute()
+        if not (resolved.is_dir() and resolved.suffix.casefold() in FOLDER_SUFFIXES):
+            resolved = existing_file(path)
         try:
             plugin, signals = _read_any(resolved)
         except MissingExtraError as exc:
@@ -491,4 +497,6 @@ DM_SUFFIXES: Final = frozenset({".dm3", ".dm4"})
 register(SourceKind("dm", "DM3/DM4", file_opener(RsciioSource), suffixes=DM_SUFFIXES,
                     read_frame=read_rsciio_frame))
 register(SourceKind("rsciio", "RosettaSciIO file (.emd, .ser, .hspy, ...)",
-                    file_opener(RsciioSource), suffixes=suffixes() - DM_SUFFIXES))
+                    file_opener(RsciioSource), suffixes=suffixes() - DM_SUFFIXES,
+                    claims_directory=lambda path: path.suffix.casefold() in FOLDER_SUFFIXES,
+                    priority=10))

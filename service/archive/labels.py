@@ -73,7 +73,7 @@ class LabelImages(Protocol):
 
 def _label_attrs(name: str, session: Mapping[str, Any], binning: int,
                  colours: list[dict[str, Any]], properties: list[dict[str, Any]],
-                 ) -> dict[str, Any]:
+                 image_source: str) -> dict[str, Any]:
     ome = frames_ngff_metadata(session, path="0")
     dataset = ome["multiscales"][0]["datasets"][0]
     _, pixel_y, pixel_x = dataset["coordinateTransformations"][0]["scale"]
@@ -85,7 +85,7 @@ def _label_attrs(name: str, session: Mapping[str, Any], binning: int,
             {"type": "translation", "translation": [0.0, pixel_y * offset, pixel_x * offset]})
     ome["multiscales"][0]["name"] = name
     ome["image-label"] = {"version": NGFF_VERSION, "colors": colours,
-                          "properties": properties, "source": {"image": "../../"}}
+                          "properties": properties, "source": {"image": image_source}}
     return ome
 
 
@@ -100,12 +100,16 @@ class ArchiveLabels:
     Owned by the :class:`ArchiveWriter` (the archive thread): the writer tells it each
     frame's position as the frame is written (:meth:`frame_written`), the worker hands
     it each analysed frame's images (:meth:`append`), and closing writes the colours
-    and properties of every track seen.
+    and properties of every track seen. Re-analysis writes a run's labels with the same
+    class into ``reanalysis/<run>/labels``; ``image_source`` is then the path from a
+    label image up to the archive root, where the frames are.
     """
 
-    def __init__(self, group: zarr.Group, session: Mapping[str, Any]) -> None:
+    def __init__(self, group: zarr.Group, session: Mapping[str, Any], *,
+                 image_source: str = "../../") -> None:
         self._group = group
         self._session = dict(session)
+        self._image_source = image_source
         self._positions: OrderedDict[int, int] = OrderedDict()
         self._arrays: dict[str, zarr.Array[Any]] = {}
         self._label_groups: dict[str, zarr.Group] = {}
@@ -207,7 +211,8 @@ class ArchiveLabels:
         }
         for name, group in self._label_groups.items():
             group.attrs["ome"] = _label_attrs(name, self._session, self.binning,
-                                              colours[name], properties[name])
+                                              colours[name], properties[name],
+                                              self._image_source)
 
     def close(self, frame_count: int) -> None:
         """Trim the arrays to the archive's frames and write every track's colour."""

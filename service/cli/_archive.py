@@ -19,6 +19,7 @@ from ._common import (
     err_console,
     friendly_errors,
     progress_bar,
+    progress_rows,
     setup_logging,
 )
 from .render import session_summary
@@ -101,6 +102,7 @@ class ExportTarget(StrEnum):
     tiff = "tiff"
     ome_tiff = "ome-tiff"
     hspy = "hspy"
+    zspy = "zspy"
     mp4 = "mp4"
     avi = "avi"
 
@@ -111,9 +113,9 @@ def export(
     to: Annotated[ExportTarget, typer.Option(
         "--to", help="csv / parquet: one file per table, and trackpy's trajectories; tiff: "
         "the frames (ImageJ, at scale); ome-tiff: the frames for Fiji / Bio-Formats (OME-XML "
-        "calibration and plane times); hspy: the frames for HyperSpy (needs "
-        "lithoscope[formats]); mp4 / avi: a movie with outlines, needle, clock and alerts "
-        "burned in.")],
+        "calibration and plane times); hspy / zspy: the frames for HyperSpy, as HDF5 "
+        "or as a zarr folder (needs lithoscope[formats]); mp4 / avi: a movie with "
+        "outlines, needle, clock and alerts burned in.")],
     output: Annotated[Path | None, typer.Option(
         help="Folder (tables) or file (frames); default beside the archive.")] = None,
     reanalysis: Annotated[str | None, typer.Option(
@@ -122,8 +124,8 @@ def export(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object listing what was written.")] = False,
 ) -> None:
-    """Export an archive for other tools: tables, a TIFF / OME-TIFF stack, an .hspy file,
-    or a movie for talks."""
+    """Export an archive for other tools: tables, a TIFF / OME-TIFF stack, an .hspy file
+    or .zspy folder, or a movie for talks."""
     from ..archive import ArchiveReader
     from ..offline.export import export_archive
     from ..schema import TABLES
@@ -132,8 +134,6 @@ def export(
         started = time.monotonic()
         if to in (ExportTarget.csv, ExportTarget.parquet):
             total: int | None = len(TABLES) + 1
-        elif to in (ExportTarget.mp4, ExportTarget.avi):
-            total = None
         else:
             total = ArchiveReader(archive).frame_count
         with progress_bar(f"export {to.value}", total) as advance:
@@ -173,6 +173,7 @@ def reanalyze(
     live ones; frames and live tables are not touched. Read them back with
     open_archive(path, reanalysis="latest") or export --reanalysis latest.
     """
+    from ..archive import ArchiveReader
     from ..config import load_config
     from ..offline.reanalyze import reanalyze as run_reanalysis
 
@@ -180,11 +181,13 @@ def reanalyze(
     with friendly_errors():
         settings = load_config(config)
         started = time.monotonic()
-        with progress_bar("reanalyze", len(archives)) as advance:
-            results = run_reanalysis(archives, analysis=settings.analysis,
-                                     alerts=settings.alerts, scheduler=scheduler, run=run,
-                                     local_workers=workers,
-                                     progress=lambda done, total: advance(1))
+        rows = {archive: row for row, archive in enumerate(archives)}
+        with progress_rows([(f"reanalyze {archive.name}", ArchiveReader(archive).frame_count)
+                            for archive in archives]) as set_row:
+            results = run_reanalysis(
+                archives, analysis=settings.analysis, alerts=settings.alerts,
+                scheduler=scheduler, run=run, local_workers=workers,
+                frame_progress=lambda archive, done, total: set_row(rows[archive], done))
     if as_json:
         sys.stdout.write(json.dumps([
             {"archive": str(result.path), "run": result.run,

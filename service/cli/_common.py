@@ -111,6 +111,32 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True
 
 
 @contextlib.contextmanager
+def progress_rows(rows: list[tuple[str, int | None]], *, enabled: bool = True
+                  ) -> Iterator[Callable[[int, int], None]]:
+    """Several rich progress bars on stderr, one per row ``(description, total)``;
+    yields ``set(row, completed)``, which may be called from any thread."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True,
+                  disable=not enabled) as progress:
+        tasks = [progress.add_task(description, total=total) for description, total in rows]
+
+        def set_row(row: int, completed: int) -> None:
+            progress.update(tasks[row], completed=completed)
+
+        yield set_row
+
+
+@contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:
     """Errors lithoscope raises on purpose become one line on stderr and exit status 1."""
     try:

@@ -6,8 +6,8 @@ as a movie with the analysis burned in.
   ``particle_dose``, ``region_dose``; empty with its header when the session wrote
   none) and ``trajectories`` (the particles as trackpy's ``frame, particle, y, x``
   table) in an output folder; pandas (and for Parquet pyarrow) is the ``[scale]`` extra.
-* ``ome-tiff`` / ``hspy``: the frames for Fiji and HyperSpy users, calibrated
-  (:mod:`.interchange`).
+* ``ome-tiff`` / ``hspy`` / ``zspy``: the frames for Fiji and HyperSpy users,
+  calibrated (:mod:`.interchange`).
 * ``tiff``: the frames as an ImageJ hyperstack in the archive's dtype, with the pixel
   size (``unit=nm``) and frame interval, so ImageJ/Fiji and lithoscope's own TIFF
   reader open it at scale (BigTIFF without ImageJ metadata above 4 GiB, which ImageJ
@@ -41,7 +41,7 @@ from ..analysis import draw_labels, put_text
 from ..archive import ArchiveReader, read_labels
 from ..errors import ArchiveError, ConfigError, require
 from ..schema import TABLES
-from .interchange import export_hspy, export_ome_tiff
+from .interchange import export_hspy, export_ome_tiff, export_zspy
 
 __all__ = ["ExportFormat", "export_archive"]
 
@@ -57,6 +57,7 @@ class ExportFormat(StrEnum):
     avi = "avi"
     ome_tiff = "ome-tiff"
     hspy = "hspy"
+    zspy = "zspy"
 
 
 def _tables(path: Path, reanalysis: str | None) -> dict[str, Any]:
@@ -94,11 +95,12 @@ def export_archive(
     archive : str or Path
         A session archive.
     to : ExportFormat or str
-        ``csv``, ``parquet``, ``tiff``, ``ome-tiff``, ``hspy``, ``mp4`` or ``avi``.
+        ``csv``, ``parquet``, ``tiff``, ``ome-tiff``, ``hspy``, ``zspy``, ``mp4`` or
+        ``avi``.
     output : str or Path, optional
         A folder for tables, a file for frames. Default: beside the archive, named after
         it (``run3.zarr`` -> ``run3-csv/``, ``run3.tif``, ``run3.ome.tif``, ``run3.hspy``,
-        ``run3.mp4``).
+        ``run3.zspy``, ``run3.mp4``).
     reanalysis : str, optional
         Export the tables (and the movie's alerts) of this re-analysis run, or
         ``"latest"``, instead of the live analysis.
@@ -148,8 +150,11 @@ def export_archive(
         export_ome_tiff(reader, target, progress=progress)
     elif kind is ExportFormat.hspy:
         export_hspy(reader, target, progress=progress)
+    elif kind is ExportFormat.zspy:
+        export_zspy(reader, target, progress=progress)
     else:
-        _export_movie(reader, target, kind, reanalysis=reanalysis, fps=fps, banner_s=banner_s)
+        _export_movie(reader, target, kind, reanalysis=reanalysis, fps=fps, banner_s=banner_s,
+                      progress=progress)
     return [target]
 
 
@@ -276,7 +281,8 @@ class _OpenCVWriter:
 
 
 def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
-                  reanalysis: str | None, fps: float | None, banner_s: float) -> None:
+                  reanalysis: str | None, fps: float | None, banner_s: float,
+                  progress: Callable[[int], None] | None = None) -> None:
     tables = _tables(reader.path, reanalysis)
     events = tables["events"]
     cluster = tables["cluster"]
@@ -322,5 +328,7 @@ def _export_movie(reader: ArchiveReader, target: Path, kind: ExportFormat, *,
                 put_text(canvas, f"{bar_nm:g} nm", (width - 10 - bar_px, y - 8),
                          text_scale * 0.8, (255, 255, 255))
             writer.write(canvas)
+            if progress is not None:
+                progress(1)
     finally:
         writer.release()

@@ -9,8 +9,16 @@
   than memory exports as well), with a time navigation axis (s) and two calibrated
   signal axes (nm), the session's metadata as ``original_metadata`` and the beam
   energy, magnification and exposure in HyperSpy's metadata tree when the session
-  recorded them. (HyperSpy's zarr flavour, ZSPY, is not written: RosettaSciIO's ZSPY
-  writer needs zarr 2, lithoscope's archives zarr 3.)
+  recorded them.
+* **ZSPY** (``export --to zspy``), HyperSpy's zarr flavour of the same layout (a
+  ``.zspy`` folder: ``Experiments/<title>/data`` with ``axis-0..2``, ``metadata`` and
+  ``original_metadata`` groups), for sessions too big for one HDF5 file or kept on
+  object storage. RosettaSciIO's ``zspy.file_writer`` opens its store with zarr 2's
+  ``NestedDirectoryStore``, which zarr 3 has no more; so the group is opened here with
+  zarr-python 3 as ``zarr_format=2`` and RosettaSciIO's own ``ZspyWriter`` fills it
+  (one call adapted: a numeric list in the metadata). The result is a plain zarr v2
+  hierarchy with consolidated metadata that ``rsciio.zspy.file_reader`` reads under
+  zarr 2 and zarr 3 alike.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 from ..archive import ArchiveReader
 from ..errors import require
 
-__all__ = ["export_hspy", "export_ome_tiff"]
+__all__ = ["export_hspy", "export_ome_tiff", "export_zspy"]
 
 _CLASSIC_TIFF_LIMIT_BYTES = 4 * 2**30 - 2**20
 
@@ -102,21 +110,31 @@ def _hyperspy_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def export_hspy(reader: ArchiveReader, target: Path, *,
-                progress: Callable[[int], None] | None = None) -> None:
-    """Write the archive's frames as a HyperSpy ``.hspy`` file (see the module docstring).
+def _counted(data: Any, progress: Callable[[int], None] | None) -> Any:
+    """``data`` (a dask array over the frames) that reports each block's frames to
+    ``progress`` as the writer computes it, so a long export shows it moving."""
+    if progress is None:
+        return data
 
-    Raises
-    ------
-    MissingExtraError
-        RosettaSciIO (the ``[formats]`` extra) or dask (``[scale]``) is not installed.
-    """
-    purpose = "Exporting to HyperSpy's .hspy"
-    hspy = require("rsciio.hspy", extra="formats", package="rosettasciio", purpose=purpose)
+    def count(block: np.ndarray) -> np.ndarray:
+        progress(int(block.shape[0]))
+        return block
+
+    # meta given: dask would otherwise call ``count`` on an empty block to learn it.
+    return data.map_blocks(count, dtype=data.dtype,
+                           meta=np.empty((0,) * data.ndim, dtype=data.dtype))
+
+
+def _hyperspy_signal(reader: ArchiveReader, purpose: str,
+                     progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """The archive's frames as RosettaSciIO's signal dictionary: a dask array over the
+    archive (nothing is read before the writer asks), a time navigation axis and two
+    calibrated signal axes, HyperSpy's metadata tree and the session as
+    ``original_metadata``."""
     da = require("dask.array", extra="scale", package="dask", purpose=purpose)
     count = reader.frame_count
     stored = reader.frames
-    data = da.from_array(stored, chunks=stored.chunks)[:count]
+    data = _counted(da.from_array(stored, chunks=stored.chunks)[:count], progress)
     t_s = _times_s(reader)
     interval = _interval_s(reader, t_s)
     pixel_size_nm = reader.pixel_size_nm
@@ -129,12 +147,85 @@ def export_hspy(reader: ArchiveReader, target: Path, *,
           for name, size in zip("yx", stored.shape[1:], strict=True)),
     ]
     session = json.loads(json.dumps(dict(reader.meta), default=str))
-    signal = {
+    return {
         "data": data, "axes": axes, "metadata": _hyperspy_metadata(reader.meta),
         "original_metadata": {"lithoscope": session},
         "tmp_parameters": {}, "attributes": {"_lazy": True}, "learning_results": {},
         "models": {}, "package_info": {"package": "lithoscope", "package_version": ""},
     }
+
+
+def export_hspy(reader: ArchiveReader, target: Path, *,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Write the archive's frames as a HyperSpy ``.hspy`` file (see the module docstring).
+
+    ``progress(n)`` is called with the number of frames written since its last call.
+
+    Raises
+    ------
+    MissingExtraError
+        RosettaSciIO (the ``[formats]`` extra) or dask (``[scale]``) is not installed.
+    """
+    purpose = "Exporting to HyperSpy's .hspy"
+    hspy = require("rsciio.hspy", extra="formats", package="rosettasciio", purpose=purpose)
+    signal = _hyperspy_signal(reader, purpose, progress)
     hspy.file_writer(str(target), signal, show_progressbar=False)
-    if progress is not None:
-        progress(count)
+
+
+_ZSPY_COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 1}
+"""RosettaSciIO's own default for ZSPY (numcodecs' Blosc, Zstandard level 1, byte
+shuffle), as a zarr v2 codec configuration."""
+
+
+def export_zspy(reader: ArchiveReader, target: Path, *,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Write the archive's frames as a HyperSpy ``.zspy`` folder (see the module docstring).
+
+    ``progress(n)`` is called with the number of frames written since its last call.
+
+    Raises
+    ------
+    MissingExtraError
+        RosettaSciIO (the ``[formats]`` extra) or dask (``[scale]``) is not installed.
+    """
+    purpose = "Exporting to HyperSpy's .zspy"
+    require("rsciio.zspy", extra="formats", package="rosettasciio", purpose=purpose)
+    import warnings
+
+    import zarr
+    from rsciio._hierarchical import version
+    from rsciio.zspy._api import ZspyWriter
+    from zarr.errors import ZarrDeprecationWarning
+
+    class Writer(ZspyWriter):  # type: ignore[misc]
+        """RosettaSciIO's ZSPY writer on a zarr-python 3 group: a numeric list in the
+        metadata is created with its shape (zarr 3's ``create_dataset`` no longer takes
+        it from ``data=``, as zarr 2's did); everything else is RosettaSciIO's."""
+
+        def parse_structure(self, key: str, group: Any, value: Any, _type: str,
+                            **kwds: Any) -> None:
+            try:
+                values = np.array(value)
+            except ValueError:
+                values = None
+            if values is not None and values.ndim == 1 and values.dtype.kind in "biuf":
+                if _type + key in group:
+                    del group[_type + key]
+                group.create_dataset(_type + key, shape=values.shape, dtype=values.dtype,
+                                     **kwds)
+                group[_type + key][:] = values
+                return
+            super().parse_structure(key, group, value, _type, **kwds)
+
+    signal = _hyperspy_signal(reader, purpose, progress)
+    title = str(signal["metadata"]["General"]["title"]).replace("/", "-") or "__unnamed__"
+    with warnings.catch_warnings():
+        # RosettaSciIO calls zarr 2's names (create_dataset, require_dataset), which
+        # zarr 3 keeps for zarr_format=2 groups and marks deprecated.
+        warnings.simplefilter("ignore", category=ZarrDeprecationWarning)
+        root = zarr.open_group(zarr.storage.LocalStore(target), mode="w-", zarr_format=2)
+        root.attrs.update({"file_format": "ZSpy", "file_format_version": version})
+        group = root.require_group("Experiments").require_group(title)
+        Writer(root, signal, group, chunks=None, compressor=_ZSPY_COMPRESSOR,
+               write_dataset=True, show_progressbar=False).write()
+        zarr.consolidate_metadata(root.store)

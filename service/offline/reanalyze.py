@@ -13,15 +13,24 @@ The results go into a new group ``reanalysis/<run>/`` of the same archive, with 
 ``cluster``, ``particles``, ``events``, ``echem``, ``operando``, ``particle_dose`` and
 ``region_dose`` tables in the live tables' columns (``latency_s`` is NaN: nothing was
 live; the events are the analysis's, not the worker's operational ones such as
-``frames_dropped``) and the settings used in its attributes. Re-analysed with the
-settings it was recorded with, a replayed session (every frame analysed, echem
-received before the frames) gets exactly its live tables. The
+``frames_dropped``), the label images under ``labels/`` (``particles``, ``needle``,
+``grid``, written by the live archive's own `ArchiveLabels`; the task writes them
+itself, as they are too big to send back) and the settings used in its attributes.
+Re-analysed with the settings it was recorded with, a replayed session (every frame
+analysed, echem received before the frames) gets exactly its live tables and labels. The
 frames, the frame table, the live measurement tables and the session metadata are
 never written to. ``open_archive(path, reanalysis="latest")`` reads a run back.
 
 Without a scheduler address a `distributed.LocalCluster` is started for the run and
 stopped after it; by default its workers are threads in this process (OpenCV and numpy
 release the GIL, and a thread starts in milliseconds where a process takes seconds).
+
+Progress within an archive travels through Dask itself, so it works the same on a
+remote cluster: the task logs an event on a topic of this run (``Worker.log_event``)
+every 1 % of the archive's frames (every frame below 100), the client subscribes to the
+topic (``Client.subscribe_topic``) and hands ``(archive, frames done, frames)`` to the
+caller's ``frame_progress``. Dask's own task progress (its dashboard, or
+``distributed.progress``) would only say 0 or 1 of one task per archive.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import datetime as _dt
 import json
 import logging
 import math
+import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +61,7 @@ from ..archive import (
     PARTICLE_DOSE_COLUMNS,
     REGION_DOSE_COLUMNS,
     ROW_DIMENSION,
+    ArchiveLabels,
     ArchiveReader,
 )
 from ..errors import ArchiveError, ConfigError, require
@@ -111,17 +123,62 @@ def _session_start(reader: ArchiveReader) -> SessionStart:
                         fps=float(fps) if isinstance(fps, (int, float)) else None)
 
 
+def _open_labels(reader: ArchiveReader, group_path: str) -> ArchiveLabels:
+    """The label images of a run, written by the archive's own class into
+    ``<group_path>/labels`` (created here: a run's labels are too big to travel back
+    from a remote worker, so the task writes them where the archive is)."""
+    try:
+        root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
+        group = root.require_group(group_path)
+    except OSError as exc:
+        raise ArchiveError(f"Cannot write the re-analysis labels into {reader.path}: "
+                           f"{exc.strerror or exc}.") from None
+    depth = len([part for part in group_path.split("/") if part])
+    return ArchiveLabels(group, reader.meta, image_source="../" * (depth + 2))
+
+
+class _FrameEvents:
+    """Tells the client how far a task is: an event on ``topic`` every ``step`` frames
+    and at the last one, from the Dask worker running the task (nothing when there is
+    no topic, or the function runs outside a worker)."""
+
+    def __init__(self, topic: str | None, path: str, total: int) -> None:
+        self.path, self.total = path, total
+        self.step = max(1, total // 100)
+        self._worker: Any = None
+        if topic is not None:
+            from distributed import get_worker
+
+            try:
+                self._worker = get_worker()
+            except ValueError:  # called directly, not as a task
+                self._worker = None
+        self.topic = topic
+
+    def __call__(self, done: int) -> None:
+        if self._worker is not None and (done % self.step == 0 or done == self.total):
+            self._worker.log_event(self.topic, {"archive": self.path, "done": done,
+                                                "total": self.total})
+
+
 def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str, Any],
-                    operando: Mapping[str, Any] | None = None,
+                    operando: Mapping[str, Any] | None = None, *,
+                    labels_group: str | None = None, progress_topic: str | None = None,
                     ) -> dict[str, dict[str, np.ndarray]]:
     """Analyse every frame of an archive in order, as the live worker does: one Dask task.
 
     Takes plain values (a path, settings dicts) so that it pickles to a remote worker
     cheaply; the worker reads the frames itself. ``operando`` defaults to the settings
     the archive was recorded with. Returns every table of :data:`TABLES` as column
-    dicts.
+    dicts. With ``labels_group`` (a group path inside the archive, e.g.
+    ``reanalysis/<run>``), each analysed frame's label images are written to its
+    ``labels/`` as a live session writes the archive's own (:class:`ArchiveLabels`).
+    With ``progress_topic``, the task logs its progress on that Dask topic (see the
+    module docstring).
     """
     reader = ArchiveReader(path)
+    frame_events = _FrameEvents(progress_topic, path, reader.frame_count)
+    labels = None if labels_group is None else _open_labels(reader, labels_group)
     if operando is None:
         recorded = reader.meta.get("config", {}).get("operando")
         operando = recorded if isinstance(recorded, dict) else {}
@@ -142,15 +199,30 @@ def analyze_archive(path: str, analysis: Mapping[str, Any], alerts: Mapping[str,
         metadata = json.loads(str(table["metadata_json"][position]) or "{}")
         exposure = float(table["exposure_s"][position])
         pixel_size = metadata.get("pixel_size_nm")
+        index = int(table["index"][position])
         output = pipeline.analyse(
-            reader.frame(position), index=int(table["index"][position]),
+            reader.frame(position), index=index,
             t_s=float(table["t_s"][position]),
             pixel_size_nm=float(pixel_size) if isinstance(pixel_size, (int, float)) else None,
             exposure_s=exposure if math.isfinite(exposure) else None,
             metadata=metadata, acquired_at=float(table["acquired_at"][position]))
         for name, part in output.rows:
             rows[name].append(part)
+        if labels is not None and output.labels is not None:
+            labels.frame_written(index, position)
+            _append_labels(labels, index, output.labels, reader.path)
+        frame_events(position + 1)
+    if labels is not None:
+        labels.close(reader.frame_count)
     return {name: _concatenate(parts, TABLES[name]) for name, parts in rows.items()}
+
+
+def _append_labels(labels: ArchiveLabels, index: int, images: Any, path: Path) -> None:
+    try:
+        labels.append(index, images)
+    except OSError as exc:
+        raise ArchiveError(f"Cannot write the re-analysis labels of frame {index} into "
+                           f"{path}: {exc.strerror or exc}.") from None
 
 
 def _write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
@@ -199,6 +271,7 @@ def reanalyze(
     local_processes: bool = False,
     connect_timeout_s: float = 30.0,
     progress: Callable[[int, int], None] | None = None,
+    frame_progress: Callable[[Path, int, int], None] | None = None,
 ) -> list[ReanalysisResult]:
     """Re-run the analysis over archives on a Dask cluster; results beside the old ones.
 
@@ -219,6 +292,10 @@ def reanalyze(
         How long to try reaching ``scheduler``.
     progress : callable, optional
         Called as ``progress(done, total)`` each time an archive's run is stored.
+    frame_progress : callable, optional
+        Called as ``frame_progress(archive, frames_done, frames)`` as the cluster
+        analyses each archive (every 1 % of its frames, and at its end; never going
+        back), from the Dask client's thread.
 
     Returns
     -------
@@ -238,13 +315,20 @@ def reanalyze(
     analysis = analysis if analysis is not None else AnalysisConfig()
     alerts = alerts if alerts is not None else AlertConfig()
     readers = [ArchiveReader(path) for path in paths]
+    seen: set[Path] = set()
+    for reader in readers:
+        where = reader.path.resolve()
+        if where in seen:
+            raise ConfigError(f"{reader.path} is given twice; re-analyse an archive once "
+                              "per call.")
+        seen.add(where)
     for reader in readers:
         if reader.status == "recording":
             log.warning("%s is still recording (or its writer was killed); re-analysing "
                         "the %d frames it holds.", reader.path, reader.frame_count)
-    if run is not None:
-        for reader in readers:
-            _run_name(reader.group, run)  # a taken or bad name fails before any work
+    # Named before any work (a taken or bad name fails first): the tasks write each
+    # run's labels into its group.
+    names = [_run_name(reader.group, run) for reader in readers]
     cluster = None
     if scheduler is None:
         # Loopback only, OS-picked ports: the scheduler's HTTP server (metrics, and the
@@ -264,31 +348,83 @@ def reanalyze(
         raise ConfigError(f"Cannot reach the Dask scheduler at {scheduler}: {exc}.") from None
     settings, alert_settings = analysis.to_dict(), alerts.to_dict()
     results = []
+    frames = _FrameProgress(readers, frame_progress)
+    topic = f"lithoscope-reanalyze-{uuid.uuid4().hex}" if frame_progress else None
     try:
+        if topic is not None:
+            client.subscribe_topic(topic, frames.on_event)
         futures = [client.submit(analyze_archive, str(reader.path.absolute()), settings,
-                                 alert_settings, pure=False) for reader in readers]
-        for reader, future in zip(readers, futures, strict=True):
+                                 alert_settings, pure=False,
+                                 labels_group=f"{REANALYSIS_GROUP}/{name}",
+                                 progress_topic=topic)
+                   for reader, name in zip(readers, names, strict=True)]
+        for reader, name, future in zip(readers, names, futures, strict=True):
             tables = future.result()
-            results.append(_store(reader, tables, analysis, alerts, run, scheduler or "local"))
+            results.append(_store(reader, tables, analysis, alerts, name,
+                                  scheduler or "local"))
+            frames.finished(reader)
             if progress is not None:
                 progress(len(results), len(readers))
     finally:
+        if topic is not None:
+            client.unsubscribe_topic(topic)
         client.close()
         if cluster is not None:
             cluster.close()
     return results
 
 
+_LAST_EVENT_WAIT_S = 5.0
+"""How long a finished archive waits for its last progress event (it travels worker
+-> scheduler -> client, and may come after the task's result)."""
+
+
+class _FrameProgress:
+    """The client's side of the frame events: per archive, the furthest frame count
+    seen, handed on only when it grows."""
+
+    def __init__(self, readers: Sequence[ArchiveReader],
+                 callback: Callable[[Path, int, int], None] | None) -> None:
+        self.callback = callback
+        self.paths = {str(reader.path.absolute()): reader.path for reader in readers}
+        self.done = dict.fromkeys(self.paths, 0)
+        self.complete = {key: threading.Event() for key in self.paths}
+        self._lock = threading.Lock()
+
+    def on_event(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        _, msg = event
+        self._note(str(msg["archive"]), int(msg["done"]), int(msg["total"]))
+
+    def _note(self, key: str, done: int, total: int) -> None:
+        if self.callback is None or key not in self.paths:
+            return
+        with self._lock:  # the client's thread and the caller's: one at a time, in order
+            if done <= self.done[key]:
+                return
+            self.done[key] = done
+            self.callback(self.paths[key], done, total)
+        if done >= total:
+            self.complete[key].set()
+
+    def finished(self, reader: ArchiveReader) -> None:
+        """The archive's task returned: its last event, or (past a short wait) the
+        final count from its result."""
+        key = str(reader.path.absolute())
+        if self.callback is None:
+            return
+        total = reader.frame_count
+        if not self.complete[key].wait(_LAST_EVENT_WAIT_S if total else 0):
+            self._note(key, total, total)
+
+
 def _store(reader: ArchiveReader, tables: Mapping[str, Mapping[str, np.ndarray]],
-           analysis: AnalysisConfig, alerts: AlertConfig, run: str | None,
+           analysis: AnalysisConfig, alerts: AlertConfig, name: str,
            scheduler: str) -> ReanalysisResult:
     cluster, events = tables["cluster"], tables["events"]
     frames_analysed = len(cluster.get("frame", ()))
     try:
         root = zarr.open_group(zarr.storage.LocalStore(reader.path), mode="r+")
-        name = _run_name(root, run)
-        parent = root.require_group(REANALYSIS_GROUP)
-        group = parent.create_group(name)
+        group = root.require_group(REANALYSIS_GROUP).require_group(name)  # labels: there
         for table, columns in TABLES.items():
             _write_table(group, table, columns, tables.get(table, {}))
         # Written last: a run with its attributes is complete.

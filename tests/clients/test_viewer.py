@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -126,6 +125,24 @@ def _near(mask: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel) > 0
 
 
+def _assert_outlines_drawn(overlay: np.ndarray, f: float, shapes: list[np.ndarray],
+                           ids: list[int]) -> None:
+    """The overlay holds each outline in its track's colour, where the result put it:
+    the pixels of that colour lie on the polygon (touching particles share borders, so
+    a neighbour drawn later may cover part of it, never all)."""
+    import cv2
+
+    opaque = overlay[..., 3] == 255
+    for shape, track in zip(shapes, ids, strict=True):
+        colour = np.array(label_colour(track)[:3])
+        mine = opaque & (np.abs(overlay[..., :3].astype(int) - colour).max(axis=2) < 30)
+        line = np.zeros(overlay.shape[:2], np.uint8)
+        points = np.rint(((shape[:, ::-1] + 0.5) / f) - 0.5).astype(np.int32)
+        cv2.polylines(line, [points], True, 1, 1)
+        assert mine.sum() >= 0.3 * line.sum(), track  # drawn, not all covered
+        assert (mine & _near(line > 0, 3)).sum() >= 0.9 * mine.sum(), track  # on its polygon
+
+
 def _save(name: str, image: np.ndarray) -> Path:
     import cv2
 
@@ -201,56 +218,68 @@ def test_an_archive_shows_the_outlines_where_the_labels_are(display: str,
 
 def test_following_a_service_shows_its_previews_and_outlines(display: str,
                                                              tmp_path: Path) -> None:
+    """The simulator's lithiation session (512², needle contact at 8 s) streamed through
+    a real worker: the overlay holds each outline where the result put it, the canvas
+    shows them, and the whole window is saved as ``view-live.png`` (README's image)."""
     from lithoscope.clients.viewer import follow_service
     from lithoscope.service.config import ServiceConfig
     from lithoscope.service.live.worker import Worker, WorkerThread
+    from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
     from support import publishing
-    from support.arrays import noisy_frames
 
     config = ServiceConfig(frames_endpoint=f"ipc://{tmp_path}/frames",
                            results_endpoint=f"ipc://{tmp_path}/results",
                            sessions_dir=str(tmp_path / "sessions"), heartbeat_s=0.1)
-    views: list[Any] = []
+    sim = SimConfig(fps=1.0, duration_s=36.0, contact_s=8.0, bias_on_s=10.0,
+                    withdraw_s=60.0)
+    frames = int(sim.duration_s * sim.fps)
     with Worker(config) as worker, WorkerThread(worker):
         view = follow_service(worker.results_endpoint or "", show=True, run=False)
-        views.append(view)
         try:
-            view.viewer.window._qt_window.resize(900, 700)
+            view.viewer.window._qt_window.resize(1500, 950)
             _process_events(lambda: worker._preview.subscribers >= 1)
-            frames = noisy_frames(8, (600, 640))
+            # A preview of every frame (not 2/s): the last frame shown is the one the
+            # last outlines were drawn on, whatever the machine's speed.
+            worker._preview.interval_s = 0.0
             thread, out = publishing.publish_in_thread(
-                worker.frames_endpoint or "", worker.results_endpoint or "", frames,
-                fps=4.0, ack_timeout_s=60.0, speed=None, live=False)
-            _process_events(lambda: view.frames_shown >= 1 and view.state.results >= 8
+                worker.frames_endpoint or "", worker.results_endpoint or "",
+                SimulatedSource(sim), ack_timeout_s=60.0, speed=None, live=False)
+            _process_events(lambda: view.frames_shown >= 1 and view.state.results >= frames
                             and not thread.is_alive(),
                             state=lambda: (view.frames_shown, view.state.results,
                                            thread.is_alive(), out, worker.counters))
             publishing.joined(thread, out, 60.0)
+            _process_events(lambda: view.state.preview_index == frames - 1,
+                            state=lambda: view.state.preview_index)
+            view.plot.show(view.state.area_t, view.state.area, view.state.area_unit,
+                           [(e.t_s, e.kind) for e in view.state.events])
             _process_events(lambda: True)
             shapes, ids = view.state.polygons()
-            assert shapes
+            assert len(shapes) >= 4  # the cluster's particles
+            assert view.state.region_polygons("needle")  # in contact, shaded
+            assert "contact_made" in [e.kind for e in view.state.events]
+            assert view.event_list.count() == len(view.state.events)
             overlay = view.analysis.data
             f = view.analysis.scale[-1]
             view.frame.visible = False
             outlines = view.viewer.screenshot(canvas_only=True, flash=False)
             view.frame.visible = True
-            shown = view.viewer.screenshot(canvas_only=True, flash=False)
-            _save("view-live.png", shown)
+            window = view.viewer.screenshot(canvas_only=False, flash=False)
+            _save("view-live.png", window)
         finally:
             view.timer.stop()
             view.subscriber.close()
             view.viewer.close()
-    # The overlay holds each outline in its track's colour, where the result put it.
-    for shape, track in zip(shapes, ids, strict=True):
-        rows, cols = (np.rint((shape.T + 0.5) / f - 0.5).astype(int)
-                      .clip(0, np.array(overlay.shape[:2])[:, None] - 1))
-        colour = np.array(label_colour(track)[:3])
-        near = np.abs(overlay[rows, cols, :3].astype(int) - colour).max(axis=1) < 60
-        assert near.mean() > 0.5, track
+    _assert_outlines_drawn(overlay, f, shapes, ids)
     coloured = outlines[..., :3].astype(int)
     drawn = (coloured.max(axis=2) - coloured.min(axis=2)) > 60
     assert drawn.sum() > 50  # and the canvas shows them
+    # No notification over the window (napari shows its warnings as toasts).
+    from napari.utils.notifications import notification_manager
+
+    assert not [n for n in notification_manager.records
+                if n.severity >= "warning"], notification_manager.records
 
 
 def test_view_names_what_is_wrong_in_one_line(tmp_path: Path, display: str,
@@ -269,3 +298,82 @@ def test_view_names_what_is_wrong_in_one_line(tmp_path: Path, display: str,
     result = CliRunner().invoke(app, ["view"])
     assert result.exit_code == 1
     assert "needs a display" in result.output
+
+
+def test_following_survives_the_service_stopping_and_a_new_one_starting(
+        display: str, tmp_path: Path) -> None:
+    """A real ``lithoscope serve`` is stopped and another started on the same endpoints:
+    the viewer says it is waiting meanwhile and then shows the new session's frames and
+    outlines (a frame of another size, so nothing of the first session can pass for it)."""
+    from lithoscope.clients.viewer import follow_service
+
+    from support import publishing
+    from support.arrays import noisy_frames
+    from support.serving import DEADLINE_S, Serve
+
+    def publish(serve: Serve, frames: np.ndarray) -> None:
+        thread, out = publishing.publish_in_thread(
+            serve.frames, serve.results, frames, fps=4.0, ack_timeout_s=DEADLINE_S,
+            speed=None, live=False)
+        _process_events(lambda: not thread.is_alive() and view.state.results >= shown + 8,
+                        state=lambda: (view.state.results, thread.is_alive(), out))
+        publishing.joined(thread, out, DEADLINE_S)
+
+    def settled() -> None:  # the newest result and preview taken in and drawn
+        _process_events(lambda: view.state.index == 7 and view.state.preview is not None,
+                        state=lambda: (view.state.preview_index, view.state.index))
+
+    first = Serve(tmp_path)
+    second: Serve | None = None
+    view = follow_service(first.results, show=True, run=False)
+    try:
+        view.viewer.window._qt_window.resize(900, 700)
+        _process_events(lambda: view.state.connected, state=lambda: view.viewer.title)
+        assert "waiting" not in view.viewer.title
+        shown = 0
+        publish(first, noisy_frames(8, (600, 640)))
+        settled()
+        old_session = view.state.session_id
+        assert view.state.frame_shape == (600, 640)
+        shown = view.state.results
+
+        out, err = first.stop()
+        assert first.proc.returncode == 0, err
+        _process_events(lambda: "waiting" in view.viewer.title,
+                        state=lambda: view.viewer.title)
+        assert view.viewer.text_overlay.text == "waiting for the service"
+
+        second = Serve(tmp_path)
+        _process_events(lambda: "waiting" not in view.viewer.title,
+                        state=lambda: view.viewer.title)
+        frames_before = view.frames_shown
+        # Particles elsewhere than in the first session: moved by (150, 200).
+        moved = np.roll(noisy_frames(8, (480, 520), seed=1), (150, 200), axis=(1, 2))
+        publish(second, moved)
+        settled()
+        assert view.state.session_id not in (None, old_session)
+        assert view.subscriber.restarts >= 1
+        assert view.frames_shown > frames_before
+        assert view.state.frame_shape == (480, 520)
+        assert view.frame.data.shape == view.state.preview.shape  # type: ignore[union-attr]
+        shapes, ids = view.state.polygons()
+        assert shapes
+        centres = np.array([s.mean(axis=0) for s in shapes])
+        assert (centres.min(axis=0) > (150, 200)).all()  # the new session's particles
+        _process_events(lambda: True)
+        view.frame.visible = False
+        outlines = view.viewer.screenshot(canvas_only=True, flash=False)
+        view.frame.visible = True
+        _save("view-restarted.png", view.viewer.screenshot(canvas_only=True, flash=False))
+        overlay, f = view.analysis.data, view.analysis.scale[-1]
+        assert overlay.shape[:2] == tuple(-(-np.array((480, 520)) // int(f)))
+    finally:
+        view.timer.stop()
+        view.subscriber.close()
+        view.viewer.close()
+        for serve in (first, second):
+            if serve is not None and serve.proc.poll() is None:
+                serve.stop()
+    _assert_outlines_drawn(overlay, f, shapes, ids)
+    coloured = outlines[..., :3].astype(int)
+    assert ((coloured.max(axis=2) - coloured.min(axis=2)) > 60).sum() > 50

@@ -99,6 +99,34 @@ def test_reanalyze_json(archive: Path, tmp_path: Path) -> None:
     assert isinstance(summary["events"], list)
 
 
+def test_reanalyze_shows_each_archive_s_frames_on_a_terminal(
+        archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, a bar per archive counts its frames (through the Dask cluster's
+    events) while stdout keeps only the summary."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from lithoscope.service.cli import _common
+
+    second = Path(shutil.copytree(archive, tmp_path / "second.zarr"))
+    screen = io.StringIO()
+    monkeypatch.setattr(_common, "err_console", Console(
+        file=screen, force_terminal=True, width=120, color_system=None))
+    result = runner.invoke(app, ["reanalyze", str(archive), str(second), "--run", "bars",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 2
+    frames = ArchiveReader(archive).frame_count
+    shown = screen.getvalue()
+    for name in (archive.name, second.name):
+        assert f"reanalyze {name}" in shown
+    # Both archives' bars counted frames up to the end (the counts in between are
+    # tested on reanalyze's frame_progress: a redraw here is every 0.1 s).
+    assert shown.count(f"{frames}/{frames}") >= 2
+
+
 # ------------------------------------------------------------------ missing extras
 
 
@@ -118,6 +146,7 @@ EXTRA_LINE = r"which the \[{extra}\] extra installs: pip install 'lithoscope\[{e
     ("pandas", "scale", "csv"),
     ("pyarrow", "scale", "parquet"),
     ("rsciio", "formats", "hspy"),
+    ("rsciio", "formats", "zspy"),
     ("distributed", "scale", "reanalyze"),
 ])
 def test_archive_tools_name_the_missing_extra(archive: Path, tmp_path: Path,

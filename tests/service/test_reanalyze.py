@@ -72,9 +72,20 @@ def test_new_settings_give_new_tables_beside_the_old(archive: Path) -> None:
 
 def test_several_archives_in_one_call(archive: Path, tmp_path: Path) -> None:
     second = Path(shutil.copytree(archive, tmp_path / "second.zarr"))
-    results = reanalyze([archive, second], run="both")
+    seen: dict[Path, list[int]] = {}
+    results = reanalyze([archive, second], run="both",
+                        frame_progress=lambda path, done, total:
+                        seen.setdefault(path, []).append(done))
     assert [r.path for r in results] == [archive, second]
-    assert all(r.frames_analysed == ArchiveReader(archive).frame_count for r in results)
+    frames = ArchiveReader(archive).frame_count
+    assert all(r.frames_analysed == frames for r in results)
+    assert set(seen) == {archive, second}
+    for done in seen.values():  # each archive's own count, frame by frame
+        assert done == sorted(set(done))
+        assert done[-1] == frames
+        assert len(done) >= frames // 2
+    with pytest.raises(ConfigError, match="given twice"):
+        reanalyze([archive, archive], run="twice")
 
 
 def test_bad_input_fails_before_any_work(archive: Path, tmp_path: Path) -> None:
@@ -89,9 +100,19 @@ def test_a_running_scheduler_with_worker_processes(archive: Path) -> None:
     """--scheduler ADDR: the task pickles to a worker process that opens the archive."""
     from distributed import LocalCluster
 
+    seen: list[tuple[Path, int, int]] = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       scheduler_port=0, dashboard_address="127.0.0.1:0") as cluster:
-        (result,) = reanalyze([archive], scheduler=cluster.scheduler_address, run="remote")
+        (result,) = reanalyze([archive], scheduler=cluster.scheduler_address, run="remote",
+                              frame_progress=lambda *args: seen.append(args))
+    # Progress frame by frame (40 frames: an event each), from the worker process
+    # through the scheduler, never going back, ending at the last frame.
+    frames = ArchiveReader(archive).frame_count
+    assert {(path, total) for path, _, total in seen} == {(archive, frames)}
+    done = [d for _, d, _ in seen]
+    assert done == sorted(set(done))
+    assert done[-1] == frames
+    assert len(done) >= frames // 2  # not only the final count the client adds itself
     live = lithoscope.service.open_archive(archive)
     remote = lithoscope.service.open_archive(archive, reanalysis="remote")
     assert result.frames_analysed == live.frames.sizes["t"]
@@ -179,3 +200,21 @@ def test_every_table_of_the_live_archive_is_reproduced(tmp_path: Path) -> None:
             np.testing.assert_array_equal(values, recorded[column],
                                           err_msg=f"{table}.{column}")
     assert len(live.table("operando")["frame"]) == live.frame_count
+    # The label images too: the same pixels, track colours and properties as the live
+    # archive's labels/, with the source image pointing at the same frames.
+    from lithoscope.service.archive import LABEL_NAMES
+
+    live_labels, run_labels = live.group["labels"], again["labels"]
+    assert dict(run_labels.attrs) == dict(live_labels.attrs)  # type: ignore[union-attr]
+    for name in LABEL_NAMES:
+        recorded_image = np.asarray(live_labels[f"{name}/0"][:])  # type: ignore[index]
+        image = np.asarray(run_labels[f"{name}/0"][:])  # type: ignore[index]
+        assert image.shape == recorded_image.shape, name
+        if name != "grid":  # the simulator's small session has no grid bars in view
+            assert recorded_image.any(), f"the live archive's {name} labels are empty"
+        np.testing.assert_array_equal(image, recorded_image, err_msg=name)
+        live_ome = dict(live_labels[name].attrs["ome"])  # type: ignore[index, arg-type]
+        run_ome = dict(run_labels[name].attrs["ome"])  # type: ignore[index, arg-type]
+        assert live_ome["image-label"].pop("source") == {"image": "../../"}
+        assert run_ome["image-label"].pop("source") == {"image": "../../../../"}
+        assert run_ome == live_ome, name
