@@ -50,6 +50,8 @@ _FORGET_S = 120.0
 long before, and a session of hours must not keep every id it ever gave out."""
 _FIT_INTERVAL_S = 1.0
 """The diffusion fit is refreshed at most this often (it costs more than a frame)."""
+_RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
+"""Median length of a 2-D normal vector of unit sigma per axis."""
 
 
 @dataclass(slots=True)
@@ -110,9 +112,15 @@ class SessionAnalyzer:
       edge it is the cluster area.
     * Contact (``needle_contact``) is made by the frame's contact rule (a particle
       within ``needle_contact_px`` of the coating's edge) and held while a particle
-      stays joined to the needle with no vacuum between (``needle_joined``): a
-      lithiated shell pressed on the coating may be lighter than the particles'
-      threshold, and a closing gap joins them a frame or more before they touch.
+      stays joined to the needle with no vacuum between (``needle_joined``), or while
+      the needle stays where it was relative to the specimen (its tip less the drift,
+      within ``threshold_sigmas`` of its own jitter over the contact debounce,
+      :meth:`_needle_moved`): a lithiated shell pressed on the coating may be lighter
+      than the particles' threshold, or fainter than the coating's edge and within a
+      few noise sigmas of the vacuum, and a closing gap joins them a frame or more
+      before they touch. A contact ends when the rule no longer sees it and the
+      needle moves away; a needle withdrawn more slowly than that reach per debounce
+      (about a pixel per frame) keeps a held contact until it moves faster.
       Either counts only once the session has a needle (``needle_confirm_frames`` of
       :class:`AlertConfig`): with no needle in view, a near-black crystal cut by the
       frame edge is taken for one for a frame or three.
@@ -154,6 +162,10 @@ class SessionAnalyzer:
         """Consecutive frames in which a fed particle was not found."""
         self._onset_reported = False
         """An expansion onset was raised in the current contact (by either detector)."""
+        self._tips: deque[tuple[float, float]] = deque(
+            maxlen=self.alert_config.contact_debounce_frames + 1)
+        """The needle's tip less the drift in the latest frames (:meth:`_needle_moved`)."""
+        self._tip_steps: deque[float] = deque(maxlen=self.alert_config.noise_window_frames)
         self._needle_count = 0
         self._needle_seen = False
         """The session has a needle (:meth:`_needle_confirmed`)."""
@@ -254,11 +266,17 @@ class SessionAnalyzer:
             else step_px
         watched = self._watched_area(table, ids)
         # Contact is made when a particle comes within reach of the coating's edge and
-        # held while one stays joined to it with no vacuum between (a lithiated shell
-        # lighter than the particles' threshold pressed on the coating).
+        # held while one stays joined to it with no vacuum between, or while the needle
+        # stays where it was (a lithiated shell lighter than the particles' threshold,
+        # or fainter still, pressed on the coating).
+        rule = bool(cluster["needle_contact"])
+        tip = (float(cluster.get("needle_tip_row", math.nan)) - drift[0],
+               float(cluster.get("needle_tip_col", math.nan)) - drift[1])
+        moved = self._needle_moved(tip, measured=rule and self.detector.in_contact)
+        held = self.detector.in_contact and (
+            bool(cluster.get("needle_joined", False)) or not moved)
         contact = self._needle_confirmed(int(cluster.get("needle_area_px", 0)) > 0) and (
-            bool(cluster["needle_contact"]) or (
-                bool(cluster.get("needle_joined", False)) and self.detector.in_contact))
+            rule or held)
         cluster["needle_contact"] = contact
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=watched,
                                       needle_contact=contact, drift_step_px=step_ref)
@@ -310,6 +328,31 @@ class SessionAnalyzer:
         elif self._needle_count == 0:
             self._needle_seen = False
         return self._needle_seen
+
+    def _needle_moved(self, tip: tuple[float, float], *, measured: bool) -> bool:
+        """Whether the needle moved relative to the specimen over the last
+        ``contact_debounce_frames`` frames (``tip``: its apex less the drift, input
+        pixels); True when that cannot be told (no tip, its jitter not yet known).
+
+        The tip's frame-to-frame jitter is measured in the frames the contact rule
+        sees contact (``measured``): its per-axis sigma is the median step over
+        1.18 (the median of a 2-D normal's length). The needle moved when its tip
+        is farther than ``threshold_sigmas`` of those from where it was, at least a
+        pixel: a withdrawal at 20 nm/s moves it 5 nm per frame at 4 fps, the jitter
+        and the drift estimate's creep a few tenths of a pixel per frame.
+        """
+        tips = self._tips
+        if not (math.isfinite(tip[0]) and math.isfinite(tip[1])):
+            tips.clear()
+            return True
+        if measured and tips:
+            self._tip_steps.append(math.hypot(tip[0] - tips[-1][0], tip[1] - tips[-1][1]))
+        tips.append(tip)
+        if len(self._tip_steps) < self.alert_config.baseline_frames or len(tips) < 2:
+            return True
+        sigma = float(np.median(self._tip_steps)) / _RAYLEIGH_MEDIAN
+        reach = max(1.0, self.alert_config.threshold_sigmas * sigma)
+        return math.hypot(tip[0] - tips[0][0], tip[1] - tips[0][1]) > reach
 
     def _watched_area(self, table: dict[str, np.ndarray], ids: np.ndarray) -> float:
         """The area the alerts watch: the cluster's, less the particles cut by the frame
