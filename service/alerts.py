@@ -56,6 +56,12 @@ class AlertConfig:
 
     contact_debounce_frames: int = 2
     """Consecutive frames the needle contact must hold (or be absent) to change state."""
+    needle_confirm_frames: int = 8
+    """A session counts a needle's contact only once the needle has been found in this
+    many more frames than not (a leaky count: each frame with it adds one, each without
+    takes one off), and stops counting it once the count is back to zero. A needle is
+    brought in from an edge and stays for minutes; a near-black crystal cut by the
+    frame edge is needle-shaped now and then, for a frame or three."""
     baseline_frames: int = 8
     """Frames whose median area is the reference: the first ones in contact (expansion),
     the last ones before contact was lost (contraction)."""
@@ -83,8 +89,8 @@ class AlertConfig:
     """Consecutive frames the drift must exceed it (one bad correlation is not drift)."""
 
     def __post_init__(self) -> None:
-        for name in ("contact_debounce_frames", "baseline_frames", "noise_window_frames",
-                     "drift_warning_frames"):
+        for name in ("contact_debounce_frames", "needle_confirm_frames", "baseline_frames",
+                     "noise_window_frames", "drift_warning_frames"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"Expected {name} to be an integer >= 1. Got {value!r}.")

@@ -50,6 +50,8 @@ _FORGET_S = 120.0
 long before, and a session of hours must not keep every id it ever gave out."""
 _FIT_INTERVAL_S = 1.0
 """The diffusion fit is refreshed at most this often (it costs more than a frame)."""
+_RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
+"""Median length of a 2-D normal vector of unit sigma per axis."""
 
 
 @dataclass(slots=True)
@@ -110,9 +112,18 @@ class SessionAnalyzer:
       edge it is the cluster area.
     * Contact (``needle_contact``) is made by the frame's contact rule (a particle
       within ``needle_contact_px`` of the coating's edge) and held while a particle
-      stays joined to the needle with no vacuum between (``needle_joined``): a
-      lithiated shell pressed on the coating may be lighter than the particles'
-      threshold, and a closing gap joins them a frame or more before they touch.
+      stays joined to the needle with no vacuum between (``needle_joined``), or while
+      the needle stays where it was relative to the specimen (its tip less the drift,
+      within ``threshold_sigmas`` of its own jitter over the contact debounce,
+      :meth:`_needle_moved`): a lithiated shell pressed on the coating may be lighter
+      than the particles' threshold, or fainter than the coating's edge and within a
+      few noise sigmas of the vacuum, and a closing gap joins them a frame or more
+      before they touch. A contact ends when the rule no longer sees it and the
+      needle moves away; a needle withdrawn more slowly than that reach per debounce
+      (about a pixel per frame) keeps a held contact until it moves faster.
+      Either counts only once the session has a needle (``needle_confirm_frames`` of
+      :class:`AlertConfig`): with no needle in view, a near-black crystal cut by the
+      frame edge is taken for one for a frame or three.
 
     References
     ----------
@@ -147,8 +158,17 @@ class SessionAnalyzer:
         self._fed: tuple[int, ...] = ()
         """Particles touching the needle when contact was made: lithium enters there."""
         self._fed_detector: AlertDetector | None = None
+        self._fed_missing = 0
+        """Consecutive frames in which a fed particle was not found."""
         self._onset_reported = False
         """An expansion onset was raised in the current contact (by either detector)."""
+        self._tips: deque[tuple[float, float]] = deque(
+            maxlen=self.alert_config.contact_debounce_frames + 1)
+        """The needle's tip less the drift in the latest frames (:meth:`_needle_moved`)."""
+        self._tip_steps: deque[float] = deque(maxlen=self.alert_config.noise_window_frames)
+        self._needle_count = 0
+        self._needle_seen = False
+        """The session has a needle (:meth:`_needle_confirmed`)."""
         self._watched_px: float | None = None
         """The area the alerts watch (see Notes)."""
         self._previous_by_id: dict[int, tuple[float, bool]] = {}
@@ -246,10 +266,17 @@ class SessionAnalyzer:
             else step_px
         watched = self._watched_area(table, ids)
         # Contact is made when a particle comes within reach of the coating's edge and
-        # held while one stays joined to it with no vacuum between (a lithiated shell
-        # lighter than the particles' threshold pressed on the coating).
-        contact = bool(cluster["needle_contact"]) or (
-            bool(cluster.get("needle_joined", False)) and self.detector.in_contact)
+        # held while one stays joined to it with no vacuum between, or while the needle
+        # stays where it was (a lithiated shell lighter than the particles' threshold,
+        # or fainter still, pressed on the coating).
+        rule = bool(cluster["needle_contact"])
+        tip = (float(cluster.get("needle_tip_row", math.nan)) - drift[0],
+               float(cluster.get("needle_tip_col", math.nan)) - drift[1])
+        moved = self._needle_moved(tip, measured=rule and self.detector.in_contact)
+        held = self.detector.in_contact and (
+            bool(cluster.get("needle_joined", False)) or not moved)
+        contact = self._needle_confirmed(int(cluster.get("needle_area_px", 0)) > 0) and (
+            rule or held)
         cluster["needle_contact"] = contact
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=watched,
                                       needle_contact=contact, drift_step_px=step_ref)
@@ -282,6 +309,50 @@ class SessionAnalyzer:
         if touching:
             self._last_touching = touching
         return cluster, columns, alerts
+
+    def _needle_confirmed(self, found: bool) -> bool:
+        """Whether the session has a needle: found in ``needle_confirm_frames`` more
+        frames than not, until the count is back to zero (see :class:`AlertConfig`).
+
+        The per-frame analysis takes the needle-shaped opaque object entering from an
+        edge for the needle; with no needle in view, a near-black crystal cut by the
+        frame edge is that for a frame or three as it drifts (and touches its
+        neighbours: a contact made and lost). The needle stays in view; a frame that
+        misses it (low dose) does not unconfirm it.
+        """
+        most = self.alert_config.needle_confirm_frames
+        self._needle_count = min(most, self._needle_count + 1) if found else max(
+            0, self._needle_count - 1)
+        if self._needle_count >= most:
+            self._needle_seen = True
+        elif self._needle_count == 0:
+            self._needle_seen = False
+        return self._needle_seen
+
+    def _needle_moved(self, tip: tuple[float, float], *, measured: bool) -> bool:
+        """Whether the needle moved relative to the specimen over the last
+        ``contact_debounce_frames`` frames (``tip``: its apex less the drift, input
+        pixels); True when that cannot be told (no tip, its jitter not yet known).
+
+        The tip's frame-to-frame jitter is measured in the frames the contact rule
+        sees contact (``measured``): its per-axis sigma is the median step over
+        1.18 (the median of a 2-D normal's length). The needle moved when its tip
+        is farther than ``threshold_sigmas`` of those from where it was, at least a
+        pixel: a withdrawal at 20 nm/s moves it 5 nm per frame at 4 fps, the jitter
+        and the drift estimate's creep a few tenths of a pixel per frame.
+        """
+        tips = self._tips
+        if not (math.isfinite(tip[0]) and math.isfinite(tip[1])):
+            tips.clear()
+            return True
+        if measured and tips:
+            self._tip_steps.append(math.hypot(tip[0] - tips[-1][0], tip[1] - tips[-1][1]))
+        tips.append(tip)
+        if len(self._tip_steps) < self.alert_config.baseline_frames or len(tips) < 2:
+            return True
+        sigma = float(np.median(self._tip_steps)) / _RAYLEIGH_MEDIAN
+        reach = max(1.0, self.alert_config.threshold_sigmas * sigma)
+        return math.hypot(tip[0] - tips[0][0], tip[1] - tips[0][1]) > reach
 
     def _watched_area(self, table: dict[str, np.ndarray], ids: np.ndarray) -> float:
         """The area the alerts watch: the cluster's, less the particles cut by the frame
@@ -440,7 +511,10 @@ class SessionAnalyzer:
         other's is dropped, so one physical change still makes one alert. A frame in
         which one of them is missing or merged with a neighbour (``merged``) has no
         area for it: at 2 e/A^2/s and 1 nm/px one frame of the fed particle merged
-        with its neighbour (+50 %) raised an onset 3 s before the bias.
+        with its neighbour (+50 %) raised an onset 3 s before the bias. A fed particle
+        the tracker loses for longer than the contact debounce is watched afresh once
+        found again: on real-looking crystals it came back as another cut of the clump,
+        15 % larger, and raised an onset in a control.
         """
         out = []
         for alert in alerts:
@@ -448,6 +522,7 @@ class SessionAnalyzer:
                 touching = ids[table["touches_needle"]]
                 self._fed = tuple(sorted(int(i) for i in touching))
                 self._fed_detector = AlertDetector(self.alert_config) if self._fed else None
+                self._fed_missing = 0
                 self._onset_reported = False
             elif alert.kind is EventKind.CONTACT_LOST:
                 self._fed_detector = None
@@ -459,9 +534,17 @@ class SessionAnalyzer:
         fed = self._fed_detector
         if fed is not None and not any(a.kind is EventKind.CONTACT_MADE for a in alerts):
             present = np.isin(ids, self._fed)
+            whole = int(present.sum()) == len(self._fed)
             area = (float(table["area_px"][present].sum())
-                    if int(present.sum()) == len(self._fed) and not merged[present].any()
-                    else math.nan)
+                    if whole and not merged[present].any() else math.nan)
+            if not whole:
+                self._fed_missing += 1
+            elif self._fed_missing:
+                if self._fed_missing > self.alert_config.contact_debounce_frames:
+                    # Lost for longer than a flicker: the particle the tracker finds
+                    # again may be another cut of the clump; its area is a new series.
+                    fed = self._fed_detector = AlertDetector(self.alert_config)
+                self._fed_missing = 0
             for alert in fed.update(t_s=t_s, frame=index, area_px=area, needle_contact=contact):
                 if alert.kind is EventKind.EXPANSION_ONSET and not self._swelling_is_real(
                         fed, area, watched_px):
@@ -488,9 +571,10 @@ class SessionAnalyzer:
         Lithium swells the cluster by what it swells the particles it enters; a shift
         of the split between a fed particle and its neighbour moves pixels between
         them and leaves the cluster as it was (in a control without lithium a fed
-        particle of a 3-D clump "grew" 40 % this way and raised an onset). Half the
-        fed particles' gain, less two sigmas of the cluster's noise, must show in the
-        cluster.
+        particle of a 3-D clump "grew" 40 % this way and raised an onset). The fed
+        particles must be larger than at contact (cut in two, one kept its id at 63 %
+        of its size, and its CUSUM, learning the smaller size, alarmed), and half their
+        gain, less two sigmas of the cluster's noise, must show in the cluster.
         """
         cluster = self.detector
         fed_reference, cluster_reference = fed.contact_area, cluster.contact_area
@@ -498,6 +582,8 @@ class SessionAnalyzer:
             return True  # nothing to compare with yet: the cluster's own CUSUM decides
         sigma = cluster.sigma or self.alert_config.noise_floor
         gained = fed_area - fed_reference
+        if gained <= 0:
+            return False  # smaller than at contact: a split moved, nothing swelled
         return bool(cluster_area - cluster_reference
                     >= 0.5 * gained - 2.0 * sigma * cluster_reference)
 

@@ -232,8 +232,11 @@ def _two_contacts() -> tuple[list[tuple[float, list]], SessionAnalyzer]:
         particles = dict(base.particles)
         particles["area_px"] = np.round(base.particles["area_px"] * scale).astype(np.int64)
         particles["touches_needle"] = touching & contact
+        # Withdrawn, the needle's tip is 20 px back (a withdrawal moves it away).
+        away = 0.0 if contact or t < 10 else 20.0
         cluster = dict(base.cluster, area_px=float(particles["area_px"].sum()),
-                       needle_contact=contact, needle_joined=contact)
+                       needle_contact=contact, needle_joined=contact,
+                       needle_tip_col=float(base.cluster["needle_tip_col"]) - away)
         measurement = FrameMeasurement(particles=particles, cluster=cluster,
                                        contacts=base.contacts, drift_image=base.drift_image,
                                        drift_scale=base.drift_scale)
@@ -334,8 +337,8 @@ def test_particles_cut_by_the_frame_edge_raise_no_alert() -> None:
 
 def test_contact_is_held_while_the_particle_stays_joined() -> None:
     """Contact is made by the contact rule (``needle_contact``) and held while a
-    particle stays joined to the needle (``needle_joined``): lost when neither holds,
-    never made by joining alone."""
+    particle stays joined to the needle (``needle_joined``): lost when neither holds
+    and the needle moves away, never made by joining alone."""
     base = measure_frame(SimulatedSource(MOVIE).render(18).image, pixel_size_nm=1.0)
     analyzer = SessionAnalyzer()
     found = []
@@ -343,7 +346,9 @@ def test_contact_is_held_while_the_particle_stays_joined() -> None:
         t = k / 4
         strict = 10 <= t < 20
         joined = 5 <= t < 8 or 10 <= t < 30
-        cluster = dict(base.cluster, needle_contact=strict, needle_joined=joined)
+        cluster = dict(base.cluster, needle_contact=strict, needle_joined=joined,
+                       needle_tip_col=float(base.cluster["needle_tip_col"])
+                       - (20.0 if t >= 30 else 0.0))
         particles = dict(base.particles)
         particles["touches_needle"] = base.particles["touches_needle"] & strict
         measurement = FrameMeasurement(particles=particles, cluster=cluster,
