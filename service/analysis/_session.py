@@ -24,6 +24,7 @@ from lithoscope.service.alerts import Alert, AlertConfig, AlertDetector
 from lithoscope.service.protocol import EventKind
 
 from ._config import AnalysisConfig
+from ._contact import NeedleWatch
 from ._frame import FrameAnalysis
 from ._labels import track_lut
 from ._measurement import _DRIFT_DOWNSAMPLE, FrameMeasurement, _measure
@@ -50,8 +51,6 @@ _FORGET_S = 120.0
 long before, and a session of hours must not keep every id it ever gave out."""
 _FIT_INTERVAL_S = 1.0
 """The diffusion fit is refreshed at most this often (it costs more than a frame)."""
-_RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
-"""Median length of a 2-D normal vector of unit sigma per axis."""
 
 
 @dataclass(slots=True)
@@ -115,7 +114,7 @@ class SessionAnalyzer:
       stays joined to the needle with no vacuum between (``needle_joined``), or while
       the needle stays where it was relative to the specimen (its tip less the drift,
       within ``threshold_sigmas`` of its own jitter over the contact debounce,
-      :meth:`_needle_moved`): a lithiated shell pressed on the coating may be lighter
+      :meth:`NeedleWatch.moved`): a lithiated shell pressed on the coating may be lighter
       than the particles' threshold, or fainter than the coating's edge and within a
       few noise sigmas of the vacuum, and a closing gap joins them a frame or more
       before they touch. A contact ends when the rule no longer sees it and the
@@ -162,13 +161,8 @@ class SessionAnalyzer:
         """Consecutive frames in which a fed particle was not found."""
         self._onset_reported = False
         """An expansion onset was raised in the current contact (by either detector)."""
-        self._tips: deque[tuple[float, float]] = deque(
-            maxlen=self.alert_config.contact_debounce_frames + 1)
-        """The needle's tip less the drift in the latest frames (:meth:`_needle_moved`)."""
-        self._tip_steps: deque[float] = deque(maxlen=self.alert_config.noise_window_frames)
-        self._needle_count = 0
-        self._needle_seen = False
-        """The session has a needle (:meth:`_needle_confirmed`)."""
+        self._needle = NeedleWatch(self.alert_config)
+        """The needle across frames: confirmed present, moved (see Notes)."""
         self._watched_px: float | None = None
         """The area the alerts watch (see Notes)."""
         self._previous_by_id: dict[int, tuple[float, bool]] = {}
@@ -272,10 +266,10 @@ class SessionAnalyzer:
         rule = bool(cluster["needle_contact"])
         tip = (float(cluster.get("needle_tip_row", math.nan)) - drift[0],
                float(cluster.get("needle_tip_col", math.nan)) - drift[1])
-        moved = self._needle_moved(tip, measured=rule and self.detector.in_contact)
+        moved = self._needle.moved(tip, measured=rule and self.detector.in_contact)
         held = self.detector.in_contact and (
             bool(cluster.get("needle_joined", False)) or not moved)
-        contact = self._needle_confirmed(int(cluster.get("needle_area_px", 0)) > 0) and (
+        contact = self._needle.confirmed(int(cluster.get("needle_area_px", 0)) > 0) and (
             rule or held)
         cluster["needle_contact"] = contact
         alerts = self.detector.update(t_s=t_s, frame=index, area_px=watched,
@@ -309,50 +303,6 @@ class SessionAnalyzer:
         if touching:
             self._last_touching = touching
         return cluster, columns, alerts
-
-    def _needle_confirmed(self, found: bool) -> bool:
-        """Whether the session has a needle: found in ``needle_confirm_frames`` more
-        frames than not, until the count is back to zero (see :class:`AlertConfig`).
-
-        The per-frame analysis takes the needle-shaped opaque object entering from an
-        edge for the needle; with no needle in view, a near-black crystal cut by the
-        frame edge is that for a frame or three as it drifts (and touches its
-        neighbours: a contact made and lost). The needle stays in view; a frame that
-        misses it (low dose) does not unconfirm it.
-        """
-        most = self.alert_config.needle_confirm_frames
-        self._needle_count = min(most, self._needle_count + 1) if found else max(
-            0, self._needle_count - 1)
-        if self._needle_count >= most:
-            self._needle_seen = True
-        elif self._needle_count == 0:
-            self._needle_seen = False
-        return self._needle_seen
-
-    def _needle_moved(self, tip: tuple[float, float], *, measured: bool) -> bool:
-        """Whether the needle moved relative to the specimen over the last
-        ``contact_debounce_frames`` frames (``tip``: its apex less the drift, input
-        pixels); True when that cannot be told (no tip, its jitter not yet known).
-
-        The tip's frame-to-frame jitter is measured in the frames the contact rule
-        sees contact (``measured``): its per-axis sigma is the median step over
-        1.18 (the median of a 2-D normal's length). The needle moved when its tip
-        is farther than ``threshold_sigmas`` of those from where it was, at least a
-        pixel: a withdrawal at 20 nm/s moves it 5 nm per frame at 4 fps, the jitter
-        and the drift estimate's creep a few tenths of a pixel per frame.
-        """
-        tips = self._tips
-        if not (math.isfinite(tip[0]) and math.isfinite(tip[1])):
-            tips.clear()
-            return True
-        if measured and tips:
-            self._tip_steps.append(math.hypot(tip[0] - tips[-1][0], tip[1] - tips[-1][1]))
-        tips.append(tip)
-        if len(self._tip_steps) < self.alert_config.baseline_frames or len(tips) < 2:
-            return True
-        sigma = float(np.median(self._tip_steps)) / _RAYLEIGH_MEDIAN
-        reach = max(1.0, self.alert_config.threshold_sigmas * sigma)
-        return math.hypot(tip[0] - tips[0][0], tip[1] - tips[0][1]) > reach
 
     def _watched_area(self, table: dict[str, np.ndarray], ids: np.ndarray) -> float:
         """The area the alerts watch: the cluster's, less the particles cut by the frame
