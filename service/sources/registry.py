@@ -109,8 +109,9 @@ def registered() -> tuple[SourceKind, ...]:
 
 def describe_kinds() -> str:
     """"a TIFF stack, ..., 'imagezmq://ENDPOINT' or 'sim'": for help and errors."""
-    kinds = sorted(registered(), key=lambda k: (k.prefix is not None,
-                                                 k.claims_directory is not None))
+    # Files first, then kinds that only read folders, then prefixes.
+    kinds = sorted(registered(), key=lambda k: (
+        k.prefix is not None, k.claims_directory is not None and not k.suffixes))
     names = [k.description for k in kinds]
     return ", ".join(names[:-1]) + (f" or {names[-1]}" if len(names) > 1 else "".join(names))
 
