@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.markup import escape
 
 from ..endpoints import parse_endpoint
 from ..errors import ConfigError, LithoscopeError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = [
     "SOURCE_HELP",
@@ -82,13 +85,8 @@ def _root(
     """Real-time analysis of operando TEM lithiation experiments."""
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True
-                 ) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (gone when done); yields ``advance(n)``.
-
-    On stderr, so a ``--json`` summary on stdout stays the only thing there.
-    """
+def _progress(enabled: bool) -> Progress:
+    """The rich progress display of every bar here: on stderr, gone when done."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -98,10 +96,19 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True,
-                  disable=not enabled) as progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                    transient=True, disable=not enabled)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, *, enabled: bool = True
+                 ) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (gone when done); yields ``advance(n)``.
+
+    On stderr, so a ``--json`` summary on stdout stays the only thing there.
+    """
+    with _progress(enabled) as progress:
         task = progress.add_task(description, total=total)
 
         def advance(count: int = 1) -> None:
@@ -115,19 +122,7 @@ def progress_rows(rows: list[tuple[str, int | None]], *, enabled: bool = True
                   ) -> Iterator[Callable[[int, int], None]]:
     """Several rich progress bars on stderr, one per row ``(description, total)``;
     yields ``set(row, completed)``, which may be called from any thread."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True,
-                  disable=not enabled) as progress:
+    with _progress(enabled) as progress:
         tasks = [progress.add_task(description, total=total) for description, total in rows]
 
         def set_row(row: int, completed: int) -> None:
