@@ -75,6 +75,8 @@ DEFAULT_FRAMES = {1024: 200, 2048: 100, 4096: 40}
 LEAN_MAX_SIDE = 512
 """The lean reference analyses every frame binned to at most this many pixels a side."""
 DISTINCT_FRAMES = 6
+PROFILE_DIR: Path | None = None
+"""With ``--profile-service DIR``: run ``lithoscope serve`` under py-spy, stacks to DIR."""
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "thread": ("", {}),
     "inline": ("archive = { inline = true }\n", {}),
@@ -162,8 +164,16 @@ class Service:
         self.results_endpoint = free_endpoint()
         config = sessions / "serve.toml"
         config.write_text(settings)
+        prefix: list[str] = []
+        if PROFILE_DIR is not None:
+            PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+            out = PROFILE_DIR / f"serve-{time.strftime('%H%M%S')}-{os.getpid()}.txt"
+            prefix = ["py-spy", "record", "--format", "raw", "--threads", "--rate", "200",
+                      "--output", str(out), "--"]
+            print(f"  profiling lithoscope serve into {out}")
+        self.profiled = bool(prefix)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lithoscope.service", "serve", "--frames",
+            [*prefix, sys.executable, "-m", "lithoscope.service", "serve", "--frames",
              self.frames_endpoint, "--results", self.results_endpoint, "--sessions",
              str(sessions), "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -181,8 +191,14 @@ class Service:
                                      f"{self.process.stderr.read() if self.process.stderr else ''}")
 
     def stop(self) -> float:
-        rss = peak_rss_mb(self.process.pid)
-        self.process.terminate()
+        pid = self.process.pid
+        if self.profiled:  # the service is py-spy's child: stop it so py-spy writes
+            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+        rss = peak_rss_mb(pid)
+        if self.profiled:
+            os.kill(pid, 15)
+        else:
+            self.process.terminate()
         self.process.wait(60)
         return rss
 
@@ -564,7 +580,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     parser.add_argument("--analysis-only", action="store_true",
                         help="only analyze_frame against the lean bin + segment (no service)")
+    parser.add_argument("--profile-service", type=Path, metavar="DIR",
+                        help="run lithoscope serve under py-spy (must be on PATH); "
+                             "collapsed stacks per thread into DIR")
     args = parser.parse_args(argv)
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile_service
     print(f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}")
     rows = []
     if args.analysis_only:

@@ -52,6 +52,11 @@ LABEL_NAMES = ("particles", "needle", "grid")
 
 _GROWTH = 64
 """Frames the label arrays grow by at a time, as the frames array does."""
+_BATCH_FRAMES = 16
+_BATCH_BYTES = 32 << 20
+"""Label images are written in batches of this many frames or bytes, whichever comes
+first (one zarr call per batch, not per frame), and whenever the archive flushes its
+tables: they reach the disk as the measurement rows do."""
 _MAX_POSITIONS = 65_536
 """Most frame index -> archive position entries remembered for frames not analysed
 yet: far beyond any analysis backlog (a replay backlog is bounded in bytes)."""
@@ -95,7 +100,7 @@ async def _gather(writes: list[tuple[zarr.Array[Any], int, np.ndarray]]) -> None
 
 
 class ArchiveLabels:
-    """The ``labels/`` group of one archive, written as frames are analysed.
+    """The ``labels/`` group of one archive, written in batches as frames are analysed.
 
     Owned by the :class:`ArchiveWriter` (the archive thread): the writer tells it each
     frame's position as the frame is written (:meth:`frame_written`), the worker hands
@@ -121,6 +126,9 @@ class ArchiveLabels:
         self._tracks: dict[int, list[int]] = {}
         """track id -> [first frame, last frame, frames seen]."""
         self._compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        self._pending: list[tuple[zarr.Array[Any], int, np.ndarray]] = []
+        self._pending_frames = 0
+        self._pending_bytes = 0
 
     def frame_written(self, index: int, position: int) -> None:
         """Remember where frame ``index`` went, until its labels come."""
@@ -179,12 +187,16 @@ class ArchiveLabels:
             for array in self._arrays.values():
                 array.resize((position + _GROWTH, *array.shape[1:]))
         particles = self._fit(np.asarray(images.particles, np.uint32), images.binning)
-        writes = [(self._arrays["particles"], position, particles),
-                  (self._arrays["needle"], position,
-                   self._fit(np.asarray(images.needle, np.uint8), images.binning)),
-                  (self._arrays["grid"], position,
-                   self._fit(np.asarray(images.grid, np.uint8), images.binning))]
-        _zarr_sync(_gather(writes))
+        for name, image in (("particles", particles),
+                            ("needle", self._fit(np.asarray(images.needle, np.uint8),
+                                                 images.binning)),
+                            ("grid", self._fit(np.asarray(images.grid, np.uint8),
+                                               images.binning))):
+            # Each position is written once, and an unwritten chunk reads as 0: an
+            # empty image (no needle, no grid bar, no particle) needs no write at all.
+            if image.any():
+                self._pending.append((self._arrays[name], position, image))
+                self._pending_bytes += image.nbytes
         for track in np.unique(particles).tolist():
             if track:
                 seen = self._tracks.get(track)
@@ -193,7 +205,18 @@ class ArchiveLabels:
                 else:
                     seen[1], seen[2] = index, seen[2] + 1
         self.frames_labelled += 1
+        self._pending_frames += 1
+        if (self._pending_frames >= _BATCH_FRAMES
+                or self._pending_bytes >= _BATCH_BYTES):
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Write the label images appended since the last flush, in one zarr call."""
+        pending, self._pending = self._pending, []
+        self._pending_frames = self._pending_bytes = 0
+        if pending:
+            _zarr_sync(_gather(pending))
 
     def _write_attrs(self) -> None:
         assert self.binning is not None
@@ -215,9 +238,11 @@ class ArchiveLabels:
                                               self._image_source)
 
     def close(self, frame_count: int) -> None:
-        """Trim the arrays to the archive's frames and write every track's colour."""
+        """Write what is pending, trim the arrays to the archive's frames and write
+        every track's colour."""
         if not self._arrays:
             return
+        self.flush()
         for array in self._arrays.values():
             array.resize((frame_count, *array.shape[1:]))
         self._write_attrs()

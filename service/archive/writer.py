@@ -290,10 +290,12 @@ class ArchiveWriter:
         if self.closed:
             raise ArchiveError(f"Archive {self.path} is closed.")
         try:
-            return self.labels.append(index, images)
+            placed = self.labels.append(index, images)
         except OSError as exc:
             raise ArchiveError(f"Cannot write the labels of frame {index} to {self.path}: "
                                f"{exc.strerror or exc}.") from None
+        self.flush_if_due()
+        return placed
 
     def append_rows(self, table: str, rows: Mapping[str, Any]) -> None:
         """Buffer measurement rows (``cluster``, ``particles``, ``events``, or an operando
@@ -326,11 +328,17 @@ class ArchiveWriter:
         return True
 
     def flush(self) -> None:
+        """Write the buffered rows of every table and the pending label images."""
         try:
             for name in list(self.tables):  # frame_table first: insertion order
                 self.tables[name].flush()
         except OSError as exc:
             raise ArchiveError(f"Cannot write measurements to {self.path}: "
+                               f"{exc.strerror or exc}.") from None
+        try:
+            self.labels.flush()
+        except OSError as exc:
+            raise ArchiveError(f"Cannot write label images to {self.path}: "
                                f"{exc.strerror or exc}.") from None
         self._last_flush = time.monotonic()
 

@@ -32,7 +32,7 @@ from ..alerts import Alert
 from ..errors import ConfigError
 from ..protocol import EventKind
 from ..schema import OPERANDO_VALUES
-from .dose import DoseAccumulator, dose_rate_from_counts, region_levels
+from .dose import DoseAccumulator, dose_rate_from_counts, region_levels, vacuum_sample
 from .echem import ELEMENTARY_CHARGE_C, EchemTrace, lithium_terms
 
 __all__ = ["OPERANDO_COLUMNS", "FrameContext", "OperandoConfig", "OperandoContext"]
@@ -181,15 +181,20 @@ class OperandoContext:
 
         # -- dose
         rate, source = math.nan, "none"
+        sample = None
         if _finite(metadata.get("dose_rate_e_per_a2_s")):
             rate, source = float(metadata["dose_rate_e_per_a2_s"]), "metadata"
         elif (c.counts_per_electron is not None and image is not None and exposure_s
               and math.isfinite(size)):
+            sample = vacuum_sample(image)
             rate = dose_rate_from_counts(image, counts_per_electron=c.counts_per_electron,
                                          exposure_s=exposure_s, pixel_size_nm=size,
-                                         dark_level_counts=c.dark_level_counts)
+                                         dark_level_counts=c.dark_level_counts, sample=sample)
             source = "counts"
-        levels = (region_levels(image, c.dose_regions) if image is not None
+        # Only a known rate is shared out by the tiles' levels (NaN times any level is
+        # NaN, and adds no dose).
+        levels = (region_levels(image, c.dose_regions, sample=sample)
+                  if image is not None and math.isfinite(rate)
                   else np.ones((c.dose_regions, c.dose_regions)))
         track_ids = [int(i) for i in particles.get("track_id", [])]
         self.dose.update(t_s=t_s, rate_e_per_a2_s=rate, track_ids=track_ids,

@@ -26,7 +26,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["VACUUM_PERCENTILE", "DoseAccumulator", "dose_rate_from_counts", "region_levels"]
+__all__ = ["VACUUM_PERCENTILE", "DoseAccumulator", "dose_rate_from_counts", "region_levels",
+           "vacuum_sample"]
 
 VACUUM_PERCENTILE = 75.0
 """Percentile of a frame's 8x8 block means read as its vacuum level: vacuum fills most
@@ -55,8 +56,15 @@ def _block_means(image: np.ndarray) -> np.ndarray:
     return means
 
 
+def vacuum_sample(image: np.ndarray) -> np.ndarray:
+    """The frame's 8x8 block means, from which the vacuum levels below are read; pass
+    it to both :func:`dose_rate_from_counts` and :func:`region_levels` to average once."""
+    return _block_means(image)
+
+
 def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, exposure_s: float,
-                          pixel_size_nm: float, dark_level_counts: float = 0.0) -> float:
+                          pixel_size_nm: float, dark_level_counts: float = 0.0,
+                          sample: np.ndarray | None = None) -> float:
     """Incident dose rate, e/A^2/s, from a bright-field frame's vacuum level.
 
     Parameters
@@ -71,6 +79,8 @@ def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, expo
         Specimen-plane pixel size.
     dark_level_counts : float
         Camera offset subtracted first.
+    sample : ndarray, optional
+        ``vacuum_sample(image)``, if the caller has it already.
 
     Returns
     -------
@@ -80,25 +90,40 @@ def dose_rate_from_counts(image: np.ndarray, *, counts_per_electron: float, expo
     area_a2 = (10.0 * pixel_size_nm) ** 2
     if not (counts_per_electron > 0 and exposure_s > 0 and area_a2 > 0):
         return math.nan
-    level = float(np.percentile(_block_means(image), VACUUM_PERCENTILE)) - dark_level_counts
+    blocks = _block_means(image) if sample is None else sample
+    level = float(np.percentile(blocks, VACUUM_PERCENTILE)) - dark_level_counts
     return max(level, 0.0) / counts_per_electron / exposure_s / area_a2
 
 
-def region_levels(image: np.ndarray, grid: int) -> np.ndarray:
-    """(grid, grid) vacuum levels of the tiles over the field's: relative illumination."""
+def region_levels(image: np.ndarray, grid: int, *, sample: np.ndarray | None = None,
+                  ) -> np.ndarray:
+    """(grid, grid) vacuum levels of the tiles over the field's: relative illumination.
+
+    Tiles of the same shape (at most four shapes: the grid's edges are rounded) are
+    stacked and their percentiles taken in one call; a tile's percentile does not
+    depend on the order of its values, so this is the tile-by-tile result exactly.
+    """
     rows, cols = image.shape
-    sample = _block_means(image)
+    if sample is None:
+        sample = _block_means(image)
     edges_r = np.linspace(0, sample.shape[0], grid + 1).astype(int)
     edges_c = np.linspace(0, sample.shape[1], grid + 1).astype(int)
     field = float(np.percentile(sample, VACUUM_PERCENTILE))
     out = np.ones((grid, grid))
     if field <= 0 or rows < grid or cols < grid:
         return out
+    shapes: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i in range(grid):
         for j in range(grid):
-            tile = sample[edges_r[i]:edges_r[i + 1], edges_c[j]:edges_c[j + 1]]
-            if tile.size:
-                out[i, j] = float(np.percentile(tile, VACUUM_PERCENTILE)) / field
+            shape = (int(edges_r[i + 1] - edges_r[i]), int(edges_c[j + 1] - edges_c[j]))
+            if shape[0] and shape[1]:
+                shapes.setdefault(shape, []).append((i, j))
+    for tiles in shapes.values():
+        stack = np.stack([sample[edges_r[i]:edges_r[i + 1], edges_c[j]:edges_c[j + 1]]
+                          .reshape(-1) for i, j in tiles])
+        levels = np.percentile(stack, VACUUM_PERCENTILE, axis=1)
+        for (i, j), level in zip(tiles, levels.tolist(), strict=True):
+            out[i, j] = level / field
     return out
 
 

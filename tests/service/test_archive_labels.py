@@ -97,3 +97,40 @@ def test_napari_ome_zarr_reads_frames_and_labels(archive: Path) -> None:
     kinds = [layer[2] if len(layer) > 2 else "image" for layer in layers]
     assert kinds.count("labels") == 3
     assert "image" in kinds
+
+
+def test_labels_are_written_in_batches_and_empty_images_cost_no_chunk(
+        tmp_path: Path) -> None:
+    from lithoscope.service.archive import labels as labels_module
+
+    path = tmp_path / "s.zarr"
+    writer = ArchiveWriter(path, session={"session_id": "s", "source": "t"})
+    count = labels_module._BATCH_FRAMES + 3
+    for i in range(count):
+        writer.append_frame(np.full((8, 12), i, np.uint16), seq=i + 1, index=i,
+                            t_s=i * 0.25, acquired_at=float(i))
+    empty = FrameLabels(particles=np.zeros((4, 6), np.uint32), needle=np.zeros((4, 6), bool),
+                        grid=np.zeros((4, 6), bool), binning=2, shape=(8, 12))
+    for i in range(count):
+        assert writer.append_labels(i, _labels(7 + i % 2) if i % 3 else empty)
+
+    def chunks(name: str) -> set[str]:
+        folder = path / "labels" / name / "0" / "c"
+        return {p.relative_to(folder).parts[0] for p in folder.rglob("*") if p.is_file()}
+
+    # One full batch is on disk; the last three frames wait for the next flush.
+    written = {str(i) for i in range(labels_module._BATCH_FRAMES) if i % 3}
+    assert chunks("particles") == written
+    assert chunks("grid") == set()  # never a grid bar: never a chunk
+    writer.flush()
+    written |= {str(i) for i in range(labels_module._BATCH_FRAMES, count) if i % 3}
+    assert chunks("particles") == written
+    assert chunks("needle") == written
+    group = zarr.open_group(path, mode="r")
+    for i in range(count):
+        images = read_labels(group, i)
+        assert images is not None
+        assert images["particles"].max() == (7 + i % 2 if i % 3 else 0)
+        assert images["needle"].any() == bool(i % 3)
+    writer.close()
+    assert read_labels(zarr.open_group(path, mode="r"), count - 2)["particles"].max() == 8

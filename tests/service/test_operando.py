@@ -9,7 +9,13 @@ import pytest
 
 from lithoscope.service.alerts import Alert
 from lithoscope.service.operando.context import OperandoConfig, OperandoContext, bookkeeping_summary
-from lithoscope.service.operando.dose import DoseAccumulator, dose_rate_from_counts
+from lithoscope.service.operando.dose import (
+    VACUUM_PERCENTILE,
+    DoseAccumulator,
+    dose_rate_from_counts,
+    region_levels,
+    vacuum_sample,
+)
 from lithoscope.service.operando.echem import (
     ELEMENTARY_CHARGE_C,
     EchemTrace,
@@ -196,3 +202,45 @@ def test_block_means_of_counts_match_numpys_mean(dtype: type, shape: tuple[int, 
     expected = image[:rows, :cols].reshape(rows // 8, 8, cols // 8, 8).mean(
         axis=(1, 3), dtype=np.float64)
     np.testing.assert_array_equal(_block_means(image), expected)
+
+
+@pytest.mark.parametrize("shape", [(24, 32), (130, 77), (1000, 1023), (7, 9)])
+@pytest.mark.parametrize("grid", [1, 3, 4])
+def test_region_levels_are_each_tiles_percentile_over_the_fields(
+        shape: tuple[int, int], grid: int) -> None:
+    rng = np.random.default_rng(grid)
+    image = (rng.random(shape) * 4000 * np.linspace(0.5, 1.5, shape[1])).astype(np.uint16)
+    levels = region_levels(image, grid)
+    sample = vacuum_sample(image)  # the 8x8 block means
+    field = np.percentile(sample, VACUUM_PERCENTILE)
+    edges_r = np.linspace(0, sample.shape[0], grid + 1).astype(int)
+    edges_c = np.linspace(0, sample.shape[1], grid + 1).astype(int)
+    expected = np.ones((grid, grid))
+    if shape[0] >= grid and shape[1] >= grid:
+        for i in range(grid):
+            for j in range(grid):
+                tile = sample[edges_r[i]:edges_r[i + 1], edges_c[j]:edges_c[j + 1]]
+                if tile.size:
+                    expected[i, j] = np.percentile(tile, VACUUM_PERCENTILE) / field
+    np.testing.assert_array_equal(levels, expected)
+    if grid > 1 and min(shape) >= 64:
+        assert levels[:, -1].mean() > levels[:, 0].mean()  # the brighter right side
+    np.testing.assert_array_equal(region_levels(image, grid, sample=sample), levels)
+
+
+def test_region_rates_share_a_known_rate_by_the_tiles_levels() -> None:
+    image = np.tile(np.linspace(500, 1500, 64), (64, 1)).astype(np.uint16)
+    unknown = OperandoContext(OperandoConfig())  # no counts_per_electron, no metadata
+    cluster = {"area_px": 10.0}
+    _, _, _, frame = unknown.update(image=image, t_s=0.0, index=0, exposure_s=0.1,
+                                    pixel_size_nm=1.0, metadata={}, cluster=cluster,
+                                    particles={}, alerts=[])
+    assert np.isnan(frame.region_rows["dose_rate_e_per_a2_s"]).all()
+    known = OperandoContext(OperandoConfig())
+    _, _, _, frame = known.update(image=image, t_s=0.0, index=0, exposure_s=0.1,
+                                  pixel_size_nm=1.0, metadata={"dose_rate_e_per_a2_s": 5.0},
+                                  cluster=cluster, particles={}, alerts=[])
+    grid = OperandoConfig().dose_regions
+    np.testing.assert_allclose(frame.region_rows["dose_rate_e_per_a2_s"],
+                               5.0 * region_levels(image, grid).ravel())
+    assert np.ptp(frame.region_rows["dose_rate_e_per_a2_s"]) > 1.0
