@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lithoscope demo
 
+# Tests run in TEST_JOBS processes (pytest-xdist): most of a test's time is spent
+# waiting on sockets, subprocesses and disks, so two processes nearly halve the
+# wall time even on two cores. TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n $(TEST_JOBS) -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check service clients replay tests bench
