@@ -11,6 +11,7 @@ on replay and offline (:func:`session_iter`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -385,7 +386,9 @@ class SessionAnalyzer:
         volume = float(physics.volume_ratio(ratio))
         x = float(physics.lithium_content_x(volume))
         window = self.alert_config.rate_window_s
-        recent = [(t, a) for t, a in series.samples if t >= t_s - window]
+        # From the newest back: the samples since the onset can be many more.
+        recent = list(itertools.takewhile(lambda s: s[0] >= t_s - window,
+                                          reversed(series.samples)))[::-1]
         rate = math.nan
         if len(recent) >= 3:
             t, a = np.array(recent).T
