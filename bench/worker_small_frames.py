@@ -30,10 +30,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from support.arrays import ArraySource, noisy_frames
-
     from lithoscope.service.config import ServiceConfig
     from lithoscope.service.publisher import Publisher
+
+    from support.arrays import ArraySource, noisy_frames
     try:
         from lithoscope.service.live.worker import Worker, WorkerThread
     except ImportError:  # the layout before service.live

@@ -21,6 +21,7 @@ from zarr.core.sync import sync as _zarr_sync
 
 from .. import schema
 from ..errors import ArchiveError
+from .chunks import ChunkFiles, chunk_files
 from .labels import ArchiveLabels, LabelImages
 from .layout import (
     ARCHIVE_FORMAT_VERSION,
@@ -171,6 +172,8 @@ class ArchiveWriter:
         }
         self._compressors = frame_compressors(compression, compression_level)
         self.frames: zarr.Array[Any] | None = None
+        self._chunks: ChunkFiles | None = None
+        """Writes the frames as chunk files (.chunks), when the array allows it."""
         self.frame_count = 0
         # Everything that touches the disk: a disk that fills while the tables are being
         # created must be an ArchiveError too, which the worker handles like any
@@ -243,6 +246,7 @@ class ArchiveWriter:
         first = frames[0][0]
         if self.frames is None:
             self.frames = self._create_frames(first.shape, first.dtype)
+            self._chunks = chunk_files(self.frames)
         for image, row in frames:
             if image.shape != self.frames.shape[1:] or image.dtype != self.frames.dtype:
                 raise ArchiveError(
@@ -265,8 +269,11 @@ class ArchiveWriter:
             if stop > self.frames.shape[0]:
                 grown = -(-stop // self.FRAME_GROWTH) * self.FRAME_GROWTH
                 self.frames.resize((grown, *first.shape))
-            _write_all([(self.frames, position + k, image)
-                        for k, (image, _) in enumerate(frames)])
+            if self._chunks is not None:
+                self._chunks.write([(position + k, image) for k, (image, _) in enumerate(frames)])
+            else:
+                _write_all([(self.frames, position + k, image)
+                            for k, (image, _) in enumerate(frames)])
             # Pixels first, then the journal lines: a logged frame always has its pixels.
             _append_line(self.path / FRAME_LOG, "\n".join(json.dumps(
                 {"position": position + k,

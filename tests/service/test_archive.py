@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
+import zarr.storage
 
 from lithoscope.service.archive import (
     CLUSTER_COLUMNS,
@@ -312,3 +314,36 @@ def test_a_refused_batch_keeps_the_frames_before_the_refused_one(
     reader = ArchiveReader(archive.path)
     np.testing.assert_array_equal(reader.frames[: reader.frame_count], frames[:5])
     assert reader.frame_count == 5
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_frames_are_the_chunk_files_zarr_itself_writes(tmp_path: Path,
+                                                       compression: str) -> None:
+    from lithoscope.service.archive.chunks import chunk_files
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 4000, (11, 24, 40)).astype(np.uint16)
+    writer = ArchiveWriter(tmp_path / "a.zarr", session={"session_id": "a", "source": "t"},
+                           compression=compression)
+    writer.append_frames([(image, {"seq": k + 1, "index": k, "t_s": k / 4,
+                                   "acquired_at": float(k)}) for k, image in enumerate(frames)])
+    assert writer._chunks is not None  # written as chunk files, not through zarr
+    writer.close()
+    # The same frames through zarr's own setitem, into an array with the same codecs.
+    group = zarr.open_group(tmp_path / "a.zarr", mode="r+")
+    archived = group["frames"]
+    by_zarr = group.create_array("by_zarr", shape=frames.shape, chunks=(1, 24, 40),
+                                 dtype=np.uint16, fill_value=0,
+                                 compressors=archived.compressors,
+                                 config={"write_empty_chunks": True})
+    by_zarr[:] = frames
+    for k in range(len(frames)):
+        key = archived.metadata.encode_chunk_key((k, 0, 0))
+        assert ((tmp_path / "a.zarr" / "frames" / key).read_bytes()
+                == (tmp_path / "a.zarr" / "by_zarr" / key).read_bytes())
+    np.testing.assert_array_equal(ArchiveReader(tmp_path / "a.zarr").frames[:], frames)
+    assert not list((tmp_path / "a.zarr" / "frames").rglob("*.partial"))
+    # An array in another store is written through zarr.
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    assert chunk_files(memory.create_array("f", shape=(0, 4, 4), chunks=(1, 4, 4),
+                                           dtype=np.uint16)) is None
