@@ -36,8 +36,8 @@ class ArchiveConfig:
     compression_level: int = 1
     """Blosc level, 1 to 9 (1: fast; higher levels gain little on noisy frames)."""
     batch_frames: int = 8
-    """Most frames written in one zarr call: the frames that queued up while the disk
-    was busy go together, encoded and stored in parallel. A frame that arrives while
+    """Most frames written in one call: the frames that queued up while the disk was
+    busy go together, encoded and stored by two threads. A frame that arrives while
     the archive thread is idle is written at once, alone (batches never wait to fill)."""
     inline: bool = False
     """Write in the worker's own thread, without the archive thread (no overlap with
