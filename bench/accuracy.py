@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from lithoscope.service.analysis import SessionAnalyzer
+from lithoscope.service.analysis import AnalysisConfig, SessionAnalyzer
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.live.session import run_local_session
 from lithoscope.service.sources.base import SourceFrame
@@ -252,9 +252,11 @@ DRAW_TARGETS = {"expansion_onset": (0.0, 2.0), "contact_lost": (None, 1.0),
 
 def run_draw(scenario: str, seed: int, size: int, pixel_size_nm: float,
              pipeline: bool, look: str = "disc",
-             imposed: dict[str, Any] | None = None) -> dict[str, Any]:
+             imposed: dict[str, Any] | None = None,
+             analysis: dict[str, Any] | None = None) -> dict[str, Any]:
     """One random draw of the physics through the analysis, scored; ``imposed``
-    SimConfig values replace the drawn ones (to take one effect out)."""
+    SimConfig values replace the drawn ones (to take one effect out); ``analysis``
+    AnalysisConfig values replace the defaults (in process only)."""
     config = draw_sim_config(seed, shape=(size, size), pixel_size_nm=pixel_size_nm,
                              look=look, **{**DRAW_TIMING, **(imposed or {})})
     source = SimulatedSource(config, scenario=scenario)
@@ -274,7 +276,7 @@ def run_draw(scenario: str, seed: int, size: int, pixel_size_nm: float,
             cluster = reader.table("cluster")
             events = reader.events()
     else:
-        analyzer = SessionAnalyzer()
+        analyzer = SessionAnalyzer(AnalysisConfig(**(analysis or {})))
         rows: dict[str, list[Any]] = {"frame": [], "area_px": [], "needle_contact": []}
         events = []
         for frame in source:
@@ -371,6 +373,7 @@ def main_draws(args: argparse.Namespace) -> int:
     look = "crystal" if args.realistic else "disc"
     print(f"{args.draws} random draws per scenario (seeds {seeds[0]}..{seeds[-1]}), "
           + (f"imposed {args.set}, " if args.set else "")
+          + (f"analysis {args.analysis}, " if args.analysis else "")
           + f"{look} look, {size}x{size} px at {pixel_size:g} nm/px, {DRAW_TIMING['fps']:g} fps, "
           f"{round(DRAW_TIMING['duration_s'] * DRAW_TIMING['fps'])} frames each", flush=True)
     header = f"{'scenario':<12}{'':>7}" + "".join(f"{t:>11}" for _, t, _, _ in DRAW_COLUMNS)
@@ -381,7 +384,7 @@ def main_draws(args: argparse.Namespace) -> int:
         for seed in seeds:
             row = {"scenario": scenario, "seed": seed,
                    **run_draw(scenario, seed, size, pixel_size, args.pipeline, look,
-                              args.set)}
+                              args.set, args.analysis)}
             runs.append(row)
             if args.verbose:
                 print(f"  {scenario} seed {seed}: " + ", ".join(
@@ -400,6 +403,7 @@ def main_draws(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"size": size, "pixel_size_nm": pixel_size,
                                          "look": look, "imposed": args.set,
+                                         "analysis": args.analysis,
                                          "draws": args.draws, "seed": args.seed,
                                          "timing": DRAW_TIMING, "runs": results},
                                         indent=2, default=float))
@@ -440,9 +444,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", type=_setting, action="append", default=[],
                         metavar="KEY=VALUE", help="impose a SimConfig value on every draw "
                         "(JSON value; repeatable), e.g. drift_px_per_frame=0")
+    parser.add_argument("--analysis", type=_setting, action="append", default=[],
+                        metavar="KEY=VALUE", help="an AnalysisConfig value instead of its "
+                        "default (JSON value; repeatable; not with --pipeline), e.g. "
+                        "max_analysis_pixel_nm=2")
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)
     args.set = dict(args.set)
+    args.analysis = dict(args.analysis)
+    if args.analysis and (args.pipeline or args.fixed):
+        parser.error("Expected --analysis with in-process random draws, not with "
+                     "--pipeline or --fixed.")
     if args.draws < 1:
         parser.error(f"Expected --draws >= 1. Got {args.draws}.")
     if args.fixed and args.realistic:
