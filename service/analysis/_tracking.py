@@ -100,15 +100,28 @@ class DriftEstimator:
         return step
 
 
+_EXCLUDE_MARGIN_PX = 4
+"""The blanked needle reaches this many pixels past its mask: the mask ends where the
+frame crosses the needle's threshold, and the blurred rim outside it (three smoothing
+sigmas, 1.5 px, and the microscope's own blur) is darker than vacuum and moves with the
+needle. Left in, the rim of a large needle pulls the drift estimate along as the needle
+moves, and the contact rule, which judges the tip less the drift, then sees no
+withdrawal."""
+
+
 def drift_image(flat: np.ndarray, *, exclude: np.ndarray | None = None,
                 downsample: int = 2) -> np.ndarray:
     """What :class:`DriftEstimator` correlates: the flattened frame (vacuum at 128) with
-    ``exclude`` (the needle) blanked to vacuum, reduced ``downsample`` times, float32
-    with vacuum at 0. Stateless and small (a sixteenth of a binned frame's bytes
-    at 2), so it can be computed where the frame is analysed and sent on."""
+    ``exclude`` (the needle) and ``_EXCLUDE_MARGIN_PX`` around it blanked to vacuum,
+    reduced ``downsample`` times, float32 with vacuum at 0. Stateless and small (a
+    sixteenth of a binned frame's bytes at 2), so it can be computed where the frame is
+    analysed and sent on."""
     image: np.ndarray = flat.astype(np.float32)
     if exclude is not None and exclude.any():
-        image[exclude] = _VACUUM
+        size = 2 * _EXCLUDE_MARGIN_PX + 1
+        grown = cv2.dilate(exclude.astype(np.uint8),
+                           cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+        image[grown.view(np.bool_)] = _VACUUM
     if downsample > 1:
         rows, cols = image.shape
         image = cv2.resize(image, (max(1, cols // downsample), max(1, rows // downsample)),

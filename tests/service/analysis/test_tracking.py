@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -217,3 +218,26 @@ def test_no_id_switches_on_low_dose_frames() -> None:
     """512², 2 e/A^2/s, frames 360-399 of the benchmark's low-dose movie (seed 0): the
     particle merged with a small neighbour in half the frames, then bitten."""
     assert id_switches("low_dose", seed=0, size=512, frames=range(360, 400)) == []
+
+
+def test_a_large_needle_moving_out_does_not_pull_the_drift_along() -> None:
+    """The needle is blanked with its blurred rim: only the specimen sets the drift."""
+    from lithoscope.service.analysis._tracking import drift_image
+
+    rng = np.random.default_rng(0)
+    shape = (384, 384)
+    specimen = np.full(shape, 128.0, np.float32)
+    for _ in range(12):  # particles that stay put
+        centre = (int(rng.integers(40, 340)), int(rng.integers(40, 200)))
+        cv2.circle(specimen, centre[::-1], int(rng.integers(8, 20)), 60.0, -1)
+    estimator = DriftEstimator()
+    steps = []
+    for k in range(16):  # the needle withdraws 5 px a frame to the right
+        frame = specimen.copy()
+        cv2.rectangle(frame, (200 + 5 * k, 40), (383, 340), 20.0, -1)
+        flat = cv2.GaussianBlur(frame, (0, 0), 2.0)
+        flat += rng.normal(0, 2.0, shape).astype(np.float32)
+        mask = flat < 40.0  # the needle's threshold: its blurred rim is outside
+        steps.append(estimator.update_image(drift_image(flat, exclude=mask), scale=2.0))
+    assert max(abs(col) for _, col in steps) < 0.5
+    assert abs(estimator.drift_px[1]) < 1.5
