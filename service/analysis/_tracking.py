@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ._prepare import _disc
+
 __all__ = ["DriftEstimator", "ParticleTracker", "drift_image", "drift_iter", "track_iter"]
 
 _DOUBTFUL_WEIGHT = 0.3
@@ -107,6 +109,7 @@ sigmas, 1.5 px, and the microscope's own blur) is darker than vacuum and moves w
 needle. Left in, the rim of a large needle pulls the drift estimate along as the needle
 moves, and the contact rule, which judges the tip less the drift, then sees no
 withdrawal."""
+_EXCLUDE_KERNEL = _disc(_EXCLUDE_MARGIN_PX)
 
 
 def drift_image(flat: np.ndarray, *, exclude: np.ndarray | None = None,
@@ -118,9 +121,7 @@ def drift_image(flat: np.ndarray, *, exclude: np.ndarray | None = None,
     analysed and sent on."""
     image: np.ndarray = flat.astype(np.float32)
     if exclude is not None and exclude.any():
-        size = 2 * _EXCLUDE_MARGIN_PX + 1
-        grown = cv2.dilate(exclude.astype(np.uint8),
-                           cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+        grown = cv2.dilate(exclude.astype(np.uint8), _EXCLUDE_KERNEL)
         image[grown.view(np.bool_)] = _VACUUM
     if downsample > 1:
         rows, cols = image.shape

@@ -60,11 +60,10 @@ class ChunkFiles:
         self._array = array
         self._folder = root / array.path if array.path else root
         self._encode = encode
-        self._shape = tuple(array.chunks[1:])
-        self._dtype = array.dtype
+        self._zeros = (0,) * (len(array.chunks) - 1)
 
     def _key(self, position: int) -> Path:
-        key = self._array.metadata.encode_chunk_key((position,) + (0,) * len(self._shape))
+        key = self._array.metadata.encode_chunk_key((position, *self._zeros))
         return self._folder / key
 
     def _put(self, position: int, image: np.ndarray) -> None:
@@ -82,11 +81,9 @@ class ChunkFiles:
 
     def write(self, frames: Sequence[tuple[int, np.ndarray]]) -> None:
         """Write each ``(position, image)`` as its chunk, all or raise the first error
-        (``OSError`` for the disk's); positions must be inside the array's shape."""
-        for position, image in frames:
-            if image.shape != self._shape or image.dtype != self._dtype:
-                raise ValueError(f"A chunk of {self._shape} {self._dtype} was expected; "
-                                 f"got {image.shape} {image.dtype} for position {position}.")
+        (``OSError`` for the disk's). The caller (:meth:`ArchiveWriter.append_frames`)
+        has checked each image's shape and dtype against the array's and grown the
+        array over the positions."""
         if len(frames) == 1:
             self._put(*frames[0])
             return
