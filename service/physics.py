@@ -49,6 +49,7 @@ __all__ = [
     "lithium_content_x",
     "relaxation_time_s",
     "theil_sen_slope",
+    "theil_sen_slopes",
     "volume_ratio",
 ]
 
@@ -110,15 +111,57 @@ def theil_sen_slope(t_s: np.ndarray, values: np.ndarray) -> float:
     return float(np.median((y[j] - y[i])[ok] / dt[ok]))
 
 
+def theil_sen_slopes(series: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """:func:`theil_sen_slope` of each ``(t_s, values)`` pair, value for value.
+
+    A session takes the rate of every tracked particle on every frame, and the
+    particles seen on the same frames share their sample times: those series are
+    stacked and their slopes taken in one set of array operations (a per-series call
+    cost 0.1 ms of interpreter time each, more than its arithmetic, at 40
+    particles). Series with a non-finite value, or whose times no other series
+    shares, go through :func:`theil_sen_slope` one by one.
+    """
+    out = np.full(len(series), np.nan)
+    groups: dict[bytes, list[int]] = {}
+    for k, (t, y) in enumerate(series):
+        t = np.asarray(t, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if t.shape != y.shape or t.ndim != 1 or t.size < 3 or not (
+                np.isfinite(t).all() and np.isfinite(y).all()):
+            out[k] = theil_sen_slope(t, y)
+            continue
+        groups.setdefault(t.tobytes(), []).append(k)
+    for members in groups.values():
+        if len(members) == 1:
+            k = members[0]
+            out[k] = theil_sen_slope(*series[k])
+            continue
+        t = np.asarray(series[members[0]][0], dtype=np.float64)
+        y = np.stack([np.asarray(series[k][1], dtype=np.float64) for k in members])
+        if t.size > THEIL_SEN_POINTS:
+            order = np.argsort(t, kind="stable")
+            t, y = _run_medians(t[order]), _run_medians(y[:, order])
+        i, j = np.triu_indices(t.size, k=1)
+        dt = t[j] - t[i]
+        ok = dt > 0
+        if not ok.any():
+            continue  # NaN, as one by one
+        out[members] = np.median((y[:, j[ok]] - y[:, i[ok]]) / dt[ok], axis=1)
+    return out
+
+
 def _run_medians(values: np.ndarray) -> np.ndarray:
-    """Medians of ``THEIL_SEN_POINTS`` runs of consecutive values, as ``np.array_split``
-    cuts them (the first ``n % runs`` one longer)."""
+    """Medians of ``THEIL_SEN_POINTS`` runs of consecutive values along the last axis,
+    as ``np.array_split`` cuts them (the first ``n % runs`` one longer)."""
     runs = THEIL_SEN_POINTS
-    size, longer = divmod(values.size, runs)
+    *lead, n = values.shape
+    size, longer = divmod(n, runs)
     split = longer * (size + 1)
-    head = np.median(values[:split].reshape(longer, size + 1), axis=1) if longer else []
-    tail = np.median(values[split:].reshape(runs - longer, size), axis=1)
-    return np.concatenate([head, tail])
+    tail = np.median(values[..., split:].reshape(*lead, runs - longer, size), axis=-1)
+    if not longer:
+        return tail
+    head = np.median(values[..., :split].reshape(*lead, longer, size + 1), axis=-1)
+    return np.concatenate([head, tail], axis=-1)
 
 
 def relaxation_time_s(t_s: np.ndarray, values: np.ndarray, *, lag_s: float) -> float:

@@ -377,22 +377,23 @@ class SessionAnalyzer:
 
     # -- physics ---------------------------------------------------------------------
     def _kinetics(self, series: _Series, t_s: float, area_px: float, size_nm: float,
-                  ) -> tuple[float, float, float, float, float]:
-        """relative change, volume ratio, x, rate (nm^2/s) and D of one series."""
+                  ) -> tuple[float, float, tuple[np.ndarray, np.ndarray] | None]:
+        """A/A0 and D of one series, and its (t_s, area_px) samples in the rate window
+        (None: fewer than 3), whose Theil-Sen slope times the pixel area is its rate
+        (nm^2/s). The volume, x and the slopes of all the particles are taken together
+        (:meth:`_particle_physics`, :func:`physics.theil_sen_slopes`)."""
         self._observe(series, t_s, area_px)
         if series.reference_px is None or not series.reference_px > 0:
-            return (math.nan,) * 5
+            return math.nan, math.nan, None
         ratio = area_px / series.reference_px
-        volume = float(physics.volume_ratio(ratio))
-        x = float(physics.lithium_content_x(volume))
         window = self.alert_config.rate_window_s
         # From the newest back: the samples since the onset can be many more.
         recent = list(itertools.takewhile(lambda s: s[0] >= t_s - window,
                                           reversed(series.samples)))[::-1]
-        rate = math.nan
+        samples = None
         if len(recent) >= 3:
             t, a = np.array(recent).T
-            rate = physics.theil_sen_slope(t, a) * size_nm**2
+            samples = (t, a)
         if (self._onset_s is not None and not self._contact_lost
                 and t_s - series.fitted_at_s >= _FIT_INTERVAL_S):
             series.fitted_at_s = t_s
@@ -405,19 +406,31 @@ class SessionAnalyzer:
                 radius_nm = math.sqrt(series.reference_px / math.pi) * size_nm
                 series.diffusion_cm2_per_s = physics.diffusion_coefficient_cm2_per_s(
                     tau, radius_nm)
-        return ratio - 1.0, volume, x, rate, series.diffusion_cm2_per_s
+        return ratio, series.diffusion_cm2_per_s, samples
 
     def _particle_physics(self, table: dict[str, np.ndarray], ids: np.ndarray,
                           merged: np.ndarray, t_s: float, size_nm: float,
                           ) -> dict[str, np.ndarray]:
         n = ids.size
         values = np.full((n, 5), np.nan)
+        windows: list[tuple[np.ndarray, np.ndarray]] = []
+        rated: list[int] = []
         for row, track_id in enumerate(ids):
             series = self._tracks.setdefault(int(track_id), _Series())
             series.last_seen_s = t_s
             if merged[row]:
                 continue  # its area is that of two particles: no sample, no physics
-            values[row] = self._kinetics(series, t_s, float(table["area_px"][row]), size_nm)
+            ratio, values[row, 4], samples = self._kinetics(
+                series, t_s, float(table["area_px"][row]), size_nm)
+            values[row, 0] = ratio
+            if samples is not None:
+                windows.append(samples)
+                rated.append(row)
+        values[:, 1] = physics.volume_ratio(values[:, 0])
+        values[:, 2] = physics.lithium_content_x(values[:, 1])
+        values[:, 0] -= 1.0
+        if windows:
+            values[rated, 3] = physics.theil_sen_slopes(windows) * size_nm**2
         if t_s - self._pruned_at_s >= 10.0:
             self._pruned_at_s = t_s
             for stale in [k for k, v in self._tracks.items() if v.last_seen_s < t_s - _FORGET_S]:
@@ -433,7 +446,11 @@ class SessionAnalyzer:
     def _cluster_physics(self, cluster: dict[str, Any], area_px: float, t_s: float,
                          size_nm: float, table: dict[str, np.ndarray],
                          columns: dict[str, np.ndarray]) -> None:
-        change, volume, x, rate, _ = self._kinetics(self._cluster, t_s, area_px, size_nm)
+        ratio, _, samples = self._kinetics(self._cluster, t_s, area_px, size_nm)
+        volume = float(physics.volume_ratio(ratio))
+        change, x = ratio - 1.0, float(physics.lithium_content_x(volume))
+        rate = (physics.theil_sen_slope(*samples) * size_nm**2 if samples is not None
+                else math.nan)
         cluster.update(relative_area_change=change, volume_ratio=volume, lithium_x=x,
                        area_rate_nm2_per_s=rate)
         touching = table["touches_needle"]

@@ -13,6 +13,7 @@ Two small classes in trackpy's ``Linker`` mould, each with one ``update`` and an
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -315,7 +316,9 @@ class ParticleTracker:
             history: deque[float] = track.radii if track is not None else deque(
                 maxlen=_RADIUS_HISTORY)
             history.append(float(radius))
-            size = float(np.median(history))
+            # (statistics.median: the same value as numpy's on these few floats, without
+            # converting them to an array for every particle of every frame.)
+            size = float(statistics.median(history))
             if index in doubtful and track is not None:
                 # Perhaps a mis-segmented frame (half a particle, two merged): it keeps
                 # the id but moves the track only part of the way, so that one bad

@@ -70,3 +70,25 @@ def test_theil_sen_uses_every_pair_up_to_its_points_and_run_medians_beyond() -> 
         wild = rng.random(n) < 0.2
         y[wild] *= rng.choice([0.5, 2.0], wild.sum())
         assert physics.theil_sen_slope(t, y) == pytest.approx(3.0, rel=0.05)
+
+
+def test_theil_sen_slopes_of_many_series_are_those_taken_one_by_one() -> None:
+    rng = np.random.default_rng(11)
+    series: list[tuple[np.ndarray, np.ndarray]] = []
+    for n in (3, 7, physics.THEIL_SEN_POINTS, physics.THEIL_SEN_POINTS + 1, 100, 257):
+        t = np.sort(rng.random(n)) * 4.0
+        for _ in range(5):  # particles seen on the same frames share their times
+            series.append((t, 300.0 + 5.0 * t + rng.normal(0, 2.0, n)))
+        series.append((t + 0.01, rng.normal(0, 1.0, n)))  # times of its own
+    flat_t = np.full(10, 2.0)
+    series += [(flat_t, rng.random(10)), (flat_t, rng.random(10))]  # no time spread
+    gappy = rng.random(20)
+    gappy[4] = np.nan
+    series += [(np.arange(20.0), gappy), (np.arange(20.0), rng.random(20)),
+               (np.arange(2.0), np.arange(2.0))]
+    expected = [physics.theil_sen_slope(t, y) for t, y in series]
+    got = physics.theil_sen_slopes(series)
+    assert got.shape == (len(series),)
+    np.testing.assert_array_equal(got, expected)  # bit for bit, NaN where NaN
+    assert math.isnan(got[-1]) and np.isnan(got[-5:-3]).all()
+    assert physics.theil_sen_slopes([]).shape == (0,)
