@@ -77,8 +77,8 @@ def test_theil_sen_slopes_of_many_series_are_those_taken_one_by_one() -> None:
     series: list[tuple[np.ndarray, np.ndarray]] = []
     for n in (3, 7, physics.THEIL_SEN_POINTS, physics.THEIL_SEN_POINTS + 1, 100, 257):
         t = np.sort(rng.random(n)) * 4.0
-        for _ in range(5):  # particles seen on the same frames share their times
-            series.append((t, 300.0 + 5.0 * t + rng.normal(0, 2.0, n)))
+        # Particles seen on the same frames share their times.
+        series.extend((t, 300.0 + 5.0 * t + rng.normal(0, 2.0, n)) for _ in range(5))
         series.append((t + 0.01, rng.normal(0, 1.0, n)))  # times of its own
     flat_t = np.full(10, 2.0)
     series += [(flat_t, rng.random(10)), (flat_t, rng.random(10))]  # no time spread
@@ -90,5 +90,6 @@ def test_theil_sen_slopes_of_many_series_are_those_taken_one_by_one() -> None:
     got = physics.theil_sen_slopes(series)
     assert got.shape == (len(series),)
     np.testing.assert_array_equal(got, expected)  # bit for bit, NaN where NaN
-    assert math.isnan(got[-1]) and np.isnan(got[-5:-3]).all()
+    assert math.isnan(got[-1])  # two points
+    assert np.isnan(got[-5:-3]).all()  # no time spread
     assert physics.theil_sen_slopes([]).shape == (0,)
