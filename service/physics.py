@@ -157,7 +157,8 @@ def _run_medians(values: np.ndarray) -> np.ndarray:
     *lead, n = values.shape
     size, longer = divmod(n, runs)
     split = longer * (size + 1)
-    tail = np.median(values[..., split:].reshape(*lead, runs - longer, size), axis=-1)
+    tail: np.ndarray = np.median(values[..., split:].reshape(*lead, runs - longer, size),
+                                 axis=-1)
     if not longer:
         return tail
     head = np.median(values[..., :split].reshape(*lead, longer, size + 1), axis=-1)
