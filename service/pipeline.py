@@ -32,6 +32,7 @@ from .analysis import (
     FrameLabels,
     FrameMeasurement,
     SessionAnalyzer,
+    label_track_ids,
     particle_outlines,
     track_label_image,
 )
@@ -166,10 +167,12 @@ class SessionPipeline:
             image, t_s=t_s, index=index, pixel_size_nm=self.pixel_size_nm(pixel_size_nm))
         analysis = self.analyzer.last
         assert analysis is not None
+        lut = self.analyzer.last_track_lut
         labels = FrameLabels(
-            particles=track_label_image(analysis.analysis_labels, self.analyzer.last_track_lut),
+            particles=track_label_image(analysis.analysis_labels, lut),
             needle=analysis.analysis_needle_mask, grid=analysis.analysis_grid_mask,
-            binning=analysis.binning, shape=analysis.shape)
+            binning=analysis.binning, shape=analysis.shape,
+            track_ids=label_track_ids(analysis.analysis_labels, lut))
         return self._complete(image, cluster, particles, alerts, index=index, t_s=t_s,
                               pixel_size_nm=pixel_size_nm, exposure_s=exposure_s,
                               metadata=metadata, acquired_at=acquired_at, labels=labels)
@@ -186,10 +189,12 @@ class SessionPipeline:
         if measurement.labels is not None and measurement.regions is not None:
             b = measurement.binning
             rows, cols = measurement.labels.shape
+            lut = self.analyzer.last_track_lut
             labels = FrameLabels(
-                particles=track_label_image(measurement.labels, self.analyzer.last_track_lut),
+                particles=track_label_image(measurement.labels, lut),
                 needle=measurement.regions == 1, grid=measurement.regions == 2, binning=b,
-                shape=image.shape if image is not None else (rows * b, cols * b))
+                shape=image.shape if image is not None else (rows * b, cols * b),
+                track_ids=label_track_ids(measurement.labels, lut))
         return self._complete(image, cluster, particles, alerts, index=index, t_s=t_s,
                               pixel_size_nm=pixel_size_nm, exposure_s=exposure_s,
                               metadata=metadata, acquired_at=acquired_at, labels=labels)

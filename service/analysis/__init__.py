@@ -11,7 +11,13 @@ from __future__ import annotations
 from ._config import AnalysisConfig
 from ._draw import draw_labels, put_text
 from ._frame import FrameAnalysis, analyze_frame
-from ._labels import FrameLabels, particle_outlines, track_label_image, track_lut
+from ._labels import (
+    FrameLabels,
+    label_track_ids,
+    particle_outlines,
+    track_label_image,
+    track_lut,
+)
 from ._measure import PARTICLE_COLUMNS, empty_particles, measure_particles, particle_contacts
 from ._measurement import FrameMeasurement, measure_frame
 from ._rejoin import rejoin_split_particles
@@ -36,6 +42,7 @@ __all__ = [
     "drift_image",
     "drift_iter",
     "empty_particles",
+    "label_track_ids",
     "measure_frame",
     "measure_particles",
     "particle_contacts",

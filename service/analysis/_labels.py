@@ -21,8 +21,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["MAX_OUTLINE_POINTS", "FrameLabels", "particle_outlines", "track_lut",
-           "track_label_image"]
+__all__ = ["MAX_OUTLINE_POINTS", "FrameLabels", "label_track_ids", "particle_outlines",
+           "track_label_image", "track_lut"]
 
 MAX_OUTLINE_POINTS = 16_384
 """Most polygon vertices in one frame's outlines (all particles together): a result's
@@ -43,6 +43,9 @@ class FrameLabels:
     """Input pixels per label pixel along each axis."""
     shape: tuple[int, int]
     """Shape of the input frame."""
+    track_ids: np.ndarray | None = None
+    """The track ids ``particles`` holds (sorted, 0 left out), as
+    :func:`label_track_ids` gives them; None: read them off the image."""
 
 
 def track_lut(segment_labels: np.ndarray, contacts: np.ndarray, kept_labels: np.ndarray,
@@ -105,6 +108,22 @@ def track_label_image(segment_image: np.ndarray, lut: dict[int, int]) -> np.ndar
             table[label] = track
     image: np.ndarray = table[segment_image]
     return image
+
+
+def label_track_ids(segment_image: np.ndarray, lut: dict[int, int]) -> np.ndarray:
+    """The track ids ``track_label_image(segment_image, lut)`` holds, sorted, 0 left out.
+
+    Read off the segmentation labels present (a count per label, one pass) rather
+    than by sorting the track-id image's pixels: the archive records which tracks
+    each frame shows, and ``np.unique`` over a 512² image took 3 ms a frame.
+    """
+    top = int(segment_image.max(initial=0))
+    if top <= 0:
+        return np.zeros(0, np.uint32)
+    present = np.flatnonzero(np.bincount(segment_image.ravel(), minlength=top + 1))
+    ids = {lut.get(int(label), 0) for label in present.tolist()}
+    ids.discard(0)
+    return np.array(sorted(ids), np.uint32)
 
 
 def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: float = 1.0,

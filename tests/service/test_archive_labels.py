@@ -134,3 +134,43 @@ def test_labels_are_written_in_batches_and_empty_images_cost_no_chunk(
         assert images["needle"].any() == bool(i % 3)
     writer.close()
     assert read_labels(zarr.open_group(path, mode="r"), count - 2)["particles"].max() == 8
+
+
+def test_label_chunks_are_the_files_zarr_itself_writes_and_name_their_tracks(
+        tmp_path: Path) -> None:
+    from lithoscope.service.analysis import label_track_ids, track_label_image
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "s.zarr"
+    writer = ArchiveWriter(path, session={"session_id": "s", "source": "t"})
+    segments, lut = [], {1: 40, 2: 41, 3: 40, 4: 0, 5: 77}  # 3 rejoined into 40; 4 no row
+    for i in range(5):
+        writer.append_frame(np.full((16, 24), i, np.uint16), seq=i + 1, index=i,
+                            t_s=i * 0.25, acquired_at=float(i))
+        segment = rng.integers(0, 5, (8, 12)).astype(np.int32)  # label 5 never present
+        segments.append(segment)
+        writer.append_labels(i, FrameLabels(
+            particles=track_label_image(segment, lut), needle=segment == 0,
+            grid=np.zeros((8, 12), bool), binning=2, shape=(16, 24),
+            track_ids=label_track_ids(segment, lut)))
+        assert label_track_ids(segment, lut).tolist() == sorted(
+            set(np.unique(track_label_image(segment, lut)).tolist()) - {0})
+    assert all(files is not None for files in writer.labels._files.values())
+    writer.close()
+    group = zarr.open_group(path, mode="r+")
+    # Frames seen per track, as np.unique over each image would count them.
+    properties = group["labels/particles"].attrs["ome"]["image-label"]["properties"]
+    assert {p["track_id"]: p["frames_seen"] for p in properties} == {40: 5, 41: 5}
+    for name, images in (("particles", [track_label_image(s, lut) for s in segments]),
+                         ("needle", [(s == 0).astype(np.uint8) for s in segments])):
+        archived = group[f"labels/{name}/0"]
+        by_zarr = group.create_array(f"by_zarr_{name}", shape=archived.shape,
+                                     chunks=archived.chunks, dtype=archived.dtype,
+                                     fill_value=0, compressors=archived.compressors)
+        by_zarr[:] = np.stack(images)
+        for k in range(len(images)):
+            key = archived.metadata.encode_chunk_key((k, 0, 0))
+            assert ((path / "labels" / name / "0" / key).read_bytes()
+                    == (path / f"by_zarr_{name}" / key).read_bytes())
+        np.testing.assert_array_equal(archived[:], np.stack(images))
+    assert not list(path.rglob("*.partial"))
