@@ -1,4 +1,5 @@
-"""Whole frames written as chunk files of the ``frames`` array, beside zarr, not through it.
+"""Chunks written as files beside zarr, not through it: whole frames (and label images),
+and the rows of the measurement tables.
 
 A frame is one chunk of ``frames`` (``chunks=(1, Y, X)``). zarr's write path for a
 chunk (its asyncio event loop, codec pipeline and buffers) holds the GIL for several ms
@@ -10,10 +11,16 @@ bytes go to the file zarr reads the chunk from (the key from the array's metadat
 its ``LocalStore``), through a temporary file and a rename, as zarr's store writes
 them: a chunk file is whole or absent. Two threads encode and write a batch.
 
+The tables' columns (1-D, chunks of many rows, zstd) go the same way: a flush rewrites
+each column's last chunk, which through zarr meant reading it back, decoding, merging
+and encoding it again in zarr's event loop, 113 ms a second for the fifty columns of a
+session's tables, all of it holding the GIL by turns (:class:`~.writer.ArchiveWriter`
+keeps each column's last chunk in memory instead).
+
 Everything else (creating and resizing arrays, metadata, reading) stays zarr's. An
 array this cannot write byte for byte as zarr would (another store, other codecs, a
-big-endian machine) gets no :class:`ChunkFiles` (:func:`chunk_files` returns None),
-and the writer uses zarr's setitem.
+string column, a big-endian machine) gets no :class:`ChunkFiles` (:func:`chunk_files`
+returns None), and the writer uses zarr's setitem.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import zarr
 import zarr.codecs
 from zarr.storage import LocalStore
 
-__all__ = ["ChunkFiles", "chunk_files"]
+__all__ = ["ChunkFiles", "chunk_files", "write_chunks"]
 
 _THREADS = 2
 """Threads encoding and writing a batch of frames (blosc and file writes release the
@@ -53,7 +60,7 @@ def _threads() -> ThreadPoolExecutor:
 
 
 class ChunkFiles:
-    """Writes whole ``(1, Y, X)`` chunks of one array as files (see the module)."""
+    """Writes chunks of one array as files (see the module)."""
 
     def __init__(self, array: zarr.Array[Any], root: Path,
                  encode: Callable[[np.ndarray], bytes]) -> None:
@@ -61,15 +68,18 @@ class ChunkFiles:
         self._folder = root / array.path if array.path else root
         self._encode = encode
         self._zeros = (0,) * (len(array.chunks) - 1)
+        self._made: set[Path] = set()
+        """Folders made already (a table's chunks share one: no mkdir per write)."""
 
-    def _key(self, position: int) -> Path:
-        key = self._array.metadata.encode_chunk_key((position, *self._zeros))
-        return self._folder / key
+    def _key(self, coords: tuple[int, ...]) -> Path:
+        return self._folder / self._array.metadata.encode_chunk_key(coords)
 
-    def _put(self, position: int, image: np.ndarray) -> None:
-        data = self._encode(np.ascontiguousarray(image))
-        path = self._key(position)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _put(self, coords: tuple[int, ...], chunk: np.ndarray) -> None:
+        data = self._encode(np.ascontiguousarray(chunk))
+        path = self._key(coords)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         temporary = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
         try:
             with open(temporary, "wb") as file:
@@ -84,24 +94,39 @@ class ChunkFiles:
         (``OSError`` for the disk's). The caller (:meth:`ArchiveWriter.append_frames`)
         has checked each image's shape and dtype against the array's and grown the
         array over the positions."""
-        if len(frames) == 1:
-            self._put(*frames[0])
-            return
-        futures = [_threads().submit(self._put, p, image) for p, image in frames]
-        errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
+        self.write_chunks([((position, *self._zeros), image) for position, image in frames])
+
+    def write_chunks(self, chunks: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> None:
+        """Write each ``(chunk coordinates, whole chunk)``, all or raise the first error;
+        the caller has grown the array over them. More than one go to the two threads."""
+        write_chunks([(self, coords, chunk) for coords, chunk in chunks])
+
+
+def write_chunks(chunks: Sequence[tuple[ChunkFiles, tuple[int, ...], np.ndarray]]) -> None:
+    """Write chunks of any arrays, each ``(its array's ChunkFiles, chunk coordinates,
+    whole chunk)``, all or raise the first error; more than one go to the two threads
+    (a flush of the tables writes a chunk of each of fifty columns, and a file written
+    and renamed costs more in system calls than in encoding)."""
+    if len(chunks) == 1:
+        files, coords, chunk = chunks[0]
+        files._put(coords, chunk)
+        return
+    futures = [_threads().submit(files._put, coords, chunk) for files, coords, chunk in chunks]
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def chunk_files(array: zarr.Array[Any]) -> ChunkFiles | None:
-    """A :class:`ChunkFiles` for ``array`` if its chunks are whole frames in a local
-    store, stored with the bytes codec (little-endian) and at most a blosc codec; else
-    None (write through zarr)."""
+    """A :class:`ChunkFiles` for ``array`` if its chunks are whole frames (or, 1-D, rows
+    of a table) in a local store, stored with the bytes codec (little-endian) and at
+    most one compressor, blosc or zstd; else None (write through zarr)."""
     store = array.store
     if not isinstance(store, LocalStore) or sys.byteorder != "little":
         return None
-    if array.chunks[0] != 1 or tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+    if array.ndim > 1 and (array.chunks[0] != 1
+                           or tuple(array.chunks[1:]) != tuple(array.shape[1:])):
         return None
     codecs = array.metadata.codecs  # type: ignore[union-attr]
     if not codecs or not isinstance(codecs[0], zarr.codecs.BytesCodec):
@@ -122,6 +147,12 @@ def chunk_files(array: zarr.Array[Any]) -> ChunkFiles | None:
 
         def encode(image: np.ndarray) -> bytes:
             return bytes(codec.encode(image))
+    elif len(rest) == 1 and isinstance(rest[0], zarr.codecs.ZstdCodec):
+        # zarr's ZstdCodec is numcodecs' Zstd over the chunk's bytes.
+        zstd = numcodecs.Zstd(level=rest[0].level, checksum=rest[0].checksum)
+
+        def encode(image: np.ndarray) -> bytes:
+            return bytes(zstd.encode(image.tobytes()))
     else:
         return None
     return ChunkFiles(array, Path(store.root), encode)

@@ -21,7 +21,7 @@ from zarr.core.sync import sync as _zarr_sync
 
 from .. import schema
 from ..errors import ArchiveError
-from .chunks import ChunkFiles, chunk_files
+from .chunks import ChunkFiles, chunk_files, write_chunks
 from .labels import ArchiveLabels, LabelImages
 from .layout import (
     ARCHIVE_FORMAT_VERSION,
@@ -69,6 +69,12 @@ class _Table:
         self.capacity = 0
         self._pending: dict[str, list[np.ndarray]] = {column: [] for column in columns}
         self._pending_rows = 0
+        self._files = {column: chunk_files(array) for column, array in self.arrays.items()}
+        """Columns written as chunk files (:mod:`.chunks`; None: through zarr)."""
+        self._tails: dict[str, tuple[int, np.ndarray]] = {}
+        """Each such column's last chunk written (its index and every row of it, fill
+        values past the rows): a flush completes it in memory rather than reading it
+        back from the disk."""
 
     def append(self, rows: Mapping[str, Any]) -> None:
         """Buffer rows given as columns (scalars for a single row)."""
@@ -119,17 +125,53 @@ class _Table:
             values[column] = (value.astype(np.dtypes.StringDType()) if self.dtypes[column] is str
                               else value)
         selection = slice(start, stop)
-        first = [(self.arrays[c], selection, v) for c, v in values.items() if c != self.key]
-        # One gathered round for the data, then the key column: a reader trusts a row
-        # only once its key is written. Gathered, the columns' writes overlap.
+        tails: dict[str, tuple[int, np.ndarray]] = {}
+        chunks = {c: self._chunks(c, v, start, tails) for c, v in values.items()
+                  if self._files[c] is not None}
+        first = [(self.arrays[c], selection, v) for c, v in values.items()
+                 if c != self.key and c not in chunks]
+        # The data first, then the key column: a reader trusts a row only once its key
+        # is written. Within each round the columns' writes overlap.
         _write_all([*(also or []), *first])
-        _write_all([(self.arrays[self.key], selection, values[self.key])])
+        write_chunks([(self._file(c), coords, chunk) for c, written in chunks.items()
+                      if c != self.key for coords, chunk in written])
+        if self.key in chunks:
+            write_chunks([(self._file(self.key), coords, chunk)
+                          for coords, chunk in chunks[self.key]])
+        else:
+            _write_all([(self.arrays[self.key], selection, values[self.key])])
         # Only now: after a failed write (disk full) the rows stay pending, so closing
         # the archive again once there is room writes them instead of losing them.
+        self._tails.update(tails)
         for parts in self._pending.values():
             parts.clear()
         self.rows = stop
         self._pending_rows = 0
+
+    def _chunks(self, column: str, value: np.ndarray, start: int,
+                tails: dict[str, tuple[int, np.ndarray]],
+                ) -> list[tuple[tuple[int, ...], np.ndarray]]:
+        """The whole chunks of ``column`` that rows ``start ..`` (``value``) fall in,
+        each as the disk will hold it; the last one goes to ``tails``."""
+        size = self.chunk_rows
+        dtype = self.arrays[column].dtype
+        out: list[tuple[tuple[int, ...], np.ndarray]] = []
+        for k in range(start // size, (start + len(value) - 1) // size + 1):
+            tail = self._tails.get(column)
+            if tail is not None and tail[0] == k:
+                chunk = tail[1].copy()
+            else:
+                chunk = np.full(size, fill_value(self.dtypes[column]), dtype=dtype)
+            lo, hi = max(start, k * size), min(start + len(value), (k + 1) * size)
+            chunk[lo - k * size: hi - k * size] = value[lo - start: hi - start]
+            out.append(((k,), chunk))
+        tails[column] = (out[-1][0][0], out[-1][1])
+        return out
+
+    def _file(self, column: str) -> ChunkFiles:
+        files = self._files[column]
+        assert files is not None
+        return files
 
     def trim(self) -> None:
         for array in self.arrays.values():

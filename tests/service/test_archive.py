@@ -347,3 +347,47 @@ def test_frames_are_the_chunk_files_zarr_itself_writes(tmp_path: Path,
     memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
     assert chunk_files(memory.create_array("f", shape=(0, 4, 4), chunks=(1, 4, 4),
                                            dtype=np.uint16)) is None
+
+
+def test_table_columns_are_the_chunk_files_zarr_itself_writes(tmp_path: Path) -> None:
+    from lithoscope.service.archive.chunks import chunk_files
+
+    rng = np.random.default_rng(2)
+    writer = ArchiveWriter(tmp_path / "a.zarr", session={"session_id": "a", "source": "t"})
+    table = writer.tables["frame_table"]
+    chunk = table.chunk_rows
+    count = 2 * chunk + 37  # three chunks, the last one partial
+    t_s = np.cumsum(rng.random(count))
+    done = 0
+    for stop in (1, 5, chunk - 1, chunk + 1, 2 * chunk, count):  # flushes across chunks
+        writer.append_frames([(np.zeros((4, 6), np.uint16),
+                               {"seq": k + 1, "index": 3 * k, "t_s": float(t_s[k]),
+                                "acquired_at": float(k), "metadata": {"k": k}})
+                              for k in range(done, stop)])
+        writer.flush()
+        done = stop
+    numeric = [c for c, files in table._files.items() if files is not None]
+    assert {"seq", "index", "t_s"} <= set(numeric)  # the string column goes through zarr
+    assert table._files["metadata_json"] is None
+    writer.close()
+    group = zarr.open_group(tmp_path / "a.zarr", mode="r+")
+    for column in numeric:
+        archived = group[f"frame_table/{column}"]
+        by_zarr = group.create_array(f"by_zarr_{column}", shape=archived.shape,
+                                     chunks=archived.chunks, dtype=archived.dtype,
+                                     fill_value=archived.fill_value,
+                                     compressors=archived.compressors,
+                                     config={"write_empty_chunks": True})
+        by_zarr[:] = archived[:]
+        for k in range(-(-count // chunk)):
+            key = archived.metadata.encode_chunk_key((k,))
+            assert ((tmp_path / "a.zarr" / "frame_table" / column / key).read_bytes()
+                    == (tmp_path / "a.zarr" / f"by_zarr_{column}" / key).read_bytes())
+    reader = ArchiveReader(tmp_path / "a.zarr")
+    rows = reader.table("frame_table")
+    np.testing.assert_array_equal(rows["seq"], np.arange(1, count + 1))
+    np.testing.assert_array_equal(rows["index"], 3 * np.arange(count))
+    np.testing.assert_array_equal(rows["t_s"], t_s)
+    assert reader.frame_count == count
+    assert chunk_files(group["frame_table/metadata_json"]) is None
+    assert not list((tmp_path / "a.zarr").rglob("*.partial"))
