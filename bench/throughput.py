@@ -21,6 +21,8 @@ microscope) the bench runs:
   ``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_`` 1 GiB, in the service's
   environment), or ``workers1``/``workers2`` (``serve --workers N``), one after the
   other on the same frames.
+  The worker's CPU time per frame (all threads, from ``/proc``) and its busiest
+  thread's are reported beside the wall time per frame.
 * ``latency``: the shipped service with frames offered at 25 frames/s as a live camera
   would; acquisition-to-result latency p50/p99 from the published results.
 * the **lean reference**: the same job as plain library calls, stage by stage on the
@@ -92,6 +94,19 @@ def free_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time (user + system, s) of each thread of process ``pid``, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
@@ -439,8 +454,18 @@ def end_to_end(variant: str, frames_path: Path, count: int, pixel_size_nm: float
     sessions.mkdir()
     service = Service(sessions, settings=settings, env=env)
     try:
+        pid = service.process.pid
+        if service.profiled:  # py-spy's child
+            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+        before = cpu_seconds(pid)
         e2e = run_session(service, frames_path, count=count, fps=1000.0, speed=None,
                           live=False, pixel_size_nm=pixel_size_nm)
+        spent = [t - before.get(tid, 0.0) for tid, t in cpu_seconds(pid).items()]
+        # The worker's CPU per frame (all its threads), and its busiest thread's (the
+        # analysis, in thread mode): against the wall time per frame, how far the
+        # worker is from using its cores, and what one thread keeps waiting for.
+        e2e["worker_cpu_ms_per_frame"] = 1e3 * sum(spent) / count
+        e2e["busiest_thread_cpu_ms_per_frame"] = 1e3 * max(spent, default=0.0) / count
         if latency:
             live_count = int(min(max(count, 75), 250))
             e2e["latency_at_25fps"] = run_session(
@@ -525,6 +550,10 @@ def print_row(row: dict[str, Any]) -> None:
     print(f"  at 25 fps    latency p50 {live['latency_p50_ms']:.1f} ms, "
           f"p99 {live['latency_p99_ms']:.1f} ms{p99_verdict}; "
           f"analysed {live['frames_analysed']} of {live['frames_archived']} archived")
+    print(f"  worker CPU   {e2e['worker_cpu_ms_per_frame']:.1f} ms/frame over all threads "
+          f"(busiest thread {e2e['busiest_thread_cpu_ms_per_frame']:.1f}), against "
+          f"{1e3 / e2e['frames_per_s'] if e2e['frames_per_s'] else float('nan'):.1f} ms "
+          "of wall time per frame")
     print(f"  peak RSS     worker {e2e['worker_peak_rss_mb']:.0f} MB, publisher "
           f"{e2e['publisher_peak_rss_mb']:.0f} MB")
     print(f"  {'reference':<12}{'frames/s':>10}{'x end-to-end':>14}")

@@ -11,11 +11,11 @@ bytes go to the file zarr reads the chunk from (the key from the array's metadat
 its ``LocalStore``), through a temporary file and a rename, as zarr's store writes
 them: a chunk file is whole or absent. Two threads encode and write a batch.
 
-The tables' columns (1-D, chunks of many rows, zstd) go the same way: a flush rewrites
-each column's last chunk, which through zarr meant reading it back, decoding, merging
-and encoding it again in zarr's event loop, 113 ms a second for the fifty columns of a
-session's tables, all of it holding the GIL by turns (:class:`~.writer.ArchiveWriter`
-keeps each column's last chunk in memory instead).
+The tables' numeric columns (1-D, chunks of many rows, zstd) go the same way. A flush
+rewrites each column's last chunk: through zarr that is a read back, a decode, a merge
+and an encode in zarr's event loop for each of a session's fifty columns, once a second,
+holding the GIL by turns; the writer (:class:`~.writer.ArchiveWriter`) keeps each
+column's last chunk in memory and writes it whole instead.
 
 Everything else (creating and resizing arrays, metadata, reading) stays zarr's. An
 array this cannot write byte for byte as zarr would (another store, other codecs, a
