@@ -20,7 +20,9 @@ Printed per case: frames offered (and the rate the publisher achieved: below FPS
 the service held it back), archived, analysed, skipped (from ``session_closed`` and
 the archive), analysed/s, p50/p99 latency of the analysed frames (acquisition to
 result, from the published results), the worker's peak RSS (``VmHWM``) and the peak
-bytes of frames it held (its memory budget's ``memory_peak_bytes``). Then, in this
+bytes of frames it held (its memory budget's ``memory_peak_bytes``), and the cores the
+worker kept busy (CPU time from ``/proc`` over the session's wall time), all its
+threads and its busiest one, the analysis. Then, in this
 process, the per-stage cost at that size, to say what limits the rates: receive
 (ZeroMQ ipc, one frame), archive (the ArchiveWriter, batches of 8 frames) against its
 lean floor (numcodecs blosc-lz4 and a plain file write per frame, two threads) and
@@ -157,9 +159,20 @@ def live_session(folder: Path, frames: np.ndarray, *, fps: float, seconds: float
     proc = ctx.Process(target=_publish, args=(str(frames_path), count, fps,
                                               service.frames_endpoint,
                                               service.results_endpoint, pixel_size_nm, out))
+    from throughput import cpu_seconds
+
+    before = cpu_seconds(service.process.pid)
+    started = time.perf_counter()
     proc.start()
     report = out.get(timeout=seconds * 20 + 600)
     proc.join(60)
+    spent = [t - before.get(tid, 0.0)
+             for tid, t in cpu_seconds(service.process.pid).items()]
+    elapsed = time.perf_counter() - started
+    # Cores the worker kept busy, all threads and its busiest one (the analysis): a
+    # worker near all the machine's cores is bound by them, not by waiting.
+    report["worker_cores"] = sum(spent) / elapsed
+    report["busiest_thread_cores"] = max(spent, default=0.0) / elapsed
     time.sleep(1.5)  # a last heartbeat
     stop.set()
     collector.join(5)
@@ -283,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['latency_p99_ms']:.0f} ms; worker peak RSS {r['worker_peak_rss_mb']:.0f} MB,"
               f" frames held at most {r['budget_peak_mb']:.0f} MiB, budget full "
               f"{r['memory_full']} time(s)")
+        print(f"  worker CPU: {r['worker_cores']:.2f} cores busy over the session, its "
+              f"busiest thread (the analysis) {r['busiest_thread_cores']:.2f}")
         print(f"  per frame, this machine now: receive {receive:.1f} ms, archive "
               f"{archive:.1f} ms (batches of 8; lean floor: blosc + write in 2 threads "
               f"{floor:.1f} ms), analysis {analysis:.0f} ms")
