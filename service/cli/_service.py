@@ -356,6 +356,11 @@ def replay(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object summarising the replay (and nothing else on "
         "stdout).")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Measuring processes of replay's own worker, as serve --workers: frames are "
+        "segmented in N processes (0: in replay's process, beside reading the recording, "
+        "archiving and publishing). On a machine with a core to spare, 1 replays faster.",
+        min=0)] = 0,
     verbose: Verbose = False,
 ) -> None:
     """Feed a recording through the same publisher -> ZeroMQ -> worker path, losslessly.
@@ -364,6 +369,7 @@ def replay(
     With --connect, the running service archives it in its own folder under the name
     of --archive.
     """
+    from ..config import ServiceConfig
     from ..live.session import run_local_session
     from ..publisher import Publisher
 
@@ -372,6 +378,9 @@ def replay(
         pace = parse_speed(speed)
         if connect is None and archive.exists():
             raise ConfigError(f"{archive} already exists; choose a new --archive path.")
+        if connect is not None and workers:
+            raise ConfigError("--workers sets replay's own worker; with --connect the running "
+                              "service measures as it was started (serve --workers).")
         stop = stop_on_signals()
         started = time.monotonic()
         with _open_source(source, fps, pixel_size) as src:
@@ -386,7 +395,8 @@ def replay(
                     advance(1)
 
                 if connect is None:
-                    report = run_local_session(src, archive_path=archive, speed=pace,
+                    report = run_local_session(src, config=ServiceConfig(workers=workers),
+                                               archive_path=archive, speed=pace,
                                                live=False, fps=fps, pixel_size_nm=pixel_size,
                                                stop=stop, on_frame=on_frame)
                 else:

@@ -62,6 +62,32 @@ def test_replay_tiff_then_inspect_json(tmp_path: Path) -> None:
     assert "12" in human.stdout
 
 
+def test_replay_with_a_measuring_process_gives_the_same_archive(tmp_path: Path) -> None:
+    frames = noisy_frames(10, shape=(64, 80))
+    stack = write_tiff_stack(tmp_path / "movie.tif", frames)
+    tables = {}
+    for workers in ("0", "1"):
+        done = run("replay", str(stack), "--archive", f"w{workers}.zarr", "--fps", "4",
+                   "--pixel-size", "0.8", "--workers", workers, "--json", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["frames_archived"] == 10
+        reader = ArchiveReader(tmp_path / f"w{workers}.zarr")
+        np.testing.assert_array_equal(reader.frames[:], frames)
+        assert reader.meta["config"]["workers"] == int(workers)  # the worker it ran
+        tables[workers] = (reader.table("cluster"), reader.table("particles"))
+    for ours, theirs in zip(tables["0"], tables["1"], strict=True):
+        assert set(ours) == set(theirs)
+        for column in ours:
+            if column != "latency_s":  # wall-clock, not analysis
+                np.testing.assert_array_equal(ours[column], theirs[column], err_msg=column)
+    assert len(tables["1"][0]["area_px"]) == 10  # every frame measured
+    refused = run("replay", str(stack), "--archive", "x.zarr", "--connect",
+                  "tcp://127.0.0.1:5", "--workers", "1", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "--workers sets replay's own worker" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_replay_refuses_to_overwrite_and_needs_a_frame_rate_to_pace(tmp_path: Path) -> None:
     stack = write_tiff_stack(tmp_path / "movie.tif", noisy_frames(3, shape=(16, 16)))
     (tmp_path / "taken.zarr").mkdir()
