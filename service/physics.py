@@ -100,15 +100,7 @@ def theil_sen_slope(t_s: np.ndarray, values: np.ndarray) -> float:
     t, y = t[keep], y[keep]
     if t.size < 3:
         return math.nan
-    if t.size > THEIL_SEN_POINTS:
-        order = np.argsort(t, kind="stable")
-        t, y = _run_medians(t[order]), _run_medians(y[order])
-    i, j = np.triu_indices(t.size, k=1)
-    dt = t[j] - t[i]
-    ok = dt > 0
-    if not ok.any():
-        return math.nan
-    return float(np.median((y[j] - y[i])[ok] / dt[ok]))
+    return float(_median_slopes(t, y[np.newaxis])[0])
 
 
 def theil_sen_slopes(series: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -118,8 +110,8 @@ def theil_sen_slopes(series: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     particles seen on the same frames share their sample times: those series are
     stacked and their slopes taken in one set of array operations (a per-series call
     cost 0.1 ms of interpreter time each, more than its arithmetic, at 40
-    particles). Series with a non-finite value, or whose times no other series
-    shares, go through :func:`theil_sen_slope` one by one.
+    particles). Series with a non-finite value or fewer than 3 points go through
+    :func:`theil_sen_slope` one by one.
     """
     out = np.full(len(series), np.nan)
     groups: dict[bytes, list[int]] = {}
@@ -132,22 +124,25 @@ def theil_sen_slopes(series: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
             continue
         groups.setdefault(t.tobytes(), []).append(k)
     for members in groups.values():
-        if len(members) == 1:
-            k = members[0]
-            out[k] = theil_sen_slope(*series[k])
-            continue
         t = np.asarray(series[members[0]][0], dtype=np.float64)
         y = np.stack([np.asarray(series[k][1], dtype=np.float64) for k in members])
-        if t.size > THEIL_SEN_POINTS:
-            order = np.argsort(t, kind="stable")
-            t, y = _run_medians(t[order]), _run_medians(y[:, order])
-        i, j = np.triu_indices(t.size, k=1)
-        dt = t[j] - t[i]
-        ok = dt > 0
-        if not ok.any():
-            continue  # NaN, as one by one
-        out[members] = np.median((y[:, j[ok]] - y[:, i[ok]]) / dt[ok], axis=1)
+        out[members] = _median_slopes(t, y)
     return out
+
+
+def _median_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The Theil-Sen slope of each row of ``y`` (k, n) against the times ``t`` (n,), all
+    finite, n >= 3: past ``THEIL_SEN_POINTS`` over run medians; NaN without time spread."""
+    if t.size > THEIL_SEN_POINTS:
+        order = np.argsort(t, kind="stable")
+        t, y = _run_medians(t[order]), _run_medians(y[:, order])
+    i, j = np.triu_indices(t.size, k=1)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    if not ok.any():
+        return np.full(len(y), math.nan)
+    slopes: np.ndarray = np.median((y[:, j[ok]] - y[:, i[ok]]) / dt[ok], axis=1)
+    return slopes
 
 
 def _run_medians(values: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import zarr.codecs
 from zarr.core.sync import sync as _zarr_sync
 
 from ..schema import label_colour
-from .chunks import ChunkFiles, chunk_files
+from .chunks import ChunkFiles, chunk_files, write_chunks
 from .ngff import NGFF_VERSION, frames_ngff_metadata
 
 log = logging.getLogger(__name__)
@@ -227,14 +227,12 @@ class ArchiveLabels:
         written so, in one zarr call."""
         pending, self._pending = self._pending, []
         self._pending_frames = self._pending_bytes = 0
-        through_zarr = []
-        for name in LABEL_NAMES:
-            mine = [(position, image) for n, position, image in pending if n == name]
-            files = self._files.get(name)
-            if files is not None and mine:
-                files.write(mine)
-            else:
-                through_zarr += [(self._arrays[name], p, image) for p, image in mine]
+        as_files = [(files, (position, 0, 0), image) for name, position, image in pending
+                    if (files := self._files.get(name)) is not None]
+        through_zarr = [(self._arrays[name], position, image)
+                        for name, position, image in pending if self._files.get(name) is None]
+        if as_files:
+            write_chunks(as_files)
         if through_zarr:
             _zarr_sync(_gather(through_zarr))
 

@@ -106,9 +106,8 @@ class _Table:
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    def flush(self, *, also: list[tuple[zarr.Array[Any], Any, np.ndarray]] | None = None) -> None:
-        """Write buffered rows; ``also`` are extra (array, selection, value) writes that
-        must land before the key column (the frame pixels of frame_table rows)."""
+    def flush(self) -> None:
+        """Write buffered rows, the key column last."""
         if not self._pending_rows:
             return
         start, stop = self.rows, self.rows + self._pending_rows
@@ -132,7 +131,8 @@ class _Table:
                  if c != self.key and c not in chunks]
         # The data first, then the key column: a reader trusts a row only once its key
         # is written. Within each round the columns' writes overlap.
-        _write_all([*(also or []), *first])
+        if first:
+            _write_all(first)
         write_chunks([(self._file(c), coords, chunk) for c, written in chunks.items()
                       if c != self.key for coords, chunk in written])
         if self.key in chunks:
@@ -156,8 +156,8 @@ class _Table:
         size = self.chunk_rows
         dtype = self.arrays[column].dtype
         out: list[tuple[tuple[int, ...], np.ndarray]] = []
+        tail = self._tails.get(column)
         for k in range(start // size, (start + len(value) - 1) // size + 1):
-            tail = self._tails.get(column)
             if tail is not None and tail[0] == k:
                 chunk = tail[1].copy()
             else:
