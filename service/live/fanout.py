@@ -232,7 +232,14 @@ class AnalysisPool:
         return len(self._order)
 
     def has_room(self) -> bool:
+        """Whether another job may go out (at most ``max_in_flight``)."""
         return len(self._order) < self.max_in_flight
+
+    def has_idle(self) -> bool:
+        """Whether a local measuring process is free (with only remote ones,
+        :meth:`has_room`): a live frame sent now is measured at once, not queued behind
+        another, so it is still the newest when its measuring starts."""
+        return len(self._order) < self.processes if self.processes else self.has_room()
 
     def submit(self, tag: Any, image: np.ndarray, *, pixel_size_nm: float | None,
                config: AnalysisConfig) -> int:

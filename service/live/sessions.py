@@ -455,8 +455,15 @@ class _Sessions(_Analysing):
             return False
         if self._pool is None and self._frames_in_analysis:
             return False
-        return any(session.pending is not None or session.backlog
+        return any((session.pending is not None and self._live_room()) or session.backlog
                    or session.stopping is not None for session in self.sessions.values())
+
+    def _live_room(self) -> bool:
+        """Whether a live session's newest frame can start being measured now: in this
+        process whenever the analysis thread is free, by measuring processes when one
+        of them is (a frame queued behind another would wait, while a newer one
+        arrives)."""
+        return self._pool is None or self._pool.has_idle()
 
     def _analyse_pending(self) -> None:
         """Hand the analysis thread the next waiting frame when it is free (a live
@@ -468,6 +475,8 @@ class _Sessions(_Analysing):
             if self._pool is None and self._frames_in_analysis:
                 return  # one frame at a time: a live session's newest is chosen when due
             if session.pending is not None:
+                if not self._live_room():
+                    continue
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
             elif session.backlog:

@@ -106,6 +106,8 @@ def test_two_processes_give_the_session_a_single_process_gives(frames: list,
             while pending and pool.has_room():
                 frame = pending.pop(0)
                 pool.submit(frame, frame.image, pixel_size_nm=1.0, config=AnalysisConfig())
+                # A live frame goes out only to a free process; a replay's may queue.
+                assert pool.has_idle() == (pool.in_flight < 2)
             for outcome in pool.wait(timeout_s=60):
                 assert outcome.measurement is not None, outcome.error
                 got.append(outcome.tag.index)
@@ -133,7 +135,9 @@ def test_jobs_wait_for_a_measurer_and_a_lost_one_is_given_up(frames: list,
     pool = _pool(context, tmp_path, 0, job_timeout_s=0.5)
     thief = context.socket(zmq.PULL)
     try:
+        assert pool.has_idle()  # no local process: free while there is room
         pool.submit("lost", frames[0].image, pixel_size_nm=1.0, config=AnalysisConfig())
+        assert pool.has_idle() == pool.has_room()
         assert pool.wait(timeout_s=1.0) == []  # not sent: no timeout runs
         thief.connect(pool.jobs_endpoint)
         for _ in range(100):  # the backlog goes out on the pool's next call

@@ -73,6 +73,31 @@ def test_two_measuring_processes_archive_what_one_thread_does(in_thread: Archive
                                       fanned.group[f"labels/{name}/0"][:], err_msg=name)
 
 
+def test_a_live_session_sends_its_newest_frame_only_to_a_free_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, a frame queued behind another would wait while newer ones arrive: with one
+    measuring process, a frame goes out only when nothing else is out. Every frame is
+    archived, and those not measured are counted as skipped."""
+    from lithoscope.service.live.fanout import AnalysisPool
+
+    out_at_submit: list[int] = []
+    submit = AnalysisPool.submit
+
+    def watched(self: AnalysisPool, *args: object, **kwargs: object) -> int:
+        out_at_submit.append(self.in_flight)
+        return submit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AnalysisPool, "submit", watched)
+    frames = noisy_frames(40, shape=(128, 128))
+    config = ServiceConfig(sessions_dir=str(tmp_path), workers=1)
+    report = run_local_session(ArraySource(frames, fps=20.0), config=config, speed=1.0,
+                               live=True, archive_path=tmp_path / "live.zarr")
+    assert report.closed is not None
+    assert report.closed.frames_archived == len(frames)
+    assert 1 <= report.closed.frames_analysed == len(out_at_submit) <= len(frames)
+    assert set(out_at_submit) == {0}
+
+
 def test_a_measurer_on_another_host_can_do_the_work(in_thread: ArchiveReader,
                                                     tmp_path: Path) -> None:
     """No local process: a measurer that connects over tcp (as `lithoscope measure` on
