@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from lithoscope.service.archive import ArchiveReader
 from lithoscope.service.cli import app
+from lithoscope.service.cli._service import replay_workers
 
 from support.arrays import noisy_frames
 from support.media import write_tiff_stack
@@ -45,6 +46,7 @@ def test_replay_tiff_then_inspect_json(tmp_path: Path) -> None:
     assert "archived 12" in done.stdout
     reader = ArchiveReader(tmp_path / "out.zarr")
     np.testing.assert_array_equal(reader.frames[:], frames)
+    assert reader.meta["config"]["workers"] == 0  # small frames: measured in replay's own
 
     shown = run("inspect", "out.zarr", "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -86,6 +88,14 @@ def test_replay_with_a_measuring_process_gives_the_same_archive(tmp_path: Path) 
     assert refused.returncode == 1
     assert "--workers sets replay's own worker" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_replay_measures_megapixel_frames_in_a_process_of_its_own_by_default() -> None:
+    assert replay_workers((1024, 1024), 2) == 1
+    assert replay_workers((2048, 4096), 16) == 1
+    assert replay_workers((1024, 1023), 8) == 0  # the analysis is too short to pay
+    assert replay_workers((4096, 4096), 1) == 0  # no core to spare
+    assert replay_workers(None, 8) == 0  # the shape is not known before reading
 
 
 def test_replay_refuses_to_overwrite_and_needs_a_frame_rate_to_pace(tmp_path: Path) -> None:
