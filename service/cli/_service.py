@@ -404,17 +404,19 @@ def replay(
             if src.info.fps is None and fps is None and pace is not None:
                 raise ConfigError(f"{source} does not record its frame rate; give --fps "
                                   "or use --speed max.")
+            if connect is None and workers is None:
+                workers = replay_workers(src.info.shape, os.cpu_count() or 1)
             if not as_json:
+                measuring = (f", segmented in {workers} measuring process"
+                             f"{'es' if workers > 1 else ''}" if workers else "")
                 console.print(f"Replaying {src.info.name} ({src.info.frame_count or '?'} "
-                              "frames) ...", highlight=False)
+                              f"frames{measuring}) ...", highlight=False)
             with progress_bar("replay", src.info.frame_count) as advance:
                 def on_frame(_: Any) -> None:
                     advance(1)
 
                 if connect is None:
-                    if workers is None:
-                        workers = replay_workers(src.info.shape, os.cpu_count() or 1)
-                    report = run_local_session(src, config=ServiceConfig(workers=workers),
+                    report = run_local_session(src, config=ServiceConfig(workers=workers or 0),
                                                archive_path=archive, speed=pace,
                                                live=False, fps=fps, pixel_size_nm=pixel_size,
                                                stop=stop, on_frame=on_frame)

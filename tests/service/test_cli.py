@@ -44,6 +44,7 @@ def test_replay_tiff_then_inspect_json(tmp_path: Path) -> None:
                "0.8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "archived 12" in done.stdout
+    assert "measuring process" not in done.stdout  # 64x80 px: measured in replay's own
     reader = ArchiveReader(tmp_path / "out.zarr")
     np.testing.assert_array_equal(reader.frames[:], frames)
     assert reader.meta["config"]["workers"] == 0  # small frames: measured in replay's own
