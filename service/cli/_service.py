@@ -47,7 +47,7 @@ PANEL = "Service (the microscope PC)"
 _REPLAY_PROCESS_MIN_PIXELS = 1024 * 1024
 """Frames at least this large are segmented in a measuring process of replay's own by
 default: replay reads, archives and publishes in its own process, and at 1024² (0.4
-nm/px, two cores) a measuring process beside it replayed 1.3-1.45 times faster; on
+nm/px, two cores) a measuring process beside it replayed 1.2-1.6 times faster; on
 smaller frames the analysis is too short for the process and its frame copies to pay."""
 
 

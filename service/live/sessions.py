@@ -455,8 +455,10 @@ class _Sessions(_Analysing):
             return False
         if self._pool is None and self._frames_in_analysis:
             return False
-        return any((session.pending is not None and self._live_room()) or session.backlog
-                   or session.stopping is not None for session in self.sessions.values())
+        live_room = self._live_room()
+        return any(session.backlog or (
+            live_room if session.pending is not None else session.stopping is not None)
+            for session in self.sessions.values())
 
     def _live_room(self) -> bool:
         """Whether a live session's newest frame can start being measured now: in this
