@@ -114,19 +114,19 @@ def theil_sen_slopes(series: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     :func:`theil_sen_slope` one by one.
     """
     out = np.full(len(series), np.nan)
-    groups: dict[bytes, list[int]] = {}
-    for k, (t, y) in enumerate(series):
-        t = np.asarray(t, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+    groups: dict[bytes, tuple[np.ndarray, list[int], list[np.ndarray]]] = {}
+    for k, (t_s, values) in enumerate(series):
+        t = np.asarray(t_s, dtype=np.float64)
+        y = np.asarray(values, dtype=np.float64)
         if t.shape != y.shape or t.ndim != 1 or t.size < 3 or not (
                 np.isfinite(t).all() and np.isfinite(y).all()):
             out[k] = theil_sen_slope(t, y)
             continue
-        groups.setdefault(t.tobytes(), []).append(k)
-    for members in groups.values():
-        t = np.asarray(series[members[0]][0], dtype=np.float64)
-        y = np.stack([np.asarray(series[k][1], dtype=np.float64) for k in members])
-        out[members] = _median_slopes(t, y)
+        _, members, rows = groups.setdefault(t.tobytes(), (t, [], []))
+        members.append(k)
+        rows.append(y)
+    for t, members, rows in groups.values():
+        out[members] = _median_slopes(t, np.stack(rows))
     return out
 
 

@@ -94,12 +94,11 @@ class ChunkFiles:
         (``OSError`` for the disk's). The caller (:meth:`ArchiveWriter.append_frames`)
         has checked each image's shape and dtype against the array's and grown the
         array over the positions."""
-        self.write_chunks([((position, *self._zeros), image) for position, image in frames])
+        write_chunks([(self, self.coords(position), image) for position, image in frames])
 
-    def write_chunks(self, chunks: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> None:
-        """Write each ``(chunk coordinates, whole chunk)``, all or raise the first error;
-        the caller has grown the array over them. More than one go to the two threads."""
-        write_chunks([(self, coords, chunk) for coords, chunk in chunks])
+    def coords(self, position: int) -> tuple[int, ...]:
+        """The chunk coordinates of the whole image at ``position`` along the first axis."""
+        return (position, *self._zeros)
 
 
 def write_chunks(chunks: Sequence[tuple[ChunkFiles, tuple[int, ...], np.ndarray]]) -> None:

@@ -227,10 +227,14 @@ class ArchiveLabels:
         written so, in one zarr call."""
         pending, self._pending = self._pending, []
         self._pending_frames = self._pending_bytes = 0
-        as_files = [(files, (position, 0, 0), image) for name, position, image in pending
-                    if (files := self._files.get(name)) is not None]
-        through_zarr = [(self._arrays[name], position, image)
-                        for name, position, image in pending if self._files.get(name) is None]
+        as_files: list[tuple[ChunkFiles, tuple[int, ...], np.ndarray]] = []
+        through_zarr: list[tuple[zarr.Array[Any], int, np.ndarray]] = []
+        for name, position, image in pending:
+            files = self._files.get(name)
+            if files is not None:
+                as_files.append((files, files.coords(position), image))
+            else:
+                through_zarr.append((self._arrays[name], position, image))
         if as_files:
             write_chunks(as_files)
         if through_zarr:
