@@ -13,6 +13,7 @@ from ._config import AnalysisConfig
 from ._prepare import (
     _VACUUM,
     _blur_width,
+    _boxed_components,
     _components,
     _disc,
     _particle_threshold,
@@ -97,21 +98,36 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     dark = (flat < threshold).view(np.uint8)
     if not dark.any():
         return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
-    count, components, area, on_edge = _components(dark)
+    # Labelled in the box holding the opaque pixels (a needle from one side: a quarter
+    # of the frame), the same components as on the whole frame.
+    count, components, area, on_edge, held = _boxed_components(dark)
     keep = np.flatnonzero(on_edge[1:] & (area[1:] * b * b >= config.needle_min_area_px)) + 1
     if keep.size == 0:
         return _Needle(mask=empty, core=empty, grid=empty, tip=nan)
     # Grid bars run along a side; the needle crosses the edge through a short stretch.
+    reaches = (held[0].start == 0, held[0].stop == rows, held[1].start == 0,
+               held[1].stop == cols)
     sides = (components[0], components[-1], components[:, 0], components[:, -1])
     lengths = (cols, cols, rows, rows)
-    coverage = np.stack([np.bincount(side, minlength=count) / length
-                         for side, length in zip(sides, lengths, strict=True)])
+    coverage = np.stack([np.bincount(side, minlength=count) / length if reached
+                         else np.zeros(count)
+                         for side, length, reached in zip(sides, lengths, reaches,
+                                                          strict=True)])
     grid = empty
-    entry = np.zeros(flat.shape, np.bool_)
-    entry[[0, -1], :] = True
-    entry[:, [0, -1]] = True
-    bands = [_grid_band(components, int(label), int(np.argmax(coverage[:, label])))
-             for label in keep if coverage[:, label].max() >= _GRID_SIDE_FRACTION]
+    candidates = [int(label) for label in keep
+                  if coverage[:, label].max() >= _GRID_SIDE_FRACTION]
+    if candidates:  # grid bars are judged on the whole frame
+        whole = np.zeros(flat.shape, np.int32)
+        whole[held] = components
+        components, held = whole, (slice(0, rows), slice(0, cols))
+        reaches = (True, True, True, True)
+    entry = np.zeros(components.shape, np.bool_)
+    for reached, line in zip(reaches, (entry[0], entry[-1], entry[:, 0], entry[:, -1]),
+                             strict=True):
+        if reached:
+            line[...] = True
+    bands = [_grid_band(components, label, int(np.argmax(coverage[:, label])))
+             for label in candidates]
     if bands:
         band = np.logical_or.reduce(bands)
         grid = _grid_rim(band, flat, config, b)
@@ -125,7 +141,8 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
         keep = np.flatnonzero(touching[1:] & (area[1:] * b * b
                                               >= config.needle_min_area_px)) + 1
     # Each candidate's pixels, gathered once: the needle's are read again for its tip.
-    pixels = {int(label): _entry(components, int(label), entry) for label in keep}
+    pixels = {int(label): _entry(components, int(label), entry,
+                                 (held[0].start, held[1].start)) for label in keep}
     needles = [label for label, found in pixels.items() if _is_needle(*found)]
     if not needles:
         return _Needle(mask=empty, core=empty, grid=grid, tip=nan)
@@ -133,7 +150,8 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
     # a smaller one is a near-black crystal cut by the frame edge (its coating-less
     # edge would otherwise "touch" particles as it drifts across the edge).
     largest = max(needles, key=lambda label: int(area[label]))
-    core = (components == largest) & ~grid
+    core = np.zeros(flat.shape, np.bool_)
+    core[held] = (components == largest) & ~grid[held]
 
     # The tip: the metal pixel farthest from where the needle enters.
     r, c, entry_r, entry_c, _ = pixels[largest]
@@ -149,11 +167,15 @@ def _find_needle(prepared: _Prepared, config: AnalysisConfig) -> _Needle:
 
 
 def _entry(components: np.ndarray, label: int, entry: np.ndarray,
+           origin: tuple[int, int] = (0, 0),
            ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
     """A component's pixels (rows, cols), the mean of those where it enters (``entry``:
-    the image border, and the edge of any grid bar), and which they are."""
+    the image border, and the edge of any grid bar), and which they are; ``components``
+    and ``entry`` may be a box of the frame at ``origin``, the pixels are the frame's."""
     r, c = np.divmod(np.flatnonzero(components == label), components.shape[1])
     border = entry[r, c]
+    r += origin[0]
+    c += origin[1]
     return r, c, float(r[border].mean()), float(c[border].mean()), border
 
 

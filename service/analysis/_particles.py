@@ -13,6 +13,7 @@ from ._config import AnalysisConfig
 from ._prepare import (
     _VACUUM,
     _blur_width,
+    _boxed_components,
     _components,
     _histogram,
     _particle_threshold,
@@ -120,6 +121,12 @@ def _boundary_areas(labels: np.ndarray, flat: np.ndarray, level: np.ndarray,
     return result
 
 
+_DISTANCE_COLUMNS = 16
+"""Column alignment of :func:`_boxed_distance`'s box: aligned to 4 columns, the box
+already gave the whole frame's distances where unaligned it differed in the last bit;
+16 is a multiple of every float32 vector width OpenCV builds for (4, 8, 16)."""
+
+
 def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     """Typical particle radius (analysis px) of a foreground mask: the area-weighted
     median of each region's largest inscribed radius (the peak of its distance
@@ -129,16 +136,14 @@ def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     clusters do not inflate the scale, and weighting by area lets noise specks (many,
     but small) count for little.
     """
-    count, components, area, _ = _components(foreground.view(np.uint8))
+    count, components, area, _, box = _boxed_components(foreground.view(np.uint8))
     if count <= 1:
         return 0.0
     areas = area[1:].astype(np.float64)
     keep = np.flatnonzero(areas >= max(1, min_area)) + 1
     if keep.size == 0:
         return 0.0
-    distance = cv2.distanceTransform(
-        cv2.copyMakeBorder(foreground.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_REPLICATE),
-        cv2.DIST_L2, 5)[1:-1, 1:-1]
+    distance = _boxed_distance(foreground, box)
     # Each region's peak is a local maximum of its distance transform (its 8
     # neighbours are its own pixels or background, at 0): the peaks are read from
     # those few pixels, not by sorting every pixel by label as scipy's does.
@@ -151,6 +156,36 @@ def _particle_radius(foreground: np.ndarray, min_area: int) -> float:
     order = np.argsort(peaks)
     cumulative = np.cumsum(weights[order])
     return float(peaks[order][int(np.searchsorted(cumulative, cumulative[-1] / 2))])
+
+
+def _boxed_distance(foreground: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """The distance transform of ``foreground`` (bool, every set pixel inside ``box``)
+    in ``box``, as on the whole frame with its edges replicated (a region cut by the
+    frame edge goes on beyond it).
+
+    The box is padded as the frame would be there: the frame's edge replicated,
+    background beyond the box's other sides (nothing outside the box is nearer
+    background than that ring). OpenCV's float distances can differ in the last bit
+    with a pixel's place along its row, so the transformed box starts on a multiple of
+    ``_DISTANCE_COLUMNS`` columns and its padded rows are a whole number of them long
+    (or end at the frame's edge): the same values as on the whole frame.
+    """
+    rows, cols = foreground.shape
+    c0 = box[1].start // _DISTANCE_COLUMNS * _DISTANCE_COLUMNS
+    c1 = min(cols, box[1].stop + (-(box[1].stop - c0 + 2)) % _DISTANCE_COLUMNS)
+    padded = cv2.copyMakeBorder(foreground[box[0], c0:c1].view(np.uint8), 1, 1, 1, 1,
+                                cv2.BORDER_REPLICATE)
+    if box[0].start > 0:
+        padded[0] = 0
+    if box[0].stop < rows:
+        padded[-1] = 0
+    if c0 > 0:
+        padded[:, 0] = 0
+    if c1 < cols:
+        padded[:, -1] = 0
+    distance: np.ndarray = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[
+        1:-1, 1 + box[1].start - c0: 1 + box[1].stop - c0]
+    return distance
 
 
 def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
@@ -287,13 +322,17 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         _particle_threshold(flat, needle, config, noise_led=True,
                             histogram=histogram if flat is base else None)))
     foreground = (flat < outline) & ~needle
-    count, components, area, cut = _components(foreground.view(np.uint8))
+    # Labelled in the box holding the outlined pixels (with room for the margin of
+    # the kept regions' box below): the same regions, numbered alike.
+    count, components, area, cut, held = _boxed_components(foreground.view(np.uint8),
+                                                           _BOX_MARGIN_PX)
     # A particle cut by the frame edge shows only part of its area: it is kept down
     # to the size of a noise speck.
     min_area = np.where(cut, min(scale.min_area_px, _EDGE_MIN_AREA_PX), scale.min_area_px)
     # Seeded by a quarter of a smallest particle below the threshold, so that a patch
     # of vacuum a little off its level is not grown into a particle.
-    seeds = np.bincount(components[(flat < threshold) & foreground], minlength=count)
+    seeds = np.bincount(components[(flat[held] < threshold) & foreground[held]],
+                        minlength=count)
     keep = (area >= min_area) & (seeds >= min_area / 4)
     keep[0] = False
     if not keep.any():
@@ -303,9 +342,11 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     # same results at a fraction of the cost (at 2048², 0.4 nm/px, the particles'
     # box is 3 % of the frame).
     grown = np.take(keep, components)
-    window = _box(grown, flat.shape)
+    inner = _box(grown, (held[0].stop - held[0].start, held[1].stop - held[1].start))
+    window = (slice(held[0].start + inner[0].start, held[0].start + inner[0].stop),
+              slice(held[1].start + inner[1].start, held[1].start + inner[1].stop))
     result = np.zeros(flat.shape, np.int32)
-    flat, components, grown, needle = (flat[window], components[window], grown[window],
+    flat, components, grown, needle = (flat[window], components[inner], grown[inner],
                                        needle[window])
     foreground, levels = _half_contrast(flat, components, count, keep, sigma, grown)
     # Each region's cut level over its pixels, for the sub-pixel outline (where the
