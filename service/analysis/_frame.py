@@ -14,7 +14,7 @@ from ._config import AnalysisConfig
 from ._measure import measure_particles, particle_contacts
 from ._needle import _find_needle, _joined, _Needle, _touching
 from ._particles import _segment
-from ._prepare import _particle_threshold, _prepare, _Prepared, _upsample
+from ._prepare import _histogram, _particle_threshold, _prepare, _Prepared, _upsample
 from ._resolution import _choose_binning
 
 __all__ = ["FrameAnalysis", "analyze_frame"]
@@ -153,16 +153,20 @@ def _analyze(
     # labels took 125 of 174 ms per frame at 2048² (4x4 binning), for the same table.
     from_image = not (pixel_size_nm is not None and math.isfinite(pixel_size_nm)
                       and pixel_size_nm > 0)
-    labels, radius, areas = _segment(prepared, needle.mask | needle.grid, config,
-                                     from_image=from_image, first_radius=first_radius)
+    excluded = needle.mask | needle.grid
+    # The flattened frame's histogram without the opaque objects: the segmentation's
+    # thresholds and the contact threshold below are read from it.
+    histogram = _histogram(prepared.flat, excluded)
+    labels, radius, areas = _segment(prepared, excluded, config, from_image=from_image,
+                                     first_radius=first_radius, histogram=histogram)
     particles = measure_particles(labels, prepared.image, needle_mask=needle.mask,
                                   pixel_size_nm=pixel_size_nm,
                                   contact_px=config.needle_contact_px, binning=b,
                                   areas_px=areas)
     if particles["label"].size and needle.mask.any():
-        excluded = needle.mask | needle.grid
         touches = _touching(labels, prepared.flat, needle, config, b,
-                            _particle_threshold(prepared.flat, excluded, config))
+                            _particle_threshold(prepared.flat, excluded, config,
+                                                histogram=histogram))
         particles["touches_needle"] = touches[particles["label"]]
     joined = bool(particles["touches_needle"].any()) or (
         bool(particles["label"].size) and needle.mask.any()

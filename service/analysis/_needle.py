@@ -365,9 +365,13 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
         # edge left a pressed particle 1.4 px away in a third of the frames).
         kernel = (np.ones((3, 3), np.uint8) if contact_px == 1 and binning == 1
                   else _contact_kernel(contact_px, binning))
-        reach = cv2.dilate(reach, kernel)
-    near = reach.view(np.bool_) & (flat < threshold)
-    hit[labels[near]] = True
+    else:
+        kernel = np.ones((1, 1), np.uint8)
+    # Only pixels within the kernel's reach of the surface can be near it.
+    box = _around(surface, max(kernel.shape) // 2)
+    reach = cv2.dilate(reach[box], kernel)
+    near = reach.view(np.bool_) & (flat[box] < threshold)
+    hit[labels[box][near]] = True
     hit[0] = False
     return hit
 
@@ -381,7 +385,20 @@ def _joined(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Analy
     surface = needle.contact if needle.contact is not None else needle.mask
     if needle.edge_level is None or not surface.any() or not labels.any():
         return False
-    return bool(_bridged(labels, flat, surface, needle.edge_level, config, binning).any())
+    # A bridge reaches a blur width from the surface, and the particle one pixel more.
+    box = _around(surface, math.ceil(_blur_rim(config, binning)) + 1)
+    return bool(_bridged(labels[box], flat[box], surface[box], needle.edge_level, config,
+                         binning).any())
+
+
+def _around(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask`` (not empty) grown by ``reach`` pixels on each side,
+    clipped to the frame: what lies within ``reach`` of it, for work that only the
+    pixels near it decide (the needle's surface covers a fraction of the frame)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (slice(max(0, int(rows[0]) - reach), min(mask.shape[0], int(rows[-1]) + 1 + reach)),
+            slice(max(0, int(cols[0]) - reach), min(mask.shape[1], int(cols[-1]) + 1 + reach)))
 
 
 def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: float,

@@ -242,6 +242,7 @@ def _sizes(radius: float, config: AnalysisConfig, binning: int,
 
 def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
              *, from_image: bool = False, first_radius: float | None = None,
+             histogram: np.ndarray | None = None,
              ) -> tuple[np.ndarray, float, np.ndarray | None]:
     """int32 labels at analysis resolution, the particle radius (analysis px)
     measured on the frame, and the particles' areas (analysis px², indexed by label)
@@ -253,7 +254,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     splitting distance follow the particle radius measured here (a first pass at the
     configured smoothing) rather than the configured lengths. ``first_radius``: that
     first pass's radius when already measured on this copy (by the particle scale
-    read, :mod:`._resolution`, on the same regions).
+    read, :mod:`._resolution`, on the same regions). ``histogram``: the flattened
+    frame's :func:`_histogram` without ``needle``, when the caller made it already.
 
     On the frame smoothed at that scale, particles are seeded below the noise-capped
     Otsu threshold, outlined where they rise into the vacuum's fluctuation and cut back
@@ -267,7 +269,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         return np.zeros(flat.shape, np.int32), 0.0, None
     base = flat
     # The unsmoothed frame's histogram, read by every threshold taken on it.
-    histogram = _histogram(base, needle)
+    if histogram is None:
+        histogram = _histogram(base, needle)
     otsu = _particle_threshold(base, needle, config, capped=False, histogram=histogram)
     # The first scale from Otsu's threshold alone: at the configured smoothing, a
     # noisy frame's noise cap keeps only fragments of faint particles.
