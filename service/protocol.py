@@ -437,10 +437,24 @@ def _header_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
 
 def _to_json_value(value: Any) -> Any:
     # numpy scalars and arrays leak into results and metadata; JSON wants builtins.
+    # The builtins first, by exact type: a result holds thousands of outline
+    # coordinates, and for each of them the checks against numpy's types and the
+    # Mapping ABC below cost more than the rest of the message's encoding.
+    kind = type(value)
+    if kind is int or kind is str or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is list:
+        return [_to_json_value(v) for v in value]
+    if kind is dict:
+        return {str(k): _to_json_value(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        # Float arrays may hold NaN: their values are checked as the builtins are.
+        values = value.tolist()
+        return _to_json_value(values) if value.dtype.kind == "f" else values
     if isinstance(value, np.generic):
-        return value.item()
+        return _to_json_value(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):

@@ -182,3 +182,35 @@ def test_docs_protocol_tables_match_the_code() -> None:
     assert generated == protocol.schema_markdown().strip(), (
         "docs/protocol.md is out of date: regenerate its schema section with "
         "`python -m lithoscope.service.protocol`")
+
+
+def test_header_values_become_json_builtins() -> None:
+    # What results and metadata carry: numpy scalars and arrays, non-finite floats
+    # (JSON null), tuples, mappings of any kind with non-string keys, subclasses of
+    # the builtins, nested at any depth.
+    import enum
+    import types
+
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    metadata = {
+        "plain": [1, 2.5, "x", True, None],
+        "non_finite": [float("nan"), float("inf"), -float("inf"), [np.nan]],
+        "numpy": {"scalar": np.float32(0.5), "int": np.int64(7), "array": np.arange(3),
+                  "nan_array": np.array([1.0, np.nan])},
+        "nested": ({"points": [[1, 2], [3, 4]]}, (5, 6)),
+        "keys": {1: "a", 2.5: "b"},
+        "proxy": types.MappingProxyType({"a": np.bool_(True)}),
+        "subclasses": [Level.HIGH, np.float64(np.inf)],
+    }
+    header = json.loads(encode(make_frame(np.zeros((2, 2), np.uint8), metadata=metadata))[1])
+    assert header["metadata"] == {
+        "plain": [1, 2.5, "x", True, None],
+        "non_finite": [None, None, None, [None]],
+        "numpy": {"scalar": 0.5, "int": 7, "array": [0, 1, 2], "nan_array": [1.0, None]},
+        "nested": [{"points": [[1, 2], [3, 4]]}, [5, 6]],
+        "keys": {"1": "a", "2.5": "b"},
+        "proxy": {"a": True},
+        "subclasses": [2, None],
+    }
