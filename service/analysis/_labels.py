@@ -100,27 +100,57 @@ def track_label_image(segment_image: np.ndarray, lut: dict[int, int]) -> np.ndar
     """The segmentation's label image with each label replaced by its track id.
 
     Labels missing from ``lut`` become 0 (background). Returns uint32.
+
+    Only the rectangle holding the particles is looked up; the rest stays 0 (label 0
+    is always background). At 1024² the lookup over the whole image took 3.5 ms.
     """
-    top = int(segment_image.max(initial=0))
+    box = _occupied(segment_image)
+    inside = segment_image if box is None else segment_image[box]
+    top = int(inside.max(initial=0))
     table = np.zeros(top + 1, np.uint32)
     for label, track in lut.items():
         if 0 < label <= top:
             table[label] = track
-    image: np.ndarray = table[segment_image]
+    if box is None:
+        whole: np.ndarray = np.take(table, segment_image)
+        return whole
+    image = np.zeros(segment_image.shape, np.uint32)
+    image[box] = np.take(table, inside)  # (a third faster than table[inside])
     return image
 
 
 def label_track_ids(segment_image: np.ndarray, lut: dict[int, int]) -> np.ndarray:
     """The track ids ``track_label_image(segment_image, lut)`` holds, sorted, 0 left out.
 
-    Read off the segmentation labels present (a count per label, one pass) rather
-    than by sorting the track-id image's pixels: the archive records which tracks
-    each frame shows, and ``np.unique`` over a 512² image took 3 ms a frame.
+    Read off the segmentation labels present (a count per label, one pass over the
+    rectangle holding the particles) rather than by sorting the track-id image's
+    pixels: the archive records which tracks each frame shows, and ``np.unique`` over
+    a 512² image took 3 ms a frame.
     """
-    present = np.flatnonzero(np.bincount(segment_image.ravel()))
-    ids = {lut.get(int(label), 0) for label in present.tolist()}
+    box = _occupied(segment_image)
+    if box is None:
+        labels = set(np.flatnonzero(np.bincount(segment_image.ravel())).tolist())
+    else:
+        inside = segment_image[box]
+        labels = set(np.flatnonzero(np.bincount(inside.ravel())).tolist())
+        if inside.size < segment_image.size:
+            labels.add(0)  # the background around the rectangle
+    ids = {lut.get(int(label), 0) for label in labels}
     ids.discard(0)
     return np.array(sorted(ids), np.uint32)
+
+
+def _occupied(image: np.ndarray) -> tuple[slice, slice] | None:
+    """The smallest rectangle holding every nonzero pixel of a 2-D image (two
+    projections); None for an image of another dimension or with no such pixel."""
+    if image.ndim != 2:
+        return None
+    nonzero = image != 0
+    rows = np.flatnonzero(nonzero.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(nonzero.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: float = 1.0,
@@ -160,22 +190,16 @@ def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: flo
         raise ValueError(f"Expected a 2-D label image. Got shape {labels.shape}.")
     if binning < 1:
         raise ValueError(f"Expected binning >= 1. Got {binning}.")
-    # One pass over the image for every region's bounding box (no sort of the pixels);
-    # the boundary is then traced per particle, in its box.
-    lab = labels.view(np.int32) if labels.dtype in (np.uint32, np.int32) else \
-        labels.astype(np.int64, copy=False)
-    boxes = ndimage.find_objects(lab)
+    if labels.dtype.kind not in "biu":
+        labels = labels.astype(np.int64)
     contours: list[tuple[int, np.ndarray]] = []
-    for track, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        r0, c0 = box[0].start, box[1].start
+    for track, (rows, cols) in _boxes(labels):
         # One pixel of padding so a region at the crop's edge still gets a closed trace.
-        mask = np.pad((lab[box] == track).astype(np.uint8), 1)
-        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        for contour in found:
-            shifted = contour.reshape(-1, 2) + np.array([c0 - 1, r0 - 1])
-            contours.append((track, shifted.astype(np.float32)))
+        mask = np.zeros((rows.stop - rows.start + 2, cols.stop - cols.start + 2), np.uint8)
+        mask[1:-1, 1:-1] = labels[rows, cols] == track
+        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                    offset=(cols.start - 1, rows.start - 1))
+        contours += [(track, contour.reshape(-1, 2).astype(np.float32)) for contour in found]
     tolerance = float(tolerance_px)
     while True:
         simplified = [(track, cv2.approxPolyDP(xy.reshape(-1, 1, 2), tolerance, True)
@@ -183,14 +207,19 @@ def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: flo
         if sum(len(p) for _, p in simplified) <= max_points or tolerance > 1e4:
             break
         tolerance *= 2.0
+    if not simplified:
+        return []
     b = float(binning)
+    # Pixel centre of label pixel i is input pixel (i + 0.5) * b - 0.5 (in float32, the
+    # vertices' type), all polygons at once.
+    xy = np.concatenate([p for _, p in simplified])
+    points = np.column_stack([np.rint((xy[:, 1] + 0.5) * b - 0.5).astype(np.int64),
+                              np.rint((xy[:, 0] + 0.5) * b - 0.5).astype(np.int64)]).tolist()
     out = []
-    for track, xy in simplified:
-        # Pixel centre of label pixel i is input pixel (i + 0.5) * b - 0.5.
-        rows = np.rint((xy[:, 1] + 0.5) * b - 0.5).astype(np.int64)
-        cols = np.rint((xy[:, 0] + 0.5) * b - 0.5).astype(np.int64)
-        out.append({"track_id": int(track),
-                    "points": np.column_stack([rows, cols]).tolist()})
+    start = 0
+    for track, vertices in simplified:
+        out.append({"track_id": int(track), "points": points[start:start + len(vertices)]})
+        start += len(vertices)
     total = 0
     kept = []
     for polygon in out:  # the tolerance cannot shrink a polygon below 3 vertices
@@ -199,3 +228,42 @@ def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: flo
             break
         kept.append(polygon)
     return kept
+
+
+_FEW_LABELS = 4
+"""Up to this many labels, their boxes come from a row and a column projection each
+(the needle's and the grid's outlines) rather than from ``ndimage.find_objects``."""
+
+
+def _boxes(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
+    """Each positive label's bounding box, in increasing label order, as
+    ``ndimage.find_objects`` gives it (labels absent from the image left out).
+
+    ``find_objects`` walks the whole image, element by element, through a generic
+    n-dimensional iterator (1.2 ms at 512², 3.5 ms at 1024²): it is given only the
+    rectangle holding every labelled pixel, found by two projections, and with a few
+    labels each box is two projections of its own.
+    """
+    box = _occupied(labels)
+    if box is None:
+        return []
+    r0, c0 = box[0].start, box[1].start
+    crop = labels[box]
+    top = int(crop.max())
+    boxes: list[tuple[int, tuple[slice, slice]]] = []
+    if top <= _FEW_LABELS:
+        for label in range(1, top + 1):
+            inside = crop == label
+            r = np.flatnonzero(inside.any(axis=1))
+            if r.size:
+                c = np.flatnonzero(inside.any(axis=0))
+                boxes.append((label, (slice(r0 + int(r[0]), r0 + int(r[-1]) + 1),
+                                      slice(c0 + int(c[0]), c0 + int(c[-1]) + 1))))
+        return boxes
+    lab = crop.view(np.int32) if crop.dtype in (np.uint32, np.int32) else \
+        crop.astype(np.int64, copy=False)
+    for label, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is not None:
+            boxes.append((label, (slice(r0 + box[0].start, r0 + box[0].stop),
+                                  slice(c0 + box[1].start, c0 + box[1].stop))))
+    return boxes

@@ -273,7 +273,10 @@ class ParticleTracker:
             # sits within reach with a similar size is that older particle: a frame of
             # mis-segmentation had split its history in two.
             older = {i for i, t in enumerate(track_ids) if t not in matched}
-            for c in range(len(ids)):
+            # Only detections within reach of one of them at all (``older`` only
+            # shrinks): the rest cost a Python step per pair of detection and track.
+            within = allowed[sorted(older)].any(axis=0) if older else np.zeros(0, bool)
+            for c in np.flatnonzero(within).tolist():
                 candidates = [r for r in older if allowed[r, c]
                               and (ids[c] == 0 or track_ids[r] < ids[c])]
                 if not candidates:

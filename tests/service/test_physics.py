@@ -93,3 +93,53 @@ def test_theil_sen_slopes_of_many_series_are_those_taken_one_by_one() -> None:
     assert math.isnan(got[-1])  # two points
     assert np.isnan(got[-5:-3]).all()  # no time spread
     assert physics.theil_sen_slopes([]).shape == (0,)
+
+
+def _median_slopes_by_numpy(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`physics._median_slopes` as ``np.median`` over every pair's slope."""
+    if t.size > physics.THEIL_SEN_POINTS:
+        order = np.argsort(t, kind="stable")
+        t = np.concatenate([np.median(r, axis=-1, keepdims=True) for r in
+                            np.array_split(t[order], physics.THEIL_SEN_POINTS)])
+        y = np.concatenate([np.median(r, axis=-1, keepdims=True) for r in
+                            np.array_split(y[:, order], physics.THEIL_SEN_POINTS, axis=1)],
+                           axis=1)
+    i, j = np.triu_indices(t.size, k=1)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    if not ok.any():
+        return np.full(len(y), math.nan)
+    return np.median((y[:, j[ok]] - y[:, i[ok]]) / dt[ok], axis=1)
+
+
+def test_median_is_numpys_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    values = np.array([-0.0, 0.0, 1.0, -1.0, 2.5, -3.0, 1e-300, np.nan, np.inf, -np.inf])
+    with np.errstate(invalid="ignore"):  # inf - inf in the middle, as np.median meets it
+        for _ in range(3000):
+            n = int(rng.integers(1, 12))
+            shape = (int(rng.integers(1, 5)), n) if rng.random() < 0.5 else (2, 3, n)
+            x = rng.choice(values, size=shape)
+            expected, got = np.median(x, axis=-1), physics._median(x)
+            assert got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+            # Same signs too: a zero median is +0.0 either way.
+            finite = ~np.isnan(expected)
+            assert (np.signbit(got[finite]) == np.signbit(expected[finite])).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 40])
+def test_median_slopes_are_those_of_numpys_median_over_every_pair(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    for n in (3, 4, 9, 30, physics.THEIL_SEN_POINTS, physics.THEIL_SEN_POINTS + 1, 130, 400):
+        cases = [np.sort(rng.random(n)) * 4.0,  # a window's sample times
+                 rng.random(n),  # out of order: pairs backwards in time are left out
+                 np.repeat(np.arange((n + 1) // 2, dtype=float), 2)[:n],  # repeated times
+                 np.full(n, 2.0)]  # no time spread
+        for t in cases:
+            # Areas are whole pixels: many equal slopes, zeros among them.
+            y = np.round(300.0 + 5.0 * t + rng.normal(0, 2.0, (rows, n)))
+            expected = _median_slopes_by_numpy(t, y)
+            np.testing.assert_array_equal(physics._median_slopes(t, y), expected)
+            np.testing.assert_array_equal(
+                physics.theil_sen_slopes([(t, row) for row in y]), expected)

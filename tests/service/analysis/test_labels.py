@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lithoscope.service.analysis import (
     SessionAnalyzer,
+    label_track_ids,
     particle_outlines,
     track_label_image,
     track_lut,
 )
+from lithoscope.service.analysis._labels import MAX_OUTLINE_POINTS
 from lithoscope.service.sources.sim import SimConfig, SimulatedSource
 
 
@@ -96,3 +100,99 @@ def test_results_outline_the_particles_and_the_needle() -> None:
             assert bool(needle) == bool(labels.needle.any())
             needles += bool(needle)
     assert needles >= 4  # the needle is in view for most of the session
+
+
+def _outlines_over_the_whole_image(labels: np.ndarray, *, binning: int = 1,
+                                   max_points: int = MAX_OUTLINE_POINTS) -> list[dict]:
+    """:func:`particle_outlines` by the book: ``find_objects`` over the whole image, one
+    polygon at a time."""
+    lab = labels.view(np.int32) if labels.dtype in (np.uint32, np.int32) else \
+        labels.astype(np.int64, copy=False)
+    contours = []
+    for track, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        mask = np.pad((lab[box] == track).astype(np.uint8), 1)
+        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for contour in found:
+            shifted = contour.reshape(-1, 2) + np.array([box[1].start - 1, box[0].start - 1])
+            contours.append((track, shifted.astype(np.float32)))
+    tolerance = 1.0
+    while True:
+        simplified = [(track, cv2.approxPolyDP(xy.reshape(-1, 1, 2), tolerance, True)
+                       .reshape(-1, 2)) for track, xy in contours]
+        if sum(len(p) for _, p in simplified) <= max_points or tolerance > 1e4:
+            break
+        tolerance *= 2.0
+    out, total, b = [], 0, float(binning)
+    for track, xy in simplified:
+        rows = np.rint((xy[:, 1] + 0.5) * b - 0.5).astype(np.int64)
+        cols = np.rint((xy[:, 0] + 0.5) * b - 0.5).astype(np.int64)
+        total += len(xy)
+        if total > max_points:
+            break
+        out.append({"track_id": int(track), "points": np.column_stack([rows, cols]).tolist()})
+    return out
+
+
+def test_outlines_are_those_traced_over_the_whole_image() -> None:
+    """Boxes found in the labelled rectangle only (and by projections for a few labels)
+    give the polygons of ``find_objects`` over the whole frame, whatever the ids."""
+    config = SimConfig(shape=(256, 256), pixel_size_nm=1.0, fps=1.0, duration_s=30.0)
+    analyzer = SessionAnalyzer()
+    rng = np.random.default_rng(4)
+    with SimulatedSource(config) as source:
+        frames = [source.render(i) for i in (2, 18, 25)]
+    images = []
+    for frame in frames:
+        analyzer.update(frame.image, t_s=frame.t_s, index=frame.index, pixel_size_nm=1.0)
+        analysis = analyzer.last
+        assert analysis is not None
+        tracks = track_label_image(analysis.analysis_labels, analyzer.last_track_lut)
+        regions = analysis.analysis_needle_mask.astype(np.uint8)
+        regions[analysis.analysis_grid_mask] = 2
+        # Ids late in a long session, and past int32 (left out, as find_objects does).
+        late = np.where(tracks > 0, tracks + 123_456, 0).astype(np.uint32)
+        huge = late.copy()
+        huge[huge == huge.max()] = 2**31 + 5
+        images += [tracks, late, huge, regions, regions.astype(bool), tracks.astype(np.int64)]
+    # Regions on the frame's edges and corners, few and many labels, one pixel each.
+    edge = np.zeros((40, 50), np.int32)
+    edge[0, :] = 1
+    edge[:, -1] = 3
+    edge[39, 0] = 2
+    images += [edge, np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8),
+               rng.integers(0, 4, (30, 30)), rng.integers(0, 40, (30, 30)).astype(np.uint32),
+               np.where(rng.random((30, 30)) < 0.1, -3, 0)]
+    for labels in images:
+        for binning, max_points in ((1, MAX_OUTLINE_POINTS), (2, MAX_OUTLINE_POINTS), (3, 40)):
+            assert particle_outlines(labels, binning=binning, max_points=max_points) == \
+                _outlines_over_the_whole_image(labels, binning=binning, max_points=max_points)
+
+
+def test_track_images_and_ids_are_those_looked_up_over_the_whole_image() -> None:
+    """Only the rectangle holding the particles is looked up: the same image and ids
+    as a lookup of every pixel."""
+    rng = np.random.default_rng(6)
+    images = [np.zeros((0, 4), np.int32), np.zeros((6, 7), np.int32),
+              rng.integers(1, 9, (6, 7)).astype(np.int32), rng.integers(0, 9, (3, 4, 5))]
+    for _ in range(20):
+        image = np.zeros((int(rng.integers(1, 40)), int(rng.integers(1, 40))), np.int32)
+        r, c = int(rng.integers(0, image.shape[0])), int(rng.integers(0, image.shape[1]))
+        image[r:r + 9, c:c + 7] = rng.integers(0, 12, image[r:r + 9, c:c + 7].shape)
+        images.append(image)
+    luts = [{}, {k: 1000 + k for k in range(1, 12, 2)}, {0: 77, 3: 5, 40: 9}]
+    for image in images:
+        for lut in luts:
+            table = np.zeros(int(image.max(initial=0)) + 1, np.uint32)
+            for label, track in lut.items():
+                if 0 < label < table.size:
+                    table[label] = track
+            expected = table[image]
+            got = track_label_image(image, lut)
+            assert got.dtype == expected.dtype == np.uint32
+            np.testing.assert_array_equal(got, expected)
+            present = np.flatnonzero(np.bincount(image.ravel())).tolist()
+            ids = sorted({lut.get(label, 0) for label in present} - {0})
+            np.testing.assert_array_equal(label_track_ids(image, lut), np.array(ids, np.uint32))
+            assert label_track_ids(image, lut).dtype == np.uint32

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+from collections import deque
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from lithoscope.service.analysis import (
     FrameAnalysis,
     FrameMeasurement,
     SessionAnalyzer,
+    _session,
     analyze_frame,
     measure_frame,
     particle_contacts,
@@ -361,3 +364,38 @@ def test_contact_is_held_while_the_particle_stays_joined() -> None:
     contacts = [(kind, t) for kind, t in found
                 if kind in (EventKind.CONTACT_MADE, EventKind.CONTACT_LOST)]
     assert contacts == [(EventKind.CONTACT_MADE, 10.0), (EventKind.CONTACT_LOST, 30.0)]
+
+
+def test_sample_history_is_a_bounded_deque_read_as_arrays() -> None:
+    """A track's (t_s, area_px) samples: appended, dropped from the front while older
+    than a time, the oldest dropped at ``maxlen``; the rate window is the newest run of
+    samples inside it, read back from the newest (as a deque of tuples was read)."""
+    rng = np.random.default_rng(2)
+    for maxlen in (5, 64, 300):
+        samples = _session._Samples(maxlen)
+        model: deque[tuple[float, float]] = deque(maxlen=maxlen)
+        t = 0.0
+        for step in range(2000):
+            # Mostly forward in time, sometimes repeated or back (a source's clock).
+            t += float(rng.choice([0.01, 0.0, -0.02, 0.5], p=[0.85, 0.05, 0.05, 0.05]))
+            area = float(rng.integers(0, 1000))
+            samples.append(t, area)
+            model.append((t, area))
+            if step % 7 == 0:
+                keep_from = t - float(rng.random()) * 3.0
+                samples.drop_before(keep_from)
+                while model and model[0][0] < keep_from:
+                    model.popleft()
+            if step % 50 == 0:
+                extra = [(t + 0.001 * k, float(k)) for k in range(int(rng.integers(0, 80)))]
+                samples.extend(extra)
+                model.extend(extra)
+            times, areas = samples.arrays()
+            assert len(samples) == len(model) == times.size
+            np.testing.assert_array_equal(np.column_stack([times, areas]),
+                                          np.array(model).reshape(-1, 2))
+            cutoff = t - float(rng.random())
+            recent = list(itertools.takewhile(lambda s, c=cutoff: s[0] >= c,
+                                              reversed(model)))[::-1]
+            np.testing.assert_array_equal(np.column_stack(samples.recent(cutoff)),
+                                          np.array(recent).reshape(-1, 2))
