@@ -21,6 +21,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ._prepare import _bounds
+
 __all__ = ["MAX_OUTLINE_POINTS", "FrameLabels", "label_track_ids", "particle_outlines",
            "track_label_image", "track_lut"]
 
@@ -143,14 +145,7 @@ def label_track_ids(segment_image: np.ndarray, lut: dict[int, int]) -> np.ndarra
 def _occupied(image: np.ndarray) -> tuple[slice, slice] | None:
     """The smallest rectangle holding every nonzero pixel of a 2-D image (two
     projections); None for an image of another dimension or with no such pixel."""
-    if image.ndim != 2:
-        return None
-    nonzero = image != 0
-    rows = np.flatnonzero(nonzero.any(axis=1))
-    if not rows.size:
-        return None
-    cols = np.flatnonzero(nonzero.any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return _bounds(image != 0) if image.ndim == 2 else None
 
 
 def particle_outlines(labels: np.ndarray, *, binning: int = 1, tolerance_px: float = 1.0,

@@ -13,6 +13,7 @@ from ._config import AnalysisConfig
 from ._prepare import (
     _VACUUM,
     _blur_width,
+    _bounds,
     _boxed_components,
     _components,
     _disc,
@@ -368,7 +369,8 @@ def _touching(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Ana
     else:
         kernel = np.ones((1, 1), np.uint8)
     # Only pixels within the kernel's reach of the surface can be near it.
-    box = _around(surface, max(kernel.shape) // 2)
+    box = _bounds(surface, max(kernel.shape) // 2)
+    assert box is not None
     reach = cv2.dilate(reach[box], kernel)
     near = reach.view(np.bool_) & (flat[box] < threshold)
     hit[labels[box][near]] = True
@@ -386,19 +388,10 @@ def _joined(labels: np.ndarray, flat: np.ndarray, needle: _Needle, config: Analy
     if needle.edge_level is None or not surface.any() or not labels.any():
         return False
     # A bridge reaches a blur width from the surface, and the particle one pixel more.
-    box = _around(surface, math.ceil(_blur_rim(config, binning)) + 1)
+    box = _bounds(surface, math.ceil(_blur_rim(config, binning)) + 1)
+    assert box is not None
     return bool(_bridged(labels[box], flat[box], surface[box], needle.edge_level, config,
                          binning).any())
-
-
-def _around(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
-    """The bounding box of ``mask`` (not empty) grown by ``reach`` pixels on each side,
-    clipped to the frame: what lies within ``reach`` of it, for work that only the
-    pixels near it decide (the needle's surface covers a fraction of the frame)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (slice(max(0, int(rows[0]) - reach), min(mask.shape[0], int(rows[-1]) + 1 + reach)),
-            slice(max(0, int(cols[0]) - reach), min(mask.shape[1], int(cols[-1]) + 1 + reach)))
 
 
 def _bridged(labels: np.ndarray, flat: np.ndarray, surface: np.ndarray, level: float,

@@ -13,6 +13,7 @@ from ._config import AnalysisConfig
 from ._prepare import (
     _VACUUM,
     _blur_width,
+    _bounds,
     _boxed_components,
     _components,
     _histogram,
@@ -345,7 +346,7 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     # same results at a fraction of the cost (at 2048², 0.4 nm/px, the particles'
     # box is 3 % of the frame).
     grown = np.take(keep, components)
-    inner = _box(grown, (held[0].stop - held[0].start, held[1].stop - held[1].start))
+    inner = _box(grown)
     window = (slice(held[0].start + inner[0].start, held[0].start + inner[0].stop),
               slice(held[1].start + inner[1].start, held[1].start + inner[1].stop))
     result = np.zeros(flat.shape, np.int32)
@@ -395,15 +396,11 @@ _BOX_MARGIN_PX = 2
 to it and outlines next to it are judged as on the whole frame)."""
 
 
-def _box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
+def _box(mask: np.ndarray) -> tuple[slice, slice]:
     """The bounding box of ``mask`` (not empty) with ``_BOX_MARGIN_PX`` of margin,
     clipped to the frame, starting on even rows and columns (OpenCV labels components
     by 2x2 blocks: aligned alike, the box numbers them in the frame's order)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0 = max(0, int(rows[0]) - _BOX_MARGIN_PX) // 2 * 2
-    c0 = max(0, int(cols[0]) - _BOX_MARGIN_PX) // 2 * 2
-    r1 = min(shape[0], int(rows[-1]) + 1 + _BOX_MARGIN_PX)
-    c1 = min(shape[1], int(cols[-1]) + 1 + _BOX_MARGIN_PX)
-    return slice(r0, r1), slice(c0, c1)
+    box = _bounds(mask, _BOX_MARGIN_PX, even=True)
+    assert box is not None
+    return box
 

@@ -274,6 +274,25 @@ def _components(mask: np.ndarray, connectivity: int = 8,
     return int(count), labels, area, on_edge
 
 
+def _bounds(mask: np.ndarray, margin: int = 0, *, even: bool = False,
+            ) -> tuple[slice, slice] | None:
+    """The bounding box of the nonzero pixels of a 2-D ``mask`` (row and column
+    projections, no pass over its pixels' coordinates), grown by ``margin`` pixels and
+    clipped to the frame, starting on even rows and columns with ``even``; None when no
+    pixel is set. Work that only the set pixels and their surroundings decide is done
+    in it: particles and the needle cover a fraction of a wide field."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0 = max(0, int(rows[0]) - margin)
+    c0 = max(0, int(cols[0]) - margin)
+    if even:
+        r0, c0 = r0 // 2 * 2, c0 // 2 * 2
+    return (slice(r0, min(mask.shape[0], int(rows[-1]) + 1 + margin)),
+            slice(c0, min(mask.shape[1], int(cols[-1]) + 1 + margin)))
+
+
 def _boxed_components(mask: np.ndarray, margin: int = 0,
                       ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray,
                                  tuple[slice, slice]]:
@@ -288,17 +307,12 @@ def _boxed_components(mask: np.ndarray, margin: int = 0,
     all the work done in the box. ``area[0]`` counts the box's background only. An
     empty mask gives a count of 1 and an empty box.
     """
-    rows_set = np.flatnonzero(mask.any(axis=1))
-    if rows_set.size == 0:
+    box = _bounds(mask, margin, even=True)
+    if box is None:
         return 1, np.zeros((0, 0), np.int32), np.zeros(1, np.int64), \
             np.zeros(1, np.bool_), (slice(0, 0), slice(0, 0))
-    cols_set = np.flatnonzero(mask.any(axis=0))
+    (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
     rows, cols = mask.shape
-    r0 = max(0, int(rows_set[0]) - margin) // 2 * 2
-    c0 = max(0, int(cols_set[0]) - margin) // 2 * 2
-    r1 = min(rows, int(rows_set[-1]) + 1 + margin)
-    c1 = min(cols, int(cols_set[-1]) + 1 + margin)
-    box = (slice(r0, r1), slice(c0, c1))
     count, labels, area, _ = _components(mask[box])
     on_edge = np.zeros(count, np.bool_)
     for reaches, line in ((r0 == 0, labels[0]), (r1 == rows, labels[-1]),
