@@ -17,10 +17,12 @@ analysis was free is *skipped* (counted; ``analysis_skipped`` when a quarter of 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +57,9 @@ class _AnalysisThread:
 
     A job runs in the thread and returns a completion, run later in the worker's
     thread (which owns the sockets) by :meth:`complete`: publishing and archiving the
-    rows stay with the worker.
+    rows stay with the worker. Each job done also makes :attr:`wake_fd` readable, so
+    that the worker's poll returns at once to run its completion and hand over the next
+    frame.
     """
 
     def __init__(self) -> None:
@@ -64,9 +68,23 @@ class _AnalysisThread:
         self._done: collections.deque[Callable[[], None]] = collections.deque()
         self.pending = 0
         """Jobs submitted whose completion has not run yet (worker's thread only)."""
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="lithoscope-analysis",
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def wake_fd(self) -> int:
+        """A file descriptor readable once a job is done (for the worker's poller);
+        :meth:`complete` empties it."""
+        return self._wake_read.fileno()
+
+    @property
+    def in_thread(self) -> int:
+        """Jobs submitted that the thread has not finished: waiting or running."""
+        return self.pending - len(self._done)
 
     def submit(self, job: Callable[[], Callable[[], None]]) -> None:
         self.pending += 1
@@ -74,6 +92,11 @@ class _AnalysisThread:
 
     def complete(self) -> None:
         """Run the completions of the jobs done so far, in order."""
+        try:
+            while self._wake_read.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
         while self._done:
             completion = self._done.popleft()
             self.pending -= 1
@@ -94,10 +117,15 @@ class _AnalysisThread:
     def stop(self, timeout_s: float) -> None:
         self._jobs.put(None)
         self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._wake_read.close()
+            self._wake_write.close()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             self._done.append(job())
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is waiting
+                self._wake_write.send(b"\0")
 
 
 class _Analysing(_WorkerState):

@@ -44,6 +44,8 @@ _ARCHIVE_STALL_S = 10.0
 ``archive_stalled``."""
 _CLOSED_KEPT = 1024
 """Closed sessions remembered (to repeat their acknowledgement, to count late frames)."""
+_THREAD_DEPTH = 2
+"""Replay frames handed to the analysis thread at once (one running, one waiting)."""
 _TOKEN_MIN_CHARS = 16
 _TOKEN_MAX_CHARS = 256
 """Bounds of a ``session_token``: long enough not to be guessed, short enough to hash."""
@@ -453,19 +455,34 @@ class _Sessions(_Analysing):
     def _analysis_ready(self) -> bool:
         if self._pool is not None and not self._pool.has_room():
             return False
-        if self._pool is None and self._frames_in_analysis:
-            return False
-        live_room = self._live_room()
-        return any(session.backlog or (
-            live_room if session.pending is not None else session.stopping is not None)
+        live_room, replay_room = self._live_room(), self._replay_room()
+        idle = self._pool is not None or not self._frames_in_analysis
+        return any((session.backlog and replay_room) or (
+            live_room if session.pending is not None else
+            session.stopping is not None and idle)
             for session in self.sessions.values())
 
     def _live_room(self) -> bool:
         """Whether a live session's newest frame can start being measured now: in this
-        process whenever the analysis thread is free, by measuring processes when one
-        of them is (a frame queued behind another would wait, while a newer one
+        process when the analysis thread is free, by measuring processes when one of
+        them is (a frame queued behind another would wait, while a newer one
         arrives)."""
-        return self._pool is None or self._pool.has_idle()
+        if self._pool is not None:
+            return self._pool.has_idle()
+        return self._analysis.in_thread == 0
+
+    def _replay_room(self) -> bool:
+        """Whether a replay's next frame can be handed over now: with measuring
+        processes, while they have room; to the analysis thread, while at most one
+        other frame waits or runs there, so that it starts the next frame as it ends
+        one instead of waiting for the socket loop to publish that one's results and
+        hand the next over (a quarter of its time at 1024²). While a live session
+        waits, one at a time, so that its newest frame is not held behind replays."""
+        if self._pool is not None:
+            return self._pool.has_room()
+        in_thread = self._analysis.in_thread
+        return in_thread == 0 or (in_thread < _THREAD_DEPTH and not any(
+            session.pending is not None for session in self.sessions.values()))
 
     def _analyse_pending(self) -> None:
         """Hand the analysis thread the next waiting frame when it is free (a live
@@ -474,14 +491,14 @@ class _Sessions(_Analysing):
         for session in list(self.sessions.values()):
             if self._pool is not None and not self._pool.has_room():
                 return
-            if self._pool is None and self._frames_in_analysis:
-                return  # one frame at a time: a live session's newest is chosen when due
             if session.pending is not None:
                 if not self._live_room():
-                    continue
+                    continue  # a live session's newest is chosen when due
                 frame, session.pending = session.pending, None
                 self._analyse(session, frame)
             elif session.backlog:
+                if not self._replay_room():
+                    continue
                 frame = session.backlog.popleft()
                 self._analyse(session, frame)
                 if not session.backlog:  # caught up: the stall clock starts now

@@ -294,6 +294,9 @@ class Worker(_Sessions):
             poller.register(self._pool.socket, zmq.POLLIN)
         assert self._results is not None
         poller.register(self._results, zmq.POLLIN)
+        # A job done in the analysis thread ends the wait at once: its results are
+        # published, and the next frame handed over, without a poll timeout's delay.
+        poller.register(self._analysis.wake_fd, zmq.POLLIN)
         while not stop.is_set():
             # Frames are taken (and archived at once) while the frames held fit in the
             # memory budget; past it ZeroMQ holds the publisher back.
@@ -303,8 +306,7 @@ class Worker(_Sessions):
                 poller.unregister(self._frames)
             # Not reading (the budget is full): look again soon, as the archive and
             # analysis threads give memory back, so the publisher is not held long.
-            timeout_ms = (0 if self._analysis_ready() else 5 if (
-                self._analysis.pending or not self._reading) else 100)
+            timeout_ms = (0 if self._analysis_ready() else 5 if not self._reading else 100)
             ready = dict(poller.poll(timeout_ms))
             self._analysis.complete()
             if self._pool is not None:

@@ -325,3 +325,55 @@ def test_inline_archive_writes_without_the_thread_still_count_every_frame(
     assert report.closed is not None
     assert report.closed.frames_archived == len(frames)
     np.testing.assert_array_equal(ArchiveReader(report.closed.archive_path).frames[:], frames)
+
+
+def _frames_in_thread_at_submit(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, for each frame handed to the analysis thread, how many jobs it already
+    held (waiting or running)."""
+    from lithoscope.service.live.analysing import _Analysing
+
+    seen: list[int] = []
+    analyse = _Analysing._analyse
+
+    def watched(self: _Analysing, *args: Any, **kwargs: Any) -> None:
+        seen.append(self._analysis.in_thread)
+        analyse(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Analysing, "_analyse", watched)
+    return seen
+
+
+def test_a_replay_hands_the_next_frame_over_while_one_is_analysed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis thread starts a replay's next frame as it ends one, not after the
+    socket loop has published that one's results: one frame waits behind the one being
+    analysed, never more. Every frame is analysed, in order."""
+    from lithoscope.service.live.session import run_local_session
+
+    seen = _frames_in_thread_at_submit(monkeypatch)
+    frames = noisy_frames(30, shape=(128, 128))
+    report = run_local_session(ArraySource(frames, fps=20.0), config=ServiceConfig(
+        sessions_dir=str(tmp_path)), archive_path=tmp_path / "replay.zarr")
+    assert report.closed is not None
+    assert report.closed.frames_archived == report.closed.frames_analysed == len(frames)
+    assert len(seen) == len(frames)
+    assert max(seen) == 1  # the next one was handed over while one was in the thread
+    reader = ArchiveReader(tmp_path / "replay.zarr")
+    np.testing.assert_array_equal(reader.table("cluster")["frame"], np.arange(len(frames)))
+
+
+def test_a_live_session_hands_its_newest_frame_over_only_when_the_thread_is_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, a frame waiting behind another would be older than the newest by the time
+    its analysis began: it is handed over only when the analysis thread is free."""
+    from lithoscope.service.live.session import run_local_session
+
+    seen = _frames_in_thread_at_submit(monkeypatch)
+    frames = noisy_frames(40, shape=(128, 128))
+    report = run_local_session(ArraySource(frames, fps=40.0), config=ServiceConfig(
+        sessions_dir=str(tmp_path)), speed=1.0, live=True,
+        archive_path=tmp_path / "live.zarr")
+    assert report.closed is not None
+    assert report.closed.frames_archived == len(frames)
+    assert 1 <= report.closed.frames_analysed == len(seen)
+    assert set(seen) == {0}
