@@ -346,7 +346,10 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     # same results at a fraction of the cost (at 2048², 0.4 nm/px, the particles'
     # box is 3 % of the frame).
     grown = np.take(keep, components)
-    inner = _box(grown)
+    # (On even rows and columns: the regions are labelled again in it, numbered as in
+    # the frame.)
+    inner = _bounds(grown, _BOX_MARGIN_PX, even=True)
+    assert inner is not None  # keep.any(): some region is kept
     window = (slice(held[0].start + inner[0].start, held[0].start + inner[0].stop),
               slice(held[1].start + inner[1].start, held[1].start + inner[1].stop))
     result = np.zeros(flat.shape, np.int32)
@@ -394,13 +397,4 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
 _BOX_MARGIN_PX = 2
 """Background kept around the particles' bounding box (at least one pixel: holes open
 to it and outlines next to it are judged as on the whole frame)."""
-
-
-def _box(mask: np.ndarray) -> tuple[slice, slice]:
-    """The bounding box of ``mask`` (not empty) with ``_BOX_MARGIN_PX`` of margin,
-    clipped to the frame, starting on even rows and columns (OpenCV labels components
-    by 2x2 blocks: aligned alike, the box numbers them in the frame's order)."""
-    box = _bounds(mask, _BOX_MARGIN_PX, even=True)
-    assert box is not None
-    return box
 

@@ -92,11 +92,9 @@ class _AnalysisThread:
 
     def complete(self) -> None:
         """Run the completions of the jobs done so far, in order."""
-        try:
+        with contextlib.suppress(BlockingIOError):  # empty: no wake-up waiting
             while self._wake_read.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
         while self._done:
             completion = self._done.popleft()
             self.pending -= 1

@@ -485,9 +485,9 @@ class _Sessions(_Analysing):
             session.pending is not None for session in self.sessions.values()))
 
     def _analyse_pending(self) -> None:
-        """Hand the analysis thread the next waiting frame when it is free (a live
-        session's newest, else a replay's oldest); close sessions stopped and fully
-        analysed."""
+        """Hand the analysis the next waiting frames it has room for (a live session's
+        newest, see :meth:`_live_room`; a replay's oldest, see :meth:`_replay_room`);
+        close sessions stopped and fully analysed."""
         for session in list(self.sessions.values()):
             if self._pool is not None and not self._pool.has_room():
                 return
