@@ -300,12 +300,14 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     rim[rim_r, rim_c] = ((rim_r + r0 - apex[0]) ** 2 + (rim_c + c0 - apex[1]) ** 2
                          <= (3 * most + blur) ** 2)
 
+    pinholes = _disc(max(1, math.ceil(config.smoothing_sigma_px / binning)))
+
     def band(level: float) -> tuple[np.ndarray, float | None]:
         """Pixels darker than ``level`` and the band's thickness (None: no band)."""
         grey = (local < level) & free
-        # Noise leaves pinholes in a faint band at low dose: closed, they do not cut
-        # its runs short.
-        grey = cv2.morphologyEx(grey.view(np.uint8), cv2.MORPH_CLOSE, _disc(1)).view(
+        # Noise leaves pinholes in a faint band at low dose, specks as wide as the
+        # smoothing: closed, they do not cut its runs short.
+        grey = cv2.morphologyEx(grey.view(np.uint8), cv2.MORPH_CLOSE, pinholes).view(
             np.bool_) & free
         to_vacuum = cv2.distanceTransform((grey | metal).view(np.uint8), cv2.DIST_L2, 5)
         runs = (to_metal + to_vacuum)[rim & grey]

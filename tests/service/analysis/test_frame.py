@@ -184,6 +184,29 @@ def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
     assert cluster["needle_contact"] <= cluster["needle_joined"]
 
 
+@pytest.mark.parametrize("t_s", [1.0, 1.5, 3.0, 6.0])
+def test_a_thick_faint_coating_at_low_dose_is_not_a_particle(t_s: float) -> None:
+    """The low-dose draw of seed 2 at a camera size (1024² at 0.8 nm/px, 2 e/A²/s, a
+    41 nm coating of transmission 0.82, darker than the particles' threshold). The
+    smoothed shot noise left specks lighter than half-way to the vacuum inside the
+    coating; each cut the coating's runs short near it, its thickness was read as 36
+    px instead of 51, and the outer 15 px of the coating became a thin particle joined
+    to the needle: contact 9 s before the needle reached the cluster, and an onset 48 s
+    late. The band's pinholes are closed at the smoothing's width."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(2, shape=(1024, 1024), pixel_size_nm=0.8,
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    frame = SimulatedSource(config, scenario="low_dose").render(round(t_s * 4))
+    result = analyze_frame(frame.image, pixel_size_nm=0.8)
+    assert not frame.truth["needle_contact"]
+    assert not result.cluster["needle_contact"]
+    assert not result.cluster["needle_joined"]
+    # The coating is the needle's, to its outer edge, 41 nm from the metal.
+    assert result.cluster["area_px"] < 1.3 * frame.truth["cluster_area_px"]
+
+
 def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:
     """Crystal-look control draw (seed 1) at 55.5 s, after the withdrawal: a near-black
     crystal (transmission about 0.26) cut by the frame edge is needle-shaped in this
