@@ -19,6 +19,7 @@ from ._prepare import (
     _histogram,
     _particle_threshold,
     _Prepared,
+    _scale_threshold,
     _vacuum_noise,
 )
 from ._split import _SPLIT_SHAPE_WEIGHT, _split
@@ -273,10 +274,11 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
     if histogram is None:
         histogram = _histogram(base, needle)
     otsu = _particle_threshold(base, needle, config, capped=False, histogram=histogram)
-    # The first scale from Otsu's threshold alone: at the configured smoothing, a
+    # The first scale at the scale's own threshold: at the configured smoothing, a
     # noisy frame's noise cap keeps only fragments of faint particles.
-    radius = (_particle_radius((base < otsu) & ~needle, _MIN_AREA_FLOOR_PX)
-              if first_radius is None else first_radius)
+    radius = (_particle_radius(
+        (base < _scale_threshold(base, needle, config, histogram=histogram)) & ~needle,
+        _MIN_AREA_FLOOR_PX) if first_radius is None else first_radius)
     base_sigma = config.smoothing_sigma_px / b
     weight = (~needle).astype(np.float32)
     for _ in range(_SCALE_ROUNDS):
@@ -300,10 +302,10 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
             break
         # Smoothed at the particles' scale, fragments of a faint particle join up:
         # measured again, the scale grows, and the frame is smoothed again.
-        # (Measured, like the first, on Otsu's regions of the smoothed frame: the
-        # noise cap would cut faint particles into pieces.)
+        # (Measured, like the first, at the scale's threshold on the smoothed frame:
+        # the noise cap would cut faint particles into pieces.)
         measured = _particle_radius(
-            (flat < _particle_threshold(flat, needle, config, capped=False)) & ~needle,
+            (flat < _scale_threshold(flat, needle, config)) & ~needle,
             round(scale.min_area_px))
         grew = measured > _SCALE_GROWTH * radius
         radius = measured

@@ -406,6 +406,11 @@ def _histogram(flat: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
     return histogram
 
 
+_SCALE_NOISE_SIGMAS = 2.0
+"""The particle scale is read on regions at least this many standard deviations of the
+vacuum's noise darker than the vacuum (:func:`_scale_threshold`)."""
+
+
 def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
                         config: AnalysisConfig, *, capped: bool = True,
                         noise_led: bool = False, histogram: np.ndarray | None = None) -> int:
@@ -432,24 +437,57 @@ def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
     otsu = min(_otsu_index(hist) + 1, _VACUUM)
     if not capped:
         return max(floor + 1, otsu)
-    # The vacuum level is the histogram's brightest mode above Otsu's threshold, and
-    # the noise the spread of the pixels brighter than it (median absolute
-    # deviation): the particles' tail is all on the dark side.
-    upper = hist[otsu:]
-    total = float(upper.sum())
-    if total > 0:
-        level = otsu + int(np.argmax(upper))
-        above = hist[level + 1:]
-        if float(above.sum()) > 0:
-            cumulative = np.cumsum(above) / float(above.sum())
-            mad = 1.0 + float(np.searchsorted(cumulative, 0.5))
-        else:
-            mad = 0.5
-        noise = 1.4826 * mad
-    else:
-        level, noise = _VACUUM, 0.0
+    level, noise = _vacuum_mode(hist, otsu)
     margin = max(config.particle_noise_sigmas * noise, config.particle_min_contrast * level)
     cap = math.floor(level - margin)
     if noise_led:  # the cap alone: the level nearest the vacuum that noise never reaches
         return max(floor + 1, cap)
     return max(floor + 1, min(otsu, cap))
+
+
+def _vacuum_mode(hist: np.ndarray, otsu: int) -> tuple[int, float]:
+    """The vacuum's level and noise (grey levels) on a histogram split at ``otsu``.
+
+    The level is the histogram's brightest mode above Otsu's threshold, and the noise
+    the spread of the pixels brighter than it (median absolute deviation): the
+    particles' tail is all on the dark side.
+    """
+    upper = hist[otsu:]
+    if float(upper.sum()) <= 0:
+        return _VACUUM, 0.0
+    level = otsu + int(np.argmax(upper))
+    above = hist[level + 1:]
+    if float(above.sum()) > 0:
+        cumulative = np.cumsum(above) / float(above.sum())
+        mad = 1.0 + float(np.searchsorted(cumulative, 0.5))
+    else:
+        mad = 0.5
+    return level, 1.4826 * mad
+
+
+def _scale_threshold(flat: np.ndarray, exclude: np.ndarray | None, config: AnalysisConfig,
+                     *, histogram: np.ndarray | None = None) -> int:
+    """The threshold the particle scale is read at (regions darker than it, opaque
+    pixels left out; ``histogram`` as for :func:`_particle_threshold`).
+
+    Otsu's threshold between everything darker than the vacuum and the vacuum, with
+    two differences from the uncapped :func:`_particle_threshold`:
+
+    * pixels under the opaque floor (``needle_threshold_fraction`` of the vacuum) count
+      in the dark class, at the floor. The opaque objects are left out already; what
+      is that dark are particles, dark at their centres (a transmission of 0.21-0.28
+      is common), which would hardly count if left out of the histogram;
+    * the threshold stays ``_SCALE_NOISE_SIGMAS`` of the vacuum's noise under its
+      level. Otsu's split of a histogram whose dark class is a small share can fall
+      into the vacuum's own noise (one grey level under its mode at 2 e/A²/s), whose
+      pixels then join up across the frame: their inscribed radius of a few pixels
+      would be read as the particles'. Two sigmas leave a faint particle whole,
+      where the segmentation's cap (``particle_noise_sigmas``) cuts it into pieces.
+    """
+    hist = (_histogram(flat, exclude) if histogram is None else histogram).copy()
+    floor = round(config.needle_threshold_fraction * _VACUUM)
+    hist[floor] += hist[:floor].sum()
+    hist[:floor] = 0
+    otsu = min(_otsu_index(hist) + 1, _VACUUM)
+    level, noise = _vacuum_mode(hist, otsu)
+    return max(floor + 1, min(otsu, math.floor(level - _SCALE_NOISE_SIGMAS * noise)))

@@ -18,7 +18,7 @@ import numpy as np
 from ._config import AnalysisConfig
 from ._needle import _find_needle, _Needle
 from ._particles import _MIN_AREA_FLOOR_PX, _particle_radius
-from ._prepare import _particle_threshold, _prepare, _Prepared
+from ._prepare import _prepare, _Prepared, _scale_threshold
 
 __all__: list[str] = []
 
@@ -80,7 +80,7 @@ def _read_scale(image: np.ndarray, config: AnalysisConfig, binning: int,
         return math.nan, None
     needle = _find_needle(prepared, options)
     opaque = needle.mask | needle.grid
-    threshold = _particle_threshold(prepared.flat, opaque, options, capped=False)
+    threshold = _scale_threshold(prepared.flat, opaque, options)
     radius = _particle_radius((prepared.flat < threshold) & ~opaque, _MIN_AREA_FLOOR_PX)
     if 2 * radius < _MIN_COARSE_DIAMETER_PX:
         return math.nan, (prepared, needle, radius)
