@@ -47,6 +47,17 @@ _COATING_NOISE_SIGMAS = 4.0
 """The coating is what is darker than the vacuum by this much (relative) plus this
 many sigmas of the flattened vacuum's noise, or than the particle threshold if that
 is lighter."""
+_COATING_NOISE = 0.025
+_COATING_MAX_SIGMA_PX = 4.0
+_COATING_SMOOTHER = 1.1
+"""The coating's band is found on the frame smoothed (up to a Gaussian sigma of
+``_COATING_MAX_SIGMA_PX`` analysis px, and only if that is ``_COATING_SMOOTHER`` times
+its own smoothing or more) until the vacuum's noise is this share of the vacuum at
+most: the faint level, ``_COATING_MIN_CONTRAST`` and ``_COATING_NOISE_SIGMAS`` sigmas
+under the vacuum, then lies above a LiOx coating of 0.85 of the vacuum, the faintest
+expected. Binned 2x2 at 2 e/A²/s, the frame's own smoothing (under a pixel) leaves
+noise of 5 % of the vacuum, under which such a coating is not found. The band is tens
+of pixels wide; the smoothing changes nothing on a quiet frame."""
 _COATING_QUANTILE = 0.6
 """The quantile of the grey runs from the metal's rim taken for the coating's
 thickness: runs along the coating's tapered ends are shorter, through a particle
@@ -264,7 +275,9 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     shorter stretch of the rim). Measured first on everything darker than the vacuum
     (the coating may be fainter than any particle) to read the coating's grey level,
     then at half-way between that level and the vacuum, where its blurred outer edge
-    is: contact is decided there. Particles leave out the coating with its blurred
+    is: contact is decided there. The band is found on the frame smoothed until the
+    vacuum's noise is ``_COATING_NOISE`` of it at most, and with the noise's pinholes
+    closed. Particles leave out the coating with its blurred
     rim (:func:`_blur_rim`, where lighter than a particle) as well. With no band that
     covers ``_COATING_MIN_RIM`` of the metal's rim near the apex (within three times
     ``coating_max_px``), the coating is what ``needle_layer_px`` says.
@@ -286,10 +299,19 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     if not metal.any():
         return core, core, None
     threshold = _particle_threshold(flat, core | grid, config)
-    noise = _vacuum_noise(flat, threshold, config.smoothing_sigma_px / binning)
+    local = flat[window]
+    # The band is found on the window smoothed until its noise is _COATING_NOISE at
+    # most (white noise under a Gaussian of sigma s falls as 1 / s).
+    sigma = config.smoothing_sigma_px / binning
+    noise = _vacuum_noise(flat, threshold, sigma)
+    seen = local
+    wanted = min(sigma * noise / (_COATING_NOISE * _VACUUM), _COATING_MAX_SIGMA_PX)
+    if wanted > sigma * _COATING_SMOOTHER:
+        seen = cv2.GaussianBlur(local, (0, 0), math.sqrt(wanted ** 2 - sigma ** 2))
+        sigma = wanted
+        noise = _vacuum_noise(seen, threshold, sigma)
     faint = max(threshold, round(_VACUUM * (1.0 - _COATING_MIN_CONTRAST)
                                  - _COATING_NOISE_SIGMAS * noise))
-    local = flat[window]
     free = ~metal & ~grid[window]
     to_metal = cv2.distanceTransform((~metal).view(np.uint8), cv2.DIST_L2, 5)
     # The coating grows over the tip: its share is taken of the rim near the apex
@@ -300,11 +322,11 @@ def _coating(flat: np.ndarray, core: np.ndarray, grid: np.ndarray, config: Analy
     rim[rim_r, rim_c] = ((rim_r + r0 - apex[0]) ** 2 + (rim_c + c0 - apex[1]) ** 2
                          <= (3 * most + blur) ** 2)
 
-    pinholes = _disc(max(1, math.ceil(config.smoothing_sigma_px / binning)))
+    pinholes = _disc(max(1, math.ceil(sigma)))
 
     def band(level: float) -> tuple[np.ndarray, float | None]:
         """Pixels darker than ``level`` and the band's thickness (None: no band)."""
-        grey = (local < level) & free
+        grey = (seen < level) & free
         # Noise leaves pinholes in a faint band at low dose, specks as wide as the
         # smoothing: closed, they do not cut its runs short.
         grey = cv2.morphologyEx(grey.view(np.uint8), cv2.MORPH_CLOSE, pinholes).view(

@@ -207,6 +207,23 @@ def test_a_thick_faint_coating_at_low_dose_is_not_a_particle(t_s: float) -> None
     assert result.cluster["area_px"] < 1.3 * frame.truth["cluster_area_px"]
 
 
+@pytest.mark.parametrize("t_s", [6.0, 20.0])
+def test_a_faint_coating_is_found_on_a_binned_low_dose_frame(t_s: float) -> None:
+    """The same draw at 2048² and 0.4 nm/px, binned 2x2: the frame's own smoothing
+    (under an analysis pixel) left noise of 5 % of the vacuum, the faint level lay
+    under the coating (0.82 of the vacuum), no coating was found, and the needle was
+    its metal alone: contact was never made. The band is found on a smoother copy."""
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(2, shape=(2048, 2048), pixel_size_nm=0.4,
+                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
+                             withdraw_s=45.0, approach_distance_nm=30.0)
+    frame = SimulatedSource(config, scenario="low_dose").render(round(t_s * 4))
+    result = analyze_frame(frame.image, pixel_size_nm=0.4)
+    assert result.binning == 2
+    assert result.cluster["needle_contact"] == frame.truth["needle_contact"] == (t_s > 10)
+
+
 def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:
     """Crystal-look control draw (seed 1) at 55.5 s, after the withdrawal: a near-black
     crystal (transmission about 0.26) cut by the frame edge is needle-shaped in this
