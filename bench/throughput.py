@@ -4,7 +4,7 @@
                                          [--pixel-sizes 0.2 0.4 0.8] [--frames N]
                                          [--particles N] [--variants inline malloc ...]
                                          [--json bench/results/throughput.json]
-                                         [--analysis-only]
+                                         [--analysis-only [--draws N]]
 
 A camera's frame grows with its field of view, not around a fixed scene: for each frame
 size and each pixel size (uint16, simulated operando frames; the field is
@@ -37,6 +37,9 @@ microscope) the bench runs:
   (target: within 2x).
 * ``--analysis-only``: just ``analyze_frame`` against the lean bin + segment on the same
   frames (with the binning it chose and the particle diameter it read), no service.
+  With ``--draws N`` the frames are those of N random draws of the physics (dose,
+  particle darkness and count, coating, needle, grid: ``bench/accuracy.py``'s draws),
+  and the summary gives the median and the worst draw of each case.
 * other references, each on the same frames: ``analysis`` ``analyze_frame`` in a loop;
   ``session`` ``SessionAnalyzer.update`` in a loop (what the worker runs per frame:
   analysis plus tracking, physics and alerts); ``archive`` ``ArchiveWriter`` alone;
@@ -134,6 +137,22 @@ def render_frames(size: int, pixel_size_nm: float, particles: int) -> np.ndarray
             particles -= 1
     # Frames from the swelling part of the experiment: needle in contact, particles busy.
     wanted = np.linspace(100, 300, DISTINCT_FRAMES).astype(int)
+    return np.stack([sim.render(int(i)).image for i in wanted])
+
+
+def render_draw_frames(size: int, pixel_size_nm: float, seed: int) -> np.ndarray:
+    """Frames of one random draw of the physics (``bench/accuracy.py --seed N``: dose,
+    particle darkness and count, coating, needle, grid, drift drawn from their
+    ranges) at ``size``² and ``pixel_size_nm``, from its lithiation while in contact."""
+    from accuracy import DRAW_TIMING  # bench/ is the script's own directory
+
+    from lithoscope.service.sources.sim import SimulatedSource
+    from lithoscope.service.sources.sim_draws import draw_sim_config
+
+    config = draw_sim_config(seed, shape=(size, size), pixel_size_nm=pixel_size_nm,
+                             **DRAW_TIMING)
+    sim = SimulatedSource(config, scenario="lithiation")
+    wanted = np.linspace(12 * config.fps, 40 * config.fps, DISTINCT_FRAMES).astype(int)
     return np.stack([sim.render(int(i)).image for i in wanted])
 
 
@@ -394,15 +413,17 @@ def lean_bin_segment(frames: np.ndarray, count: int) -> dict[str, float]:
 
 
 def bench_analysis_only(size: int, pixel_size_nm: float, count: int,
-                        particles: int) -> dict[str, Any]:
-    """``analyze_frame`` against the lean reference's bin + segment, nothing else."""
+                        particles: int, draw: int | None = None) -> dict[str, Any]:
+    """``analyze_frame`` against the lean reference's bin + segment, nothing else, on
+    the bench's own scene or (``draw``) a random draw of the physics."""
     from lithoscope.service.analysis import analyze_frame
 
-    frames = render_frames(size, pixel_size_nm, particles)
+    frames = (render_frames(size, pixel_size_nm, particles) if draw is None
+              else render_draw_frames(size, pixel_size_nm, draw))
     first = analyze_frame(frames[0], pixel_size_nm=pixel_size_nm)
     analysis_ms = 1e3 / reference_analysis(frames, count, pixel_size_nm)
     lean = lean_bin_segment(frames, count)
-    return {"size": size, "pixel_size_nm": pixel_size_nm, "frames": count,
+    return {"size": size, "pixel_size_nm": pixel_size_nm, "frames": count, "draw": draw,
             "binning": first.binning,
             "particle_diameter_px": first.cluster["particle_diameter_px"],
             "lean": {**lean, "analysis_ms": analysis_ms,
@@ -410,13 +431,32 @@ def bench_analysis_only(size: int, pixel_size_nm: float, count: int,
 
 
 def print_analysis_summary(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"\n{'size':>6} {'nm/px':>6} {'diameter px':>12} {'binning':>8} {'analysis ms':>12} "
-          f"{'lean bin ms':>12} {'lean seg ms':>12} {'/lean b+s':>10}")
+    print(f"\n{'size':>6} {'nm/px':>6} {'draw':>5} {'diameter px':>12} {'binning':>8} "
+          f"{'analysis ms':>12} {'lean bin ms':>12} {'lean seg ms':>12} {'/lean b+s':>10}")
     for row in rows:
         lean = row["lean"]
-        print(f"{row['size']:>6} {row['pixel_size_nm']:>6g} {row['particle_diameter_px']:>12.0f} "
+        draw = "-" if row.get("draw") is None else str(row["draw"])
+        print(f"{row['size']:>6} {row['pixel_size_nm']:>6g} {draw:>5} "
+              f"{row['particle_diameter_px']:>12.0f} "
               f"{row['binning']:>8} {lean['analysis_ms']:>12.1f} {lean['bin_ms']:>12.1f} "
               f"{lean['segment_ms']:>12.1f} {lean['analysis_over_lean_bin_segment']:>10.2f}")
+
+
+def print_draws_summary(rows: Sequence[dict[str, Any]]) -> None:
+    """Median and worst draw of each frame size and pixel size."""
+    print(f"\n{'size':>6} {'nm/px':>6} {'draws':>6} {'analysis ms median':>19} "
+          f"{'worst':>8} {'worst draw':>11} {'/lean b+s median':>17} {'worst':>7} "
+          f"{'binnings':>10}")
+    cases = sorted({(r["size"], r["pixel_size_nm"]) for r in rows})
+    for size, pixel_size_nm in cases:
+        case = [r for r in rows if (r["size"], r["pixel_size_nm"]) == (size, pixel_size_nm)]
+        ms = [r["lean"]["analysis_ms"] for r in case]
+        ratios = [r["lean"]["analysis_over_lean_bin_segment"] for r in case]
+        worst = case[int(np.argmax(ms))]
+        binnings = ",".join(str(b) for b in sorted({r["binning"] for r in case}))
+        print(f"{size:>6} {pixel_size_nm:>6g} {len(case):>6} {float(np.median(ms)):>19.1f} "
+              f"{max(ms):>8.1f} {worst['draw']:>11} {float(np.median(ratios)):>17.2f} "
+              f"{max(ratios):>7.2f} {binnings:>10}")
 
 
 def reference_lean(frames: np.ndarray, frames_path: Path, count: int,
@@ -609,6 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here (JSON)")
     parser.add_argument("--analysis-only", action="store_true",
                         help="only analyze_frame against the lean bin + segment (no service)")
+    parser.add_argument("--draws", type=int, default=0,
+                        help="with --analysis-only: frames of this many random draws of "
+                             "the physics (seeds 0..N-1, as bench/accuracy.py) instead of "
+                             "the bench's own scene; median and worst draw")
     parser.add_argument("--profile-service", type=Path, metavar="DIR",
                         help="run lithoscope serve under py-spy (must be on PATH); "
                              "collapsed stacks per thread into DIR")
@@ -617,13 +661,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     PROFILE_DIR = args.profile_service
     print(f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M:%S')}")
     rows = []
+    if args.draws < 0:
+        parser.error(f"--draws must be at least 0, got {args.draws}")
+    if args.draws and not args.analysis_only:
+        parser.error("--draws needs --analysis-only")
     if args.analysis_only:
+        draws: list[int | None] = list(range(args.draws)) if args.draws else [None]
         for size in args.sizes:
             for pixel_size_nm in args.pixel_sizes:
                 count = args.frames or max(10, DEFAULT_FRAMES.get(size, 100) // 5)
-                rows.append(bench_analysis_only(size, pixel_size_nm, count, args.particles))
-                print_analysis_summary(rows[-1:])
+                for draw in draws:
+                    rows.append(bench_analysis_only(size, pixel_size_nm, count,
+                                                    args.particles, draw))
+                    print_analysis_summary(rows[-1:])
         print_analysis_summary(rows)
+        if args.draws:
+            print_draws_summary(rows)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2))
