@@ -24,8 +24,9 @@ __all__: list[str] = []
 
 _Ready = tuple[_Prepared, _Needle, float]
 """A copy of the frame the scale was read on: prepared, its opaque objects, and the
-particle radius (analysis px) of the regions under Otsu's threshold, opaque objects
-left out (the first scale :func:`_segment` reads, the same on the same copy)."""
+particle radius (analysis px) of the regions under the scale's threshold
+(:func:`._prepare._scale_threshold`), opaque objects left out (the first scale
+:func:`_segment` reads, the same on the same copy)."""
 
 _COARSE_SIDE_PX = 512
 """The scale is read on a copy of the frame binned to about this many pixels on its
@@ -51,7 +52,8 @@ def _coarse_scale(image: np.ndarray, config: AnalysisConfig, most: int,
     ``_COARSE_SIDE_PX`` a side, or by ``most`` if that is less (the most the analysis
     may bin: the copy is then the analysis' own whenever the particles allow that
     much): twice the area-weighted median inscribed radius of the regions under
-    Otsu's threshold, opaque objects (needle, grid) left out. NaN when the frame is
+    the scale's threshold (:func:`._prepare._scale_threshold`), opaque objects
+    (needle, grid) left out. NaN when the frame is
     too small to bin, or no particle spans ``_MIN_COARSE_DIAMETER_PX``. Also the
     coarse copy prepared, its opaque objects and its particle radius (``_Ready``), for
     reuse when the frame is analysed at that binning.
