@@ -292,11 +292,13 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
             norm = cv2.GaussianBlur(weight, (0, 0), extra)
             flat = np.where(needle | (norm < 1e-3), base, np.clip(
                 total / np.maximum(norm, 1e-3) + 0.5, 0, 255)).astype(np.uint8)
+            flat_histogram = _histogram(flat, needle)
             # Otsu's threshold stays the one between the two classes' levels (at the
             # configured smoothing); only the noise cap is the smoother frame's.
-            threshold = min(otsu, _particle_threshold(flat, needle, config))
+            threshold = min(otsu, _particle_threshold(flat, needle, config,
+                                                      histogram=flat_histogram))
         else:
-            flat = base
+            flat, flat_histogram = base, histogram
             threshold = _particle_threshold(flat, needle, config, histogram=histogram)
         if not from_image:
             break
@@ -305,7 +307,8 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         # (Measured, like the first, at the scale's threshold on the smoothed frame:
         # the noise cap would cut faint particles into pieces.)
         measured = _particle_radius(
-            (flat < _scale_threshold(flat, needle, config)) & ~needle,
+            (flat < _scale_threshold(flat, needle, config, histogram=flat_histogram))
+            & ~needle,
             round(scale.min_area_px))
         grew = measured > _SCALE_GROWTH * radius
         radius = measured
@@ -326,7 +329,7 @@ def _segment(prepared: _Prepared, needle: np.ndarray, config: AnalysisConfig,
         round(_VACUUM * (1.0 - _OUTLINE_MIN_CONTRAST)
               - _OUTLINE_NOISE_SIGMAS * _vacuum_noise(flat, threshold, sigma)),
         _particle_threshold(flat, needle, config, noise_led=True,
-                            histogram=histogram if flat is base else None)))
+                            histogram=flat_histogram)))
     foreground = (flat < outline) & ~needle
     # Labelled in the box holding the outlined pixels (with room for the margin of
     # the kept regions' box below): the same regions, numbered alike.

@@ -428,13 +428,7 @@ def _particle_threshold(flat: np.ndarray, exclude: np.ndarray | None,
     IEEE Trans. Syst. Man Cybern. 9 (1979) 62-66.
     """
     # ``histogram``: :func:`_histogram` of the same arguments, when already made.
-    hist = (_histogram(flat, exclude) if histogram is None else histogram).copy()
-    floor = round(config.needle_threshold_fraction * _VACUUM)
-    hist[:floor] = 0
-    # The flattened vacuum is at _VACUUM: a threshold above it is Otsu splitting the
-    # vacuum from a bright tail (fringes, a brighter patch) when particles are few
-    # (2048², 0.4 nm/px, 5x5 binning: the whole vacuum taken for particles).
-    otsu = min(_otsu_index(hist) + 1, _VACUUM)
+    hist, floor, otsu = _otsu_above_floor(flat, exclude, config, histogram, dark=False)
     if not capped:
         return max(floor + 1, otsu)
     level, noise = _vacuum_mode(hist, otsu)
@@ -484,10 +478,25 @@ def _scale_threshold(flat: np.ndarray, exclude: np.ndarray | None, config: Analy
       would be read as the particles'. Two sigmas leave a faint particle whole,
       where the segmentation's cap (``particle_noise_sigmas``) cuts it into pieces.
     """
-    hist = (_histogram(flat, exclude) if histogram is None else histogram).copy()
-    floor = round(config.needle_threshold_fraction * _VACUUM)
-    hist[floor] += hist[:floor].sum()
-    hist[:floor] = 0
-    otsu = min(_otsu_index(hist) + 1, _VACUUM)
+    hist, floor, otsu = _otsu_above_floor(flat, exclude, config, histogram, dark=True)
     level, noise = _vacuum_mode(hist, otsu)
     return max(floor + 1, min(otsu, math.floor(level - _SCALE_NOISE_SIGMAS * noise)))
+
+
+def _otsu_above_floor(flat: np.ndarray, exclude: np.ndarray | None, config: AnalysisConfig,
+                      histogram: np.ndarray | None, *, dark: bool,
+                      ) -> tuple[np.ndarray, int, int]:
+    """The histogram the particle thresholds read, the opaque floor
+    (``needle_threshold_fraction`` of the vacuum) and Otsu's threshold on it.
+
+    Pixels under the floor are left out, or with ``dark`` counted at the floor. The
+    flattened vacuum is at _VACUUM: a threshold above it is Otsu splitting the vacuum
+    from a bright tail (fringes, a brighter patch) when particles are few (2048², 0.4
+    nm/px, 5x5 binning: the whole vacuum taken for particles), so it stays there.
+    """
+    hist = (_histogram(flat, exclude) if histogram is None else histogram).copy()
+    floor = round(config.needle_threshold_fraction * _VACUUM)
+    if dark:
+        hist[floor] += hist[:floor].sum()
+    hist[:floor] = 0
+    return hist, floor, min(_otsu_index(hist) + 1, _VACUUM)

@@ -164,6 +164,11 @@ def test_same_field_at_any_pixel_size_gives_the_same_particles(size: int) -> Non
     assert found.cluster["area_nm2"] == pytest.approx(true_nm2, rel=0.03)
 
 
+_DRAW_TIMING = {"fps": 4.0, "duration_s": 75.0, "contact_s": 10.0, "bias_on_s": 15.0,
+                "withdraw_s": 45.0, "approach_distance_nm": 30.0}
+"""The timing of ``bench/accuracy.py``'s random draws, whose frames the tests below take."""
+
+
 @pytest.mark.parametrize("t_s", [8.0, 25.0, 40.0, 46.0])
 def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
     """A crystal-look draw (seed 2) whose touched particle's lithiated shell, lighter
@@ -175,8 +180,7 @@ def test_lithiated_shell_pressed_on_the_coating_touches_it(t_s: float) -> None:
     from lithoscope.service.sources.sim_draws import draw_sim_config
 
     config = draw_sim_config(2, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
-                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
-                             withdraw_s=45.0, approach_distance_nm=30.0)
+                             **_DRAW_TIMING)
     frame = SimulatedSource(config, scenario="lithiation").render(round(t_s * 4))
     cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
     assert frame.truth["needle_contact"] == (10.0 <= t_s < 45.0)
@@ -196,8 +200,7 @@ def test_a_thick_faint_coating_at_low_dose_is_not_a_particle(t_s: float) -> None
     from lithoscope.service.sources.sim_draws import draw_sim_config
 
     config = draw_sim_config(2, shape=(1024, 1024), pixel_size_nm=0.8,
-                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
-                             withdraw_s=45.0, approach_distance_nm=30.0)
+                             **_DRAW_TIMING)
     frame = SimulatedSource(config, scenario="low_dose").render(round(t_s * 4))
     result = analyze_frame(frame.image, pixel_size_nm=0.8)
     assert not frame.truth["needle_contact"]
@@ -216,8 +219,7 @@ def test_a_faint_coating_is_found_on_a_binned_low_dose_frame(t_s: float) -> None
     from lithoscope.service.sources.sim_draws import draw_sim_config
 
     config = draw_sim_config(2, shape=(2048, 2048), pixel_size_nm=0.4,
-                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
-                             withdraw_s=45.0, approach_distance_nm=30.0)
+                             **_DRAW_TIMING)
     frame = SimulatedSource(config, scenario="low_dose").render(round(t_s * 4))
     result = analyze_frame(frame.image, pixel_size_nm=0.4)
     assert result.binning == 2
@@ -232,8 +234,7 @@ def test_a_dark_crystal_cut_by_the_edge_is_not_a_second_needle() -> None:
     from lithoscope.service.sources.sim_draws import draw_sim_config
 
     config = draw_sim_config(1, shape=(256, 256), pixel_size_nm=1.0, look="crystal",
-                             fps=4.0, duration_s=75.0, contact_s=10.0, bias_on_s=15.0,
-                             withdraw_s=45.0, approach_distance_nm=30.0)
+                             **_DRAW_TIMING)
     source = SimulatedSource(config, scenario="control")
     before, frame = source.render(220), source.render(222)
     cluster = analyze_frame(frame.image, pixel_size_nm=1.0).cluster
